@@ -1,0 +1,1 @@
+"""Data stages: read raw sources, extract text, filter, deduplicate, record provenance, pack into shards."""

@@ -1,0 +1,88 @@
+"""Single-prompt text generation with the KV cache: what `homegrown generate`, `chat` and `run` samples use.
+
+The sampling rule (temperature → top-k → top-p) lives in `sample_next` so the serving engine applies the
+very same rule per request; a seeded generator makes a sample reproducible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from tokenizers import Tokenizer
+
+from homegrown.errors import HomegrownError
+from homegrown.model import KVCache, Transformer
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int = 100
+    temperature: float = 0.8
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop_token_ids: list[int] = field(default_factory=list)
+
+    def validate(self) -> None:
+        if self.max_tokens < 1:
+            raise HomegrownError(f"max_tokens must be at least 1, got {self.max_tokens}")
+        if self.temperature < 0:
+            raise HomegrownError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise HomegrownError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise HomegrownError(f"top_k must be >= 0, got {self.top_k}")
+
+
+def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
+    """Pick one token id per row of (B, V) logits. Temperature 0 is greedy."""
+    if params.temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / params.temperature
+    if params.top_k > 0:
+        k = min(params.top_k, logits.shape[-1])
+        kth = torch.topk(logits, k, dim=-1).values[..., -1, None]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if params.top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        # Keep the smallest prefix whose mass reaches top_p (the token that crosses it included).
+        drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= params.top_p
+        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.inference_mode()
+def stream_tokens(model: Transformer, prompt_ids: list[int], params: SamplingParams) -> Iterator[int]:
+    """Yield sampled token ids one at a time; stops at a stop token or max_tokens (the stop token is not yielded)."""
+    params.validate()
+    limit = model.cfg.max_seq_len
+    if not prompt_ids:
+        raise HomegrownError("the prompt is empty after tokenization")
+    if len(prompt_ids) + params.max_tokens > limit:
+        raise HomegrownError(f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the "
+                             f"model's context of {limit} tokens; shorten the prompt or lower max_tokens")
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device)
+    if params.seed is not None:
+        generator.manual_seed(params.seed)
+    else:
+        generator.seed()
+    cache = KVCache.allocate(model.cfg, 1, len(prompt_ids) + params.max_tokens,
+                             dtype=next(model.parameters()).dtype, device=device)
+    logits = model(torch.tensor([prompt_ids], device=device), cache=cache)[:, -1]
+    for i in range(params.max_tokens):
+        token = int(sample_next(logits, params, generator))
+        if token in params.stop_token_ids:
+            return
+        yield token
+        if i + 1 < params.max_tokens:
+            logits = model(torch.tensor([[token]], device=device), cache=cache)[:, -1]
+
+
+def generate_text(model: Transformer, tok: Tokenizer, prompt: str, params: SamplingParams) -> str:
+    ids = tok.encode(prompt, add_special_tokens=False).ids
+    return tok.decode(list(stream_tokens(model, ids, params)))

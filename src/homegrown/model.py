@@ -1,0 +1,238 @@
+"""Llama-style decoder: RMSNorm, RoPE, SwiGLU, grouped-query attention through SDPA, and a KV cache.
+
+Q/K/V and gate/up are each one fused matmul because on small widths (and on CPUs) the launch and memory
+traffic of three thin matmuls costs more than the math; `export/hf.py` splits them back into Llama's names.
+RoPE uses the "rotate half" layout so exported weights behave identically in `transformers`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from homegrown.config import ModelConfig
+
+
+def rope_tables(cfg: ModelConfig, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin of shape (max_seq_len, head_dim), duplicated over the two halves as Llama does."""
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32, device=device)
+                                        / cfg.head_dim))
+    t = torch.arange(cfg.max_seq_len, dtype=torch.float32, device=device)
+    freqs = torch.outer(t, inv_freq)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (B, H, T, D); cos/sin: (T, D) already sliced to the positions of x."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+@dataclass
+class KVCache:
+    """Preallocated keys/values for every layer: (n_layers, batch, n_kv_heads, max_len, head_dim)."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    pos: int = 0
+
+    @classmethod
+    def allocate(cls, cfg: ModelConfig, batch: int, max_len: int | None = None,
+                 dtype: torch.dtype = torch.float32, device: torch.device | None = None) -> KVCache:
+        shape = (cfg.n_layers, batch, cfg.n_kv_heads, max_len or cfg.max_seq_len, cfg.head_dim)
+        return cls(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+
+class _SoftmaxCrossEntropy(torch.autograd.Function):
+    """Weighted cross-entropy whose gradient is made in the forward pass from one softmax.
+
+    PyTorch's CPU log_softmax forward+backward over a (tokens × vocab) matrix is ~3× slower than a single
+    softmax, and the loss layer was a third of a small model's step; this keeps the numbers exact
+    (rows whose target probability underflows fall back to logsumexp) and the memory the same.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        x = logits.float()
+        probs = torch.softmax(x, dim=-1)
+        rows = torch.arange(x.shape[0], device=x.device)
+        nll = -probs[rows, targets].log()
+        underflow = torch.isinf(nll)
+        if underflow.any():
+            nll[underflow] = torch.logsumexp(x[underflow], dim=-1) - x[underflow, targets[underflow]]
+        loss = (nll * weights).sum()
+        probs[rows, targets] -= 1.0
+        probs.mul_(weights[:, None])
+        ctx.save_for_backward(probs)
+        ctx.logits_dtype = logits.dtype
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (grad,) = ctx.saved_tensors
+        return (grad * grad_out).to(ctx.logits_dtype), None, None
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, loss_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean token cross-entropy over (…, V) logits, optionally only where `loss_mask` is 1."""
+    flat = logits.reshape(-1, logits.shape[-1])
+    if loss_mask is None:
+        weights = torch.full((flat.shape[0],), 1.0 / flat.shape[0], device=flat.device)
+    else:
+        mask = loss_mask.reshape(-1).float()
+        weights = mask / mask.sum().clamp(min=1)
+    return _SoftmaxCrossEntropy.apply(flat, targets.reshape(-1), weights)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.qkv = nn.Linear(cfg.d_model, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim, bias=False)
+        self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: KVCache | None, layer: int) -> torch.Tensor:
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).split(
+            [self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim, self.n_kv_heads * self.head_dim], dim=-1)
+        q = q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        gqa = self.n_heads != self.n_kv_heads
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        else:
+            start = cache.pos
+            cache.k[layer, :b, :, start:start + t] = k.to(cache.k.dtype)
+            cache.v[layer, :b, :, start:start + t] = v.to(cache.v.dtype)
+            keys = cache.k[layer, :b, :, :start + t].to(q.dtype)
+            values = cache.v[layer, :b, :, :start + t].to(q.dtype)
+            if t == 1:
+                y = F.scaled_dot_product_attention(q, keys, values, enable_gqa=gqa)
+            else:
+                # Query i sits at absolute position start+i and may see keys 0..start+i.
+                mask = torch.ones(t, start + t, dtype=torch.bool, device=x.device).tril(diagonal=start)
+                y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=gqa)
+        return self.o_proj(y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.hidden = cfg.ffn_hidden
+        self.gate_up = nn.Linear(cfg.d_model, 2 * cfg.ffn_hidden, bias=False)
+        self.down_proj = nn.Linear(cfg.ffn_hidden, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).split(self.hidden, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = SwiGLU(cfg)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: KVCache | None, layer: int) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, layer)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        cos, sin = rope_tables(cfg)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """GPT-2/Llama init: N(0, 0.02), residual output projections shrunk by depth so the stream stays O(1)."""
+        std = self.cfg.init_std
+        for name, p in self.named_parameters():
+            if p.dim() == 1:
+                nn.init.ones_(p)
+            elif name.endswith(("o_proj.weight", "down_proj.weight")):
+                nn.init.normal_(p, mean=0.0, std=std / math.sqrt(2 * self.cfg.n_layers))
+            else:
+                nn.init.normal_(p, mean=0.0, std=std)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                cache: KVCache | None = None, loss_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, V), or the mean cross-entropy when `targets` is given.
+
+        With a cache, `idx` holds the tokens after `cache.pos`; the cache is advanced by T afterwards.
+        `loss_mask` (B, T) of 0/1 restricts the loss to some positions (fine-tuning on assistant turns).
+        """
+        t = idx.shape[1]
+        start = cache.pos if cache is not None else 0
+        if start + t > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {start + t} tokens exceeds max_seq_len={self.cfg.max_seq_len}")
+        cos, sin = self.rope_cos[start:start + t], self.rope_sin[start:start + t]
+        x = self.embed_tokens(idx)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, cache, i)
+        if cache is not None:
+            cache.pos += t
+        x = self.norm(x)
+        if targets is None:
+            return self.lm_head(x)
+        return cross_entropy(self.lm_head(x), targets, loss_mask)
+
+    def num_params(self, exclude_embedding: bool = False) -> int:
+        """Exact count of distinct parameters (a tied head is counted once)."""
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embedding:
+            n -= self.embed_tokens.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token (forward + backward): 6·(matmul weights) + 12·layers·d·seq (attention).
+
+        The embedding lookup is not a matmul; the head is, tied or not (PaLM appendix B convention).
+        """
+        cfg = self.cfg
+        matmul_params = self.num_params(exclude_embedding=True)
+        if cfg.tie_embeddings:
+            matmul_params += self.lm_head.weight.numel()
+        return 6.0 * matmul_params + 12.0 * cfg.n_layers * cfg.d_model * seq_len
+
+
+def count_params(cfg: ModelConfig) -> int:
+    """Exact parameter count without allocating memory (meta device), so 70B presets can be listed on a laptop."""
+    with torch.device("meta"):
+        return Transformer(cfg).num_params()

@@ -1,0 +1,1 @@
+"""Post-training: chat format, supervised fine-tuning, distillation."""

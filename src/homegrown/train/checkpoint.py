@@ -1,0 +1,131 @@
+"""Checkpoints in the DESIGN.md format, written so a crash can never leave a half checkpoint that looks whole.
+
+`ckpt/step_N/` holds model.safetensors + config.json + tokenizer.json (everything needed to serve or
+export) and trainer_state.pt (optimizer, RNG, step) that only resume needs. The directory is assembled
+under a temporary name and renamed into place, which is atomic on POSIX filesystems.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from homegrown.config import ModelConfig
+from homegrown.errors import HomegrownError
+from homegrown.model import Transformer
+
+STEP_DIR = re.compile(r"^step_(\d+)$")
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+TRAINER_STATE = "trainer_state.pt"
+
+
+def weights_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
+    """Model tensors for safetensors: contiguous CPU copies, the tied head stored once (as the embedding)."""
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    if model.cfg.tie_embeddings:
+        state.pop("lm_head.weight", None)
+    return state
+
+
+def save_checkpoint(ckpt_root: Path, step: int, model: Transformer, tokenizer_path: Path,
+                    trainer_state: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
+                    keep: int = 0) -> Path:
+    """Write `ckpt_root/step_<step>` atomically; prune to the newest `keep` checkpoints when keep > 0."""
+    ckpt_root = Path(ckpt_root)
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    final = ckpt_root / f"step_{step}"
+    tmp = ckpt_root / f".step_{step}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(weights_state_dict(model), str(tmp / WEIGHTS), metadata={"format": "pt", "step": str(step)})
+    (tmp / CONFIG).write_text(json.dumps(asdict(model.cfg), indent=2))
+    shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
+    if extra:
+        (tmp / "train_info.json").write_text(json.dumps(extra, indent=2))
+    if trainer_state is not None:
+        torch.save(trainer_state, tmp / TRAINER_STATE)
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    if keep > 0:
+        for old in list_checkpoints(ckpt_root)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(ckpt_root: Path) -> list[Path]:
+    """Finished checkpoints, oldest first (temporary directories are ignored by name)."""
+    ckpt_root = Path(ckpt_root)
+    if not ckpt_root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in ckpt_root.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(ckpt_root: Path) -> Path | None:
+    ckpts = list_checkpoints(ckpt_root)
+    return ckpts[-1] if ckpts else None
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """Accept a checkpoint dir, a `ckpt/` dir or a run dir, and return the newest checkpoint inside."""
+    path = Path(path)
+    if (path / WEIGHTS).exists():
+        return path
+    for root in (path, path / "ckpt"):
+        latest = latest_checkpoint(root)
+        if latest is not None:
+            return latest
+    raise HomegrownError(f"no checkpoint found at {path}; pass a run directory or a ckpt/step_N directory")
+
+
+def load_model(path: Path, device: str | torch.device = "cpu") -> Transformer:
+    """Build the model from config.json and load the safetensors weights (no pickle involved)."""
+    ckpt = resolve_checkpoint(path)
+    cfg = ModelConfig.load(ckpt / CONFIG)
+    model = Transformer(cfg)
+    load_weights(model, ckpt / WEIGHTS)
+    return model.to(device)
+
+
+def load_weights(model: Transformer, weights_path: Path) -> None:
+    """Load weights, refusing a file whose tensor names or shapes do not match this model's config."""
+    state = load_file(str(weights_path))
+    expected = weights_state_dict(model)
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in expected if k in state and state[k].shape != expected[k].shape)
+    if missing or unexpected or wrong:
+        detail = "; ".join(f"{label}: {names[:4]}" for label, names in
+                           (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if names)
+        raise HomegrownError(f"checkpoint {weights_path} does not fit this model config ({detail})")
+    model.load_state_dict(state, strict=False)
+    if model.cfg.tie_embeddings:
+        model.lm_head.weight = model.embed_tokens.weight
+
+
+def check_same_config(ckpt: Path, cfg: ModelConfig) -> None:
+    """Resuming into a run with a different shape would silently mix models; say so instead."""
+    saved = json.loads((ckpt / CONFIG).read_text())
+    current = asdict(cfg)
+    diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {v!r}" for k, v in current.items() if saved.get(k) != v]
+    if diffs:
+        raise HomegrownError(f"checkpoint {ckpt} was trained with another model config ({'; '.join(diffs)}); "
+                             "use a new --out directory or the same preset")
+
+
+def load_trainer_state(ckpt: Path) -> dict[str, Any]:
+    """Our own trainer state, loaded with weights_only=True so even a tampered file cannot run code."""
+    path = Path(ckpt) / TRAINER_STATE
+    if not path.exists():
+        raise HomegrownError(f"{ckpt} has no {TRAINER_STATE}; it can be served or exported but not resumed")
+    return torch.load(path, map_location="cpu", weights_only=True)

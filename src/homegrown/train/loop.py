@@ -1,0 +1,270 @@
+"""One training loop for pretraining and fine-tuning.
+
+Determinism is a feature here: each step's batch comes from a generator seeded by (seed, step, micro-step),
+and the LR is a pure function of the step, so resuming from a checkpoint replays exactly the steps an
+uninterrupted run would have taken — the resume test compares losses step for step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from homegrown.config import ModelConfig, TrainConfig
+from homegrown.data.pack import TokenShards, token_byte_lengths
+from homegrown.errors import HomegrownError
+from homegrown.model import Transformer
+from homegrown.progress import StepProgress, console
+from homegrown.tokenizer import load_tokenizer
+from homegrown.train import checkpoint as ck
+from homegrown.train.plots import plot_loss_curve
+
+Batch = tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+BatchSource = Callable[[int, int, torch.Generator], Batch]
+"""(batch_size, seq_len, generator) -> (inputs, targets[, loss_mask]); SFT plugs its own in here."""
+
+
+@dataclass
+class TrainResult:
+    final_checkpoint: Path
+    steps: int
+    final_val_loss: float
+    final_val_bpb: float
+    tokens_per_second: float
+
+
+def lr_at(step: int, cfg: TrainConfig, peak: float) -> float:
+    """Linear warmup then cosine decay to `min_lr_ratio·peak` at `max_steps`."""
+    if step < cfg.warmup_steps:
+        return peak * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return peak * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _matmul_rate(dtype: torch.dtype, n: int = 512, reps: int = 3) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return reps / (time.perf_counter() - t0)
+
+
+def autocast_dtype(requested: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype to use, or None for plain fp32.
+
+    `auto` is bf16 on CUDA; on a CPU it is bf16 only if a bf16 matmul is actually faster there — CPUs without
+    AVX-512 BF16/AMX emulate it hundreds of times slower (measured on this project's 2-core AMD machines).
+    """
+    if requested == "fp32":
+        return None
+    if requested == "bf16":
+        return torch.bfloat16
+    if requested != "auto":
+        raise HomegrownError(f"train.dtype must be auto, bf16 or fp32, not {requested!r}")
+    if device.type == "cuda":
+        return torch.bfloat16
+    return torch.bfloat16 if _matmul_rate(torch.bfloat16) > 1.2 * _matmul_rate(torch.float32) else None
+
+
+def build_optimizer(model: Transformer, cfg: TrainConfig, fused: bool) -> list[torch.optim.Optimizer]:
+    """AdamW everywhere, or Muon on the 2-D hidden matrices with AdamW on embeddings, head and norms."""
+    decay, no_decay, hidden = [], [], []
+    for name, p in model.named_parameters():
+        if p.dim() < 2:
+            no_decay.append(p)
+        elif cfg.optimizer == "muon" and name.startswith("layers."):
+            hidden.append(p)
+        else:
+            decay.append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay, "peak_lr": cfg.lr},
+              {"params": no_decay, "weight_decay": 0.0, "peak_lr": cfg.lr}]
+    adamw = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused or None)
+    if cfg.optimizer == "adamw":
+        return [adamw]
+    if cfg.optimizer != "muon":
+        raise HomegrownError(f"train.optimizer must be adamw or muon, not {cfg.optimizer!r}")
+    muon = torch.optim.Muon([{"params": hidden, "peak_lr": cfg.muon_lr}], lr=cfg.muon_lr,
+                            weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw")
+    return [adamw, muon]
+
+
+def _generator(seed: int, step: int, micro: int, stream: int = 0) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed((seed * 1_000_003 + step * 1_009 + micro * 17 + stream) % (2**63))
+    return g
+
+
+@torch.no_grad()
+def evaluate(model: Transformer, val: TokenShards, byte_lengths: torch.Tensor, batch: int, seq_len: int,
+             max_batches: int, device: torch.device, amp: torch.dtype | None) -> tuple[float, float]:
+    """Mean token loss (nats) and bits per byte over the fixed validation windows.
+
+    Bits per byte divides summed token losses by the UTF-8 bytes those tokens cover, so models with different
+    tokenizers compare on the same footing.
+    """
+    was_training = model.training
+    model.eval()
+    total_nll, total_tokens, total_bytes = 0.0, 0, 0
+    for x, y in val.sequential(batch, seq_len, max_batches):
+        x, y = x.to(device), y.to(device)
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            logits = model(x)
+        nll = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1),
+                                                reduction="sum")
+        total_nll += float(nll)
+        total_tokens += y.numel()
+        total_bytes += int(byte_lengths[y.cpu()].sum())
+    model.train(was_training)
+    if total_tokens == 0:
+        raise HomegrownError("validation split is empty; cannot evaluate")
+    return total_nll / total_tokens, total_nll / math.log(2) / max(total_bytes, 1)
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _truncate_metrics(path: Path, after_step: int) -> None:
+    """Drop lines a killed run logged after its last checkpoint; the resumed run logs those steps again."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= after_step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+
+
+def train(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path, run_dir: Path, tokenizer_path: Path,
+          init_from: Path | None = None, batch_source: BatchSource | None = None, ckpt_subdir: str = "ckpt",
+          progress: bool = True, label: str = "pretrain") -> TrainResult:
+    """Train (or resume) in `run_dir/<ckpt_subdir>`, starting from `init_from` weights when given.
+
+    Resumes automatically when that checkpoint directory already holds a checkpoint. Returns the final one.
+    """
+    run_dir = Path(run_dir)
+    ckpt_root = run_dir / ckpt_subdir
+    metrics_path = run_dir / f"metrics_{label}.jsonl" if label != "pretrain" else run_dir / "metrics.jsonl"
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device()
+    amp = autocast_dtype(cfg.dtype, device)
+    torch.manual_seed(cfg.seed)
+
+    model = Transformer(model_cfg)
+    if init_from is not None:
+        ck.load_weights(model, ck.resolve_checkpoint(init_from) / ck.WEIGHTS)
+    model.to(device)
+    optimizers = build_optimizer(model, cfg, fused=device.type == "cuda")
+    train_fn = torch.compile(model) if cfg.compile else model
+
+    val = TokenShards(shard_dir, "val")
+    byte_lengths = torch.from_numpy(token_byte_lengths(load_tokenizer(tokenizer_path)))
+    if batch_source is None:
+        train_shards = TokenShards(shard_dir, "train")
+        batch_source = train_shards.sample
+
+    start_step = 0
+    resume_from = ck.latest_checkpoint(ckpt_root)
+    if resume_from is not None:
+        ck.check_same_config(resume_from, model_cfg)
+        state = ck.load_trainer_state(resume_from)
+        ck.load_weights(model, resume_from / ck.WEIGHTS)
+        for opt, opt_state in zip(optimizers, state["optimizers"], strict=True):
+            opt.load_state_dict(opt_state)
+        _set_rng_state(state["rng"])
+        start_step = int(state["step"])
+        _truncate_metrics(metrics_path, start_step)
+        console.print(f"resuming {label} from {resume_from} (step {start_step})")
+    elif metrics_path.exists():
+        metrics_path.unlink()
+
+    tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum
+    flops_per_step = model.flops_per_token(cfg.seq_len) * tokens_per_step
+    info = {"model": asdict(model_cfg), "train": asdict(cfg), "params": model.num_params(),
+            "device": str(device), "autocast": str(amp), "tokens_per_step": tokens_per_step}
+    if start_step == 0:
+        console.print(f"{label}: {model.num_params():,} parameters on {device}, autocast {amp or 'off (fp32)'}, "
+                      f"{tokens_per_step:,} tokens/step × {cfg.max_steps} steps")
+
+    def save(step: int) -> Path:
+        state = {"step": step, "optimizers": [o.state_dict() for o in optimizers], "rng": _rng_state()}
+        return ck.save_checkpoint(ckpt_root, step, model, tokenizer_path, state, extra=info,
+                                  keep=cfg.keep_checkpoints)
+
+    def log(record: dict) -> None:
+        with metrics_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    model.train()
+    val_loss = val_bpb = float("nan")
+    t_window, tok_window, tok_rate = time.perf_counter(), 0, 0.0
+    final = resume_from if resume_from is not None and start_step >= cfg.max_steps else None
+    with StepProgress(label, cfg.max_steps, start_step, enabled=progress) as bar:
+        for step in range(start_step, cfg.max_steps):
+            for opt in optimizers:
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(step, cfg, group["peak_lr"])
+            loss_sum = 0.0
+            for micro in range(cfg.grad_accum):
+                batch = batch_source(cfg.batch_size, cfg.seq_len, _generator(cfg.seed, step, micro))
+                x, y = batch[0].to(device), batch[1].to(device)
+                mask = batch[2].to(device) if len(batch) == 3 else None
+                with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                    loss = train_fn(x, y, loss_mask=mask) / cfg.grad_accum
+                loss.backward()
+                loss_sum += float(loss.detach())
+            if not math.isfinite(loss_sum):
+                raise HomegrownError(f"loss became {loss_sum} at step {step}; lower train.lr and rerun with a new --out")
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+            for opt in optimizers:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            done = step + 1
+            tok_window += tokens_per_step
+            elapsed = time.perf_counter() - t_window
+            record = {"step": done, "loss": loss_sum, "lr": lr_at(step, cfg, cfg.lr), "grad_norm": grad_norm}
+            if done % cfg.log_every == 0 or done == cfg.max_steps:
+                tok_rate = tok_window / max(elapsed, 1e-9)
+                record["tokens_per_s"] = tok_rate
+                record["flops_per_s"] = tok_rate / tokens_per_step * flops_per_step
+                t_window, tok_window = time.perf_counter(), 0
+            if done % cfg.eval_every == 0 or done == cfg.max_steps:
+                val_loss, val_bpb = evaluate(model, val, byte_lengths, cfg.batch_size, cfg.seq_len,
+                                             cfg.eval_batches, device, amp)
+                record.update(val_loss=val_loss, val_bpb=val_bpb)
+            log(record)
+            bar.update(done, loss=loss_sum, **({"tok/s": f"{tok_rate:,.0f}"} if tok_rate else {}),
+                       **({"val_bpb": val_bpb} if math.isfinite(val_bpb) else {}))
+            if done % cfg.ckpt_every == 0 or done == cfg.max_steps:
+                final = save(done)
+                plot_loss_curve(metrics_path, run_dir / f"loss_{label}.png", title=f"{label} — {run_dir.name}")
+    if final is None:
+        raise HomegrownError(f"{label} ran no steps (max_steps={cfg.max_steps})")
+    history = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    evals = [h for h in history if "val_loss" in h]
+    rates = [h["tokens_per_s"] for h in history if "tokens_per_s" in h]
+    return TrainResult(final, cfg.max_steps, evals[-1]["val_loss"] if evals else float("nan"),
+                       evals[-1]["val_bpb"] if evals else float("nan"),
+                       float(np.median(rates)) if rates else 0.0)
