@@ -26,12 +26,13 @@ else
     done
 fi
 
-# Python docs: skip Sphinx internals (_static, _sources, _downloads, _images and _-prefixed include
-# fragments), the include-only fragments in includes/, generated indexes, search, the download page,
-# and pages that are only a table of contents (index.html, contents.html, faq/ and using/ index).
+# Python docs: skip Sphinx internals (the top-level _static, _sources, _downloads, _images), fragments
+# that are only included into other pages (includes/, distutils/_setuptools_disclaimer.html), generated
+# indexes, search, the download page, and pages that are only a table of contents (index.html,
+# contents.html, faq/index.html, using/index.html). Not `*/_*`: library/__future__.html is a real page.
 "$python" -m homegrown.data.ingest \
     --source "$root/usr/share/doc/python3.11/html:PSF-2.0:https://docs.python.org/3.11/" \
-        --exclude '_*' --exclude '*/_*' --exclude includes \
+        --exclude '_*' --exclude includes --exclude distutils/_setuptools_disclaimer.html \
         --exclude 'genindex*' --exclude 'py-modindex*' --exclude search.html --exclude download.html \
         --exclude index.html --exclude contents.html --exclude faq/index.html --exclude using/index.html \
     --source "$root/usr/share/doc/debian-handbook/html/en-US:GPL-2.0-or-later OR CC-BY-SA-3.0:https://debian-handbook.info/browse/en-US/stable/" \

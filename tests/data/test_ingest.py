@@ -83,6 +83,30 @@ def test_ingest_is_byte_reproducible(tmp_path: Path) -> None:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 
+def test_ingest_reads_jsonl_and_text(tmp_path: Path) -> None:
+    jsonl = tmp_path / "pages.jsonl.gz"
+    with gzip.open(jsonl, "wt", encoding="utf-8") as f:
+        f.write(json.dumps({"text": "A licensed page.", "title": "T", "url": "https://example.org/t"}) + "\n")
+        f.write(json.dumps({"text": "   "}) + "\n")
+    (tmp_path / "txt").mkdir()
+    (tmp_path / "txt" / "note.txt").write_text("A plain note.\n")
+    stats = ingest(
+        [
+            SourceSpec(path=jsonl, licence="CC-BY-4.0", url_prefix=PREFIX),
+            SourceSpec(path=tmp_path / "txt", licence="CC0-1.0", url_prefix=PREFIX, glob="*.txt"),
+        ],
+        tmp_path / "out",
+        holdout_fraction=0.0,
+        progress=False,
+    )
+    assert (stats.pages_read, stats.kept, stats.dropped_empty, stats.val_pages) == (3, 2, 1, 0)
+    records = list(iter_corpus(tmp_path / "out", "train"))
+    assert [(r["source"], r["title"], r["text"]) for r in records] == [
+        ("https://example.org/t", "T", "A licensed page."),
+        (PREFIX + "note.txt", None, "A plain note."),
+    ]
+
+
 def test_split_rule_is_fixed() -> None:
     url = "https://docs.python.org/3.11/library/os.html"
     bucket = int(hashlib.sha256(url.encode()).hexdigest()[:8], 16) % 1000

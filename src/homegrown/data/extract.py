@@ -60,7 +60,7 @@ _SPHINX_HEADERLINK = f"//a[{_HAS_CLASS.format('headerlink')}]"
 _EMPTY_ANCHOR = "//a[not(@href)][not(node())]"
 _NAV_CHROME = (
     f"//ul[{_HAS_CLASS.format('docnav')}]|//div[@id='banner']|//p[@id='title']"  # Publican
-    f"|//*[@role='navigation']|//div[{_HAS_CLASS.format('footer')}]"  # ARIA navigation (Sphinx), Sphinx
+    f"|//*[@role='navigation']|//div[{_HAS_CLASS.format('footer')}]"  # Sphinx: ARIA navigation, footer
 )
 
 

@@ -49,10 +49,11 @@ _JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
 class SourceSpec:
     """One source tree: where it is, under which licence, and the public URL its files are served at.
 
-    `exclude` holds shell patterns matched against each file's relative path and each path component
-    (`_static` drops the directory, `genindex*` every generated index page). Files are read by suffix:
-    HTML is extracted, `.txt` is taken as is, `.jsonl[.gz]` gives one page per line (field `text`;
-    `title` and `url`/`source` are used when present).
+    `exclude` holds shell patterns matched against each file's path relative to `path` or a directory
+    above it (`_static` drops that directory, `genindex*` every generated index page; see
+    `sources.is_excluded`). `path` may also be a single file. Files are read by suffix: HTML is
+    extracted, `.txt` is taken as is, `.jsonl[.gz]` gives one page per line (field `text`; `title`
+    and `url`/`source` are used when present).
     """
 
     path: Path

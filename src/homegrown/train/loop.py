@@ -164,6 +164,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path, run_dir: Pa
     Resumes automatically when that checkpoint directory already holds a checkpoint. Returns the final one.
     """
     run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_root = run_dir / ckpt_subdir
     metrics_path = run_dir / f"metrics_{label}.jsonl" if label != "pretrain" else run_dir / "metrics.jsonl"
     if cfg.threads:

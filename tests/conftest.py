@@ -1,0 +1,57 @@
+"""Shared fixtures: a small real corpus cut from the bundled sample, and a tiny tokenizer + shards built from it.
+
+Built once per session with the project's own stage functions, so every test runs on real text.
+"""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from homegrown.data.sources import iter_corpus
+from homegrown.pipeline import CORPUS_MARKER, SAMPLE_DIR, prepare_shards, prepare_tokenizer
+
+TINY_VOCAB = 512
+
+
+def write_corpus(out: Path, train_docs: int = 120, val_docs: int = 12) -> Path:
+    """The first pages of each split of the bundled corpus, in the same format."""
+    out.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", train_docs), ("val", val_docs)):
+        with gzip.open(out / f"{split}.jsonl.gz", "wt", encoding="utf-8") as f:
+            for record in itertools.islice(iter_corpus(SAMPLE_DIR, split), n):
+                f.write(json.dumps(record) + "\n")
+    (out / CORPUS_MARKER).write_text(json.dumps({"from": str(SAMPLE_DIR), "train": train_docs, "val": val_docs}))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run directory with corpus/, tokenizer.json (512 tokens) and shards/ — ready for pretraining."""
+    run = tmp_path_factory.mktemp("tiny_run")
+    corpus = write_corpus(run / "corpus")
+    tok = prepare_tokenizer(corpus, TINY_VOCAB, run / "tokenizer.json")
+    prepare_shards(corpus, tok, run / "shards")
+    return run
+
+
+HOMEGROWN_EXE = Path(sys.executable).with_name("homegrown")
+
+
+def _run_cli(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([str(HOMEGROWN_EXE), *args], capture_output=True, text=True, timeout=timeout,
+                          env=full_env)
+
+
+@pytest.fixture
+def cli():
+    """Run the real `homegrown` console script in a child process, the way a user does."""
+    return _run_cli

@@ -1,0 +1,51 @@
+"""The console script as a user meets it: real child processes, real files."""
+
+import json
+
+
+def _assert_user_error(result, needle):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert needle in result.stderr
+    assert len([line for line in result.stderr.splitlines() if line.strip()]) <= 3
+
+
+def test_help_lists_the_stages(cli):
+    out = cli("--help")
+    assert out.returncode == 0
+    for stage in ("run", "pretrain", "generate", "chat", "export", "data", "presets"):
+        assert stage in out.stdout
+
+
+def test_user_errors_are_one_clear_line(cli, tmp_path):
+    _assert_user_error(cli("run", "--preset", "nope", "--out", str(tmp_path)), "unknown preset 'nope'")
+    _assert_user_error(cli("generate", str(tmp_path / "missing"), "hi"), "no checkpoint found")
+    _assert_user_error(cli("run", "--preset", "tiny", "--set", "train.lr", "--out", str(tmp_path)), "must look like")
+    _assert_user_error(cli("run", "--preset", "llama-8b", "--out", str(tmp_path)), "far too large")
+    _assert_user_error(cli("run", "--preset", "tiny", "--source", str(tmp_path / "nothing"), "--out",
+                           str(tmp_path / "r")), "does not exist")
+
+
+def test_run_end_to_end_then_rerun_skips_finished_stages(cli, tmp_path):
+    run = tmp_path / "run"
+    first = cli("run", "--preset", "tiny", "--out", str(run), "--samples", "2", "--set", "train.threads=1")
+    assert first.returncode == 0, first.stderr[-2000:]
+    for name in ("corpus/MANIFEST.json", "tokenizer.json", "shards/index.json", "metrics.jsonl",
+                 "loss_pretrain.png", "ckpt/step_40/model.safetensors", "ckpt/step_40/trainer_state.pt"):
+        assert (run / name).exists(), name
+    assert "The Python interpreter" in first.stderr and "val bits/byte" in first.stderr
+    stamp = (run / "tokenizer.json").stat().st_mtime_ns
+    second = cli("run", "--preset", "tiny", "--out", str(run), "--samples", "0", "--set", "train.threads=1")
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "training a" not in second.stderr and "packing" not in second.stderr
+    assert "resuming pretrain" in second.stderr
+    assert (run / "tokenizer.json").stat().st_mtime_ns == stamp
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 40
+
+    gen = cli("generate", str(run), "import os", "--max-tokens", "8", "--seed", "3")
+    again = cli("generate", str(run), "import os", "--max-tokens", "8", "--seed", "3")
+    assert gen.returncode == 0 and gen.stdout.startswith("import os") and gen.stdout == again.stdout
+
+    mismatch = cli("pretrain", str(run), "--preset", "tiny", "--set", "model.n_layers=3")
+    _assert_user_error(mismatch, "another model config")
+    assert json.loads((run / "preset.json").read_text())["name"] == "tiny"

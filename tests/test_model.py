@@ -1,0 +1,76 @@
+import torch
+import torch.nn.functional as F
+
+from homegrown.config import ModelConfig
+from homegrown.model import KVCache, Transformer, count_params, cross_entropy
+
+
+def _model(**kw) -> Transformer:
+    torch.manual_seed(0)
+    return Transformer(ModelConfig(vocab_size=97, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=48,
+                                   ffn_hidden=64, **kw)).eval()
+
+
+def test_param_count_matches_formula():
+    cfg = ModelConfig(vocab_size=97, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=64,
+                      tie_embeddings=False)
+    hd = 32 // 4
+    per_layer = 32 * (4 + 2 * 2) * hd + 4 * hd * 32 + 3 * 32 * 64 + 2 * 32
+    assert count_params(cfg) == 97 * 32 * 2 + 2 * per_layer + 32
+    cfg_tied = ModelConfig(vocab_size=97, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=64)
+    assert count_params(cfg_tied) == count_params(cfg) - 97 * 32
+
+
+def test_kv_cache_decode_equals_full_forward():
+    model = _model()
+    idx = torch.randint(0, 97, (2, 20))
+    with torch.no_grad():
+        full = model(idx)
+        cache = KVCache.allocate(model.cfg, 2)
+        prefill = model(idx[:, :12], cache=cache)
+        chunk = model(idx[:, 12:15], cache=cache)
+        steps = [model(idx[:, i:i + 1], cache=cache) for i in range(15, 20)]
+    got = torch.cat([prefill, chunk, *steps], dim=1)
+    assert cache.pos == 20
+    torch.testing.assert_close(got, full, atol=1e-5, rtol=1e-5)
+
+
+def test_causality_future_tokens_do_not_change_past_logits():
+    model = _model()
+    a = torch.randint(0, 97, (1, 16))
+    b = a.clone()
+    b[0, 10:] = (b[0, 10:] + 1) % 97
+    with torch.no_grad():
+        torch.testing.assert_close(model(a)[:, :10], model(b)[:, :10])
+
+
+def test_cross_entropy_matches_torch_and_masks():
+    logits = (torch.randn(6, 11, 97, dtype=torch.float64) * 4).requires_grad_()
+    ref_logits = logits.detach().clone().requires_grad_()
+    targets = torch.randint(0, 97, (6, 11))
+    mask = (torch.rand(6, 11) > 0.4).long()
+    ours = cross_entropy(logits, targets, mask)
+    ref = (F.cross_entropy(ref_logits.reshape(-1, 97), targets.reshape(-1), reduction="none")
+           * mask.reshape(-1)).sum() / mask.sum()
+    ours.backward()
+    ref.backward()
+    torch.testing.assert_close(ours.double(), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits.grad, ref_logits.grad, atol=1e-6, rtol=1e-5)
+
+
+def test_cross_entropy_survives_underflowing_target_probability():
+    logits = torch.zeros(2, 10)
+    logits[0, 0] = 200.0  # target 1 has probability exp(-200) == 0 in float32
+    loss = cross_entropy(logits, torch.tensor([1, 1]))
+    assert torch.isfinite(loss)
+    torch.testing.assert_close(loss, F.cross_entropy(logits, torch.tensor([1, 1])))
+
+
+def test_untied_and_tied_heads_train_a_step():
+    for tie in (True, False):
+        model = _model(tie_embeddings=tie).train()
+        idx = torch.randint(0, 97, (2, 17))
+        loss = model(idx[:, :-1], idx[:, 1:])
+        loss.backward()
+        assert all(p.grad is not None for p in model.parameters())
+        assert (model.lm_head.weight is model.embed_tokens.weight) == tie

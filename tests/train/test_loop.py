@@ -1,0 +1,97 @@
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from homegrown.config import TrainConfig, apply_overrides, get_preset
+from homegrown.errors import HomegrownError
+from homegrown.train.checkpoint import list_checkpoints, load_model, save_checkpoint
+from homegrown.train.loop import lr_at, train
+
+TINY = ["train.threads=1", "train.dtype=fp32"]
+
+
+def _losses(run_dir):
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_lr_warmup_then_cosine_to_floor():
+    cfg = TrainConfig(max_steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.1)
+    assert lr_at(0, cfg, 1.0) == pytest.approx(0.1)
+    assert lr_at(9, cfg, 1.0) == pytest.approx(1.0)
+    assert lr_at(55, cfg, 1.0) == pytest.approx(0.55)
+    assert lr_at(100, cfg, 1.0) == pytest.approx(0.1)
+    assert all(lr_at(s, cfg, 1.0) >= lr_at(s + 1, cfg, 1.0) for s in range(10, 100))
+
+
+def test_tiny_training_learns_and_writes_artifacts(tiny_run, tmp_path):
+    preset = apply_overrides(get_preset("tiny"), [*TINY, "train.max_steps=60", "train.eval_every=30"])
+    run = tmp_path / "run"
+    result = train(preset.model, preset.train, tiny_run / "shards", run, tiny_run / "tokenizer.json",
+                   progress=False)
+    losses = _losses(run)
+    assert sum(losses[-5:]) / 5 < losses[0] - 0.5  # from ~ln(512)=6.2 down by a clear margin
+    assert result.final_checkpoint.name == "step_60" and result.final_val_bpb < 4.5
+    assert (run / "loss_pretrain.png").stat().st_size > 10_000
+    assert [p.name for p in list_checkpoints(run / "ckpt")] == ["step_40", "step_60"]  # keep_checkpoints=2
+    model = load_model(run)
+    assert model.cfg == preset.model
+
+
+def test_muon_option_trains(tiny_run, tmp_path):
+    preset = apply_overrides(get_preset("tiny"), [*TINY, "train.max_steps=30", "train.optimizer=muon"])
+    train(preset.model, preset.train, tiny_run / "shards", tmp_path, tiny_run / "tokenizer.json", progress=False)
+    losses = _losses(tmp_path)
+    assert losses[-1] < losses[0] - 0.5
+
+
+def test_resume_refuses_a_different_model(tiny_run, tmp_path):
+    preset = apply_overrides(get_preset("tiny"), [*TINY, "train.max_steps=20"])
+    train(preset.model, preset.train, tiny_run / "shards", tmp_path, tiny_run / "tokenizer.json", progress=False)
+    other = apply_overrides(get_preset("tiny"), [*TINY, "train.max_steps=40", "model.n_layers=3"])
+    with pytest.raises(HomegrownError, match="another model config"):
+        train(other.model, other.train, tiny_run / "shards", tmp_path, tiny_run / "tokenizer.json", progress=False)
+
+
+def test_half_written_checkpoint_is_ignored(tiny_run, tmp_path):
+    preset = apply_overrides(get_preset("tiny"), [*TINY, "train.max_steps=20"])
+    result = train(preset.model, preset.train, tiny_run / "shards", tmp_path, tiny_run / "tokenizer.json",
+                   progress=False)
+    (tmp_path / "ckpt" / ".step_30.tmp").mkdir()  # what a crash mid-save leaves behind
+    assert list_checkpoints(tmp_path / "ckpt")[-1] == result.final_checkpoint
+    save_checkpoint(tmp_path / "ckpt", 30, load_model(result.final_checkpoint), tiny_run / "tokenizer.json")
+    assert not (tmp_path / "ckpt" / ".step_30.tmp").exists()
+
+
+def test_sigkilled_run_resumes_with_identical_losses(tiny_run, tmp_path, cli):
+    """A real child process is SIGKILLed after a checkpoint; the restart must replay the same loss values."""
+    args = ["pretrain", "--preset", "tiny", *sum((["--set", s] for s in [
+        *TINY, "train.max_steps=80", "train.ckpt_every=10", "train.eval_every=40", "train.keep_checkpoints=0"]), [])]
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    for run in (reference, killed):
+        run.mkdir()
+        for name in ("tokenizer.json", "shards"):
+            (run / name).symlink_to(tiny_run / name)
+    done = cli(*args[:1], str(reference), *args[1:])
+    assert done.returncode == 0, done.stderr
+
+    exe = Path(sys.executable).with_name("homegrown")
+    proc = subprocess.Popen([str(exe), args[0], str(killed), *args[1:]], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (killed / "ckpt" / "step_30").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (killed / "ckpt" / "step_30").exists(), "child never reached its third checkpoint"
+    interrupted_at = len(_losses(killed))
+    assert interrupted_at < 80, "the run finished before it could be killed; the test proves nothing"
+
+    resumed = cli(*args[:1], str(killed), *args[1:])
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming pretrain" in resumed.stderr
+    assert _losses(killed) == _losses(reference)  # exact float equality, step for step
