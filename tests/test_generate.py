@@ -18,7 +18,9 @@ def model():
 
 
 def test_same_seed_same_tokens_and_different_seed_differs(model):
-    run = lambda seed: list(stream_tokens(model, [1, 2, 3], SamplingParams(max_tokens=30, temperature=1.0, seed=seed)))
+    def run(seed: int) -> list[int]:
+        return list(stream_tokens(model, [1, 2, 3], SamplingParams(max_tokens=30, temperature=1.0, seed=seed)))
+
     assert run(5) == run(5)
     assert run(5) != run(6)
 

@@ -150,8 +150,8 @@ def chat(
     seed: int | None = None,
 ) -> None:
     """Terminal chat REPL using the chat template (answers well only after SFT; a base model rambles)."""
-    from homegrown.posttrain.chat import render_prompt
     from homegrown.generate import SamplingParams, stream_tokens
+    from homegrown.posttrain.chat import render_prompt
     from homegrown.tokenizer import load_tokenizer
     from homegrown.train.checkpoint import load_model, resolve_checkpoint
 

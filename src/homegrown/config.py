@@ -107,6 +107,9 @@ class DataConfig:
 
     source: str = ""
     """Empty = the bundled corpus in data/sample; otherwise a directory or file of HTML/JSONL/text."""
+    source_glob: str = "**/*.html"
+    """Which files of a source directory to read (e.g. `**/*.jsonl.gz`, `**/*.txt`); files go by suffix."""
+    source_licence: str = "unknown"
     tokenizer_sample_bytes: int = 200_000_000
     """Upper bound on text fed to BPE training; the bundled corpus is far below it."""
 
@@ -207,7 +210,8 @@ def apply_overrides(preset: Preset, overrides: list[str]) -> Preset:
         key, sep, value = item.partition("=")
         section_name, dot, field_name = key.strip().partition(".")
         if not sep or not dot or section_name not in ("model", "train", "data"):
-            raise HomegrownError(f"override {item!r} must look like model.FIELD=VALUE, train.FIELD=VALUE or data.FIELD=VALUE")
+            raise HomegrownError(
+                f"override {item!r} must look like model.FIELD=VALUE, train.FIELD=VALUE or data.FIELD=VALUE")
         section = getattr(preset, section_name)
         if not hasattr(section, field_name):
             names = ", ".join(f.name for f in dataclasses.fields(section))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from homegrown.config import Preset
+from homegrown.config import DataConfig, Preset
 from homegrown.data.ingest import SourceSpec, ingest
 from homegrown.data.pack import INDEX_NAME, pack
 from homegrown.data.sources import iter_corpus
@@ -42,11 +42,11 @@ class RunSummary:
     samples: list[tuple[str, str]] = field(default_factory=list)
 
 
-def prepare_corpus(source: str, corpus_dir: Path) -> Path:
+def prepare_corpus(data: DataConfig, corpus_dir: Path) -> Path:
     """The bundled sample (copied, so the run dir is self-contained) or an ingest of `source`."""
     if (corpus_dir / CORPUS_MARKER).exists():
         return corpus_dir
-    if not source:
+    if not data.source:
         if not (SAMPLE_DIR / CORPUS_MARKER).exists():
             raise HomegrownError(f"bundled corpus not found at {SAMPLE_DIR}; pass --source DIR or rebuild it with "
                                  "`bash scripts/build_sample.sh`")
@@ -56,10 +56,11 @@ def prepare_corpus(source: str, corpus_dir: Path) -> Path:
         shutil.rmtree(corpus_dir, ignore_errors=True)
         tmp.rename(corpus_dir)
         return corpus_dir
-    path = Path(source)
+    path = Path(data.source)
     if not path.exists():
-        raise HomegrownError(f"--source {source} does not exist")
-    ingest([SourceSpec(path=path, licence="unknown", url_prefix=path.resolve().as_uri() + "/")], corpus_dir)
+        raise HomegrownError(f"--source {data.source} does not exist")
+    ingest([SourceSpec(path=path, licence=data.source_licence, url_prefix=path.resolve().as_uri() + "/",
+                       glob=data.source_glob)], corpus_dir)
     return corpus_dir
 
 
@@ -98,7 +99,7 @@ def run(preset: Preset, run_dir: Path, samples: int = 3, progress: bool = True) 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "preset.json").write_text(json.dumps(asdict(preset), indent=2))
-    corpus = prepare_corpus(preset.data.source, run_dir / "corpus")
+    corpus = prepare_corpus(preset.data, run_dir / "corpus")
     tok_path = prepare_tokenizer(corpus, preset.model.vocab_size, run_dir / "tokenizer.json")
     shards = prepare_shards(corpus, tok_path, run_dir / "shards")
     result: TrainResult = train(preset.model, preset.train, shards, run_dir, tok_path, progress=progress)

@@ -61,7 +61,7 @@ def test_dtype_choice():
 def test_unfinished_shards_are_refused(tmp_path, tok):
     pack({"train": DOCS[:50], "val": DOCS[50:]}, tok, tmp_path / "shards")
     (tmp_path / "shards" / INDEX_NAME).unlink()
-    with pytest.raises(HomegrownError, match="missing index.json"):
+    with pytest.raises(HomegrownError, match=r"missing index\.json"):
         TokenShards(tmp_path / "shards", "train")
 
 

@@ -69,8 +69,8 @@ def test_half_written_checkpoint_is_ignored(tiny_run, tmp_path):
 
 def test_sigkilled_run_resumes_with_identical_losses(tiny_run, tmp_path, cli):
     """A real child process is SIGKILLed after a checkpoint; the restart must replay the same loss values."""
-    args = ["pretrain", "--preset", "tiny", *sum((["--set", s] for s in [
-        *TINY, "train.max_steps=80", "train.ckpt_every=10", "train.eval_every=40", "train.keep_checkpoints=0"]), [])]
+    settings = [*TINY, "train.max_steps=80", "train.ckpt_every=10", "train.eval_every=40", "train.keep_checkpoints=0"]
+    args = ["pretrain", "--preset", "tiny"] + [arg for s in settings for arg in ("--set", s)]
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     for run in (reference, killed):
         run.mkdir()

@@ -109,7 +109,7 @@ def _generator(seed: int, step: int, micro: int, stream: int = 0) -> torch.Gener
 
 @torch.no_grad()
 def evaluate(model: Transformer, val: TokenShards, byte_lengths: torch.Tensor, batch: int, seq_len: int,
-             max_batches: int, device: torch.device, amp: torch.dtype | None) -> tuple[float, float]:
+             max_batches: int | None, device: torch.device, amp: torch.dtype | None) -> tuple[float, float]:
     """Mean token loss (nats) and bits per byte over the fixed validation windows.
 
     Bits per byte divides summed token losses by the UTF-8 bytes those tokens cover, so models with different
@@ -237,7 +237,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path, run_dir: Pa
                 loss.backward()
                 loss_sum += float(loss.detach())
             if not math.isfinite(loss_sum):
-                raise HomegrownError(f"loss became {loss_sum} at step {step}; lower train.lr and rerun with a new --out")
+                raise HomegrownError(
+                    f"loss became {loss_sum} at step {step}; lower train.lr and rerun with a new --out")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
             for opt in optimizers:
                 opt.step()

@@ -9,7 +9,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen before pyplot loads)
+import matplotlib.pyplot as plt
 
 
 def plot_loss_curve(metrics_path: Path, out_png: Path, title: str = "") -> Path:

@@ -1,0 +1,29 @@
+# Two entry points for a new machine: `make run` (set up + whole pipeline) and `make test` (set up + tests).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PRESET ?= $(or $(HOMEGROWN_PRESET),small)
+OUT ?= runs/$(PRESET)
+
+.PHONY: setup run test lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml scripts/install_torch.sh
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	scripts/install_torch.sh $(PY) 2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+run: setup
+	$(VENV)/bin/homegrown run --preset $(PRESET) --out $(OUT)
+
+test: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+
+clean:
+	rm -rf runs $(VENV)
