@@ -17,7 +17,8 @@ def test_run_on_a_user_source_directory(tmp_path):
                                                   "train.max_steps=6", "train.eval_every=6", "train.threads=1",
                                                   "data.source_glob=*.html"])
     summary = run(preset, tmp_path / "run", samples=1, progress=False)
-    records = [json.loads(line) for line in gzip.open(tmp_path / "run" / "corpus" / "train.jsonl.gz", "rt")]
+    with gzip.open(tmp_path / "run" / "corpus" / "train.jsonl.gz", "rt") as f:
+        records = [json.loads(line) for line in f]
     assert records and all(r["licence"] == "CC0-1.0" and r["source"].startswith("file://") for r in records)
     assert summary.checkpoint.name == "step_6" and len(summary.samples) == 1
 
