@@ -74,3 +74,16 @@ def test_untied_and_tied_heads_train_a_step():
         loss.backward()
         assert all(p.grad is not None for p in model.parameters())
         assert (model.lm_head.weight is model.embed_tokens.weight) == tie
+
+
+def test_decode_path_matches_forward_with_cache():
+    """`decode` is the generation fast path; it must compute exactly what `forward` computes."""
+    model = _model()
+    idx = torch.randint(0, 97, (2, 20))
+    with torch.no_grad():
+        full = model(idx)
+        model.prepare_for_inference()
+        cache = KVCache.allocate(model.cfg, 2)
+        got = [model.decode(idx[:, :12], cache)]
+        got += [model.decode(idx[:, i:i + 1], cache) for i in range(12, 20)]
+    torch.testing.assert_close(torch.stack(got, dim=1), full[:, 11:], atol=1e-5, rtol=1e-5)

@@ -124,7 +124,7 @@ def generate(
     from homegrown.train.checkpoint import load_model, resolve_checkpoint
 
     ckpt = resolve_checkpoint(checkpoint)
-    model, tok = load_model(ckpt), load_tokenizer(ckpt)
+    model, tok = load_model(ckpt).prepare_for_inference(), load_tokenizer(ckpt)
     params = SamplingParams(max_tokens, temperature, top_k, top_p, seed, [eot_id(tok)])
     ids: list[int] = []
     shown = ""
@@ -156,7 +156,7 @@ def chat(
     from homegrown.train.checkpoint import load_model, resolve_checkpoint
 
     ckpt = resolve_checkpoint(checkpoint)
-    model, tok = load_model(ckpt), load_tokenizer(ckpt)
+    model, tok = load_model(ckpt).prepare_for_inference(), load_tokenizer(ckpt)
     stops = [tok.token_to_id("<|end|>"), tok.token_to_id("<|endoftext|>")]
     messages = [{"role": "system", "content": system}] if system else []
     console.print("[dim]Type a message; an empty line or Ctrl-D quits.[/dim]")

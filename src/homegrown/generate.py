@@ -73,14 +73,14 @@ def stream_tokens(model: Transformer, prompt_ids: list[int], params: SamplingPar
         generator.seed()
     cache = KVCache.allocate(model.cfg, 1, len(prompt_ids) + params.max_tokens,
                              dtype=next(model.parameters()).dtype, device=device)
-    logits = model(torch.tensor([prompt_ids], device=device), cache=cache)[:, -1]
+    logits = model.decode(torch.tensor([prompt_ids], device=device), cache)
     for i in range(params.max_tokens):
         token = int(sample_next(logits, params, generator))
         if token in params.stop_token_ids:
             return
         yield token
         if i + 1 < params.max_tokens:
-            logits = model(torch.tensor([[token]], device=device), cache=cache)[:, -1]
+            logits = model.decode(torch.tensor([[token]], device=device), cache)
 
 
 def generate_text(model: Transformer, tok: Tokenizer, prompt: str, params: SamplingParams) -> str:

@@ -106,7 +106,7 @@ def run(preset: Preset, run_dir: Path, samples: int = 3, progress: bool = True) 
     summary = RunSummary(run_dir, result.final_checkpoint, result.final_val_bpb, result.final_val_loss,
                          result.tokens_per_second, time.perf_counter() - t0)
     if samples:
-        model = load_model(result.final_checkpoint)
+        model = load_model(result.final_checkpoint).prepare_for_inference()
         tok = load_tokenizer(tok_path)
         for i, prompt in enumerate(SAMPLE_PROMPTS[:samples]):
             params = SamplingParams(max_tokens=min(60, preset.model.max_seq_len // 2), temperature=0.7, top_k=40,
