@@ -21,19 +21,8 @@ from safetensors.torch import load_file, save_file
 from homegrown.config import ModelConfig
 from homegrown.errors import HomegrownError
 from homegrown.model import Transformer
+from homegrown.posttrain.chat import CHAT_TEMPLATE
 from homegrown.train.checkpoint import CONFIG, WEIGHTS, resolve_checkpoint
-
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
-    "{{ raise_exception('roles must be system, user or assistant, got ' + message['role']) }}"
-    "{% endif %}"
-    "{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
-)
-"""Jinja version of our chat format, for `apply_chat_template` and OpenAI-style servers such as vLLM:
-each turn is `<|role|>\\n{content}<|end|>\\n`, and the generation prompt is `<|assistant|>\\n`."""
 
 EOT_TOKEN = "<|endoftext|>"
 END_TOKEN = "<|end|>"

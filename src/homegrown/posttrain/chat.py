@@ -11,13 +11,17 @@ from homegrown.errors import HomegrownError
 ROLES = ("system", "user", "assistant")
 END = "<|end|>"
 
-CHAT_TEMPLATE_JINJA = (
+CHAT_TEMPLATE = (
     "{% for message in messages %}"
-    "{{ '<|' + message['role'] + '|>\\n' + message['content'] + '<|end|>\\n' }}"
+    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
+    "{{ raise_exception('roles must be system, user or assistant, got ' + message['role']) }}"
+    "{% endif %}"
+    "{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}"
     "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
 )
-"""The same format as `render_prompt`, for tokenizer_config.json so `apply_chat_template` agrees with us."""
+"""Jinja version of our chat format, for `apply_chat_template` and OpenAI-style servers such as vLLM:
+each turn is `<|role|>\\n{content}<|end|>\\n`, and the generation prompt is `<|assistant|>\\n`."""
 
 
 def render_turn(role: str, content: str) -> str:
