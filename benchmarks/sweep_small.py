@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -27,25 +28,26 @@ CANDIDATES: dict[str, list[str]] = {
     "d256-L6-v8k-lr6e-3": ["model.vocab_size=8192", "train.lr=6e-3"],
     "d192-L4-v4k-lr5e-3": ["model.vocab_size=4096", "model.d_model=192", "model.n_layers=4", "model.n_heads=3",
                            "model.n_kv_heads=3", "train.lr=5e-3"],
+    "d256-L4-v4k-lr4e-3": ["model.vocab_size=4096", "model.n_layers=4", "train.lr=4e-3"],
     "d320-L6-v8k-lr2e-3": ["model.vocab_size=8192", "model.d_model=320", "model.n_heads=5", "model.n_kv_heads=5",
                            "train.lr=2e-3"],
 }
 
 
-def seconds_per_step(overrides: list[str], probe_steps: int = 3) -> float:
+def seconds_per_step(overrides: list[str], probe_steps: int = 5) -> float:
     preset = apply_overrides(get_preset("small"), overrides)
     cfg, tc = preset.model, preset.train
     model = Transformer(cfg)
     (opt,) = build_optimizer(model, tc, fused=False)
     x = torch.randint(0, cfg.vocab_size, (tc.batch_size, tc.seq_len))
     times = []
-    for _ in range(probe_steps + 1):
+    for _ in range(probe_steps + 2):
         t0 = time.perf_counter()
         model(x, x).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
-    return min(times[1:]) * 1.1  # evals and checkpoints add ~10%
+    return min(times[2:]) * 1.1  # fastest after warm-up (contention only slows); evals and checkpoints ~10%
 
 
 def main() -> None:
@@ -62,6 +64,7 @@ def main() -> None:
         preset = apply_overrides(get_preset("small"), [*overrides, f"train.max_steps={steps}",
                                                        f"train.eval_every={max(steps // 4, 1)}",
                                                        f"train.ckpt_every={steps}", "train.eval_batches=16"])
+        shutil.rmtree(args.out / name, ignore_errors=True)  # a stale run would resume with another schedule
         t0 = time.perf_counter()
         summary = run(preset, args.out / name, samples=0, progress=False)
         results[name] = {"steps": steps, "val_bpb": summary.val_bpb, "tokens_per_s": summary.tokens_per_second,

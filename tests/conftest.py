@@ -45,10 +45,11 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 HOMEGROWN_EXE = Path(sys.executable).with_name("homegrown")
 
 
-def _run_cli(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess[str]:
+def _run_cli(*args: str, timeout: float = 300, env: dict | None = None,
+             input_text: str = "") -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([str(HOMEGROWN_EXE), *args], capture_output=True, text=True, timeout=timeout,
-                          env=full_env)
+                          env=full_env, input=input_text)
 
 
 @pytest.fixture

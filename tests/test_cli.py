@@ -46,6 +46,15 @@ def test_run_end_to_end_then_rerun_skips_finished_stages(cli, tmp_path):
     again = cli("generate", str(run), "import os", "--max-tokens", "8", "--seed", "3")
     assert gen.returncode == 0 and gen.stdout.startswith("import os") and gen.stdout == again.stdout
 
+    chat = cli("chat", str(run), "--max-tokens", "5", "--seed", "1", input_text="How do I list files?\n\n")
+    assert chat.returncode == 0, chat.stderr
+    assert chat.stdout.count("model>") == 1
+
+    exported = cli("export", str(run), "--out", str(tmp_path / "hf"))
+    assert exported.returncode == 0, exported.stderr
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+    _assert_user_error(cli("export", str(run), "--out", str(tmp_path / "x"), "--format", "onnx"), "unknown export")
+
     mismatch = cli("pretrain", str(run), "--preset", "tiny", "--set", "model.n_layers=3")
     _assert_user_error(mismatch, "another model config")
     assert json.loads((run / "preset.json").read_text())["name"] == "tiny"

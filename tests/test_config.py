@@ -24,7 +24,8 @@ def test_overrides_are_typed_and_validated():
 
 
 def test_width_override_recomputes_ffn_and_seq_len_grows_context():
-    p = apply_overrides(get_preset("small"), ["model.d_model=384", "model.n_heads=8", "train.seq_len=512"])
+    widen = ["model.d_model=384", "model.n_heads=8", "model.n_kv_heads=8", "train.seq_len=512"]
+    p = apply_overrides(get_preset("small"), widen)
     assert p.model.ffn_hidden == 1024 and p.model.max_seq_len == 512
 
 

@@ -135,9 +135,11 @@ def _presets() -> dict[str, Preset]:
         ),
         "small": Preset(
             "small",
-            ModelConfig(vocab_size=8192, d_model=256, n_layers=6, n_heads=4, n_kv_heads=4, max_seq_len=256),
-            TrainConfig(batch_size=16, seq_len=256, max_steps=600, lr=3e-3, warmup_steps=30, eval_every=100,
-                        eval_batches=8, ckpt_every=100, log_every=10),
+            # Shape, vocab and lr won benchmarks/sweep_small.py (see benchmarks/RESULTS.md): at a ~10-minute
+            # CPU budget a narrow 4-layer model that sees more tokens beats wider/deeper ones.
+            ModelConfig(vocab_size=4096, d_model=192, n_layers=4, n_heads=3, n_kv_heads=3, max_seq_len=256),
+            TrainConfig(batch_size=16, seq_len=256, max_steps=720, lr=5e-3, warmup_steps=30, eval_every=120,
+                        eval_batches=8, ckpt_every=120, log_every=10),
             description="Default demo: about 10 minutes of training on 2 CPU cores.",
         ),
         "gpt2-124m": Preset(

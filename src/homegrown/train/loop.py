@@ -96,8 +96,10 @@ def build_optimizer(model: Transformer, cfg: TrainConfig, fused: bool) -> list[t
         return [adamw]
     if cfg.optimizer != "muon":
         raise HomegrownError(f"train.optimizer must be adamw or muon, not {cfg.optimizer!r}")
+    # Keller Jordan's scaling (lr ~0.02, sqrt(fan_out/fan_in)); weight decay rescaled so the per-step shrink
+    # lr·wd equals AdamW's, otherwise Muon's ~10× larger lr would decay the hidden matrices ~10× harder.
     muon = torch.optim.Muon([{"params": hidden, "peak_lr": cfg.muon_lr}], lr=cfg.muon_lr,
-                            weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw")
+                            weight_decay=cfg.weight_decay * cfg.lr / cfg.muon_lr)
     return [adamw, muon]
 
 
