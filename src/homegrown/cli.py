@@ -67,13 +67,17 @@ def presets() -> None:
 
     from homegrown.model import count_params
 
-    table = Table("preset", "params", "layers", "d_model", "heads/kv", "vocab", "seq", "what for")
-    for name in PRESET_NAMES:
-        p = get_preset(name)
+    table = Table()
+    for name in ("preset", "params", "layers", "d_model", "heads/kv", "vocab", "seq"):
+        table.add_column(name, no_wrap=True, justify="left" if name == "preset" else "right")
+    for preset_name in PRESET_NAMES:
+        p = get_preset(preset_name)
         m = p.model
-        table.add_row(name, f"{count_params(m):,}", str(m.n_layers), str(m.d_model), f"{m.n_heads}/{m.n_kv_heads}",
-                      f"{m.vocab_size:,}", str(p.train.seq_len), p.description)
+        table.add_row(preset_name, f"{count_params(m):,}", str(m.n_layers), str(m.d_model),
+                      f"{m.n_heads}/{m.n_kv_heads}", f"{m.vocab_size:,}", str(p.train.seq_len))
     console.print(table)
+    for preset_name in PRESET_NAMES:
+        console.print(f"[bold]{preset_name}[/bold]: {get_preset(preset_name).description}")
 
 
 @data_app.command("ingest")

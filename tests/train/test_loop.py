@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from homegrown.config import TrainConfig, apply_overrides, get_preset
 from homegrown.errors import HomegrownError
@@ -95,3 +96,31 @@ def test_sigkilled_run_resumes_with_identical_losses(tiny_run, tmp_path, cli):
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming pretrain" in resumed.stderr
     assert _losses(killed) == _losses(reference)  # exact float equality, step for step
+
+
+def test_gradient_accumulation_averages_like_one_big_batch(tiny_run, tmp_path):
+    """Same 8 windows as one batch of 8 or two micro-batches of 4: same loss and same (pre-clip) gradient norm.
+
+    The gradient norm is compared, not just the loss, because Adam would hide a wrongly scaled gradient.
+    """
+    from homegrown.data.pack import TokenShards
+
+    windows = TokenShards(tiny_run / "shards", "train").sample(8, 64, torch.Generator().manual_seed(3))
+    calls = []
+
+    def fixed_batches(batch_size, seq_len, generator):
+        start = len(calls) * batch_size % 8
+        calls.append(start)
+        return windows[0][start:start + batch_size], windows[1][start:start + batch_size]
+
+    records = {}
+    for accum, batch in ((1, 8), (2, 4)):
+        calls.clear()
+        preset = apply_overrides(get_preset("tiny"), [*TINY, "train.max_steps=1", f"train.batch_size={batch}",
+                                                      f"train.grad_accum={accum}"])
+        run = tmp_path / f"accum{accum}"
+        train(preset.model, preset.train, tiny_run / "shards", run, tiny_run / "tokenizer.json",
+              batch_source=fixed_batches, progress=False)
+        records[accum] = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert records[1]["loss"] == pytest.approx(records[2]["loss"], rel=1e-5)
+    assert records[1]["grad_norm"] == pytest.approx(records[2]["grad_norm"], rel=1e-4)
