@@ -15,6 +15,8 @@ def test_help_lists_the_stages(cli):
     assert out.returncode == 0
     for stage in ("run", "pretrain", "generate", "chat", "export", "data", "presets"):
         assert stage in out.stdout
+    presets = cli("presets")
+    assert presets.returncode == 0 and "8,030,261,248" in presets.stderr and "small:" in presets.stderr
 
 
 def test_user_errors_are_one_clear_line(cli, tmp_path):
