@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from homegrown.data.pack import TokenShards, token_byte_lengths
+from homegrown.eval.perplexity import evaluate
 from homegrown.tokenizer import load_tokenizer
 from homegrown.train.checkpoint import load_model, resolve_checkpoint
-from homegrown.train.loop import evaluate
 
 
 def unigram_bpb(run_dir: Path, seq_len: int) -> float:
