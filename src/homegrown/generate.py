@@ -65,14 +65,14 @@ def stream_tokens(model: Transformer, prompt_ids: list[int], params: SamplingPar
     if len(prompt_ids) + params.max_tokens > limit:
         raise HomegrownError(f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the "
                              f"model's context of {limit} tokens; shorten the prompt or lower max_tokens")
-    device = next(model.parameters()).device
+    weight = next(model.parameters())
+    device = weight.device
     generator = torch.Generator(device=device)
     if params.seed is not None:
         generator.manual_seed(params.seed)
     else:
         generator.seed()
-    cache = KVCache.allocate(model.cfg, 1, len(prompt_ids) + params.max_tokens,
-                             dtype=next(model.parameters()).dtype, device=device)
+    cache = KVCache.allocate(model.cfg, 1, len(prompt_ids) + params.max_tokens, dtype=weight.dtype, device=device)
     logits = model.decode(torch.tensor([prompt_ids], device=device), cache)
     for i in range(params.max_tokens):
         token = int(sample_next(logits, params, generator))

@@ -104,9 +104,10 @@ def build_optimizer(model: Transformer, cfg: TrainConfig, fused: bool) -> list[t
     return [adamw, muon]
 
 
-def _generator(seed: int, step: int, micro: int, stream: int = 0) -> torch.Generator:
+def _generator(seed: int, step: int, micro: int) -> torch.Generator:
+    """The sampler for one micro-batch, derived from (seed, step, micro) alone: this is what makes resume exact."""
     g = torch.Generator()
-    g.manual_seed((seed * 1_000_003 + step * 1_009 + micro * 17 + stream) % (2**63))
+    g.manual_seed((seed * 1_000_003 + step * 1_009 + micro * 17) % (2**63))
     return g
 
 
