@@ -15,6 +15,7 @@ import time
 import torch
 
 from homegrown.config import apply_overrides, get_preset
+from homegrown.export.hf import hf_config
 from homegrown.model import Transformer
 from homegrown.train.loop import autocast_dtype, build_optimizer
 
@@ -48,14 +49,10 @@ def time_steps(step, steps: int, warmup: int) -> float:
 
 
 def hf_model(cfg):
+    """The peer: transformers' Llama built from the very config our HF export writes for `cfg`."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    hc = LlamaConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.ffn_hidden,
-                     num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
-                     num_key_value_heads=cfg.n_kv_heads, max_position_embeddings=cfg.max_seq_len,
-                     rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta, tie_word_embeddings=cfg.tie_embeddings,
-                     attn_implementation="sdpa")
-    return LlamaForCausalLM(hc)
+    return LlamaForCausalLM(LlamaConfig(**hf_config(cfg, torch.float32, 0, 0), attn_implementation="sdpa"))
 
 
 def main() -> None:

@@ -124,11 +124,10 @@ def generate(
 ) -> None:
     """Continue a prompt with a trained model, streaming tokens as they come."""
     from homegrown.generate import SamplingParams, stream_tokens
-    from homegrown.tokenizer import eot_id, load_tokenizer
-    from homegrown.train.checkpoint import load_model, resolve_checkpoint
+    from homegrown.tokenizer import eot_id
+    from homegrown.train.checkpoint import load_for_inference
 
-    ckpt = resolve_checkpoint(checkpoint)
-    model, tok = load_model(ckpt).prepare_for_inference(), load_tokenizer(ckpt)
+    model, tok = load_for_inference(checkpoint)
     params = SamplingParams(max_tokens, temperature, top_k, top_p, seed, [eot_id(tok)])
     ids: list[int] = []
     shown = ""
@@ -156,11 +155,9 @@ def chat(
     """Terminal chat REPL using the chat template (answers well only after SFT; a base model rambles)."""
     from homegrown.generate import SamplingParams, stream_tokens
     from homegrown.posttrain.chat import render_prompt
-    from homegrown.tokenizer import load_tokenizer
-    from homegrown.train.checkpoint import load_model, resolve_checkpoint
+    from homegrown.train.checkpoint import load_for_inference
 
-    ckpt = resolve_checkpoint(checkpoint)
-    model, tok = load_model(ckpt).prepare_for_inference(), load_tokenizer(ckpt)
+    model, tok = load_for_inference(checkpoint)
     stops = [tok.token_to_id("<|end|>"), tok.token_to_id("<|endoftext|>")]
     messages = [{"role": "system", "content": system}] if system else []
     console.print("[dim]Type a message; an empty line or Ctrl-D quits.[/dim]")

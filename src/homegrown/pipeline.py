@@ -23,7 +23,7 @@ from homegrown.errors import HomegrownError
 from homegrown.generate import SamplingParams, generate_text
 from homegrown.progress import console
 from homegrown.tokenizer import eot_id, load_tokenizer, train_tokenizer
-from homegrown.train.checkpoint import load_model
+from homegrown.train.checkpoint import load_for_inference
 from homegrown.train.loop import TrainResult, train
 
 SAMPLE_DIR = Path(__file__).resolve().parents[2] / "data" / "sample"
@@ -106,8 +106,7 @@ def run(preset: Preset, run_dir: Path, samples: int = 3, progress: bool = True) 
     summary = RunSummary(run_dir, result.final_checkpoint, result.final_val_bpb, result.final_val_loss,
                          result.tokens_per_second, time.perf_counter() - t0)
     if samples:
-        model = load_model(result.final_checkpoint).prepare_for_inference()
-        tok = load_tokenizer(tok_path)
+        model, tok = load_for_inference(result.final_checkpoint)
         for i, prompt in enumerate(SAMPLE_PROMPTS[:samples]):
             params = SamplingParams(max_tokens=min(60, preset.model.max_seq_len // 2), temperature=0.7, top_k=40,
                                     seed=i, stop_token_ids=[eot_id(tok)])

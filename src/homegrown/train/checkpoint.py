@@ -17,10 +17,12 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
 
 from homegrown.config import ModelConfig
 from homegrown.errors import HomegrownError
 from homegrown.model import Transformer
+from homegrown.tokenizer import load_tokenizer
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 WEIGHTS = "model.safetensors"
@@ -95,6 +97,12 @@ def load_model(path: Path, device: str | torch.device = "cpu") -> Transformer:
     model = Transformer(cfg)
     load_weights(model, ckpt / WEIGHTS)
     return model.to(device)
+
+
+def load_for_inference(path: Path, device: str | torch.device = "cpu") -> tuple[Transformer, Tokenizer]:
+    """Model (in its inference layout) and tokenizer of the newest checkpoint at `path`: what samplers need."""
+    ckpt = resolve_checkpoint(path)
+    return load_model(ckpt, device).prepare_for_inference(), load_tokenizer(ckpt)
 
 
 def load_weights(model: Transformer, weights_path: Path) -> None:
