@@ -8,11 +8,12 @@ OUT ?= runs/$(PRESET)
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml scripts/install_torch.sh
+$(VENV)/.installed: pyproject.toml scripts/install_torch.sh scripts/install_chromium.sh
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	scripts/install_torch.sh $(PY) 2.13.0
 	$(PY) -m pip install -q -e ".[dev]"
+	scripts/install_chromium.sh
 	touch $@
 
 run: setup
