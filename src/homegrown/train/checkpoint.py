@@ -1,16 +1,21 @@
 """Checkpoints in the DESIGN.md format, written so a crash can never leave a half checkpoint that looks whole.
 
 `ckpt/step_N/` holds model.safetensors + config.json + tokenizer.json (everything needed to serve or
-export) and trainer_state.pt (optimizer, RNG, step) that only resume needs. The directory is assembled
-under a temporary name and renamed into place, which is atomic on POSIX filesystems.
+export) and what only resume needs: trainer_state.pt (step, RNG, world size) and `dcp/`, the model and
+optimizer state as a `torch.distributed.checkpoint` — sharded per rank, and re-sharded on load, so a run
+saved by 2 ranks resumes on 1 or 8, or without torchrun at all. The directory is assembled under a
+temporary name and renamed into place, which is atomic on POSIX filesystems.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import warnings
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -23,11 +28,14 @@ from homegrown.config import ModelConfig
 from homegrown.errors import HomegrownError
 from homegrown.model import Transformer
 from homegrown.tokenizer import load_tokenizer
+from homegrown.train import distributed
+from homegrown.train.distributed import DistEnv
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 TRAINER_STATE = "trainer_state.pt"
+SHARDED = "dcp"
 
 
 def weights_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
@@ -64,6 +72,117 @@ def save_checkpoint(ckpt_root: Path, step: int, model: Transformer, tokenizer_pa
     return final
 
 
+@contextlib.contextmanager
+def _single_process_ok() -> Iterator[None]:
+    """DCP warns when used without a process group; a single-process run does that on purpose."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
+def _full_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Unsharded CPU weights; a collective under FSDP (every rank calls it, rank 0 gets the tensors)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    state = {k: v.contiguous() for k, v in state.items()}
+    if model.cfg.tie_embeddings:
+        state.pop("lm_head.weight", None)
+    return state
+
+
+def save_training_checkpoint(ckpt_root: Path, step: int, model: torch.nn.Module,
+                             optimizers: list[torch.optim.Optimizer], tokenizer_path: Path,
+                             trainer_state: dict[str, Any], env: DistEnv, extra: dict[str, Any] | None = None,
+                             keep: int = 0, full_weights: bool = True) -> Path:
+    """A resumable checkpoint, called by every rank: DCP shards from each, the rest from rank 0.
+
+    `full_weights=False` skips gathering model.safetensors — for models too large for one host's memory;
+    `consolidate()` writes it later from the shards.
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    ckpt_root = Path(ckpt_root)
+    final, tmp = ckpt_root / f"step_{step}", ckpt_root / f".step_{step}.tmp"
+    if env.is_main:
+        ckpt_root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    distributed.barrier(env)
+    model_state, optim_state = get_state_dict(model, optimizers)
+    with _single_process_ok():
+        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=tmp / SHARDED,
+                 no_dist=not env.distributed)
+    weights = _full_weights(model) if full_weights else None
+    if env.is_main:
+        if weights is not None:
+            save_file(weights, str(tmp / WEIGHTS), metadata={"format": "pt", "step": str(step)})
+        (tmp / CONFIG).write_text(json.dumps(asdict(model.cfg), indent=2))
+        shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
+        if extra:
+            (tmp / "train_info.json").write_text(json.dumps(extra, indent=2))
+        torch.save({**trainer_state, "world_size": env.world_size}, tmp / TRAINER_STATE)
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        if keep > 0:
+            for old in list_checkpoints(ckpt_root)[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+    distributed.barrier(env)
+    return final
+
+
+def load_training_checkpoint(ckpt: Path, model: torch.nn.Module, optimizers: list[torch.optim.Optimizer],
+                             env: DistEnv) -> dict[str, Any]:
+    """Restore model + optimizer from `dcp/` into however this run is sharded; returns the trainer state."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    if not (ckpt / SHARDED).is_dir():
+        raise HomegrownError(f"{ckpt} has no {SHARDED}/ optimizer state; it can be served, exported or used as "
+                             "init weights, but not resumed")
+    state = load_trainer_state(ckpt)
+    model_state, optim_state = get_state_dict(model, optimizers)
+    target = {"model": model_state, "optim": optim_state}
+    with _single_process_ok():
+        dcp.load(target, checkpoint_id=ckpt / SHARDED, no_dist=not env.distributed)
+    set_state_dict(model, optimizers, model_state_dict=target["model"], optim_state_dict=target["optim"])
+    return state
+
+
+def resolve_dcp_checkpoint(path: Path) -> Path:
+    """The newest checkpoint with DCP shards at `path` (itself, or under it / its ckpt/)."""
+    path = Path(path)
+    if (path / SHARDED).is_dir():
+        return path
+    for root in (path, path / "ckpt"):
+        found = [p for p in list_checkpoints(root) if (p / SHARDED).is_dir()]
+        if found:
+            return found[-1]
+    raise HomegrownError(f"no sharded checkpoint (a step_N with {SHARDED}/) at {path}")
+
+
+def consolidate(ckpt: Path) -> Path:
+    """Write model.safetensors from a checkpoint's `dcp/` shards, in one process, for export and serving."""
+    import torch.distributed.checkpoint as dcp
+
+    ckpt = Path(ckpt)
+    if not (ckpt / SHARDED).is_dir():
+        raise HomegrownError(f"{ckpt} has no {SHARDED}/ directory to consolidate")
+    with torch.device("meta"):
+        model = Transformer(ModelConfig.load(ckpt / CONFIG))
+    model.to_empty(device="cpu")
+    state = {"model": model.state_dict()}
+    with _single_process_ok():
+        dcp.load(state, checkpoint_id=ckpt / SHARDED, no_dist=True)
+    model.load_state_dict(state["model"])
+    tmp = ckpt / f".{WEIGHTS}.tmp"
+    save_file(weights_state_dict(model), str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, ckpt / WEIGHTS)
+    return ckpt / WEIGHTS
+
+
 def list_checkpoints(ckpt_root: Path) -> list[Path]:
     """Finished checkpoints, oldest first (temporary directories are ignored by name)."""
     ckpt_root = Path(ckpt_root)
@@ -79,11 +198,15 @@ def latest_checkpoint(ckpt_root: Path) -> Path | None:
 
 
 def resolve_checkpoint(path: Path) -> Path:
-    """Accept a checkpoint dir, a `ckpt/` dir or a run dir, and return the newest checkpoint inside."""
+    """Accept a checkpoint dir, a `ckpt/` dir or a run dir, and return the newest checkpoint inside.
+
+    A run dir's chat model (`sft/ckpt`, written after pretraining) wins over its base model (`ckpt`): the run's
+    final model is what `chat`, `serve` and `export` of a run should get. Name `RUN/ckpt` for the base model.
+    """
     path = Path(path)
     if (path / WEIGHTS).exists():
         return path
-    for root in (path, path / "ckpt"):
+    for root in (path, path / "sft" / "ckpt", path / "ckpt"):
         latest = latest_checkpoint(root)
         if latest is not None:
             return latest

@@ -3,6 +3,9 @@
 Determinism is a feature here: each step's batch comes from a generator seeded by (seed, step, micro-step),
 and the LR is a pure function of the step, so resuming from a checkpoint replays exactly the steps an
 uninterrupted run would have taken — the resume test compares losses step for step.
+
+The same function runs under `torchrun`: train/distributed.py shards the model with FSDP2 and gives each
+rank its slice of the global batch; checkpoints are DCP shards that any world size can resume from.
 """
 
 from __future__ import annotations
@@ -22,15 +25,29 @@ from homegrown.config import ModelConfig, TrainConfig
 from homegrown.data.pack import TokenShards, token_byte_lengths
 from homegrown.errors import HomegrownError
 from homegrown.eval.perplexity import evaluate
-from homegrown.model import Transformer
+from homegrown.model import Transformer, count_params
 from homegrown.progress import StepProgress, console
 from homegrown.tokenizer import load_tokenizer
 from homegrown.train import checkpoint as ck
+from homegrown.train import distributed
+from homegrown.train.distributed import DistEnv
 from homegrown.train.plots import plot_loss_curve
 
-Batch = tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+Batch = tuple[torch.Tensor, ...]
 BatchSource = Callable[[int, int, torch.Generator], Batch]
-"""(batch_size, seq_len, generator) -> (inputs, targets[, loss_mask]); SFT plugs its own in here."""
+"""(batch_size, seq_len, generator) -> (inputs, targets[, loss_mask[, segments]]); SFT plugs its own in here."""
+LossFn = Callable[[torch.nn.Module, Batch], torch.Tensor]
+"""(model, batch already on the device) -> scalar loss; distillation plugs in its teacher-matching loss."""
+EvalFn = Callable[[Transformer], tuple[float, float]]
+"""model -> (val loss, val bits per byte), called under the run's autocast; SFT evaluates on held-out
+conversations instead of val shards."""
+
+
+def lm_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """Next-token cross-entropy, restricted to `loss_mask` and to packed segments when the batch carries them."""
+    mask = batch[2] if len(batch) > 2 else None
+    segments = batch[3] if len(batch) > 3 else None
+    return model(batch[0], batch[1], loss_mask=mask, segments=segments)
 
 
 @dataclass
@@ -48,10 +65,6 @@ def lr_at(step: int, cfg: TrainConfig, peak: float) -> float:
         return peak * (step + 1) / cfg.warmup_steps
     progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
     return peak * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def pick_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
 def _matmul_rate(dtype: torch.dtype, n: int = 512, reps: int = 3) -> float:
@@ -124,6 +137,25 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _clip_gradients(model: torch.nn.Module, max_norm: float) -> float:
+    """Global gradient norm (over all ranks' shards), then clip — the order torchtitan uses for DTensors."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    total = distributed.full_tensor(torch.nn.utils.get_total_norm(grads))
+    torch.nn.utils.clip_grads_with_norm_(model.parameters(), max_norm, total)
+    return float(total)
+
+
+def _dump_gradients(model: torch.nn.Module, path: Path, env: DistEnv) -> None:
+    """Full (unsharded) gradients as safetensors: how the distributed test compares 1 and N ranks."""
+    from safetensors.torch import save_file
+
+    grads = {name: distributed.full_tensor(p.grad).detach().cpu().contiguous()
+             for name, p in model.named_parameters() if p.grad is not None}
+    if env.is_main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(grads, str(path))
+
+
 def _truncate_metrics(path: Path, after_step: int) -> None:
     """Drop lines a killed run logged after its last checkpoint; the resumed run logs those steps again."""
     if not path.exists():
@@ -134,32 +166,51 @@ def _truncate_metrics(path: Path, after_step: int) -> None:
     os.replace(tmp, path)
 
 
-def train(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path, run_dir: Path, tokenizer_path: Path,
+def train(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path | None, run_dir: Path, tokenizer_path: Path,
           init_from: Path | None = None, batch_source: BatchSource | None = None, ckpt_subdir: str = "ckpt",
-          progress: bool = True, label: str = "pretrain") -> TrainResult:
+          progress: bool = True, label: str = "pretrain", loss_fn: LossFn = lm_loss,
+          eval_fn: EvalFn | None = None) -> TrainResult:
     """Train (or resume) in `run_dir/<ckpt_subdir>`, starting from `init_from` weights when given.
 
     Resumes automatically when that checkpoint directory already holds a checkpoint. Returns the final one.
+    `shard_dir` may be None when both `batch_source` and `eval_fn` are given.
+    Under torchrun every rank calls this; rank 0 alone logs, plots and prints.
     """
+    env = distributed.init_distributed()
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_root = run_dir / ckpt_subdir
     metrics_path = run_dir / f"metrics_{label}.jsonl" if label != "pretrain" else run_dir / "metrics.jsonl"
+    if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = pick_device()
+    device = env.device
     amp = autocast_dtype(cfg.dtype, device)
     torch.manual_seed(cfg.seed)
 
     model = Transformer(model_cfg)
     if init_from is not None:
         ck.load_weights(model, ck.resolve_checkpoint(init_from) / ck.WEIGHTS)
+    model.activation_checkpointing = cfg.activation_checkpointing
     model.to(device)
+    if env.distributed:
+        if cfg.optimizer == "muon":
+            raise HomegrownError("train.optimizer=muon is single-process only: Muon orthogonalises whole matrices "
+                                 "and FSDP shards them; use adamw under torchrun")
+        # On CUDA, FSDP2's policy casts to bf16 itself (fp32 gradient reduction), so autocast is not needed.
+        fsdp_bf16 = device.type == "cuda" and amp is not None
+        distributed.shard_model(model, device, mixed_precision=fsdp_bf16)
+        amp = None if fsdp_bf16 else amp
     optimizers = build_optimizer(model, cfg, fused=device.type == "cuda")
     train_fn = torch.compile(model) if cfg.compile else model
 
-    val = TokenShards(shard_dir, "val")
-    byte_lengths = torch.from_numpy(token_byte_lengths(load_tokenizer(tokenizer_path)))
+    if eval_fn is None:
+        val = TokenShards(shard_dir, "val")
+        byte_lengths = torch.from_numpy(token_byte_lengths(load_tokenizer(tokenizer_path)))
+
+        def eval_fn(m: Transformer) -> tuple[float, float]:
+            return evaluate(m, val, byte_lengths, cfg.batch_size, cfg.seq_len, cfg.eval_batches, device, amp)
+
     if batch_source is None:
         train_shards = TokenShards(shard_dir, "train")
         batch_source = train_shards.sample
@@ -168,56 +219,63 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path, run_dir: Pa
     resume_from = ck.latest_checkpoint(ckpt_root)
     if resume_from is not None:
         ck.check_same_config(resume_from, model_cfg)
-        state = ck.load_trainer_state(resume_from)
-        ck.load_weights(model, resume_from / ck.WEIGHTS)
-        for opt, opt_state in zip(optimizers, state["optimizers"], strict=True):
-            opt.load_state_dict(opt_state)
+        state = ck.load_training_checkpoint(resume_from, model, optimizers, env)
         _set_rng_state(state["rng"])
         start_step = int(state["step"])
-        _truncate_metrics(metrics_path, start_step)
-        console.print(f"resuming {label} from {resume_from} (step {start_step})")
-    elif metrics_path.exists():
+        if env.is_main:
+            _truncate_metrics(metrics_path, start_step)
+            console.print(f"resuming {label} from {resume_from} (step {start_step}, saved by "
+                          f"{state.get('world_size', 1)} rank(s), now {env.world_size})")
+    elif metrics_path.exists() and env.is_main:
         metrics_path.unlink()
+    distributed.barrier(env)
 
     tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum
     flops_per_step = model.flops_per_token(cfg.seq_len) * tokens_per_step
-    info = {"model": asdict(model_cfg), "train": asdict(cfg), "params": model.num_params(),
-            "device": str(device), "autocast": str(amp), "tokens_per_step": tokens_per_step}
-    if start_step == 0:
-        console.print(f"{label}: {model.num_params():,} parameters on {device}, autocast {amp or 'off (fp32)'}, "
+    n_params = count_params(model_cfg)
+    info = {"model": asdict(model_cfg), "train": asdict(cfg), "params": n_params, "device": str(device),
+            "autocast": str(amp), "tokens_per_step": tokens_per_step, "world_size": env.world_size}
+    if start_step == 0 and env.is_main:
+        ranks = f" × {env.world_size} ranks (FSDP2)" if env.distributed else ""
+        console.print(f"{label}: {n_params:,} parameters on {device}{ranks}, autocast {amp or 'off (fp32)'}, "
                       f"{tokens_per_step:,} tokens/step × {cfg.max_steps} steps")
 
     def save(step: int) -> Path:
-        state = {"step": step, "optimizers": [o.state_dict() for o in optimizers], "rng": _rng_state()}
-        return ck.save_checkpoint(ckpt_root, step, model, tokenizer_path, state, extra=info,
-                                  keep=cfg.keep_checkpoints)
+        state = {"step": step, "rng": _rng_state()}
+        return ck.save_training_checkpoint(ckpt_root, step, model, optimizers, tokenizer_path, state, env,
+                                           extra=info, keep=cfg.keep_checkpoints, full_weights=cfg.save_full_weights)
 
     def log(record: dict) -> None:
-        with metrics_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        if env.is_main:
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
 
     model.train()
     val_loss = val_bpb = float("nan")
     t_window, tok_window, tok_rate = time.perf_counter(), 0, 0.0
     final = resume_from if resume_from is not None and start_step >= cfg.max_steps else None
-    with StepProgress(label, cfg.max_steps, start_step, enabled=progress) as bar:
+    with StepProgress(label, cfg.max_steps, start_step, enabled=progress and env.is_main) as bar:
         for step in range(start_step, cfg.max_steps):
             for opt in optimizers:
                 for group in opt.param_groups:
                     group["lr"] = lr_at(step, cfg, group["peak_lr"])
             loss_sum = 0.0
             for micro in range(cfg.grad_accum):
-                batch = batch_source(cfg.batch_size, cfg.seq_len, _generator(cfg.seed, step, micro))
-                x, y = batch[0].to(device), batch[1].to(device)
-                mask = batch[2].to(device) if len(batch) == 3 else None
+                distributed.set_gradient_sync(model, micro == cfg.grad_accum - 1)
+                batch = distributed.rank_slice(batch_source(cfg.batch_size, cfg.seq_len,
+                                                            _generator(cfg.seed, step, micro)), env)
+                batch = tuple(t.to(device) for t in batch)
                 with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                    loss = train_fn(x, y, loss_mask=mask) / cfg.grad_accum
+                    loss = loss_fn(train_fn, batch) / cfg.grad_accum
                 loss.backward()
                 loss_sum += float(loss.detach())
+            loss_sum = distributed.mean_over_ranks(loss_sum, env)
             if not math.isfinite(loss_sum):
                 raise HomegrownError(
                     f"loss became {loss_sum} at step {step}; lower train.lr and rerun with a new --out")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+            if step < cfg.grad_dump_steps:
+                _dump_gradients(model, run_dir / "grads" / f"step_{step + 1}.safetensors", env)
+            grad_norm = _clip_gradients(model, cfg.grad_clip)
             for opt in optimizers:
                 opt.step()
                 opt.zero_grad(set_to_none=True)
@@ -231,17 +289,20 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path, run_dir: Pa
                 record["flops_per_s"] = tok_rate / tokens_per_step * flops_per_step
                 t_window, tok_window = time.perf_counter(), 0
             if done % cfg.eval_every == 0 or done == cfg.max_steps:
-                val_loss, val_bpb = evaluate(model, val, byte_lengths, cfg.batch_size, cfg.seq_len,
-                                             cfg.eval_batches, device, amp)
+                with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                    val_loss, val_bpb = eval_fn(model)
                 record.update(val_loss=val_loss, val_bpb=val_bpb)
             log(record)
             bar.update(done, loss=loss_sum, **({"tok/s": f"{tok_rate:,.0f}"} if tok_rate else {}),
                        **({"val_bpb": val_bpb} if math.isfinite(val_bpb) else {}))
             if done % cfg.ckpt_every == 0 or done == cfg.max_steps:
                 final = save(done)
-                plot_loss_curve(metrics_path, run_dir / f"loss_{label}.png", title=f"{label} — {run_dir.name}")
+                if env.is_main:
+                    plot_loss_curve(metrics_path, run_dir / f"loss_{label}.png", title=f"{label} — {run_dir.name}")
     if final is None:
         raise HomegrownError(f"{label} ran no steps (max_steps={cfg.max_steps})")
+    if not env.is_main:
+        return TrainResult(final, cfg.max_steps, val_loss, val_bpb, 0.0)
     history = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
     evals = [h for h in history if "val_loss" in h]
     rates = [h["tokens_per_s"] for h in history if "tokens_per_s" in h]
