@@ -8,17 +8,30 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from homegrown.config import PRESET_NAMES, Preset, apply_overrides, get_preset
+from homegrown.config import (
+    PRESET_NAMES,
+    DataConfig,
+    IngestConfig,
+    Preset,
+    ServeConfig,
+    SynthConfig,
+    apply_overrides,
+    get_preset,
+)
 from homegrown.errors import HomegrownError
 from homegrown.progress import console
 
+if TYPE_CHECKING:
+    from homegrown.data.ingest import IngestStats
+
 app = typer.Typer(help="Own the whole LLM stack: data → tokenizer → pretrain → sample → export.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-data_app = typer.Typer(help="Corpus building: ingest HTML/JSONL/text into a cleaned corpus.", no_args_is_help=True)
+data_app = typer.Typer(help="Corpus building: ingest a crawl, merge shards, audit, forget, mix.",
+                       no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 DEFAULT_PRESET = os.environ.get("HOMEGROWN_PRESET", "small")
@@ -37,9 +50,14 @@ def run(
     out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<preset>).")] = None,
     source: Annotated[str, typer.Option(help="HTML/JSONL/text dir or file; default: the bundled corpus.")] = "",
     set_: SetOpt = None,
-    samples: Annotated[int, typer.Option(help="Continuations to print at the end.")] = 3,
+    samples: Annotated[int, typer.Option(help="Held-out questions the chat model answers at the end.")] = 3,
+    serve_: Annotated[bool | None, typer.Option(
+        "--serve/--no-serve", help="Serve the chat model at the end (default: only on an interactive terminal).",
+        show_default=False)] = None,
 ) -> None:
-    """The whole pipeline on a preset: corpus → tokenizer → shards → pretrain → samples."""
+    """The whole pipeline on a preset: corpus → tokenizer → shards → pretrain → chat SFT → samples."""
+    from rich.markup import escape
+
     from homegrown.pipeline import run as run_pipeline
 
     cfg = _preset(preset, set_)
@@ -48,16 +66,26 @@ def run(
     summary = run_pipeline(cfg, out or Path("runs") / preset, samples=samples)
     console.rule("samples")
     for prompt, text in summary.samples:
-        console.print(f"[bold]{prompt}[/bold]{text}", highlight=False, markup=True)
+        console.print(f"[bold]user>[/bold] {escape(prompt)}\n[bold]model>[/bold] {escape(text)}", highlight=False)
         console.print()
     console.rule("done")
     console.print(f"run directory   {summary.run_dir}")
-    console.print(f"checkpoint      {summary.checkpoint}")
-    console.print(f"loss curve      {summary.run_dir / 'loss_pretrain.png'}")
-    console.print(f"metrics         {summary.run_dir / 'metrics.jsonl'}")
+    console.print(f"base model      {summary.base_checkpoint}")
+    console.print(f"chat model      {summary.checkpoint}")
+    console.print(f"loss curves     {summary.run_dir / 'loss_pretrain.png'}, {summary.run_dir / 'loss_sft.png'}")
+    console.print(f"metrics         {summary.run_dir / 'metrics.jsonl'}, {summary.run_dir / 'metrics_sft.jsonl'}")
     console.print(f"val bits/byte   {summary.val_bpb:.3f}   (val loss {summary.val_loss:.3f} nats/token)")
+    console.print(f"chat val loss   {summary.sft_val_loss:.3f} nats/token on held-out answers")
+    console.print(f"report          {summary.report}")
     console.print(f"throughput      {summary.tokens_per_second:,.0f} tokens/s; total {summary.seconds / 60:.1f} min")
-    console.print(f"next            homegrown generate {summary.checkpoint} \"Your prompt\"")
+    console.print(f"next            homegrown chat {summary.checkpoint}")
+    if serve_ or (serve_ is None and sys.stdin.isatty() and sys.stdout.isatty()):
+        from homegrown.serve.server import serve as serve_model
+
+        console.rule("serving (Ctrl-C stops)")
+        serve_model(summary.checkpoint, ServeConfig(), api_key=os.environ.get("HOMEGROWN_API_KEY"),
+                    db_url=f"sqlite:///{Path(summary.run_dir).resolve() / 'conversations.sqlite'}",
+                    model_name=Path(summary.run_dir).name)
 
 
 @app.command()
@@ -82,20 +110,134 @@ def presets() -> None:
 
 @data_app.command("ingest")
 def data_ingest(
-    sources: Annotated[list[Path], typer.Argument(help="Directories or files to read.")],
-    out: Annotated[Path, typer.Option(help="Output corpus directory.")],
+    sources: Annotated[list[Path] | None, typer.Argument(help="Directories or files (HTML, WARC, JSONL, Parquet, "
+                                                         "text) to read.")] = None,
+    out: Annotated[Path, typer.Option(help="Output corpus directory.")] = Path("corpus"),
     licence: Annotated[str, typer.Option(help="Licence of these sources, recorded per document.")] = "unknown",
     url_prefix: Annotated[str, typer.Option(help="Public URL prefix replacing the local path.")] = "",
     glob: Annotated[str, typer.Option(help="Which files to read under a directory.")] = "**/*.html",
-    holdout: Annotated[float, typer.Option(help="Fraction of pages held out for validation.")] = 0.05,
+    exclude: Annotated[list[str] | None, typer.Option(help="Skip matching relative paths (repeatable).")] = None,
+    name: Annotated[str, typer.Option(help="Source name for audit and mixture (default: URL host).")] = "",
+    text_field: Annotated[str, typer.Option(help="JSONL field / Parquet column with the text.")] = "text",
+    sources_file: Annotated[Path | None, typer.Option(help="JSON list of sources, each {path, licence, "
+                                                      "url_prefix, glob, exclude, name, text_field}.")] = None,
+    workers: Annotated[int, typer.Option(help="Processes on this machine.")] = IngestConfig.workers,
+    shard: Annotated[str, typer.Option(help="Only slice i/n of the files (parts only; then `data merge`).")] = "",
+    opt_out: Annotated[Path | None, typer.Option(help="Opt-out list: domains, URL prefixes, sha256s.")] = None,
+    holdout: Annotated[float, typer.Option(help="Fraction of pages held out.")] = IngestConfig.holdout_fraction,
+    language: Annotated[list[str] | None, typer.Option(help="Keep only these languages (repeatable).")] = None,
+    near_threshold: Annotated[float, typer.Option(help="MinHash Jaccard threshold for near-duplicates.")] =
+        IngestConfig.near_dedup_threshold,
+    no_progress: Annotated[bool, typer.Option(help="Plain log lines even on a terminal.")] = False,
 ) -> None:
-    """HTML → main text (trafilatura) → exact dedup → train/val JSONL.gz with licence and sha256."""
-    from homegrown.data.ingest import SourceSpec, ingest
+    """Crawl → extract → language → quality rules → PII scrub → exact+near dedup → corpus with a manifest."""
+    from homegrown.data.ingest import ingest, ingest_parts, parse_shard, sources_from
 
-    specs = [SourceSpec(path=s, licence=licence, url_prefix=url_prefix or s.resolve().as_uri() + "/", glob=glob)
-             for s in sources]
-    stats = ingest(specs, out, holdout_fraction=holdout)
-    console.print(stats)
+    specs = sources_from(sources or [], sources_file, licence=licence, url_prefix=url_prefix, glob=glob,
+                         exclude=exclude or [], name=name, text_field=text_field)
+    cfg = IngestConfig(workers=workers, holdout_fraction=holdout, languages=language or [],
+                       near_dedup_threshold=near_threshold)
+    if shard:
+        done = ingest_parts(specs, out, cfg, shard=parse_shard(shard), progress=not no_progress)
+        console.print(f"shard {shard}: {done} files processed into {out / 'parts'}; when every shard is done: "
+                      f"homegrown data merge {out}")
+        return
+    _print_ingest(ingest(specs, out, cfg=cfg, opt_out=opt_out, progress=not no_progress), out)
+
+
+def _print_ingest(stats: IngestStats, out: Path) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"ingest → {out}")
+    for col in ("source", "licence", "files", "read", "kept", "text MB"):
+        table.add_column(col, justify="left" if col in ("source", "licence") else "right")
+    for s in stats.per_source:
+        table.add_row(s.name, s.licence, str(s.files), f"{s.pages_read:,}", f"{s.kept:,}", f"{s.text_bytes / 1e6:.2f}")
+    console.print(table)
+    console.print(f"kept {stats.kept:,} of {stats.pages_read:,} (train {stats.train_pages:,}, val {stats.val_pages:,})")
+    console.print("rejected: " + (", ".join(f"{k} {v:,}" for k, v in stats.rejected.items()) or "none"))
+    console.print("PII replaced: " + (", ".join(f"{k} {v:,}" for k, v in stats.pii.items()) or "none"))
+    if stats.notes:
+        console.print("altered: " + ", ".join(f"{k} {v:,}" for k, v in stats.notes.items()))
+
+
+@data_app.command("merge")
+def data_merge(
+    out: Annotated[Path, typer.Argument(help="Corpus directory whose parts/ the shards wrote.")],
+    parts: Annotated[list[Path] | None, typer.Option(help="More parts/ directories (other machines).")] = None,
+    opt_out: Annotated[Path | None, typer.Option(help="Opt-out list: domains, URL prefixes, sha256s.")] = None,
+    holdout: Annotated[float, typer.Option(help="Fraction of pages held out.")] = IngestConfig.holdout_fraction,
+    near_threshold: Annotated[float, typer.Option(help="MinHash Jaccard threshold for near-duplicates.")] =
+        IngestConfig.near_dedup_threshold,
+    no_progress: Annotated[bool, typer.Option(help="Plain log lines even on a terminal.")] = False,
+) -> None:
+    """Combine the parts of every `--shard` with cross-shard exact and near dedup into one corpus."""
+    from homegrown.data.ingest import merge
+
+    cfg = IngestConfig(holdout_fraction=holdout, near_dedup_threshold=near_threshold)
+    _print_ingest(merge(out, cfg, opt_out=opt_out, extra_parts=parts or [], progress=not no_progress), out)
+
+
+@data_app.command("audit")
+def data_audit(run_dir: Annotated[Path, typer.Argument(help="Run directory (or corpus directory).")]) -> None:
+    """Token share (characters before a tokenizer exists) by source, licence and language; table + PNG."""
+    from rich.table import Table
+
+    from homegrown.data.provenance import audit, audit_chart
+
+    report = audit(run_dir)
+    for key in report.by:
+        table = Table(title=f"{report.unit} by {key}")
+        for col in (key, report.unit, "share"):
+            table.add_column(col, justify="left" if col == key else "right")
+        for value, amount, share in report.shares(key):
+            table.add_row(value, f"{amount:,}", f"{100 * share:.1f}%")
+        console.print(table)
+    png = audit_chart(report, run_dir / "audit.png")
+    console.print(f"{report.documents:,} documents, {report.total:,} {report.unit}; chart {png}")
+
+
+@data_app.command("forget")
+def data_forget(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory (or corpus directory).")],
+    url: Annotated[list[str] | None, typer.Option(help="Exact source URL (repeatable).")] = None,
+    hash_: Annotated[list[str] | None, typer.Option("--hash", help="sha256 of the text (repeatable).")] = None,
+    id_: Annotated[list[str] | None, typer.Option("--id", help="Manifest id (repeatable).")] = None,
+) -> None:
+    """Remove documents from the corpus and shards; list the checkpoints trained on them."""
+    from homegrown.data.provenance import forget
+
+    result = forget(run_dir, urls=url or [], hashes=hash_ or [], ids=id_ or [])
+    for doc in result.removed:
+        console.print(f"removed {doc['id']}  {doc['source']}  ({doc['split']})", highlight=False)
+    if result.shards_repacked:
+        console.print("shards re-packed without it")
+    if result.checkpoints:
+        console.print("trained on data containing it — retrain or retire:")
+        for path in result.checkpoints:
+            console.print(f"  {path}")
+    else:
+        console.print("no checkpoint was trained on it")
+    if result.tokenizer_trained_on_it:
+        console.print("tokenizer.json was trained on a corpus containing it (its merges hold no text, it is kept)")
+
+
+@data_app.command("mix")
+def data_mix(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory with corpus/ and tokenizer.json.")],
+    mixture: Annotated[str, typer.Option(help="Target token shares, e.g. web=0.6,licensed=0.4.")],
+    max_repeat: Annotated[float, typer.Option(help="Most times a short source is repeated.")] =
+        DataConfig.mixture_max_repeat,
+) -> None:
+    """Re-pack RUN/shards so the train split reaches the target token share per source."""
+    from homegrown.data.mixture import pack_corpus
+
+    _, plan = pack_corpus(run_dir / "corpus", run_dir / "tokenizer.json", run_dir / "shards", mixture, max_repeat)
+    assert plan is not None
+    for name in sorted(plan.rate):
+        console.print(f"{name:>20}  target {100 * plan.target.get(name, 0):5.1f}%  achieved "
+                      f"{100 * plan.achieved[name]:5.1f}%  rate ×{plan.rate[name]:.2f}  "
+                      f"{plan.emitted[name]:,} tokens")
 
 
 @app.command()
@@ -104,12 +246,97 @@ def pretrain(
     preset: PresetOpt = DEFAULT_PRESET,
     set_: SetOpt = None,
 ) -> None:
-    """Pretrain (or resume) on a run directory's packed shards."""
+    """Pretrain (or resume) on a run directory's packed shards.
+
+    Under `torchrun --nproc_per_node=N --no-python homegrown pretrain RUN` the same command trains with FSDP2
+    on N ranks; train.batch_size stays the global batch.
+    """
+    from homegrown.train import distributed
     from homegrown.train.loop import train
 
     cfg = _preset(preset, set_)
     result = train(cfg.model, cfg.train, run_dir / "shards", run_dir, run_dir / "tokenizer.json")
-    console.print(f"checkpoint {result.final_checkpoint}  val bits/byte {result.final_val_bpb:.3f}")
+    env = distributed.init_distributed()
+    if env.is_main:
+        console.print(f"checkpoint {result.final_checkpoint}  val bits/byte {result.final_val_bpb:.3f}")
+    distributed.shutdown(env)
+
+
+checkpoint_app = typer.Typer(help="Checkpoint tools.", no_args_is_help=True)
+app.add_typer(checkpoint_app, name="checkpoint")
+
+
+@checkpoint_app.command("consolidate")
+def checkpoint_consolidate(
+    checkpoint: Annotated[Path, typer.Argument(help="Run directory or ckpt/step_N with a dcp/ directory.")],
+) -> None:
+    """Write model.safetensors from a sharded (DCP) checkpoint, for export and serving."""
+    from homegrown.train.checkpoint import consolidate, resolve_dcp_checkpoint
+
+    console.print(f"wrote {consolidate(resolve_dcp_checkpoint(checkpoint))}")
+
+
+@data_app.command("synth")
+def data_synth(
+    teacher_url: Annotated[str, typer.Option(help="OpenAI-compatible base URL, e.g. https://api.openai.com/v1.")],
+    teacher_model: Annotated[str, typer.Option(help="Model name at that endpoint (e.g. gpt-4o).")],
+    recipe: Annotated[str, typer.Option(help="textbook, story, qa or conversation.")],
+    out: Annotated[Path, typer.Option(help="Chat JSONL to write (plus .manifest.json and .cache.sqlite).")],
+    records: Annotated[int, typer.Option(help="Prompts to send (seed combinations).")] = SynthConfig.records,
+    max_tokens_budget: Annotated[int, typer.Option(help="Cap on prompt+completion tokens of new requests "
+                                                   "(0 = none).")] = SynthConfig.max_tokens_budget,
+    max_cost: Annotated[float, typer.Option(help="Cap on estimated USD (known models only; 0 = none).")] =
+        SynthConfig.max_cost_usd,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight.")] = SynthConfig.concurrency,
+    topics: Annotated[Path | None, typer.Option(help="Topics, one per line (textbook, conversation).")] = None,
+    source: Annotated[Path | None, typer.Option(help="Corpus dir or JSONL whose documents ground qa.")] = None,
+    existing: Annotated[Path | None, typer.Option(help="JSONL of data already owned: duplicates dropped.")] = None,
+    cache: Annotated[Path | None, typer.Option(help="SQLite cache (default OUT.cache.sqlite).")] = None,
+    temperature: float = SynthConfig.temperature,
+    max_tokens: Annotated[int, typer.Option(help="Per reply.")] = SynthConfig.max_tokens,
+    seed: Annotated[int, typer.Option(help="Shuffles seed combinations; same seed, same prompts.")] =
+        SynthConfig.seed,
+) -> None:
+    """Generate chat data with a teacher model (key from HOMEGROWN_TEACHER_KEY or OPENAI_API_KEY)."""
+    from homegrown.data.synth import RECIPES, load_inputs, synthesize
+
+    if recipe not in RECIPES:
+        raise HomegrownError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
+    cfg = SynthConfig(records=records, max_tokens_budget=max_tokens_budget, max_cost_usd=max_cost,
+                      concurrency=concurrency, temperature=temperature, max_tokens=max_tokens, seed=seed)
+    stats = synthesize(teacher_url, teacher_model, recipe, out, cfg, inputs=load_inputs(RECIPES[recipe], topics,
+                       source), cache_path=cache, existing=existing)
+    cost = "unknown (no list price)" if stats.estimated_cost_usd is None else f"${stats.estimated_cost_usd:.4f}"
+    console.print(f"{stats.records} records → {out}; {stats.requests} requests ({stats.retries} retries), "
+                  f"{stats.cache_hits} from cache, {stats.prompt_tokens + stats.completion_tokens:,} tokens, "
+                  f"est. cost {cost}; {stats.duplicates_dropped} duplicates and {stats.failed_prompts} failed "
+                  "prompts dropped")
+
+
+@app.command()
+def sft(
+    base: Annotated[Path, typer.Argument(help="Run directory (its pretrained ckpt/) or a ckpt/step_N to start from.")],
+    data: Annotated[Path, typer.Option(help="Chat JSONL: one {\"messages\": [{\"role\", \"content\"}, …]} per line.")],
+    val: Annotated[Path | None, typer.Option(help="Held-out chat JSONL; default: 1 in 20 of --data.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory for sft/ckpt (default: BASE's run).")] = None,
+    strict: Annotated[bool, typer.Option(help="Stop at the first malformed line instead of skipping it.")] = False,
+    preset: Annotated[str | None, typer.Option("--preset", "-p", help="Preset for training settings "
+                                               "(default: the run's own, else small).")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Fine-tune a checkpoint on chat conversations (loss on assistant replies only) into RUN/sft/ckpt."""
+    import json
+
+    from homegrown.posttrain.sft import default_run_dir
+    from homegrown.posttrain.sft import sft as run_sft
+
+    run_dir = out or default_run_dir(base)
+    saved = run_dir / "preset.json"
+    name = preset or (json.loads(saved.read_text())["name"] if saved.exists() else "small")
+    cfg = _preset(name, set_)
+    result = run_sft(base, data, run_dir, cfg.sft, cfg.train, val=val, strict=strict)
+    console.print(f"chat model {result.final_checkpoint}  held-out answer loss {result.final_val_loss:.3f} nats/token")
+    console.print(f"next       homegrown chat {result.final_checkpoint}")
 
 
 @app.command()
@@ -196,6 +423,147 @@ def export(
 
     path = export_hf(resolve_checkpoint(checkpoint), out)
     console.print(f"wrote {path} (load with transformers.AutoModelForCausalLM.from_pretrained)")
+
+
+TasksOpt = Annotated[list[str] | None, typer.Option(
+    "--tasks", help="Task name (data/tasks/NAME.jsonl) or JSONL path; repeatable. Default: the shipped suite.")]
+
+
+@app.command("eval")
+def eval_(
+    models: Annotated[list[Path], typer.Argument(help="Run directories (every model in them) or ckpt/step_N.")],
+    tasks: TasksOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Directory for the <stage>-step_N.json files "
+                                                  "(default: <run>/eval).")] = None,
+    harness: Annotated[list[str] | None, typer.Option(
+        help="Run these lm-eval-harness tasks instead (needs lm-eval); repeatable.")] = None,
+    include_path: Annotated[Path | None, typer.Option(help="Directory of your own lm-eval task YAML files.")] = None,
+    limit: Annotated[int | None, typer.Option(help="lm-eval: score only the first N items per task.")] = None,
+) -> None:
+    """Score checkpoints: held-out bits/byte and the task suite (or lm-eval-harness tasks with --harness)."""
+    import json
+
+    from homegrown.eval.suite import eval_file, evaluate_model, find_models
+    from homegrown.eval.tasks import load_tasks
+
+    specs = [spec for m in models for spec in find_models(m)]
+    if harness:
+        from homegrown.eval.harness import run_harness
+        from homegrown.eval.suite import default_eval_dir, write_json
+
+        for spec in specs:
+            results = run_harness(spec.checkpoint, harness, include_path, limit)
+            path = write_json((out or default_eval_dir(spec)) / f"harness-{spec.checkpoint.name}.json", results)
+            console.print(json.dumps(results, indent=2))
+            console.print(f"wrote {path}")
+        return
+    suite = load_tasks(tasks or [])
+    for spec in specs:
+        record = evaluate_model(spec, suite, eval_dir=out)
+        console.print(f"{spec.name}: held-out bits/byte {record['val']['bpb']:.3f}; wrote {eval_file(spec, out)}")
+
+
+@app.command()
+def report(
+    models: Annotated[list[Path], typer.Argument(help="Run directories (every model in them) or ckpt/step_N.")],
+    out: Annotated[Path | None, typer.Option(help="Where report.md/.json/.png go (default: the first run).")] = None,
+    tasks: TasksOpt = None,
+    external: Annotated[list[str] | None, typer.Option(
+        help="Base URL of an OpenAI-compatible API to compare against (e.g. https://api.openai.com/v1).")] = None,
+    external_model: Annotated[list[str] | None, typer.Option(help="Model name at each --external URL.")] = None,
+    external_mode: Annotated[str, typer.Option(help="auto, completions (log-likelihoods) or chat.")] = "auto",
+    api_key: Annotated[str, typer.Option(envvar="OPENAI_API_KEY", show_envvar=True,
+                                         help="Key for the --external endpoints.")] = "",
+) -> None:
+    """Report card: models side by side on held-out bits/byte and tasks, with chance levels and charts."""
+    from homegrown.eval.report import ExternalSpec, build_report
+    from homegrown.eval.suite import find_models
+
+    urls, names = external or [], external_model or []
+    if len(urls) != len(names):
+        raise HomegrownError("give one --external-model for each --external URL")
+    first = find_models(models[0])[0]
+    md = build_report(models, out or first.run_dir or Path("report"), tasks or [],
+                      [ExternalSpec(u, n, api_key, external_mode) for u, n in zip(urls, names, strict=True)])
+    console.print(f"report          {md}")
+
+
+_SERVE_DEFAULTS = ServeConfig()
+
+
+@app.command()
+def serve(
+    run_or_ckpt: Annotated[Path, typer.Argument(help="Run directory, ckpt/step_N, or an exported HF directory.")],
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = _SERVE_DEFAULTS.host,
+    port: Annotated[int, typer.Option(help="TCP port.")] = _SERVE_DEFAULTS.port,
+    api_key: Annotated[str | None, typer.Option(envvar="HOMEGROWN_API_KEY", show_envvar=True,
+                                                help="Require 'Authorization: Bearer KEY' on /v1 and /api.")] = None,
+    max_batch: Annotated[int, typer.Option(help="Sequences decoded together (KV cache slots).")] = (
+        _SERVE_DEFAULTS.max_batch),
+    max_waiting: Annotated[int, typer.Option(help="Queued sequences before requests get 429.")] = (
+        _SERVE_DEFAULTS.max_waiting),
+    db_url: Annotated[str | None, typer.Option(help="Conversations database (SQLAlchemy URL); default: "
+                                                    "sqlite:///<run dir>/conversations.sqlite.")] = None,
+    model_name: Annotated[str | None, typer.Option(help="Model id clients send; default: the run dir's name.")] = (
+        None),
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = _SERVE_DEFAULTS.device,
+) -> None:
+    """Serve a model: OpenAI-compatible API at /v1, chat page at /, Prometheus metrics at /metrics."""
+    from homegrown.serve.server import serve as serve_model
+
+    cfg = ServeConfig(host=host, port=port, max_batch=max_batch, max_waiting=max_waiting, device=device)
+    serve_model(run_or_ckpt, cfg, api_key=api_key, db_url=db_url, model_name=model_name)
+
+
+@app.command()
+def plan(
+    preset: Annotated[str | None, typer.Option("--preset", "-p", help=f"One of: {', '.join(PRESET_NAMES)}.")] = None,
+    layers: Annotated[int | None, typer.Option(help="Explicit shape: transformer layers.")] = None,
+    d_model: Annotated[int | None, typer.Option(help="Explicit shape: model width.")] = None,
+    heads: Annotated[int | None, typer.Option(help="Explicit shape: attention heads.")] = None,
+    kv_heads: Annotated[int | None, typer.Option(help="Explicit shape: KV heads (GQA); default = heads.")] = None,
+    vocab: Annotated[int | None, typer.Option(help="Explicit shape: vocabulary size.")] = None,
+    seq_len: Annotated[int | None, typer.Option(help="Training sequence length.")] = None,
+    ffn: Annotated[int | None, typer.Option(help="SwiGLU hidden size; default: Llama's 8/3·d rule.")] = None,
+    tied: Annotated[bool | None, typer.Option("--tied/--untied", help="Tie embedding and head.")] = None,
+    gpu: Annotated[str | None, typer.Option(help="H100, H200, A100-80GB, A100-40GB, B200, MI300X.")] = None,
+    gpus: Annotated[int | None, typer.Option(help="GPUs in the cluster; default: fewest that fit and finish.")] = None,
+    tokens: Annotated[float | None, typer.Option(help="Training tokens; default: Chinchilla 20/param.")] = None,
+    mfu: Annotated[float | None, typer.Option(help="Assumed model FLOPs utilisation.")] = None,
+    tflops: Annotated[float | None, typer.Option(help="Achieved per-GPU hardware TFLOP/s instead of --mfu.")] = None,
+    price_per_gpu_hour: Annotated[float | None, typer.Option(help="Dollars per GPU-hour.")] = None,
+    tp: Annotated[int | None, typer.Option(help="Tensor-parallel size (default: search).")] = None,
+    pp: Annotated[int | None, typer.Option(help="Pipeline-parallel size (default: search).")] = None,
+    recompute: Annotated[str | None, typer.Option(help="auto, none, selective or full.")] = None,
+    sharding: Annotated[str | None, typer.Option(help="fsdp (ZeRO-3), zero1 or none (DDP).")] = None,
+    activations: Annotated[str | None, typer.Option(help="korthikanti or model (homegrown's block).")] = None,
+    micro_batch: Annotated[int | None, typer.Option(help="Sequences per GPU per micro-step.")] = None,
+    max_days: Annotated[float | None, typer.Option(help="Deadline used to size the cluster.")] = None,
+    measure: Annotated[bool, typer.Option(help="Measure MFU by training a proxy model on this machine.")] = False,
+    proxy: Annotated[str, typer.Option(help="Preset trained by --measure (default: small on CPU).")] = "",
+    measure_seconds: Annotated[float | None, typer.Option(help="How long --measure trains the proxy.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON on stdout.")] = False,
+) -> None:
+    """Size a training run: parameters, FLOPs, memory per GPU, parallel layout, days and cost on a cluster."""
+    import json
+
+    from rich.console import Console
+
+    from homegrown.plan import build_plan, render
+
+    shape = {"n_layers": layers, "d_model": d_model, "n_heads": heads, "n_kv_heads": kv_heads,
+             "vocab_size": vocab, "max_seq_len": seq_len, "ffn_hidden": ffn, "tie_embeddings": tied}
+    settings = {"gpu": gpu, "gpus": gpus, "tokens": tokens, "mfu": mfu, "achieved_tflops": tflops,
+                "price_per_gpu_hour": price_per_gpu_hour, "tp": tp, "pp": pp, "recompute": recompute,
+                "sharding": sharding, "activations": activations, "micro_batch": micro_batch, "max_days": max_days,
+                "measure_seconds": measure_seconds}
+    if measure:
+        console.print(f"measuring training throughput of {proxy or 'a proxy model'} on this machine …")
+    result = build_plan(preset, shape, settings, measure, proxy)
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        render(result, Console(width=max(120, Console().width)))
 
 
 def main() -> None:

@@ -99,6 +99,13 @@ class TrainConfig:
     seed: int = 1337
     threads: int = 0
     """0 = let torch choose (all cores)."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in backward: ~1/3 more compute for far less activation memory."""
+    save_full_weights: bool = True
+    """Gather model.safetensors at every checkpoint; turn off for models larger than one host's memory and
+    run `homegrown checkpoint consolidate` on the checkpoint you want to serve."""
+    grad_dump_steps: int = 0
+    """Write the full gradients of the first N steps to grads/step_N.safetensors (distributed equivalence)."""
 
 
 @dataclass
@@ -112,6 +119,194 @@ class DataConfig:
     source_licence: str = "unknown"
     tokenizer_sample_bytes: int = 200_000_000
     """Upper bound on text fed to BPE training; the bundled corpus is far below it."""
+    extractor: str = "trafilatura"
+    """HTML → text: "trafilatura" or "resiliparse" (homegrown.data.extract; benchmarks/extract_compare.py)."""
+    mixture: str = ""
+    """Target token shares of named sources in the train shards, e.g. `web=0.6,licensed=0.3,synthetic=0.1`
+    (homegrown.data.mixture); empty = every document once."""
+    mixture_max_repeat: float = 4.0
+    """A source short of its share is repeated at most this many times; the achieved shares are reported."""
+    opt_out: str = ""
+    """Opt-out list file (domains, URL prefixes, content hashes; homegrown.data.provenance) honoured at ingest."""
+
+
+@dataclass
+class FilterConfig:
+    """Thresholds of the per-document quality rules in homegrown.data.filters (Gopher / C4 / FineWeb).
+
+    A document fails a rule when its statistic is outside the bound; rule names are listed in
+    `filters.RULES` and any of them can be switched off through `disabled`. Defaults are the published
+    Gopher values except where the bundled technical docs (prose + code) showed they reject good pages;
+    each such change says so.
+    """
+
+    min_words: int = 50
+    max_words: int = 100_000
+    min_mean_word_length: float = 3.0
+    max_mean_word_length: float = 10.0
+    max_symbol_word_ratio: float = 0.1
+    """("#" + "..." + "…") per word; Python comments in code count too."""
+    max_bullet_line_fraction: float = 0.9
+    max_ellipsis_line_fraction: float = 0.3
+    min_alpha_word_fraction: float = 0.8
+    min_stop_words: int = 2
+    """How many of the Gopher stop words (the, be, to, of, and, that, have, with) must appear."""
+    min_punct_line_fraction: float = 0.12
+    """FineWeb's rule and threshold: share of lines ending in . ! ? " ' — and, unlike FineWeb, ":", because
+    documentation introduces each code example with a colon (code lines themselves end in anything)."""
+    max_dup_line_fraction: float = 0.3
+    max_dup_line_char_fraction: float = 0.2
+    max_top_2gram_fraction: float = 0.2
+    max_top_3gram_fraction: float = 0.18
+    max_top_4gram_fraction: float = 0.16
+    max_dup_5gram_fraction: float = 0.50
+    """Gopher uses 0.15 … 0.10 for n = 5 … 10; API references repeat phrases ("Return value: New reference."),
+    so on the bundled docs those reject 36 % of pages (median 0.09, 90th percentile 0.32 for n = 5). The
+    ladder here keeps Gopher's shape, one step per n, and still rejects a text that repeats itself (≈ 1.0)."""
+    max_dup_6gram_fraction: float = 0.48
+    max_dup_7gram_fraction: float = 0.46
+    max_dup_8gram_fraction: float = 0.44
+    max_dup_9gram_fraction: float = 0.42
+    max_dup_10gram_fraction: float = 0.40
+    max_boilerplate_line_fraction: float = 0.2
+    """Share of lines holding a boilerplate phrase (C4's policy / javascript lines); "lorem ipsum" anywhere fails."""
+    boilerplate_phrases: list[str] = field(
+        default_factory=lambda: [
+            "javascript", "cookie policy", "uses cookies", "use of cookies", "use cookies", "terms of use",
+            "privacy policy", "terms and conditions", "all rights reserved", "accept cookies",
+        ]
+    )  # fmt: skip
+    disabled: list[str] = field(default_factory=list)
+    """Rule names to skip, e.g. ["line_punctuation"] for a corpus of source code."""
+
+
+@dataclass
+class IngestConfig:
+    """How `homegrown data ingest` reads, cleans and deduplicates a crawl (homegrown.data.ingest)."""
+
+    holdout_fraction: float = 0.05
+    workers: int = 1
+    """Processes working on input files in parallel; results do not depend on it."""
+    near_dedup_threshold: float = 0.8
+    """Estimated Jaccard similarity of word 5-gram sets above which a page is a near-duplicate."""
+    num_perm: int = 128
+    ngram: int = 5
+    max_doc_bytes: int = 2_000_000
+    """Longer documents (raw HTML or text) are cut to this many bytes before extraction, and counted."""
+    languages: list[str] = field(default_factory=list)
+    """ISO 639-1 codes to keep (e.g. ["en"]); empty keeps every language."""
+    filters: FilterConfig = field(default_factory=FilterConfig)
+
+
+@dataclass
+class ServeConfig:
+    """`homegrown serve`: the HTTP server and the continuous-batching engine (homegrown.serve)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_batch: int = 32
+    """Sequences decoded together; the KV cache is preallocated for this many × the model's context."""
+    max_waiting: int = 256
+    """Sequences queued for a free slot; beyond this a request gets 429 instead of waiting unboundedly."""
+    max_n: int = 16
+    """Largest `n` (choices per request) accepted."""
+    device: str = "auto"
+    """`auto` (CUDA when available), `cpu` or `cuda[:i]`."""
+    drain_timeout_s: float = 60.0
+    """On SIGTERM, in-flight requests get this long to finish before they are cut."""
+
+
+@dataclass
+class SFTConfig:
+    """Chat fine-tuning (homegrown.posttrain.sft) and the teacher-free chat data cut from the corpus (docqa).
+
+    Optimisation fields left out here (seq_len, dtype, threads, optimizer …) come from the preset's TrainConfig.
+    """
+
+    max_steps: int = 150
+    lr: float = 1e-3
+    """Lower than pretraining: the model should learn the format without forgetting what it read."""
+    warmup_steps: int = 10
+    batch_size: int = 16
+    eval_every: int = 50
+    eval_batches: int = 4
+    ckpt_every: int = 50
+    system_prompt: str = "You are a helpful assistant."
+    """Given to every other derived conversation, so the model answers with and without one."""
+    max_answer_chars: int = 300
+    """Derived answers are the opening sentences of the documented text, up to this many characters."""
+    multi_turn_every: int = 4
+    """Every N-th derived conversation holds two question/answer turns (0 = single-turn only)."""
+
+
+@dataclass
+class DistillConfig:
+    """Logit distillation (homegrown.posttrain.distill): loss = α·T²·KL(teacher_T ‖ student_T) + (1−α)·CE."""
+
+    alpha: float = 0.5
+    temperature: float = 2.0
+
+
+@dataclass
+class SynthConfig:
+    """Teacher client (homegrown.data.synth): any OpenAI-compatible endpoint, cached, budgeted, resumable."""
+
+    concurrency: int = 4
+    max_retries: int = 5
+    """Retries per request on 429, 5xx, timeouts, connection errors and malformed replies."""
+    backoff_s: float = 0.5
+    """First retry waits this long, doubling each time (with jitter) up to `backoff_max_s`; Retry-After wins."""
+    backoff_max_s: float = 20.0
+    timeout_s: float = 60.0
+    temperature: float = 0.8
+    max_tokens: int = 512
+    """Per request; also what the budget reserves for a request's reply before it is sent."""
+    max_tokens_budget: int = 0
+    """Prompt + completion tokens this run may spend on new requests (cache hits are free); 0 = no cap."""
+    max_cost_usd: float = 0.0
+    """Stop before the estimated cost (synth.PRICES) exceeds this; 0 = no cap."""
+    records: int = 100
+    """How many seeds (prompts) to generate from."""
+    seed: int = 0
+    """Shuffles the combinatorial seeds; the same seed gives the same prompts, hence the same cache keys."""
+    near_dup_threshold: float = 0.8
+
+
+@dataclass
+class PlanConfig:
+    """Cluster and run assumptions for `homegrown plan`; the model shape comes from a preset or explicit flags."""
+
+    gpu: str = "H100"
+    """A card from `plan.GPUS` (H100, H200, A100-80GB, A100-40GB, B200, MI300X)."""
+    gpus: int = 0
+    """0 = the fewest GPUs (whole nodes) that finish within `max_days` and fit in memory."""
+    gpus_per_node: int = 8
+    max_days: float = 90.0
+    tokens: float = 0.0
+    """Training tokens; 0 = Chinchilla-optimal (`tokens_per_param` × parameters)."""
+    tokens_per_param: float = 20.0
+    mfu: float = 0.4
+    """Model FLOPs utilisation assumed (or measured with --measure) for the days and cost."""
+    achieved_tflops: float = 0.0
+    """Per-GPU hardware TFLOP/s as Megatron papers report it (recompute included); when set, replaces `mfu`."""
+    price_per_gpu_hour: float = 2.5
+    tp: int = 0
+    """Tensor-parallel size; 0 = search (within a node)."""
+    pp: int = 0
+    """Pipeline-parallel size; 0 = search."""
+    recompute: str = "auto"
+    """Activation recomputation: none, selective, full, or auto (the cheapest that fits)."""
+    sharding: str = "fsdp"
+    """How the data-parallel group shares model state: fsdp (ZeRO-3), zero1 (optimizer only) or none (DDP)."""
+    activations: str = "korthikanti"
+    """Activation memory rule: korthikanti (the paper's GPT block) or model (what homegrown's model.py saves)."""
+    micro_batch: int = 1
+    global_batch_tokens: int = 16_777_216
+    """Cap on data-parallel size × micro-batch × sequence (Llama 3 405B used 16M tokens); 0 = no cap."""
+    headroom: float = 0.9
+    """Fraction of the card's memory a layout may plan to use (CUDA context, NCCL buffers, fragmentation)."""
+    measure_seconds: float = 5.0
+    """How long `--measure` times its proxy model's training steps."""
 
 
 @dataclass
@@ -120,6 +315,7 @@ class Preset:
     model: ModelConfig
     train: TrainConfig
     data: DataConfig = field(default_factory=DataConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
     description: str = ""
     trainable_on_cpu: bool = True
 
@@ -131,6 +327,7 @@ def _presets() -> dict[str, Preset]:
             ModelConfig(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=64),
             TrainConfig(batch_size=8, seq_len=64, max_steps=40, lr=3e-3, warmup_steps=5, eval_every=20,
                         eval_batches=2, ckpt_every=20, log_every=5, dtype="fp32"),
+            sft=SFTConfig(max_steps=20, batch_size=8, eval_every=10, eval_batches=2, ckpt_every=10, lr=3e-3),
             description="CI smoke test: seconds on one core, learns almost nothing.",
         ),
         "small": Preset(
@@ -178,6 +375,17 @@ def _presets() -> dict[str, Preset]:
             description="Llama 3 70B shape; plan and cluster only.",
             trainable_on_cpu=False,
         ),
+        "mai-1-500b": Preset(
+            "mai-1-500b",
+            ModelConfig(vocab_size=128256, d_model=20480, n_layers=120, n_heads=160, n_kv_heads=8, ffn_hidden=53248,
+                        max_seq_len=8192, rope_theta=500000.0, tie_embeddings=False),
+            TrainConfig(batch_size=1, seq_len=8192, grad_accum=2048, max_steps=600000, lr=8e-5, warmup_steps=8000,
+                        eval_every=1000, ckpt_every=500),
+            description="MAI-1 scale (~504B), plan only (`homegrown plan`). Microsoft has not published MAI-1's "
+                        "architecture: this dense Llama-3-style shape (120 layers × 20480, GQA 160/8 heads, "
+                        "128K vocab, 8K context) is our assumption.",
+            trainable_on_cpu=False,
+        ),
     }
 
 
@@ -211,9 +419,9 @@ def apply_overrides(preset: Preset, overrides: list[str]) -> Preset:
     for item in overrides:
         key, sep, value = item.partition("=")
         section_name, dot, field_name = key.strip().partition(".")
-        if not sep or not dot or section_name not in ("model", "train", "data"):
-            raise HomegrownError(
-                f"override {item!r} must look like model.FIELD=VALUE, train.FIELD=VALUE or data.FIELD=VALUE")
+        if not sep or not dot or section_name not in ("model", "train", "data", "sft"):
+            raise HomegrownError(f"override {item!r} must look like model.FIELD=VALUE, train.FIELD=VALUE, "
+                                 "data.FIELD=VALUE or sft.FIELD=VALUE")
         section = getattr(preset, section_name)
         if not hasattr(section, field_name):
             names = ", ".join(f.name for f in dataclasses.fields(section))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from homegrown.config import ModelConfig
@@ -101,6 +102,19 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, loss_mask: torch.
     return _SoftmaxCrossEntropy.apply(flat, targets.reshape(-1), weights)
 
 
+def segment_layout(segments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For (B, T) segment ids: RoPE positions restarting at each segment, and the (B, 1, T, T) boolean mask
+    that is causal within a segment and blocks attention across segments (block-diagonal causal)."""
+    t = segments.shape[1]
+    idx = torch.arange(t, device=segments.device).expand_as(segments)
+    first = torch.ones_like(segments, dtype=torch.bool)
+    first[:, 1:] = segments[:, 1:] != segments[:, :-1]
+    seg_start = torch.where(first, idx, torch.zeros_like(idx)).cummax(dim=1).values
+    causal = torch.ones(t, t, dtype=torch.bool, device=segments.device).tril()
+    mask = (segments[:, :, None] == segments[:, None, :]) & causal
+    return idx - seg_start, mask.unsqueeze(1)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -122,7 +136,7 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: KVCache | None, layer: int) -> torch.Tensor:
+                cache: KVCache | None, layer: int, mask: torch.Tensor | None = None) -> torch.Tensor:
         b, t, _ = x.shape
         heads = self.qkv(x).view(b, t, self.n_heads + 2 * self.n_kv_heads, self.head_dim).transpose(1, 2)
         # q and k heads are adjacent in the fused output, so one RoPE call rotates both.
@@ -131,7 +145,8 @@ class Attention(nn.Module):
         v = heads[:, self.n_heads + self.n_kv_heads:]
         gqa = self.n_heads != self.n_kv_heads
         if cache is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+            causal = mask is None
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa)
         else:
             start = cache.pos
             cache.k[layer, :b, :, start:start + t] = k.to(cache.k.dtype)
@@ -168,8 +183,8 @@ class Block(nn.Module):
         self.mlp = SwiGLU(cfg)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: KVCache | None, layer: int) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, layer)
+                cache: KVCache | None, layer: int, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, layer, mask)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -186,6 +201,8 @@ class Transformer(nn.Module):
         cos, sin = rope_tables(cfg)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        self.activation_checkpointing = False
+        """Recompute each block's activations in backward (per-block checkpointing): memory for compute."""
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -200,20 +217,35 @@ class Transformer(nn.Module):
                 nn.init.normal_(p, mean=0.0, std=std)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                cache: KVCache | None = None, loss_mask: torch.Tensor | None = None) -> torch.Tensor:
+                cache: KVCache | None = None, loss_mask: torch.Tensor | None = None,
+                segments: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, T, V), or the mean cross-entropy when `targets` is given.
 
         With a cache, `idx` holds the tokens after `cache.pos`; the cache is advanced by T afterwards.
         `loss_mask` (B, T) of 0/1 restricts the loss to some positions (fine-tuning on assistant turns).
+        `segments` (B, T) of ids packs several documents per row: a token attends only to earlier tokens of
+        its own segment and its RoPE position restarts at 0 there, so each conversation is computed exactly
+        as if it were alone in the row (see `segment_layout`).
         """
         t = idx.shape[1]
         start = cache.pos if cache is not None else 0
         if start + t > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {start + t} tokens exceeds max_seq_len={self.cfg.max_seq_len}")
-        cos, sin = self.rope_cos[start:start + t], self.rope_sin[start:start + t]
+        mask = None
+        if segments is None:
+            cos, sin = self.rope_cos[start:start + t], self.rope_sin[start:start + t]
+        else:
+            if cache is not None:
+                raise ValueError("segments (packed documents) are a training feature; decode one sequence per row")
+            positions, mask = segment_layout(segments)
+            cos, sin = self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1)
         x = self.embed_tokens(idx)
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, cache, i)
+            if recompute:
+                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, cache, i, mask, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, cache, i, mask)
         if cache is not None:
             cache.pos += t
         x = self.norm(x)
