@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml scripts/install_torch.sh scripts/install_chro
 	touch $@
 
 run: setup
-	$(VENV)/bin/homegrown run --preset $(PRESET) --out $(OUT)
+	$(VENV)/bin/homegrown run --preset $(PRESET) --out $(OUT) --no-serve
 
 test: setup
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -87,3 +87,18 @@ def test_decode_path_matches_forward_with_cache():
         got = [model.decode(idx[:, :12], cache)]
         got += [model.decode(idx[:, i:i + 1], cache) for i in range(12, 20)]
     torch.testing.assert_close(torch.stack(got, dim=1), full[:, 11:], atol=1e-5, rtol=1e-5)
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    """Recomputing blocks in backward must change memory, not the gradient."""
+    cfg = ModelConfig(vocab_size=97, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=16)
+    torch.manual_seed(0)
+    plain = Transformer(cfg)
+    recomputed = Transformer(cfg)
+    recomputed.load_state_dict(plain.state_dict())
+    recomputed.activation_checkpointing = True
+    x = torch.randint(0, 97, (2, 16))
+    for model in (plain, recomputed):
+        model(x, x).backward()
+    for (name, a), b in zip(plain.named_parameters(), recomputed.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, msg=name)

@@ -15,6 +15,7 @@ import typer
 from homegrown.config import (
     PRESET_NAMES,
     DataConfig,
+    DistillConfig,
     IngestConfig,
     Preset,
     ServeConfig,
@@ -128,6 +129,8 @@ def data_ingest(
     language: Annotated[list[str] | None, typer.Option(help="Keep only these languages (repeatable).")] = None,
     near_threshold: Annotated[float, typer.Option(help="MinHash Jaccard threshold for near-duplicates.")] =
         IngestConfig.near_dedup_threshold,
+    extractor: Annotated[str, typer.Option(help="HTML extractor: trafilatura or resiliparse.")] =
+        DataConfig.extractor,
     no_progress: Annotated[bool, typer.Option(help="Plain log lines even on a terminal.")] = False,
 ) -> None:
     """Crawl → extract → language → quality rules → PII scrub → exact+near dedup → corpus with a manifest."""
@@ -138,11 +141,11 @@ def data_ingest(
     cfg = IngestConfig(workers=workers, holdout_fraction=holdout, languages=language or [],
                        near_dedup_threshold=near_threshold)
     if shard:
-        done = ingest_parts(specs, out, cfg, shard=parse_shard(shard), progress=not no_progress)
+        done = ingest_parts(specs, out, cfg, shard=parse_shard(shard), extractor=extractor, progress=not no_progress)
         console.print(f"shard {shard}: {done} files processed into {out / 'parts'}; when every shard is done: "
                       f"homegrown data merge {out}")
         return
-    _print_ingest(ingest(specs, out, cfg=cfg, opt_out=opt_out, progress=not no_progress), out)
+    _print_ingest(ingest(specs, out, cfg=cfg, opt_out=opt_out, extractor=extractor, progress=not no_progress), out)
 
 
 def _print_ingest(stats: IngestStats, out: Path) -> None:
@@ -313,6 +316,23 @@ def data_synth(
                   "prompts dropped")
 
 
+@data_app.command("docqa")
+def data_docqa(
+    corpus: Annotated[Path, typer.Argument(help="Corpus directory (train/val.jsonl.gz, as `data ingest` writes).")],
+    out: Annotated[Path, typer.Option(help="Directory for train.jsonl, val.jsonl and MANIFEST.json.")],
+    preset: PresetOpt = DEFAULT_PRESET,
+    set_: SetOpt = None,
+) -> None:
+    """Teacher-free chat data: questions and answers cut from the documents (val pages → val.jsonl only)."""
+    import json
+
+    from homegrown.posttrain.docqa import build_docqa
+
+    done = build_docqa(corpus, out, _preset(preset, set_).sft)
+    counts = json.loads((done / "MANIFEST.json").read_text())["conversations"]
+    console.print(f"{counts['train']:,} training and {counts['val']:,} held-out conversations in {done}")
+
+
 @app.command()
 def sft(
     base: Annotated[Path, typer.Argument(help="Run directory (its pretrained ckpt/) or a ckpt/step_N to start from.")],
@@ -337,6 +357,26 @@ def sft(
     result = run_sft(base, data, run_dir, cfg.sft, cfg.train, val=val, strict=strict)
     console.print(f"chat model {result.final_checkpoint}  held-out answer loss {result.final_val_loss:.3f} nats/token")
     console.print(f"next       homegrown chat {result.final_checkpoint}")
+
+
+@app.command()
+def distill(
+    run_dir: Annotated[Path, typer.Argument(help="Student run directory holding tokenizer.json and shards/.")],
+    teacher: Annotated[Path, typer.Option(help="Teacher checkpoint (or run dir) with the same tokenizer.")],
+    alpha: Annotated[float, typer.Option(help="Weight of the soft (teacher) term; 1-alpha on the hard labels.")] =
+        DistillConfig.alpha,
+    temperature: Annotated[float, typer.Option(help="Softening temperature T for both distributions.")] =
+        DistillConfig.temperature,
+    preset: PresetOpt = DEFAULT_PRESET,
+    set_: SetOpt = None,
+) -> None:
+    """Train the preset's (smaller) model on a run's shards against a teacher's logits, into RUN/distill/ckpt."""
+    from homegrown.posttrain.distill import distill as run_distill
+
+    cfg = _preset(preset, set_)
+    result = run_distill(run_dir, teacher, cfg, DistillConfig(alpha=alpha, temperature=temperature))
+    console.print(f"student {result.final_checkpoint}  val loss {result.final_val_loss:.3f}  "
+                  f"val bits/byte {result.final_val_bpb:.3f}")
 
 
 @app.command()
@@ -507,11 +547,14 @@ def serve(
     model_name: Annotated[str | None, typer.Option(help="Model id clients send; default: the run dir's name.")] = (
         None),
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = _SERVE_DEFAULTS.device,
+    threads: Annotated[int, typer.Option(help="CPU threads for the model; 0 = all cores but one.")] = (
+        _SERVE_DEFAULTS.threads),
 ) -> None:
     """Serve a model: OpenAI-compatible API at /v1, chat page at /, Prometheus metrics at /metrics."""
     from homegrown.serve.server import serve as serve_model
 
-    cfg = ServeConfig(host=host, port=port, max_batch=max_batch, max_waiting=max_waiting, device=device)
+    cfg = ServeConfig(host=host, port=port, max_batch=max_batch, max_waiting=max_waiting, device=device,
+                      threads=threads)
     serve_model(run_or_ckpt, cfg, api_key=api_key, db_url=db_url, model_name=model_name)
 
 

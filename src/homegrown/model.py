@@ -240,6 +240,9 @@ class Transformer(nn.Module):
             positions, mask = segment_layout(segments)
             cos, sin = self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1)
         x = self.embed_tokens(idx)
+        # Match the stream's dtype here rather than leave it to FSDP2's input cast, which activation
+        # recomputation skips: bf16 tables in forward, fp32 in recompute would fail checkpoint's check.
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
             if recompute:

@@ -287,6 +287,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path | None, run_
                 tok_rate = tok_window / max(elapsed, 1e-9)
                 record["tokens_per_s"] = tok_rate
                 record["flops_per_s"] = tok_rate / tokens_per_step * flops_per_step
+                if device.type == "cuda":
+                    record["max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
                 t_window, tok_window = time.perf_counter(), 0
             if done % cfg.eval_every == 0 or done == cfg.max_steps:
                 with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):

@@ -1,0 +1,197 @@
+"""Claim: continuous batching serves ≥ 4× the output tokens/s of one-request-at-a-time at 16 concurrent clients.
+
+Starts the real `homegrown serve` on a checkpoint (once with --max-batch 64, once with --max-batch 1, the peer
+measured in the same run), then N concurrent streaming chat clients (1, 4, 16, 64) each send R requests from a
+fixed prompt set. Per setting: TTFT p50/p95 (request sent → first content chunk), time per output token
+(after the first), output tokens/s and requests/s over the wall time, and failed requests, which must be 0.
+Output tokens are the server's own `usage` counts (stream_options.include_usage).
+
+    python benchmarks/serve_load.py runs/small
+    python benchmarks/serve_load.py runs/tiny --clients 1,4 --requests 2 --max-tokens 16   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+PROMPTS = [
+    "Explain what a tokenizer does.",
+    "Write a short poem about the sea.",
+    "What is the capital of France?",
+    "Give three tips for writing clean Python code.",
+    "Describe how a hash table works.",
+    "Why is the sky blue?",
+    "Summarise the plot of a detective story in two sentences.",
+    "What does HTTP stand for?",
+]
+EXE = Path(sys.executable).with_name("homegrown")
+
+
+@dataclass
+class Result:
+    ttft: list[float] = field(default_factory=list)
+    tpot: list[float] = field(default_factory=list)
+    tokens: int = 0
+    done: int = 0
+    failed: int = 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`homegrown serve` in a child process, stopped with SIGTERM (its graceful path)."""
+
+    def __init__(self, source: Path, max_batch: int) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log = tempfile.NamedTemporaryFile("w", suffix=".log", delete=False)  # noqa: SIM115 - closed in stop()
+        db = Path(tempfile.mkdtemp()) / "bench.sqlite"
+        self.proc = subprocess.Popen(
+            [str(EXE), "serve", str(source), "--port", str(self.port), "--max-batch", str(max_batch),
+             "--model-name", "bench", "--db-url", f"sqlite:///{db}", "--max-waiting", "4096"],
+            stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "HOMEGROWN_API_KEY": ""})
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"server exited: {Path(self.log.name).read_text()}")
+            try:
+                if httpx.get(f"{self.base}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        raise SystemExit("server did not start")
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(120)
+        self.log.close()
+
+
+async def one_request(client: httpx.AsyncClient, prompt: str, max_tokens: int, result: Result) -> None:
+    body = {"model": "bench", "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+            "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True}}
+    sent = time.perf_counter()
+    first = last = None
+    chunks = tokens = 0
+    try:
+        async with client.stream("POST", "/v1/chat/completions", json=body) as r:
+            if r.status_code != 200:
+                result.failed += 1
+                return
+            async for line in r.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                if chunk.get("usage"):
+                    tokens = chunk["usage"]["completion_tokens"]
+                if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                    now = time.perf_counter()
+                    first = first or now
+                    last = now
+                    chunks += 1
+    except httpx.HTTPError:
+        result.failed += 1
+        return
+    result.done += 1
+    result.tokens += tokens
+    if first is not None:
+        result.ttft.append(first - sent)
+        if tokens > 1 and last is not None:
+            result.tpot.append((last - first) / (tokens - 1))
+
+
+async def load(base: str, clients: int, requests: int, max_tokens: int) -> tuple[Result, float]:
+    result = Result()
+    limits = httpx.Limits(max_connections=clients + 4)
+    async with httpx.AsyncClient(base_url=base, timeout=600, limits=limits) as client:
+        async def user(u: int) -> None:
+            for i in range(requests):
+                await one_request(client, PROMPTS[(u + i) % len(PROMPTS)], max_tokens, result)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(user(u) for u in range(clients)))
+        return result, time.perf_counter() - start
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
+
+
+def measure(source: Path, max_batch: int, clients_list: list[int], requests: int, max_tokens: int) -> dict:
+    server = Server(source, max_batch)
+    rows = {}
+    try:
+        asyncio.run(load(server.base, 1, 1, max_tokens))  # warm-up
+        for clients in clients_list:
+            result, wall = asyncio.run(load(server.base, clients, requests, max_tokens))
+            rows[clients] = {
+                "ttft_p50_ms": 1000 * pct(result.ttft, 0.5), "ttft_p95_ms": 1000 * pct(result.ttft, 0.95),
+                "tpot_ms": 1000 * statistics.mean(result.tpot) if result.tpot else float("nan"),
+                "tokens_per_s": result.tokens / wall, "requests_per_s": result.done / wall,
+                "failed": result.failed, "requests": result.done,
+            }
+            r = rows[clients]
+            print(f"max_batch={max_batch:<3} clients={clients:<3} TTFT p50 {r['ttft_p50_ms']:8.1f} ms  "
+                  f"p95 {r['ttft_p95_ms']:8.1f} ms  TPOT {r['tpot_ms']:7.2f} ms  "
+                  f"{r['tokens_per_s']:8.1f} tok/s  {r['requests_per_s']:6.2f} req/s  failed {r['failed']}",
+                  flush=True)
+    finally:
+        server.stop()
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("source", type=Path, help="run directory, ckpt/step_N or HF directory to serve")
+    ap.add_argument("--clients", default="1,4,16,64")
+    ap.add_argument("--requests", type=int, default=4, help="requests per client")
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--max-batch", type=int, default=64)
+    ap.add_argument("--compare-at", type=int, default=16, help="clients at which batching is compared to batch 1")
+    args = ap.parse_args()
+    clients = [int(c) for c in args.clients.split(",")]
+
+    batched = measure(args.source, args.max_batch, clients, args.requests, args.max_tokens)
+    at = args.compare_at if args.compare_at in clients else max(clients)
+    single = measure(args.source, 1, [at], args.requests, args.max_tokens)
+
+    print("\n| clients | TTFT p50 (ms) | TTFT p95 (ms) | TPOT (ms) | output tok/s | req/s | failed |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for c, r in batched.items():
+        print(f"| {c} | {r['ttft_p50_ms']:.1f} | {r['ttft_p95_ms']:.1f} | {r['tpot_ms']:.2f} | "
+              f"{r['tokens_per_s']:.1f} | {r['requests_per_s']:.2f} | {r['failed']} |")
+    s = single[at]
+    print(f"| {at} (--max-batch 1) | {s['ttft_p50_ms']:.1f} | {s['ttft_p95_ms']:.1f} | {s['tpot_ms']:.2f} | "
+          f"{s['tokens_per_s']:.1f} | {s['requests_per_s']:.2f} | {s['failed']} |")
+    ratio = batched[at]["tokens_per_s"] / s["tokens_per_s"] if s["tokens_per_s"] else float("inf")
+    failed = sum(r["failed"] for r in batched.values()) + s["failed"]
+    print(f"\ncontinuous batching vs one at a time at {at} clients: {ratio:.2f}× output tokens/s "
+          f"(target ≥ 4×: {'met' if ratio >= 4 else 'NOT met'}); failed requests: {failed}")
+    if failed:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

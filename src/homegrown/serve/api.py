@@ -1,0 +1,425 @@
+"""The OpenAI-compatible HTTP API over the engine: existing clients switch to our model by changing `base_url`.
+
+Every answer that is not a success has OpenAI's error shape `{"error": {"message", "type", "param", "code"}}`
+with a 4xx status the `openai` client maps to its exception classes (400 BadRequestError, 401
+AuthenticationError, 404 NotFoundError, 429 RateLimitError); FastAPI's 422 for a bad body becomes a 400.
+Streaming follows OpenAI's Server-Sent Events byte for byte: `data: <json>\\n\\n` chunks, the role in the first
+delta, the finish reason on each choice's last chunk, an optional usage chunk with empty `choices`, then
+`data: [DONE]`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.staticfiles import StaticFiles
+
+from homegrown.errors import HomegrownError
+from homegrown.posttrain.chat import render_prompt
+from homegrown.serve.engine import (
+    ContextLengthError,
+    Delta,
+    Engine,
+    EngineBusyError,
+    GenerationParams,
+    Sequence,
+    TokenLogprob,
+)
+from homegrown.serve.metrics import ServeMetrics
+from homegrown.serve.protocol import ChatCompletionRequest, CompletionRequest, _Sampling
+
+log = logging.getLogger(__name__)
+
+WEB_DIR = Path(__file__).parent / "web"
+DISCONNECT_POLL_S = 0.5
+
+
+class APIError(Exception):
+    """An error to answer in OpenAI's shape."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.kind, self.param, self.code = status, message, kind, param, code
+
+
+def error_json(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
+               code: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
+                        status_code=status)
+
+
+@dataclass
+class ServerState:
+    """What the handlers share: the engine once loaded, and whether the server is draining for shutdown."""
+
+    model_name: str
+    engine: Engine | None = None
+    load_error: str | None = None
+    draining: bool = False
+    created: int = 0
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def api_error(_: Request, e: APIError) -> JSONResponse:
+        return error_json(e.status, e.message, e.kind, e.param, e.code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, e: RequestValidationError) -> JSONResponse:
+        errors = e.errors()
+        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        param = ".".join(loc) or None
+        if first.get("type") == "json_invalid":
+            return error_json(400, f"the request body is not valid JSON ({first.get('msg')}); send a JSON object",
+                              code="invalid_json")
+        message = f"{param}: {first.get('msg')}" if param else str(first.get("msg"))
+        return error_json(400, message, param=param, code="invalid_value")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
+        kind = "not_found_error" if e.status_code == 404 else "invalid_request_error"
+        return JSONResponse({"error": {"message": str(e.detail), "type": kind, "param": None, "code": None}},
+                            status_code=e.status_code, headers=getattr(e, "headers", None))
+
+    @app.exception_handler(EngineBusyError)
+    async def busy(_: Request, e: EngineBusyError) -> JSONResponse:
+        return error_json(429, str(e), "rate_limit_error", code="server_busy")
+
+    @app.exception_handler(HomegrownError)
+    async def user_error(_: Request, e: HomegrownError) -> JSONResponse:
+        code = "context_length_exceeded" if isinstance(e, ContextLengthError) else None
+        return error_json(400, str(e), param="messages" if code else None, code=code)
+
+    @app.exception_handler(Exception)
+    async def bug(_: Request, e: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return error_json(500, f"internal error: {type(e).__name__}", "server_error")
+
+
+class _Collector:
+    """Receives deltas from the engine thread and hands them to the request's event loop, in order."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue[tuple[int, Delta]] = asyncio.Queue()
+
+    def emitter(self, offset: int) -> Callable[[int, Delta], None]:
+        def emit(index: int, delta: Delta) -> None:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, (offset + index, delta))
+        return emit
+
+
+def _params(req: _Sampling, max_tokens: int | None, logprobs: bool, top_logprobs: int) -> list[GenerationParams]:
+    top_k = req.top_k if req.top_k and req.top_k > 0 else 0
+    return [GenerationParams(
+        max_tokens=max_tokens,  # type: ignore[arg-type]  # None = rest of the context, resolved by the engine
+        temperature=1.0 if req.temperature is None else req.temperature,
+        top_k=top_k, top_p=1.0 if req.top_p is None else req.top_p,
+        seed=None if req.seed is None else req.seed + i,
+        stop_token_ids=list(req.stop_token_ids or []), stop=req.stops(),
+        presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
+        logprobs=logprobs, top_logprobs=top_logprobs,
+    ) for i in range(req.n)]
+
+
+def _chat_logprobs(engine: Engine, lps: list[TokenLogprob]) -> dict[str, Any]:
+    def entry(token_id: int, lp: float) -> dict[str, Any]:
+        text = engine.tokenizer.decode([token_id])
+        return {"token": text, "logprob": lp, "bytes": list(text.encode())}
+    return {"content": [{**entry(t.token_id, t.logprob), "top_logprobs": [entry(i, v) for i, v in t.top]}
+                        for t in lps], "refusal": None}
+
+
+def _completion_logprobs(engine: Engine, lps: list[TokenLogprob], offset: int) -> dict[str, Any]:
+    tokens = [engine.tokenizer.decode([t.token_id]) for t in lps]
+    offsets = []
+    for text in tokens:
+        offsets.append(offset)
+        offset += len(text)
+    return {"tokens": tokens, "token_logprobs": [t.logprob for t in lps],
+            "top_logprobs": [{engine.tokenizer.decode([i]): v for i, v in t.top} for t in lps],
+            "text_offset": offsets}
+
+
+def _sse(data: dict[str, Any] | str) -> bytes:
+    body = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    return f"data: {body}\n\n".encode()
+
+
+def create_app(load_engine: Callable[[], Engine], *, api_key: str | None, model_name: str,
+               store: Any | None = None, metrics: ServeMetrics | None = None,
+               web_dir: Path | None = WEB_DIR, on_load_failure: Callable[[], None] | None = None) -> FastAPI:
+    """The whole server: /v1 API, /health, /metrics, the conversations API and the chat page.
+
+    `load_engine` runs in a thread at startup, so /health answers 503 while weights load; `store` is a
+    ConversationStore for the page's /api/conversations (None leaves the page without saved conversations).
+    """
+    metrics = metrics or ServeMetrics()
+    state = ServerState(model_name=model_name, created=int(time.time()))
+
+    def load() -> None:
+        try:
+            state.engine = load_engine().start()
+        except Exception as e:  # reported by /health and by serve(), which then exits
+            log.exception("loading the model failed")
+            state.load_error = str(e) or type(e).__name__
+            if on_load_failure is not None:
+                on_load_failure()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        loader = threading.Thread(target=load, name="homegrown-load", daemon=True)
+        loader.start()
+        yield
+        state.draining = True
+        await run_in_threadpool(loader.join)
+        if state.engine is not None:
+            await run_in_threadpool(state.engine.stop, True)
+
+    app = FastAPI(title="homegrown", version="0.1.0", lifespan=lifespan,
+                  description="OpenAI-compatible API of a homegrown model.")
+    app.state.server = state
+    app.state.metrics = metrics
+    _install_error_handlers(app)
+
+    async def require_key(request: Request) -> None:
+        if api_key is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+            raise APIError(401, "Incorrect or missing API key. Send it as 'Authorization: Bearer <key>'.",
+                           param=None, code="invalid_api_key")
+
+    def ready() -> Engine:
+        if state.draining:
+            raise APIError(503, "the server is shutting down; retry against another instance", "server_error",
+                           code="shutting_down")
+        if state.engine is None:
+            raise APIError(503, state.load_error or "the model is still loading; retry in a few seconds",
+                           "server_error", code="model_loading")
+        return state.engine
+
+    def check_model(name: str) -> None:
+        if name != model_name:
+            raise APIError(404, f"The model `{name}` does not exist; this server serves `{model_name}` "
+                                "(see GET /v1/models).", param="model", code="model_not_found")
+
+    def model_card(engine: Engine) -> dict[str, Any]:
+        return {"id": model_name, "object": "model", "created": state.created, "owned_by": "homegrown",
+                "max_model_len": engine.max_len}
+
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
+
+    @v1.get("/models")
+    async def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": [model_card(ready())]}
+
+    @v1.get("/models/{model}")
+    async def get_model(model: str) -> dict[str, Any]:
+        engine = ready()
+        check_model(model)
+        return model_card(engine)
+
+    def start(engine: Engine, prompts: list[list[int]], params_for: Callable[[], list[GenerationParams]],
+              collector: _Collector) -> list[Sequence]:
+        if len(prompts) * len(params_for()) > engine.cfg.max_n:
+            raise APIError(400, f"n × prompts must be at most {engine.cfg.max_n}", param="n")
+        for ids in prompts:  # check every prompt before queueing any
+            engine.resolve_max_tokens(len(ids), params_for()[0].max_tokens)
+        seqs: list[Sequence] = []
+        try:
+            for p, ids in enumerate(prompts):
+                params = params_for()
+                seqs += engine.submit(ids, params, collector.emitter(p * len(params)))
+        except BaseException:
+            engine.abort(seqs)
+            raise
+        return seqs
+
+    async def collect(request: Request, engine: Engine, seqs: list[Sequence],
+                      collector: _Collector) -> list[tuple[str, list[TokenLogprob], str, int]]:
+        """Wait for every choice, freeing the slots if the client goes away first."""
+        out = [["", [], None, 0] for _ in seqs]
+        pending = len(seqs)
+        try:
+            while pending:
+                try:
+                    index, delta = await asyncio.wait_for(collector.queue.get(), DISCONNECT_POLL_S)
+                except TimeoutError:
+                    if await request.is_disconnected():
+                        return []
+                    continue
+                r = out[index]
+                r[0] += delta.text
+                r[1].extend(delta.logprobs)
+                if delta.finish_reason:
+                    r[2], r[3] = delta.finish_reason, delta.completion_tokens
+                    pending -= 1
+        finally:
+            if pending:
+                engine.abort(seqs)
+        return [tuple(r) for r in out]
+
+    def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens}
+
+    def stream(engine: Engine, seqs: list[Sequence], collector: _Collector, chunk: Callable[..., dict[str, Any]],
+               first: list[dict[str, Any]] | None, choice: Callable[[int, Delta], dict[str, Any]],
+               prompt_tokens: int, include_usage: bool) -> StreamingResponse:
+        async def events() -> AsyncIterator[bytes]:
+            pending, completion_tokens = len(seqs), 0
+            try:
+                if first:
+                    yield _sse(chunk(first))
+                while pending:
+                    index, delta = await collector.queue.get()
+                    if delta.finish_reason:
+                        pending -= 1
+                        completion_tokens += delta.completion_tokens
+                    elif not delta.text:
+                        continue
+                    yield _sse(chunk([choice(index, delta)]))
+                if include_usage:
+                    yield _sse(chunk([], usage=usage(prompt_tokens, completion_tokens)))
+                yield _sse("[DONE]")
+            finally:
+                if pending:
+                    engine.abort(seqs)
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @v1.post("/chat/completions")
+    async def chat_completions(req: ChatCompletionRequest, request: Request) -> Any:
+        engine = ready()
+        check_model(req.model)
+        if req.top_logprobs and not req.logprobs:
+            raise APIError(400, "top_logprobs requires logprobs=true", param="top_logprobs")
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                    for m in req.messages]
+        ids = engine.encode(render_prompt(messages))
+        max_tokens = req.max_completion_tokens or req.max_tokens
+        collector = _Collector()
+        seqs = start(engine, [ids], lambda: _params(req, max_tokens, req.logprobs, req.top_logprobs or 0),
+                     collector)
+        rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+
+        if req.stream:
+            def chunk(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> dict[str, Any]:
+                body = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model_name,
+                        "system_fingerprint": None, "choices": choices}
+                if include_usage:
+                    body["usage"] = usage
+                return body
+
+            def choice(index: int, delta: Delta) -> dict[str, Any]:
+                lp = _chat_logprobs(engine, delta.logprobs) if req.logprobs else None
+                return {"index": index, "delta": {"content": delta.text} if delta.text else {},
+                        "logprobs": lp, "finish_reason": delta.finish_reason}
+
+            first = [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                      "finish_reason": None} for i in range(len(seqs))]
+            return stream(engine, seqs, collector, chunk, first, choice, len(ids), include_usage)
+
+        results = await collect(request, engine, seqs, collector)
+        choices = [{"index": i, "message": {"role": "assistant", "content": text, "refusal": None},
+                    "logprobs": _chat_logprobs(engine, lps) if req.logprobs else None, "finish_reason": reason}
+                   for i, (text, lps, reason, _) in enumerate(results)]
+        return {"id": rid, "object": "chat.completion", "created": created, "model": model_name,
+                "system_fingerprint": None, "choices": choices,
+                "usage": usage(len(ids), sum(r[3] for r in results))}
+
+    @v1.post("/completions")
+    async def completions(req: CompletionRequest, request: Request) -> Any:
+        engine = ready()
+        check_model(req.model)
+        if isinstance(req.prompt, str):
+            texts: list[str | None] = [req.prompt]
+            prompts = [engine.encode(req.prompt)]
+        elif req.prompt and all(isinstance(p, int) for p in req.prompt):
+            prompts, texts = [list(req.prompt)], [None]
+        else:
+            texts = list(req.prompt)
+            prompts = [engine.encode(t) for t in texts]
+        if not prompts:
+            raise APIError(400, "prompt is an empty list; send a string or a list of strings", param="prompt")
+        echo_texts = [t if t is not None else engine.tokenizer.decode(ids) for t, ids in zip(texts, prompts,
+                                                                                               strict=True)]
+        want_lp = req.logprobs is not None
+        collector = _Collector()
+        seqs = start(engine, prompts, lambda: _params(req, req.max_tokens, want_lp, req.logprobs or 0), collector)
+        rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+        prompt_tokens = sum(len(p) for p in prompts)
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+
+        if req.stream:
+            offsets = [len(echo_texts[i // req.n]) if req.echo else 0 for i in range(len(seqs))]
+
+            def chunk(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> dict[str, Any]:
+                body = {"id": rid, "object": "text_completion", "created": created, "model": model_name,
+                        "system_fingerprint": None, "choices": choices}
+                if include_usage:
+                    body["usage"] = usage
+                return body
+
+            def choice(index: int, delta: Delta) -> dict[str, Any]:
+                lp = _completion_logprobs(engine, delta.logprobs, offsets[index]) if want_lp else None
+                offsets[index] += len(delta.text)
+                return {"index": index, "text": delta.text, "logprobs": lp, "finish_reason": delta.finish_reason}
+
+            first = None
+            if req.echo:
+                first = [{"index": i, "text": echo_texts[i // req.n], "logprobs": None, "finish_reason": None}
+                         for i in range(len(seqs))]
+            return stream(engine, seqs, collector, chunk, first, choice, prompt_tokens, include_usage)
+
+        results = await collect(request, engine, seqs, collector)
+        choices = []
+        for i, (text, lps, reason, _) in enumerate(results):
+            prefix = echo_texts[i // req.n] if req.echo else ""
+            choices.append({"index": i, "text": prefix + text, "finish_reason": reason,
+                            "logprobs": _completion_logprobs(engine, lps, len(prefix)) if want_lp else None})
+        return {"id": rid, "object": "text_completion", "created": created, "model": model_name,
+                "system_fingerprint": None, "choices": choices,
+                "usage": usage(prompt_tokens, sum(r[3] for r in results))}
+
+    @app.get("/health")
+    async def health() -> Response:
+        if state.engine is None or state.draining:
+            reason = "draining" if state.draining else ("load failed: " + state.load_error
+                                                        if state.load_error else "loading")
+            return error_json(503, f"not ready ({reason})", "server_error", code="not_ready")
+        return JSONResponse({"status": "ok", "model": model_name})
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    app.include_router(v1)
+    if store is not None:
+        from homegrown.serve.conversations import build_router
+
+        app.include_router(build_router(store), dependencies=[Depends(require_key)])
+    if web_dir is not None and web_dir.is_dir():
+        app.mount("/", StaticFiles(directory=web_dir, html=True), name="web")
+    return app

@@ -1,0 +1,466 @@
+"""Continuous-batching generation engine: one background thread steps every running sequence together.
+
+Requests join and leave between decode steps, so a short reply never waits for a long one and the batch stays
+full under load; that is what makes a small model cheap to serve. The KV cache is preallocated once for
+`max_batch` slots × the model's context; running sequences occupy slots 0..B-1 (a finished sequence's slot is
+refilled by moving the last one down), so a step reads the cache as a plain slice. Each sequence samples with
+its own `torch.Generator`, so a seed gives the same text whatever else shares the batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer
+
+from homegrown.config import ServeConfig
+from homegrown.errors import HomegrownError
+from homegrown.generate import SamplingParams, sample_next
+from homegrown.model import KVCache, Transformer
+from homegrown.serve.batched import forward_rows, move_slot
+from homegrown.serve.metrics import ServeMetrics
+
+log = logging.getLogger(__name__)
+
+MIN_SHARED_PREFIX = 16
+"""Joiners sharing at least this many prompt tokens with an earlier joiner wait one forward to copy them."""
+STOP_TOKENS = ("<|endoftext|>", "<|end|>")
+"""End of a document and end of a chat turn: generation stops at either unless the request says otherwise."""
+
+
+class ContextLengthError(HomegrownError):
+    """Prompt + requested tokens do not fit the model's context."""
+
+
+class EngineBusyError(HomegrownError):
+    """The waiting queue is full; the client should retry later."""
+
+
+@dataclass
+class GenerationParams(SamplingParams):
+    """Per-sequence sampling: `SamplingParams` (temperature, top-k, top-p, seed, stop ids) plus what the
+    OpenAI API adds. Penalties follow OpenAI's definition: logit -= frequency·count + presence·[count > 0]."""
+
+    temperature: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logprobs: bool = False
+    top_logprobs: int = 0
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2.0 <= getattr(self, name) <= 2.0:
+                raise HomegrownError(f"{name} must be between -2 and 2, got {getattr(self, name)}")
+        if not 0 <= self.top_logprobs <= 20:
+            raise HomegrownError(f"top_logprobs must be between 0 and 20, got {self.top_logprobs}")
+        if any(not s for s in self.stop):
+            raise HomegrownError("stop strings must not be empty")
+
+
+@dataclass
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]]
+
+
+@dataclass
+class Delta:
+    """What one step produced for one sequence: new visible text, and on the last one the finish reason."""
+
+    text: str
+    token_ids: list[int]
+    logprobs: list[TokenLogprob]
+    finish_reason: str | None = None
+    """`stop` (stop token or string), `length` (max_tokens), `abort` (cancelled) or `error`."""
+    completion_tokens: int = 0
+
+
+Emit = Callable[[int, Delta], None]
+
+
+class Sequence:
+    """One choice being generated. Mutated only by the engine thread, except `cancelled`."""
+
+    def __init__(self, index: int, prompt_ids: list[int], params: GenerationParams, emit: Emit,
+                 device: torch.device, vocab_size: int) -> None:
+        self.index, self.prompt_ids, self.params, self.emit = index, prompt_ids, params, emit
+        self.generator = torch.Generator(device=device)
+        if params.seed is not None:
+            self.generator.manual_seed(params.seed)
+        else:
+            self.generator.seed()
+        penalised = params.presence_penalty != 0 or params.frequency_penalty != 0
+        self.counts = torch.zeros(1, vocab_size, device=device) if penalised else None
+        self.stop_ids = set(params.stop_token_ids)
+        self.out_ids: list[int] = []
+        self.unsent_ids: list[int] = []
+        self.unsent_logprobs: list[TokenLogprob] = []
+        self.sent_chars = 0
+        self.length = 0
+        self.next_token = -1
+        self.cancelled = False
+        self.arrival = time.perf_counter()
+        self.last_token_at: float | None = None
+
+
+class Engine:
+    """Owns the model, the slot cache and the stepping thread; `submit` is safe to call from any thread."""
+
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, cfg: ServeConfig | None = None,
+                 metrics: ServeMetrics | None = None) -> None:
+        self.cfg = cfg or ServeConfig()
+        if self.cfg.max_batch < 1:
+            raise HomegrownError(f"max_batch must be at least 1, got {self.cfg.max_batch}")
+        self.model, self.tokenizer, self.metrics = model, tokenizer, metrics
+        weight = next(model.parameters())
+        self.device = weight.device
+        self.max_len = model.cfg.max_seq_len
+        self.cache = KVCache.allocate(model.cfg, self.cfg.max_batch, dtype=weight.dtype, device=self.device)
+        self.stop_token_ids = [i for i in (tokenizer.token_to_id(t) for t in STOP_TOKENS) if i is not None]
+        self._waiting: deque[Sequence] = deque()
+        self._running: list[Sequence] = []
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.reused_prompt_tokens = 0
+
+    # -- public API ---------------------------------------------------------------------------------------
+
+    def start(self) -> Engine:
+        self._thread = threading.Thread(target=self._loop, name="homegrown-engine", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, drain: bool = True, timeout: float | None = None) -> None:
+        """Stop the thread; with `drain`, after every submitted sequence has finished, else cancelling them."""
+        with self._cond:
+            self._stopping = True
+            if not drain:
+                for seq in [*self._waiting, *self._running]:
+                    seq.cancelled = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def num_running(self) -> int:
+        return len(self._running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._waiting)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def resolve_max_tokens(self, prompt_len: int, max_tokens: int | None) -> int:
+        """The completion budget: as asked, or the rest of the context; never silently cut (vLLM's rule)."""
+        if prompt_len == 0:
+            raise HomegrownError("the prompt is empty; send at least one token of text")
+        if max_tokens is None:
+            max_tokens = self.max_len - prompt_len
+            if max_tokens < 1:
+                raise ContextLengthError(
+                    f"This model's maximum context length is {self.max_len} tokens. However, your prompt has "
+                    f"{prompt_len} tokens, which leaves no room for a completion. Please shorten the prompt.")
+        if max_tokens < 1:
+            raise HomegrownError(f"max_tokens must be at least 1, got {max_tokens}")
+        if prompt_len + max_tokens > self.max_len:
+            raise ContextLengthError(
+                f"This model's maximum context length is {self.max_len} tokens. However, you requested "
+                f"{prompt_len + max_tokens} tokens ({prompt_len} in the prompt, {max_tokens} for the completion). "
+                "Please reduce the length of the prompt or max_tokens.")
+        return max_tokens
+
+    def submit(self, prompt_ids: list[int], params: list[GenerationParams], emit: Emit) -> list[Sequence]:
+        """Queue one sequence per params (the `n` choices of a request); deltas arrive through `emit(index, d)`
+        on the engine thread. Raises before queueing anything if a request cannot be served."""
+        for p in params:
+            p.max_tokens = self.resolve_max_tokens(len(prompt_ids), p.max_tokens)
+            p.stop_token_ids = list(dict.fromkeys([*p.stop_token_ids, *self.stop_token_ids]))
+            p.validate()
+            vocab = self.model.cfg.vocab_size
+            if any(not 0 <= t < vocab for t in (*prompt_ids, *p.stop_token_ids)):
+                raise HomegrownError(f"token ids must be in [0, {vocab})")
+        seqs = [Sequence(i, list(prompt_ids), p, emit, self.device, self.model.cfg.vocab_size)
+                for i, p in enumerate(params)]
+        with self._cond:
+            if self._stopping:
+                raise EngineBusyError("the server is shutting down; retry against another instance")
+            if len(self._waiting) + len(seqs) > self.cfg.max_waiting:
+                raise EngineBusyError(f"the server is busy ({len(self._waiting)} sequences waiting); retry shortly")
+            self._waiting.extend(seqs)
+            self._cond.notify_all()
+        if self.metrics:
+            self.metrics.prompt_tokens.inc(len(prompt_ids) * len(seqs))
+        return seqs
+
+    def abort(self, seqs: list[Sequence]) -> None:
+        """Free the slots of sequences nobody is reading any more (a client that went away)."""
+        with self._cond:
+            for seq in seqs:
+                seq.cancelled = True
+                if seq in self._waiting:
+                    self._waiting.remove(seq)
+            self._cond.notify_all()
+
+    def generate(self, prompt_ids: list[int], params: list[GenerationParams],
+                 timeout: float = 300.0) -> list[tuple[str, list[int], list[TokenLogprob], str]]:
+        """Blocking helper: (text, token ids, logprobs, finish_reason) per choice."""
+        done = threading.Event()
+        results: dict[int, list] = {i: ["", [], [], None] for i in range(len(params))}
+        lock = threading.Lock()
+
+        def emit(index: int, delta: Delta) -> None:
+            with lock:
+                r = results[index]
+                r[0] += delta.text
+                r[1].extend(delta.token_ids)
+                r[2].extend(delta.logprobs)
+                if delta.finish_reason:
+                    r[3] = delta.finish_reason
+                    if all(v[3] for v in results.values()):
+                        done.set()
+
+        self.submit(prompt_ids, params, emit)
+        if not done.wait(timeout):
+            raise TimeoutError(f"generation did not finish within {timeout} s")
+        return [tuple(results[i]) for i in range(len(params))]
+
+    # -- the stepping thread ------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._cond:
+                    while not (self._waiting or self._running or self._stopping):
+                        self._cond.wait()
+                    if self._stopping and not self._waiting and not self._running:
+                        return
+                    free = self.cfg.max_batch - len(self._running)
+                    joiners = [self._waiting.popleft() for _ in range(min(free, len(self._waiting)))]
+                try:
+                    self._step(joiners)
+                except Exception:  # a bug or OOM must not leave every client hanging
+                    log.exception("engine step failed; failing the sequences in the batch")
+                    for seq in [*self._running, *joiners]:
+                        self._finish(seq, "error")
+                    self._running = []
+                self._update_gauges()
+
+    def _step(self, joiners: list[Sequence]) -> None:
+        gone = [s for s in (*self._running, *joiners) if s.cancelled]
+        for seq in gone:
+            self._finish(seq, "abort")
+        self._remove(gone)
+        joiners = [s for s in joiners if not s.cancelled]
+        if self._running:
+            self._decode()
+        if joiners:
+            self._prefill(joiners)
+
+    def _prefill(self, seqs: list[Sequence]) -> None:
+        """Joiners' prompts in right-padded forwards into the slots after the running ones.
+
+        A prompt that starts like one already in the cache (the same system prompt, or the `n` choices of one
+        request) copies those keys/values and computes only the rest. Joiners that share a long prefix with an
+        earlier joiner wait for a second forward so they can copy from it. Sampling comes after both forwards,
+        so no slot moves while prefixes are being copied.
+        """
+        fresh: list[Sequence] = []
+        followers: list[Sequence] = []
+        for seq in seqs:
+            shares = any(_common_prefix(seq.prompt_ids, f.prompt_ids) >= MIN_SHARED_PREFIX for f in fresh)
+            (followers if shares else fresh).append(seq)
+        batches = [(group, self._forward_prompts(group)) for group in (fresh, followers) if group]
+        for group, logits in batches:
+            self._sample(group, logits)
+
+    def _forward_prompts(self, seqs: list[Sequence]) -> torch.Tensor:
+        first = len(self._running)
+        reused = [self._reuse_prefix(seq.prompt_ids, first + row) for row, seq in enumerate(seqs)]
+        suffixes = [seq.prompt_ids[p:] for seq, p in zip(seqs, reused, strict=True)]
+        idx = torch.zeros(len(seqs), max(map(len, suffixes)), dtype=torch.long)
+        for row, (seq, suffix) in enumerate(zip(seqs, suffixes, strict=True)):
+            idx[row, : len(suffix)] = torch.tensor(suffix)
+            seq.length = len(seq.prompt_ids)
+        starts = torch.tensor(reused, device=self.device)
+        last = torch.tensor([len(s) for s in suffixes], device=self.device) - 1
+        logits = forward_rows(self.model, self.cache, idx.to(self.device), starts, last, first_slot=first)
+        self._running.extend(seqs)
+        self.reused_prompt_tokens += sum(reused)
+        if self.metrics:
+            self.metrics.prompt_tokens_reused.inc(sum(reused))
+        return logits
+
+    def _reuse_prefix(self, ids: list[int], slot: int) -> int:
+        """Copy the longest cached prefix of `ids` (from a running sequence's prompt) into `slot`; its length.
+        At least the last prompt token is always computed, since its logits start the reply."""
+        best, donor = 0, -1
+        for i, other in enumerate(self._running):
+            p = _common_prefix(ids, other.prompt_ids, len(ids) - 1)
+            if p > best:
+                best, donor = p, i
+        if best:
+            move_slot(self.cache, donor, slot, best)
+        return best
+
+    def _decode(self) -> None:
+        seqs = self._running
+        idx = torch.tensor([[s.next_token] for s in seqs], device=self.device)
+        starts = torch.tensor([s.length for s in seqs], device=self.device)
+        last = torch.zeros(len(seqs), dtype=torch.long, device=self.device)
+        logits = forward_rows(self.model, self.cache, idx, starts, last)
+        for seq in seqs:
+            seq.length += 1
+        self._sample(list(seqs), logits)
+
+    def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
+        """One token per sequence (each with its own generator and penalties), then text out and finish checks."""
+        logits = logits.float()
+        # Plain greedy rows need no per-row work: one argmax for the batch, one transfer to Python.
+        argmax = logits.argmax(dim=-1).tolist()
+        finished = []
+        sampled = 0
+        now = time.perf_counter()
+        for row, seq in enumerate(seqs):
+            if seq.cancelled:
+                self._finish(seq, "abort")
+                finished.append(seq)
+                continue
+            sampled += 1
+            p = seq.params
+            row_logits = logits[row: row + 1]
+            if seq.counts is not None:
+                row_logits = row_logits - p.frequency_penalty * seq.counts - p.presence_penalty * (seq.counts > 0)
+            if p.temperature == 0 and seq.counts is None:
+                token = argmax[row]
+            else:
+                token = int(sample_next(row_logits, p, seq.generator))
+            self._observe_token(seq, now)
+            if token in seq.stop_ids:
+                finished.append(seq)
+                self._finish(seq, "stop")
+                continue
+            if seq.counts is not None:
+                seq.counts[0, token] += 1
+            if p.logprobs:
+                logp = torch.log_softmax(row_logits[0], dim=-1)
+                top = torch.topk(logp, p.top_logprobs) if p.top_logprobs else None
+                pairs = list(zip(top.indices.tolist(), top.values.tolist(), strict=True)) if top is not None else []
+                seq.unsent_logprobs.append(TokenLogprob(token, float(logp[token]), pairs))
+            seq.out_ids.append(token)
+            seq.unsent_ids.append(token)
+            seq.next_token = token
+            if self._emit_text(seq, final=len(seq.out_ids) >= p.max_tokens):
+                finished.append(seq)
+        if self.metrics:
+            self.metrics.tokens_generated(sampled)
+        self._remove(finished)
+
+    def _emit_text(self, seq: Sequence, final: bool) -> bool:
+        """Send the text that is certain, holding back an incomplete UTF-8 character and any tail that could
+        still become a stop string. Returns True when the sequence is finished (stop string or max_tokens)."""
+        text = self.tokenizer.decode(seq.out_ids)
+        hits = [i for i in (text.find(s) for s in seq.params.stop) if i >= 0]
+        if hits:
+            self._finish(seq, "stop", text[: min(hits)])
+            return True
+        if final:
+            self._finish(seq, "length", text)
+            return True
+        safe = len(text.rstrip("\ufffd"))
+        hold = 0
+        for stop in seq.params.stop:
+            for k in range(min(len(stop) - 1, safe), hold, -1):
+                if text[safe - k: safe] == stop[:k]:
+                    hold = k
+                    break
+        safe -= hold
+        if safe > seq.sent_chars:
+            self._send(seq, Delta(text[seq.sent_chars: safe], seq.unsent_ids, seq.unsent_logprobs))
+            seq.sent_chars = safe
+            seq.unsent_ids, seq.unsent_logprobs = [], []
+        return False
+
+    def _finish(self, seq: Sequence, reason: str, text: str | None = None) -> None:
+        if text is None:
+            text = self.tokenizer.decode(seq.out_ids) if reason in ("stop", "length") else ""
+        rest = text[seq.sent_chars:] if len(text) > seq.sent_chars else ""
+        self._send(seq, Delta(rest, seq.unsent_ids, seq.unsent_logprobs, reason, len(seq.out_ids)))
+        seq.sent_chars = len(text)
+        seq.unsent_ids, seq.unsent_logprobs = [], []
+        seq.cancelled = seq.cancelled or reason in ("abort", "error")
+        if self.metrics:
+            self.metrics.request_finished(reason, time.perf_counter() - seq.arrival)
+
+    def _send(self, seq: Sequence, delta: Delta) -> None:
+        try:
+            seq.emit(seq.index, delta)
+        except Exception:  # the reader is gone (its event loop closed); stop generating for it
+            log.debug("dropping sequence whose reader is gone", exc_info=True)
+            seq.cancelled = True
+
+    def _observe_token(self, seq: Sequence, now: float) -> None:
+        if self.metrics:
+            if seq.last_token_at is None:
+                self.metrics.ttft.observe(now - seq.arrival)
+            else:
+                self.metrics.tpot.observe(now - seq.last_token_at)
+        seq.last_token_at = now
+
+    def _remove(self, seqs: list[Sequence]) -> None:
+        """Free slots, keeping the running ones contiguous by moving the last sequence into each hole."""
+        for seq in seqs:
+            if seq not in self._running:
+                continue
+            i = self._running.index(seq)
+            last = self._running.pop()
+            if last is not seq:
+                move_slot(self.cache, len(self._running), i, last.length)
+                self._running[i] = last
+
+    def _update_gauges(self) -> None:
+        if self.metrics:
+            self.metrics.running.set(len(self._running))
+            self.metrics.waiting.set(len(self._waiting))
+
+
+def _common_prefix(a: list[int], b: list[int], limit: int | None = None) -> int:
+    n = min(len(a), len(b), len(a) if limit is None else limit)
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_model_and_tokenizer(path: Path, device: torch.device) -> tuple[Transformer, Tokenizer]:
+    """A homegrown run/checkpoint directory, or a transformers Llama directory (e.g. from `homegrown export`)."""
+    from homegrown.export.hf import load_hf
+    from homegrown.tokenizer import load_tokenizer
+    from homegrown.train.checkpoint import load_for_inference
+
+    path = Path(path)
+    if not path.exists():
+        raise HomegrownError(f"{path} does not exist; pass a run directory, ckpt/step_N or an exported HF directory")
+    config = path / "config.json"
+    if config.exists() and '"model_type"' in config.read_text():
+        model = load_hf(path).to(device).prepare_for_inference()
+        return model, load_tokenizer(path)
+    return load_for_inference(path, device)

@@ -1,0 +1,114 @@
+"""`homegrown serve`: build the app for a checkpoint and run it under uvicorn until SIGTERM/SIGINT.
+
+Shutdown drains: on SIGTERM /health and new requests answer 503, the listening socket closes, in-flight
+requests (streams included) run to their end, then the engine stops and the process exits 0 — what a
+load balancer or Kubernetes expects from a rolling restart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+from types import FrameType
+
+import torch
+import uvicorn
+
+from homegrown.config import ServeConfig
+from homegrown.errors import HomegrownError
+from homegrown.progress import console
+from homegrown.serve.api import ServerState, create_app
+from homegrown.serve.metrics import ServeMetrics
+
+log = logging.getLogger(__name__)
+
+
+def is_hf_dir(path: Path) -> bool:
+    config = Path(path) / "config.json"
+    return config.is_file() and "model_type" in json.loads(config.read_text())
+
+
+def run_dir_of(path: Path) -> Path:
+    """The run directory a served path belongs to (where the conversations database goes by default):
+    `run/ckpt/step_N` → `run`, `run/ckpt` → `run`, `run` → `run`, an exported HF directory → itself."""
+    path = Path(path).resolve()
+    if path.name.startswith("step_") and path.parent.name == "ckpt":
+        return path.parent.parent
+    if path.name == "ckpt":
+        return path.parent
+    return path
+
+
+def check_source(path: Path) -> None:
+    """Fail before binding the port if there is nothing to serve at `path`."""
+    from homegrown.train.checkpoint import resolve_checkpoint
+
+    if not Path(path).exists():
+        raise HomegrownError(f"{path} does not exist; pass a run directory, ckpt/step_N or an exported HF directory")
+    if not is_hf_dir(path):
+        resolve_checkpoint(path)
+
+
+class _DrainingServer(uvicorn.Server):
+    """uvicorn's graceful shutdown, plus marking the app as draining the moment the signal arrives."""
+
+    def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
+        super().__init__(config)
+        self.state = state
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.state.draining = True
+        super().handle_exit(sig, frame)
+
+
+def _drained(sig: int, frame: FrameType | None) -> None:
+    """uvicorn re-raises the signal it shut down on; after a completed drain that is a normal exit."""
+
+
+def serve(source: Path, cfg: ServeConfig | None = None, *, api_key: str | None = None, db_url: str | None = None,
+          model_name: str | None = None) -> None:
+    from homegrown.serve.engine import Engine, load_model_and_tokenizer, resolve_device
+    from homegrown.serve.store import ConversationStore
+
+    cfg = cfg or ServeConfig()
+    source = Path(source)
+    check_source(source)
+    run_dir = run_dir_of(source)
+    model_name = model_name or run_dir.name
+    store = ConversationStore(db_url or f"sqlite:///{run_dir / 'conversations.sqlite'}")
+    metrics = ServeMetrics()
+    device = resolve_device(cfg.device)
+    if device.type == "cpu":
+        torch.set_num_threads(cfg.threads or max(1, len(os.sched_getaffinity(0)) - 1))
+
+    def load() -> Engine:
+        model, tokenizer = load_model_and_tokenizer(source, device)
+        return Engine(model, tokenizer, cfg, metrics)
+
+    server: _DrainingServer | None = None
+
+    def stop_server() -> None:
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(load, api_key=api_key or None, model_name=model_name, store=store, metrics=metrics,
+                     on_load_failure=stop_server)
+    config = uvicorn.Config(app, host=cfg.host, port=cfg.port, timeout_graceful_shutdown=int(cfg.drain_timeout_s),
+                            log_level="info", access_log=False)
+    server = _DrainingServer(config, app.state.server)
+    url = f"http://{cfg.host}:{cfg.port}"
+    console.print(f"serving [bold]{model_name}[/bold] from {source}")
+    console.print(f"chat page       {url}/")
+    console.print(f"OpenAI base_url {url}/v1   (API key {'required' if api_key else 'not required'})")
+    console.print(f"metrics         {url}/metrics")
+    previous = signal.signal(signal.SIGTERM, _drained)
+    try:
+        server.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    state: ServerState = app.state.server
+    if state.load_error:
+        raise HomegrownError(f"could not load {source}: {state.load_error}")

@@ -1,0 +1,115 @@
+"""Serving fixtures: a tiny real checkpoint, an in-process engine on it, and the real `homegrown serve` process.
+
+The checkpoint is an untrained tiny model saved with the project's own checkpoint writer and the `tiny_run`
+tokenizer: its text is noise, but every property under test (batching, seeds, stops, the HTTP protocol) is
+about the machinery, which behaves the same for any weights. The server is the console script in a child
+process on a free loopback port, exactly as a user starts it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from homegrown.config import ModelConfig, ServeConfig
+from homegrown.model import Transformer
+from homegrown.serve.server import run_dir_of
+from homegrown.train.checkpoint import save_checkpoint
+
+HOMEGROWN_EXE = Path(sys.executable).with_name("homegrown")
+API_KEY = "test-key-123"
+SERVE_MODEL = ModelConfig(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=128)
+
+
+@pytest.fixture(scope="session")
+def serve_run(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run directory holding ckpt/step_1 of a tiny (untrained, seeded) model with the tiny_run tokenizer."""
+    run = tmp_path_factory.mktemp("serve_run")
+    shutil.copyfile(tiny_run / "tokenizer.json", run / "tokenizer.json")
+    torch.manual_seed(0)
+    save_checkpoint(run / "ckpt", 1, Transformer(SERVE_MODEL), run / "tokenizer.json")
+    return run
+
+
+@pytest.fixture(scope="module")
+def engine(serve_run: Path) -> Iterator:
+    from homegrown.serve.engine import Engine, load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(serve_run, torch.device("cpu"))
+    eng = Engine(model, tok, ServeConfig(max_batch=8, max_waiting=64)).start()
+    yield eng
+    eng.stop(drain=False, timeout=30)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    """A running `homegrown serve`: where it listens, its key, what it serves and its process."""
+
+    base_url: str
+    api_key: str | None
+    run_dir: Path
+    ckpt: Path
+    process: subprocess.Popen
+    model: str
+    log: Path
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+
+def start_server(source: Path, *args: str, api_key: str | None = API_KEY, timeout: float = 120) -> Server:
+    """Start the console script and wait until /health says the model is loaded."""
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("HOMEGROWN_API_KEY", None)
+    if api_key:
+        env["HOMEGROWN_API_KEY"] = api_key
+    log = run_dir_of(source) / f"serve-{port}.log"
+    with log.open("w") as out:  # a file, not a pipe: nobody reads a pipe while tests run, and a full one blocks
+        proc = subprocess.Popen([str(HOMEGROWN_EXE), "serve", str(source), "--port", str(port), "--device", "cpu",
+                                 *args], env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"homegrown serve exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                return Server(base, api_key, run_dir_of(source), source, proc, run_dir_of(source).name, log)
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"homegrown serve did not become healthy in {timeout} s:\n{log.read_text()}")
+
+
+@pytest.fixture(scope="session")
+def server(serve_run: Path) -> Iterator[Server]:
+    """The real `homegrown serve <run>` on a free loopback port with API key `API_KEY`, shared by the session."""
+    srv = start_server(serve_run)
+    srv.ckpt = serve_run / "ckpt" / "step_1"
+    yield srv
+    srv.stop()

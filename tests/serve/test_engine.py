@@ -1,0 +1,207 @@
+"""The continuous-batching engine against the single-sequence reference path (generate.stream_tokens)."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import Counter
+
+import pytest
+import torch
+
+from homegrown.config import ServeConfig
+from homegrown.generate import SamplingParams, stream_tokens
+from homegrown.model import KVCache
+from homegrown.serve.batched import forward_rows
+from homegrown.serve.engine import ContextLengthError, Engine, EngineBusyError, GenerationParams
+
+PROMPTS = ["The quick brown fox", "In the beginning", "Python is a programming language that",
+           "A", "def main():\n    return"]
+
+
+def greedy(max_tokens: int = 24, **kw) -> GenerationParams:
+    return GenerationParams(max_tokens=max_tokens, temperature=0.0, **kw)
+
+
+def run_concurrently(engine: Engine, jobs: list[tuple[list[int], list[GenerationParams]]]) -> list[list[tuple]]:
+    """Submit every job at once from separate threads, so they share decode steps."""
+    results: list = [None] * len(jobs)
+    barrier = threading.Barrier(len(jobs))
+
+    def work(i: int) -> None:
+        barrier.wait()
+        results[i] = engine.generate(*jobs[i])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return results
+
+
+def test_forward_rows_matches_single_sequence_decode(engine: Engine) -> None:
+    """Rows of unequal length prefilled together, then decoded at different positions, give each row's logits
+    from Transformer.decode run alone."""
+    model = engine.model
+    prompts = [engine.encode(p) for p in PROMPTS[:3]]
+    cache = KVCache.allocate(model.cfg, 3)
+    lengths = torch.tensor([len(p) for p in prompts])
+    idx = torch.zeros(3, int(lengths.max()), dtype=torch.long)
+    for row, p in enumerate(prompts):
+        idx[row, : len(p)] = torch.tensor(p)
+    with torch.inference_mode():
+        batched = forward_rows(model, cache, idx, torch.zeros(3, dtype=torch.long), lengths - 1)
+        nxt = batched.argmax(-1)
+        step = forward_rows(model, cache, nxt[:, None], lengths, torch.zeros(3, dtype=torch.long))
+        for row, p in enumerate(prompts):
+            single = KVCache.allocate(model.cfg, 1)
+            ref = model.decode(torch.tensor([p]), single)
+            torch.testing.assert_close(batched[row], ref[0], atol=1e-4, rtol=1e-4)
+            ref_step = model.decode(nxt[row].view(1, 1), single)
+            torch.testing.assert_close(step[row], ref_step[0], atol=1e-4, rtol=1e-4)
+
+
+def test_batched_greedy_equals_single_sequence(engine: Engine) -> None:
+    jobs = [(engine.encode(p), [greedy(30)]) for p in PROMPTS]
+    results = run_concurrently(engine, jobs)
+    for (ids, _), [(text, tokens, _, reason)] in zip(jobs, results, strict=True):
+        ref = list(stream_tokens(engine.model, ids, SamplingParams(30, 0.0, stop_token_ids=engine.stop_token_ids)))
+        assert tokens == ref
+        assert text == engine.tokenizer.decode(ref)
+        assert reason == ("length" if len(ref) == 30 else "stop")
+
+
+def test_seed_gives_same_text_whatever_shares_the_batch(engine: Engine) -> None:
+    ids = engine.encode("Once upon a time")
+    params = dict(max_tokens=25, temperature=1.0, seed=1234)
+    alone = engine.generate(ids, [GenerationParams(**params)])[0]
+    companions = [(engine.encode(p), [GenerationParams(max_tokens=40, temperature=1.0)]) for p in PROMPTS]
+    crowded = run_concurrently(engine, [(ids, [GenerationParams(**params)]), *companions])[0][0]
+    assert crowded[1] == alone[1] and crowded[0] == alone[0]
+    other = engine.generate(ids, [GenerationParams(**{**params, "seed": 99})])[0]
+    assert other[1] != alone[1]
+
+
+def test_stop_string_cuts_text_before_it(engine: Engine) -> None:
+    ids = engine.encode("The meaning of life is")
+    text = engine.generate(ids, [greedy(40)])[0][0]
+    assert len(text) > 12, text
+    stop = text[6:9]
+    cut = engine.generate(ids, [greedy(40, stop=["\u2603never", stop])])[0]
+    assert cut[0] == text[: text.find(stop)]
+    assert cut[3] == "stop"
+
+
+def test_stop_token_id_ends_generation_without_emitting_it(engine: Engine) -> None:
+    ids = engine.encode("The meaning of life is")
+    tokens = engine.generate(ids, [greedy(40)])[0][1]
+    stop_id = tokens[3]
+    out = engine.generate(ids, [greedy(40, stop_token_ids=[stop_id])])[0]
+    assert out[1] == tokens[: tokens.index(stop_id)]
+    assert out[3] == "stop"
+
+
+def test_max_tokens_gives_length_finish(engine: Engine) -> None:
+    out = engine.generate(engine.encode("Hello"), [GenerationParams(max_tokens=7, temperature=1.0, seed=3,
+                                                                    stop_token_ids=[])])[0]
+    assert len(out[1]) <= 7
+    if len(out[1]) == 7:
+        assert out[3] == "length"
+
+
+def test_penalties_change_the_output(engine: Engine) -> None:
+    ids = engine.encode("the the the the")
+    plain = engine.generate(ids, [greedy(40)])[0][1]
+    penalised = engine.generate(ids, [greedy(40, frequency_penalty=2.0, presence_penalty=2.0)])[0][1]
+    assert penalised != plain
+    assert max(Counter(penalised).values()) <= max(Counter(plain).values())
+
+
+def test_n_choices_with_seeds_are_independent_and_reproducible(engine: Engine) -> None:
+    ids = engine.encode("Once upon a time")
+    params = [GenerationParams(max_tokens=20, temperature=1.0, seed=10 + i) for i in range(3)]
+    first = engine.generate(ids, params)
+    again = engine.generate(ids, [GenerationParams(max_tokens=20, temperature=1.0, seed=10 + i) for i in range(3)])
+    assert [r[1] for r in first] == [r[1] for r in again]
+    assert len({tuple(r[1]) for r in first}) > 1
+
+
+def test_logprobs_are_a_distribution(engine: Engine) -> None:
+    out = engine.generate(engine.encode("The quick brown"), [greedy(10, logprobs=True, top_logprobs=5)])[0]
+    _, tokens, lps, _ = out
+    assert [lp.token_id for lp in lps] == tokens
+    for lp in lps:
+        assert lp.logprob <= 0
+        values = [v for _, v in lp.top]
+        assert len(values) == 5 and values == sorted(values, reverse=True)
+        assert lp.top[0][0] == lp.token_id and math.isclose(lp.top[0][1], lp.logprob, abs_tol=1e-5)
+        assert sum(math.exp(v) for v in values) <= 1.0 + 1e-5
+
+
+def test_context_length_is_enforced_with_both_numbers(engine: Engine) -> None:
+    limit = engine.max_len
+    with pytest.raises(ContextLengthError, match=rf"{limit} tokens.*{limit - 20 + 50} tokens"):
+        engine.generate([5] * (limit - 20), [greedy(50)])
+    params = GenerationParams(max_tokens=None, temperature=0.0, stop_token_ids=[])  # type: ignore[arg-type]
+    out = engine.generate([5] * (limit - 6), [params])[0]
+    assert len(out[1]) <= 6
+    with pytest.raises(ContextLengthError, match="no room"):
+        engine.resolve_max_tokens(limit, None)
+
+
+def test_full_queue_is_refused(serve_run) -> None:
+    from homegrown.serve.engine import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(serve_run, torch.device("cpu"))
+    idle = Engine(model, tok, ServeConfig(max_batch=1, max_waiting=2))  # never started: nothing drains
+    idle.submit([5, 6], [greedy(4)], lambda i, d: None)
+    with pytest.raises(EngineBusyError):
+        idle.submit([5, 6], [greedy(4), greedy(4)], lambda i, d: None)
+
+
+def test_abort_frees_the_slot(engine: Engine) -> None:
+    seen = threading.Event()
+    seqs = engine.submit(engine.encode("Hello"), [GenerationParams(max_tokens=100, temperature=1.0,
+                                                                   stop_token_ids=[])],
+                         lambda i, d: seen.set())
+    assert seen.wait(30)
+    engine.abort(seqs)
+    deadline = time.monotonic() + 30
+    while engine.num_running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine.num_running == 0
+
+
+def test_exported_hf_directory_serves_the_same_tokens(engine: Engine, serve_run, tmp_path) -> None:
+    from homegrown.export.hf import export_hf
+    from homegrown.serve.engine import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(export_hf(serve_run, tmp_path / "hf"), torch.device("cpu"))
+    hf_engine = Engine(model, tok, ServeConfig(max_batch=2)).start()
+    try:
+        ids = engine.encode("The quick brown fox")
+        assert hf_engine.generate(ids, [greedy(20)])[0][1] == engine.generate(ids, [greedy(20)])[0][1]
+    finally:
+        hf_engine.stop()
+
+
+def test_shared_prompt_prefix_is_copied_not_recomputed(engine: Engine) -> None:
+    """A prompt starting like a running one reuses its cached prefix and still decodes exactly as alone."""
+    system = engine.encode("You are a helpful assistant who answers questions about the printing press.")
+    first, second = system + engine.encode("Who?"), system + engine.encode("When was it built?")
+    started = threading.Event()
+    engine.submit(first, [greedy(60)], lambda i, d: started.set())
+    assert started.wait(30)
+    before = engine.reused_prompt_tokens
+    out = engine.generate(second, [greedy(20)])[0]
+    assert engine.reused_prompt_tokens - before >= len(system)
+    ref = list(stream_tokens(engine.model, second, SamplingParams(20, 0.0, stop_token_ids=engine.stop_token_ids)))
+    assert out[1] == ref
+
+    before = engine.reused_prompt_tokens
+    choices = engine.generate(second, [GenerationParams(max_tokens=5, temperature=1.0, seed=s) for s in range(3)])
+    assert engine.reused_prompt_tokens - before >= 2 * (len(second) - 1)
+    alone = [engine.generate(second, [GenerationParams(max_tokens=5, temperature=1.0, seed=s)])[0] for s in range(3)]
+    assert [c[1] for c in choices] == [a[1] for a in alone]
