@@ -13,7 +13,7 @@ def _assert_user_error(result, needle):
 def test_help_lists_the_stages(cli):
     out = cli("--help")
     assert out.returncode == 0
-    for stage in ("run", "pretrain", "generate", "chat", "export", "data", "presets"):
+    for stage in ("run", "pretrain", "generate", "chat", "export", "data", "presets", "eval", "report"):
         assert stage in out.stdout
     presets = cli("presets")
     assert presets.returncode == 0 and "8,030,261,248" in presets.stderr and "small:" in presets.stderr
@@ -35,12 +35,16 @@ def test_run_end_to_end_then_rerun_skips_finished_stages(cli, tmp_path):
     for name in ("corpus/MANIFEST.json", "tokenizer.json", "shards/index.json", "metrics.jsonl",
                  "loss_pretrain.png", "ckpt/step_40/model.safetensors", "ckpt/step_40/trainer_state.pt"):
         assert (run / name).exists(), name
-    assert "The Python interpreter" in first.stderr and "val bits/byte" in first.stderr
+    assert first.stderr.count("model>") == 2 and "val bits/byte" in first.stderr  # held-out questions answered
+    assert (run / "sft" / "ckpt" / "step_20" / "model.safetensors").exists() and (run / "metrics_sft.jsonl").exists()
+    assert "report.md" in first.stderr
+    assert [m["name"] for m in json.loads((run / "report.json").read_text())["models"]] == ["run/base", "run/sft"]
     stamp = (run / "tokenizer.json").stat().st_mtime_ns
     second = cli("run", "--preset", "tiny", "--out", str(run), "--samples", "0", "--set", "train.threads=1")
     assert second.returncode == 0, second.stderr[-2000:]
     assert "training a" not in second.stderr and "packing" not in second.stderr
     assert "resuming pretrain" in second.stderr
+    assert second.stderr.count("eval: reusing") == 2  # both models' scores are cached by weights + tasks
     assert (run / "tokenizer.json").stat().st_mtime_ns == stamp
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 40
 

@@ -1,35 +1,43 @@
 import gzip
+import itertools
 import json
 
 from homegrown.config import apply_overrides, get_preset
-from homegrown.pipeline import run
+from homegrown.data.sources import iter_corpus
+from homegrown.pipeline import SAMPLE_DIR, run
 
 PAGE = "<html><head><title>{t}</title></head><body><main><h1>{t}</h1><p>{body}</p></main></body></html>"
+
+
+def _real_texts(n):
+    """Real prose from the bundled corpus: ingest's quality rules reject made-up repetitive text, as they should."""
+    return [r["text"][:3000].replace("\n", "</p><p>") for r in itertools.islice(iter_corpus(SAMPLE_DIR, "train"), n)]
 
 
 def test_run_on_a_user_source_directory(tmp_path):
     src = tmp_path / "site"
     src.mkdir()
-    for i in range(40):
-        body = " ".join(f"Paragraph {i} sentence {j} explains how package {i * j} is configured." for j in range(30))
+    for i, body in enumerate(_real_texts(40)):
         (src / f"page{i}.html").write_text(PAGE.format(t=f"Page {i}", body=body))
     preset = apply_overrides(get_preset("tiny"), [f"data.source={src}", "data.source_licence=CC0-1.0",
                                                   "train.max_steps=6", "train.eval_every=6", "train.threads=1",
-                                                  "data.source_glob=*.html"])
+                                                  "data.source_glob=*.html", "sft.max_steps=4", "sft.eval_every=4"])
     summary = run(preset, tmp_path / "run", samples=1, progress=False)
     with gzip.open(tmp_path / "run" / "corpus" / "train.jsonl.gz", "rt") as f:
         records = [json.loads(line) for line in f]
     assert records and all(r["licence"] == "CC0-1.0" and r["source"].startswith("file://") for r in records)
-    assert summary.checkpoint.name == "step_6" and len(summary.samples) == 1
+    assert summary.base_checkpoint.name == "step_6" and len(summary.samples) == 1
+    assert summary.checkpoint == tmp_path / "run" / "sft" / "ckpt" / "step_4"  # chat data derived from the pages
+    assert summary.report == tmp_path / "run" / "report.md" and "run/sft" in summary.report.read_text()
 
 
 def test_data_ingest_cli(cli, tmp_path):
     src = tmp_path / "site"
     src.mkdir()
-    body = " ".join(f"Sentence {j} of a page about Debian networking." for j in range(40))
+    body, other = _real_texts(2)
     (src / "a.html").write_text(PAGE.format(t="A", body=body))
     (src / "b.html").write_text(PAGE.format(t="A", body=body))  # exact duplicate text of a.html
-    (src / "c.html").write_text(PAGE.format(t="C", body=body.replace("Debian", "Python")))
+    (src / "c.html").write_text(PAGE.format(t="C", body=other))
     out = cli("data", "ingest", str(src), "--out", str(tmp_path / "corpus"), "--licence", "MIT",
               "--url-prefix", "https://example.org/")
     assert out.returncode == 0, out.stderr

@@ -131,6 +131,7 @@ def data_ingest(
         IngestConfig.near_dedup_threshold,
     extractor: Annotated[str, typer.Option(help="HTML extractor: trafilatura or resiliparse.")] =
         DataConfig.extractor,
+    keep_parts: Annotated[bool, typer.Option(help="Keep OUT/parts/ to re-merge later.")] = IngestConfig.keep_parts,
     no_progress: Annotated[bool, typer.Option(help="Plain log lines even on a terminal.")] = False,
 ) -> None:
     """Crawl → extract → language → quality rules → PII scrub → exact+near dedup → corpus with a manifest."""
@@ -139,7 +140,7 @@ def data_ingest(
     specs = sources_from(sources or [], sources_file, licence=licence, url_prefix=url_prefix, glob=glob,
                          exclude=exclude or [], name=name, text_field=text_field)
     cfg = IngestConfig(workers=workers, holdout_fraction=holdout, languages=language or [],
-                       near_dedup_threshold=near_threshold)
+                       near_dedup_threshold=near_threshold, keep_parts=keep_parts)
     if shard:
         done = ingest_parts(specs, out, cfg, shard=parse_shard(shard), extractor=extractor, progress=not no_progress)
         console.print(f"shard {shard}: {done} files processed into {out / 'parts'}; when every shard is done: "
@@ -223,21 +224,31 @@ def data_forget(
         console.print("no checkpoint was trained on it")
     if result.tokenizer_trained_on_it:
         console.print("tokenizer.json was trained on a corpus containing it (its merges hold no text, it is kept)")
+    console.print("so a re-ingest leaves it out too, add to the opt-out list: "
+                  + ", ".join(f"sha256: {doc['sha256']}" for doc in result.removed), highlight=False)
 
 
 @data_app.command("mix")
 def data_mix(
-    run_dir: Annotated[Path, typer.Argument(help="Run directory with corpus/ and tokenizer.json.")],
-    mixture: Annotated[str, typer.Option(help="Target token shares, e.g. web=0.6,licensed=0.4.")],
+    run_dir: Annotated[Path, typer.Argument(help="Run directory with corpus/ (tokenizer.json is trained if absent).")],
+    mixture: Annotated[str, typer.Option(help="Target token shares, e.g. web=0.6,licensed=0.4; empty: each "
+                                         "document once.")] = "",
     max_repeat: Annotated[float, typer.Option(help="Most times a short source is repeated.")] =
         DataConfig.mixture_max_repeat,
+    preset: PresetOpt = DEFAULT_PRESET,
 ) -> None:
-    """Re-pack RUN/shards so the train split reaches the target token share per source."""
+    """Pack RUN/corpus into RUN/shards, drawing the train split to the target token share per source."""
     from homegrown.data.mixture import pack_corpus
+    from homegrown.pipeline import prepare_tokenizer
 
-    _, plan = pack_corpus(run_dir / "corpus", run_dir / "tokenizer.json", run_dir / "shards", mixture, max_repeat)
-    assert plan is not None
-    for name in sorted(plan.rate):
+    tok = run_dir / "tokenizer.json"
+    if not tok.exists():  # an existing tokenizer is kept: checkpoints of this run depend on it
+        prepare_tokenizer(run_dir / "corpus", get_preset(preset).model.vocab_size, tok)
+    stats, plan = pack_corpus(run_dir / "corpus", tok, run_dir / "shards", mixture, max_repeat)
+    for split in ("train", "val"):
+        console.print(f"{split}: {stats.documents[split]:,} documents, {stats.tokens[split]:,} tokens "
+                      f"-> {run_dir / 'shards'}")
+    for name in sorted(plan.rate) if plan else []:
         console.print(f"{name:>20}  target {100 * plan.target.get(name, 0):5.1f}%  achieved "
                       f"{100 * plan.achieved[name]:5.1f}%  rate ×{plan.rate[name]:.2f}  "
                       f"{plan.emitted[name]:,} tokens")
@@ -301,7 +312,8 @@ def data_synth(
         SynthConfig.seed,
 ) -> None:
     """Generate chat data with a teacher model (key from HOMEGROWN_TEACHER_KEY or OPENAI_API_KEY)."""
-    from homegrown.data.synth import RECIPES, load_inputs, synthesize
+    from homegrown.data.recipes import RECIPES, load_inputs
+    from homegrown.data.synth import synthesize
 
     if recipe not in RECIPES:
         raise HomegrownError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
@@ -467,6 +479,7 @@ def export(
 
 TasksOpt = Annotated[list[str] | None, typer.Option(
     "--tasks", help="Task name (data/tasks/NAME.jsonl) or JSONL path; repeatable. Default: the shipped suite.")]
+MaxItemsOpt = Annotated[int, typer.Option(help="Score only the first N test items of each task (0 = all).")]
 
 
 @app.command("eval")
@@ -479,6 +492,7 @@ def eval_(
         help="Run these lm-eval-harness tasks instead (needs lm-eval); repeatable.")] = None,
     include_path: Annotated[Path | None, typer.Option(help="Directory of your own lm-eval task YAML files.")] = None,
     limit: Annotated[int | None, typer.Option(help="lm-eval: score only the first N items per task.")] = None,
+    max_items: MaxItemsOpt = 0,
 ) -> None:
     """Score checkpoints: held-out bits/byte and the task suite (or lm-eval-harness tasks with --harness)."""
     import json
@@ -488,7 +502,10 @@ def eval_(
 
     specs = [spec for m in models for spec in find_models(m)]
     if harness:
-        from homegrown.eval.harness import run_harness
+        try:
+            from homegrown.eval.harness import run_harness
+        except ModuleNotFoundError as e:
+            raise HomegrownError(f"--harness needs lm-eval ({e}); install it with `pip install lm-eval`") from e
         from homegrown.eval.suite import default_eval_dir, write_json
 
         for spec in specs:
@@ -497,7 +514,7 @@ def eval_(
             console.print(json.dumps(results, indent=2))
             console.print(f"wrote {path}")
         return
-    suite = load_tasks(tasks or [])
+    suite = load_tasks(tasks or [], max_items)
     for spec in specs:
         record = evaluate_model(spec, suite, eval_dir=out)
         console.print(f"{spec.name}: held-out bits/byte {record['val']['bpb']:.3f}; wrote {eval_file(spec, out)}")
@@ -514,6 +531,7 @@ def report(
     external_mode: Annotated[str, typer.Option(help="auto, completions (log-likelihoods) or chat.")] = "auto",
     api_key: Annotated[str, typer.Option(envvar="OPENAI_API_KEY", show_envvar=True,
                                          help="Key for the --external endpoints.")] = "",
+    max_items: MaxItemsOpt = 0,
 ) -> None:
     """Report card: models side by side on held-out bits/byte and tasks, with chance levels and charts."""
     from homegrown.eval.report import ExternalSpec, build_report
@@ -524,7 +542,8 @@ def report(
         raise HomegrownError("give one --external-model for each --external URL")
     first = find_models(models[0])[0]
     md = build_report(models, out or first.run_dir or Path("report"), tasks or [],
-                      [ExternalSpec(u, n, api_key, external_mode) for u, n in zip(urls, names, strict=True)])
+                      [ExternalSpec(u, n, api_key, external_mode) for u, n in zip(urls, names, strict=True)],
+                      max_items=max_items)
     console.print(f"report          {md}")
 
 

@@ -198,6 +198,8 @@ class IngestConfig:
     """Longer documents (raw HTML or text) are cut to this many bytes before extraction, and counted."""
     languages: list[str] = field(default_factory=list)
     """ISO 639-1 codes to keep (e.g. ["en"]); empty keeps every language."""
+    keep_parts: bool = False
+    """Keep OUT/parts/ after a whole-crawl ingest (to re-merge with another opt-out list or threshold)."""
     filters: FilterConfig = field(default_factory=FilterConfig)
 
 
@@ -243,6 +245,18 @@ class SFTConfig:
     """Derived answers are the opening sentences of the documented text, up to this many characters."""
     multi_turn_every: int = 4
     """Every N-th derived conversation holds two question/answer turns (0 = single-turn only)."""
+
+
+@dataclass
+class EvalConfig:
+    """The report card `homegrown run` ends with (homegrown.eval): which tasks, and how many items of each."""
+
+    tasks: str = ""
+    """Comma-separated task names (data/tasks/NAME.jsonl) or JSONL paths; empty = the whole shipped suite."""
+    max_items: int = 0
+    """Score only the first N test items of each task; 0 = all of them (the tiny preset keeps CI quick)."""
+    batch_size: int = 32
+    """Sequences per forward pass when scoring multiple choice."""
 
 
 @dataclass
@@ -324,6 +338,7 @@ class Preset:
     train: TrainConfig
     data: DataConfig = field(default_factory=DataConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     description: str = ""
     trainable_on_cpu: bool = True
 
@@ -338,6 +353,7 @@ def _presets() -> dict[str, Preset]:
             # 64-token rows: short answers, so whole replies (ending in <|end|>) fit
             sft=SFTConfig(max_steps=20, batch_size=8, eval_every=10, eval_batches=2, ckpt_every=10, lr=3e-3,
                           max_answer_chars=100),
+            eval=EvalConfig(max_items=20),
             description="CI smoke test: seconds on one core, learns almost nothing.",
         ),
         "small": Preset(
@@ -431,9 +447,9 @@ def apply_overrides(preset: Preset, overrides: list[str]) -> Preset:
     for item in overrides:
         key, sep, value = item.partition("=")
         section_name, dot, field_name = key.strip().partition(".")
-        if not sep or not dot or section_name not in ("model", "train", "data", "sft"):
+        if not sep or not dot or section_name not in ("model", "train", "data", "sft", "eval"):
             raise HomegrownError(f"override {item!r} must look like model.FIELD=VALUE, train.FIELD=VALUE, "
-                                 "data.FIELD=VALUE or sft.FIELD=VALUE")
+                                 "data.FIELD=VALUE, sft.FIELD=VALUE or eval.FIELD=VALUE")
         section = getattr(preset, section_name)
         if not hasattr(section, field_name):
             names = ", ".join(f.name for f in dataclasses.fields(section))

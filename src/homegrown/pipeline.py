@@ -1,4 +1,4 @@
-"""`homegrown run`: corpus → tokenizer → shards → pretrain → samples, in one run directory.
+"""`homegrown run`: corpus → tokenizer → shards → pretrain → chat SFT → samples, in one run directory.
 
 Each stage checks for its completion marker (written last, atomically) and is skipped when present, so a
 re-run after a crash redoes only the unfinished stage, and pretraining resumes from its last checkpoint.
@@ -17,10 +17,12 @@ import torch
 
 from homegrown.config import DataConfig, Preset
 from homegrown.data.ingest import SourceSpec, ingest
-from homegrown.data.pack import INDEX_NAME, pack
+from homegrown.data.mixture import pack_corpus
+from homegrown.data.pack import INDEX_NAME
 from homegrown.data.sources import iter_corpus
 from homegrown.errors import HomegrownError
-from homegrown.generate import SamplingParams, generate_text
+from homegrown.eval.report import build_report
+from homegrown.generate import SamplingParams, stream_tokens
 from homegrown.progress import console
 from homegrown.tokenizer import eot_id, load_tokenizer, train_tokenizer
 from homegrown.train.checkpoint import load_for_inference
@@ -28,7 +30,6 @@ from homegrown.train.loop import TrainResult, train
 
 SAMPLE_DIR = Path(__file__).resolve().parents[2] / "data" / "sample"
 CORPUS_MARKER = "MANIFEST.json"
-SAMPLE_PROMPTS = ["The Python interpreter", "To install a package on Debian, ", "def read_file(path):\n"]
 
 
 @dataclass
@@ -40,6 +41,12 @@ class RunSummary:
     tokens_per_second: float
     seconds: float
     samples: list[tuple[str, str]] = field(default_factory=list)
+    base_checkpoint: Path | None = None
+    """The pretrained checkpoint SFT started from; `checkpoint` is the chat model."""
+    sft_val_loss: float = float("nan")
+    """Loss on the assistant tokens of held-out conversations."""
+    report: Path | None = None
+    """report.md: base vs chat model on held-out bits/byte and the task suite (eval/report.py)."""
 
 
 def prepare_corpus(data: DataConfig, corpus_dir: Path) -> Path:
@@ -59,8 +66,13 @@ def prepare_corpus(data: DataConfig, corpus_dir: Path) -> Path:
     path = Path(data.source)
     if not path.exists():
         raise HomegrownError(f"--source {data.source} does not exist")
-    ingest([SourceSpec(path=path, licence=data.source_licence, url_prefix=path.resolve().as_uri() + "/",
-                       glob=data.source_glob)], corpus_dir)
+    stats = ingest([SourceSpec(path=path, licence=data.source_licence, url_prefix=path.resolve().as_uri() + "/",
+                               glob=data.source_glob)], corpus_dir, opt_out=data.opt_out or None,
+                   extractor=data.extractor)
+    if not stats.train_pages:
+        (corpus_dir / CORPUS_MARKER).unlink()  # not a usable corpus: the next run ingests again
+        raise HomegrownError(f"no document of {path} survived ingest (rejected: {stats.rejected}); check "
+                             f"data.source_glob={data.source_glob!r} or the source itself")
     return corpus_dir
 
 
@@ -77,13 +89,20 @@ def prepare_tokenizer(corpus_dir: Path, vocab_size: int, path: Path) -> Path:
     return path
 
 
-def prepare_shards(corpus_dir: Path, tokenizer_path: Path, shard_dir: Path) -> Path:
+def prepare_shards(corpus_dir: Path, tokenizer_path: Path, shard_dir: Path, mixture: str = "",
+                   max_repeat: float = DataConfig.mixture_max_repeat) -> Path:
+    """Pack the corpus (drawn to the `mixture` token shares when given) unless matching shards exist."""
     index = shard_dir / INDEX_NAME
     tok = load_tokenizer(tokenizer_path)
-    if index.exists() and json.loads(index.read_text())["vocab_size"] == tok.get_vocab_size():
-        return shard_dir
+    if index.exists():
+        packed = json.loads(index.read_text())
+        if packed["vocab_size"] == tok.get_vocab_size() and packed.get("mixture", {}).get("spec", "") == mixture:
+            return shard_dir
     console.print(f"packing token shards into {shard_dir}")
-    stats = pack({split: _texts(corpus_dir, split) for split in ("train", "val")}, tok, shard_dir)
+    stats, plan = pack_corpus(corpus_dir, tokenizer_path, shard_dir, mixture, max_repeat)
+    if plan is not None:
+        for name, share in sorted(plan.achieved.items()):
+            console.print(f"  mixture {name}: target {plan.target.get(name, 0):.1%}, achieved {share:.1%}")
     for split in ("train", "val"):
         console.print(f"  {split}: {stats.documents[split]:,} documents, {stats.tokens[split]:,} tokens, "
                       f"{stats.text_bytes[split] / stats.tokens[split]:.2f} bytes/token")
@@ -101,14 +120,58 @@ def run(preset: Preset, run_dir: Path, samples: int = 3, progress: bool = True) 
     (run_dir / "preset.json").write_text(json.dumps(asdict(preset), indent=2))
     corpus = prepare_corpus(preset.data, run_dir / "corpus")
     tok_path = prepare_tokenizer(corpus, preset.model.vocab_size, run_dir / "tokenizer.json")
-    shards = prepare_shards(corpus, tok_path, run_dir / "shards")
+    shards = prepare_shards(corpus, tok_path, run_dir / "shards", preset.data.mixture, preset.data.mixture_max_repeat)
     result: TrainResult = train(preset.model, preset.train, shards, run_dir, tok_path, progress=progress)
-    summary = RunSummary(run_dir, result.final_checkpoint, result.final_val_bpb, result.final_val_loss,
-                         result.tokens_per_second, time.perf_counter() - t0)
-    if samples:
-        model, tok = load_for_inference(result.final_checkpoint)
-        for i, prompt in enumerate(SAMPLE_PROMPTS[:samples]):
-            params = SamplingParams(max_tokens=min(60, preset.model.max_seq_len // 2), temperature=0.7, top_k=40,
-                                    seed=i, stop_token_ids=[eot_id(tok)])
-            summary.samples.append((prompt, generate_text(model, tok, prompt, params)))
+    chat = prepare_sft(preset, run_dir, result.final_checkpoint, progress=progress)
+    tasks = [t.strip() for t in preset.eval.tasks.split(",") if t.strip()]
+    report = build_report([run_dir], run_dir, tasks, batch_size=preset.eval.batch_size,
+                          max_items=preset.eval.max_items)
+    summary = RunSummary(run_dir, chat.final_checkpoint if chat else result.final_checkpoint, result.final_val_bpb,
+                         result.final_val_loss, result.tokens_per_second, time.perf_counter() - t0,
+                         base_checkpoint=result.final_checkpoint,
+                         sft_val_loss=chat.final_val_loss if chat else float("nan"), report=report)
+    if samples and chat:
+        summary.samples = chat_samples(chat.final_checkpoint, run_dir / "sft" / "data", samples)
     return summary
+
+
+def prepare_sft(preset: Preset, run_dir: Path, base: Path, progress: bool = True) -> TrainResult | None:
+    """Chat data derived from the run's corpus (teacher-free), then SFT of `base` into run_dir/sft/ckpt.
+
+    Both parts are skipped when complete: the data has its MANIFEST.json marker, and the training loop
+    resumes (or returns at once) from run_dir/sft/ckpt. None (no SFT) when `sft.max_steps` is 0 or the
+    corpus yields no question/answer pairs (a corpus without documented APIs, headings or page titles).
+    """
+    from homegrown.posttrain.docqa import build_docqa
+    from homegrown.posttrain.sft import sft
+
+    if preset.sft.max_steps <= 0:
+        return None
+    data = build_docqa(run_dir / "corpus", run_dir / "sft" / "data", preset.sft)
+    counts = json.loads((data / "MANIFEST.json").read_text())["conversations"]
+    if not counts["train"]:
+        console.print("no chat data could be derived from this corpus; skipping SFT (the base model is final; "
+                      "give `homegrown sft` a chat JSONL, e.g. from `homegrown data synth`)")
+        return None
+    return sft(base, data / "train.jsonl", run_dir, preset.sft, preset.train,
+               val=data / "val.jsonl" if counts["val"] else None, progress=progress)
+
+
+def chat_samples(checkpoint: Path, data: Path, n: int) -> list[tuple[str, str]]:
+    """Greedy answers to the first `n` questions of `data`/val.jsonl (held out: never trained on), or of
+    train.jsonl when the corpus had no val pages to ask about, as (question, answer)."""
+    from homegrown.posttrain.chat import read_chat_jsonl, render_prompt
+
+    questions = data / "val.jsonl"
+    if not questions.read_text().strip():
+        questions = data / "train.jsonl"
+    model, tok = load_for_inference(checkpoint)
+    stops = [tok.token_to_id("<|end|>"), eot_id(tok)]
+    out = []
+    for conv in read_chat_jsonl(questions).conversations[:n]:
+        question = next(m for m in conv if m["role"] == "user")
+        ids = tok.encode(render_prompt([question]), add_special_tokens=False).ids
+        params = SamplingParams(max_tokens=min(80, model.cfg.max_seq_len - len(ids)), temperature=0.0,
+                                stop_token_ids=stops)
+        out.append((question["content"], tok.decode(list(stream_tokens(model, ids, params)))))
+    return out

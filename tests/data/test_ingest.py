@@ -1,4 +1,4 @@
-"""Ingest stage: extraction, exact dedup, the fixed train/val rule, output format, the shipped sample."""
+"""Ingest stage: every rejection counted by reason, dedup, PII, opt-out, formats, the split rule, the sample."""
 
 from __future__ import annotations
 
@@ -8,10 +8,14 @@ import json
 from pathlib import Path
 
 import pytest
+from crawl_kit import html_page, sample_docs, warc_bytes, write_jsonl, write_parquet, write_site
 
+from homegrown.config import IngestConfig
 from homegrown.data.dedup import ExactDedup
 from homegrown.data.extract import extract_html
+from homegrown.data.filters import QualityFilter
 from homegrown.data.ingest import SourceSpec, ingest, main, split_of
+from homegrown.data.provenance import MANIFEST_NAME, doc_id, iter_jsonl_gz
 from homegrown.data.sources import iter_corpus, iter_jsonl
 from homegrown.errors import HomegrownError
 
@@ -20,27 +24,28 @@ FIELDS = {"text", "title", "source", "licence", "sha256"}
 PREFIX = "https://example.org/docs/"
 
 
-def _page(title: str, body: str) -> str:
-    paragraphs = "".join(
-        f"<p>{body} Sentence {i} adds a little more text about {title}.</p>" for i in range(4)
-    )
-    head = f"<head><title>{title}</title></head>"
-    return f"<html>{head}<body><main><h1>{title}</h1>{paragraphs}</main></body></html>"
+GERMAN = ("Die Dokumentation beschreibt, wie man das Paket installiert und konfiguriert. Zuerst muss die "
+          "Datei heruntergeladen werden, danach wird sie mit dem Paketmanager eingespielt. Wenn dabei ein Fehler "
+          "auftritt, sollte man die Protokolle lesen und die Abhängigkeiten prüfen. ") * 4
 
 
-def _site(root: Path) -> Path:
-    """Five pages: two distinct, an exact copy, a copy differing in case and spacing, an empty one."""
-    (root / "sub").mkdir(parents=True)
+def _site(root: Path) -> tuple[Path, list[dict]]:
+    """Real pages plus an exact copy, a re-cased copy, a near-copy, an empty page, a German page, an excluded dir.
+
+    Copies are named `zz_*` so that they sort after their originals: dedup keeps the first copy.
+    """
+    docs = sample_docs(5)
+    write_site(root, docs)
     (root / "_static").mkdir()
-    (root / "alpha.html").write_text(_page("Alpha", "Alpha pages explain how the frobnicator spins up."))
-    (root / "sub" / "beta.html").write_text(_page("Beta", "Beta pages describe the widget cache in detail."))
-    (root / "copy.html").write_text((root / "alpha.html").read_text())
-    (root / "recased.html").write_text(_page("ALPHA", "ALPHA   pages explain how the FROBNICATOR spins up."))
-    (root / "empty.html").write_text(
-        "<html><head><title>Nothing</title></head><body><nav>Home</nav></body></html>"
-    )
-    (root / "_static" / "skipped.html").write_text(_page("Static", "Never read, the directory is excluded."))
-    return root
+    (root / "zz_copy.html").write_text(html_page(docs[0]["title"], docs[0]["text"]))
+    recased = docs[1]["text"].lower().replace("\n", "\n\n").replace(" ", "  ")
+    (root / "zz_recased.html").write_text(html_page(docs[1]["title"].lower(), recased))
+    near = docs[3]["text"].replace(" the ", " a ", 1) + "\nOne more line at the end of it."
+    (root / "zz_near.html").write_text(html_page("Near", near))
+    (root / "zz_empty.html").write_text("<html><head><title>Nothing</title></head><body><nav>Home</nav></body></html>")
+    (root / "zz_german.html").write_text(html_page("Deutsch", GERMAN))
+    (root / "_static" / "skipped.html").write_text(html_page("Static", docs[3]["text"] + " skipped"))
+    return root, docs
 
 
 def _records(path: Path) -> list[dict]:
@@ -49,62 +54,119 @@ def _records(path: Path) -> list[dict]:
 
 
 def test_ingest_counts_and_outputs(tmp_path: Path) -> None:
-    site = _site(tmp_path / "site")
+    site, docs = _site(tmp_path / "site")
+    # one page carries PII, which must be replaced and counted
+    (site / "page0004.html").write_text(html_page("Mail", docs[4]["text"] + "\nWrite to jane.doe@example.com today."))
     spec = SourceSpec(path=site, licence="CC0-1.0", url_prefix=PREFIX, exclude=["_static"])
-    stats = ingest([spec], tmp_path / "out", holdout_fraction=0.5, progress=False)
+    stats = ingest([spec], tmp_path / "out", holdout_fraction=0.5, progress=False,
+                   cfg=IngestConfig(languages=["en"]))
 
-    assert (stats.pages_read, stats.kept, stats.dropped_empty, stats.dropped_duplicate) == (5, 2, 1, 2)
-    assert stats.train_pages + stats.val_pages == 2
+    assert stats.pages_read == 10 and stats.kept == 5
+    assert stats.rejected == {"duplicate_exact": 2, "duplicate_near": 1, "empty": 1, "language": 1}
+    assert (stats.dropped_empty, stats.dropped_duplicate) == (1, 3)
+    assert stats.pii.get("EMAIL", 0) >= 1 and stats.train_pages + stats.val_pages == 5
     records = {split: _records(tmp_path / "out" / f"{split}.jsonl.gz") for split in ("train", "val")}
     kept = records["train"] + records["val"]
-    # sorted file order: alpha.html comes first, so its copies are the ones dropped
-    assert sorted(r["source"] for r in kept) == [PREFIX + "alpha.html", PREFIX + "sub/beta.html"]
+    assert sorted(r["source"] for r in kept) == [PREFIX + f"page{i:04d}.html" for i in range(5)]
     for split, recs in records.items():
         for r in recs:
             assert set(r) == FIELDS
             assert r["licence"] == "CC0-1.0"
             assert r["sha256"] == hashlib.sha256(r["text"].encode("utf-8")).hexdigest()
             assert split_of(r["source"], 0.5) == split
-    alpha = next(r for r in kept if r["source"].endswith("alpha.html"))
-    assert alpha["title"] == "Alpha" and "frobnicator spins up" in alpha["text"]
+    mail = next(r for r in kept if r["source"].endswith("page0004.html"))
+    assert "jane.doe@example.com" not in mail["text"] and "<EMAIL>" in mail["text"]
 
+    rows = list(iter_jsonl_gz(tmp_path / "out" / MANIFEST_NAME))
+    assert len(rows) == 5 and {r["sha256"] for r in rows} == {r["sha256"] for r in kept}
+    for row in rows:
+        assert row["id"] == doc_id(row["source"], row["sha256"]) and row["language"] == "en"
+        assert row["licence"] == "CC0-1.0" and row["name"] == "example.org" and row["retrieved"].endswith("Z")
+        assert "word_count" in row["filters"]
     manifest = json.loads((tmp_path / "out" / "MANIFEST.json").read_text())
-    assert manifest["kept"] == 2 and manifest["dropped_duplicate"] == 2 and manifest["dropped_empty"] == 1
+    assert manifest["kept"] == 5 and manifest["rejected"] == stats.rejected and manifest["pii"] == stats.pii
     assert manifest["sources"][0]["text_bytes"] == sum(len(r["text"].encode()) for r in kept)
+    for name, digest in manifest["files"].items():
+        assert hashlib.sha256((tmp_path / "out" / name).read_bytes()).hexdigest() == digest["sha256"]
     assert not list((tmp_path / "out").glob("*.tmp"))
+    assert not (tmp_path / "out" / "parts").exists(), "a whole-crawl ingest removes its intermediate parts"
+
+
+def test_quality_rules_reject_junk_by_rule_name(tmp_path: Path) -> None:
+    (tmp_path / "site").mkdir()
+    write_site(tmp_path / "site", sample_docs(1))
+    menu = "\n".join(["Home", "About", "Shop", "Contact", "Login"] * 20)
+    (tmp_path / "site" / "menu.html").write_text(html_page("Menu", menu))
+    stats = ingest([SourceSpec(path=tmp_path / "site", licence="CC0-1.0", url_prefix=PREFIX)], tmp_path / "out",
+                   progress=False)
+    assert stats.kept == 1
+    (reason,) = stats.rejected
+    assert reason.startswith("quality:") and reason.removeprefix("quality:") in QualityFilter().rule_names
+
+
+def test_opt_out_is_honoured_at_ingest(tmp_path: Path) -> None:
+    site, docs = _site(tmp_path / "site")
+    jsonl = write_jsonl(tmp_path / "partner.jsonl.gz", [
+        {"text": docs[3]["text"] + "\nPartner copy.", "url": "https://partner.example.net/a"},
+        {"text": docs[4]["text"] + "\nPrivate.", "url": "https://blog.example.com/private/b"},
+    ])
+    first = hashlib.sha256(
+        next(r for r in _ingested(tmp_path, site) if r["source"].endswith("page0001.html"))["text"].encode()
+    ).hexdigest()
+    opt_out = tmp_path / "opt-out.txt"
+    opt_out.write_text(f"# opted out\ndomain: example.net\nhttps://blog.example.com/private/\n{first}\n")
+    stats = ingest([SourceSpec(path=site, licence="CC0-1.0", url_prefix=PREFIX, exclude=["zz_*", "_static"]),
+                    SourceSpec(path=jsonl, licence="CC-BY-4.0", name="partner")],
+                   tmp_path / "out", progress=False, opt_out=opt_out)
+    assert {k: v for k, v in stats.rejected.items() if k.startswith("opt_out")} == {
+        "opt_out_domain": 1, "opt_out_prefix": 1, "opt_out_hash": 1}
+    sources = {r["source"] for split in ("train", "val") for r in iter_corpus(tmp_path / "out", split)}
+    assert sources == {PREFIX + f"page{i:04d}.html" for i in (0, 2, 3, 4)}
+    manifest = json.loads((tmp_path / "out" / "MANIFEST.json").read_text())
+    assert manifest["opt_out"] == {"entries": 3, "sha256": hashlib.sha256(opt_out.read_bytes()).hexdigest()}
+
+
+def _ingested(tmp_path: Path, site: Path) -> list[dict]:
+    out = tmp_path / "first"
+    ingest([SourceSpec(path=site, licence="CC0-1.0", url_prefix=PREFIX, exclude=["zz_*", "_static"])], out,
+           progress=False)
+    return [r for split in ("train", "val") for r in iter_corpus(out, split)]
 
 
 def test_ingest_is_byte_reproducible(tmp_path: Path) -> None:
-    site = _site(tmp_path / "site")
+    site, _ = _site(tmp_path / "site")
     spec = SourceSpec(path=site, licence="CC0-1.0", url_prefix=PREFIX)
     for out in ("a", "b"):
         ingest([spec], tmp_path / out, progress=False)
-    for name in ("train.jsonl.gz", "val.jsonl.gz", "MANIFEST.json"):
+    for name in ("train.jsonl.gz", "val.jsonl.gz", MANIFEST_NAME, "MANIFEST.json"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 
-def test_ingest_reads_jsonl_and_text(tmp_path: Path) -> None:
-    jsonl = tmp_path / "pages.jsonl.gz"
-    with gzip.open(jsonl, "wt", encoding="utf-8") as f:
-        f.write(json.dumps({"text": "A licensed page.", "title": "T", "url": "https://example.org/t"}) + "\n")
-        f.write(json.dumps({"text": "   "}) + "\n")
+def test_ingest_reads_jsonl_warc_parquet_and_text(tmp_path: Path) -> None:
+    docs = sample_docs(4)
+    jsonl = write_jsonl(tmp_path / "pages.jsonl.zst", [{"text": docs[0]["text"], "title": "T",
+                                                         "url": "https://example.org/t"}, {"text": "   "}])
+    (tmp_path / "crawl.warc.gz").write_bytes(warc_bytes(docs[1:2], base="https://w.example/"))
+    parquet = write_parquet(tmp_path / "p.parquet", [{"text": docs[2]["text"], "url": "https://p.example/0"}])
     (tmp_path / "txt").mkdir()
-    (tmp_path / "txt" / "note.txt").write_text("A plain note.\n")
+    (tmp_path / "txt" / "note.txt").write_text(docs[3]["text"])
     stats = ingest(
         [
             SourceSpec(path=jsonl, licence="CC-BY-4.0", url_prefix=PREFIX),
+            SourceSpec(path=tmp_path / "crawl.warc.gz", licence="CC-BY-4.0"),
+            SourceSpec(path=parquet, licence="CC0-1.0", text_field="content"),
             SourceSpec(path=tmp_path / "txt", licence="CC0-1.0", url_prefix=PREFIX, glob="*.txt"),
         ],
         tmp_path / "out",
         holdout_fraction=0.0,
         progress=False,
     )
-    assert (stats.pages_read, stats.kept, stats.dropped_empty, stats.val_pages) == (3, 2, 1, 0)
+    assert (stats.pages_read, stats.kept, stats.dropped_empty, stats.val_pages) == (5, 4, 1, 0)
     records = list(iter_corpus(tmp_path / "out", "train"))
-    assert [(r["source"], r["title"], r["text"]) for r in records] == [
-        ("https://example.org/t", "T", "A licensed page."),
-        (PREFIX + "note.txt", None, "A plain note."),
-    ]
+    assert [(r["source"], r["title"]) for r in records] == [
+        ("https://example.org/t", "T"), ("https://w.example/doc0.html", docs[1]["title"]),
+        ("https://p.example/0", None), (PREFIX + "note.txt", None)]
+    assert records[0]["text"] == docs[0]["text"].strip()
 
 
 def test_split_rule_is_fixed() -> None:
@@ -127,25 +189,25 @@ def test_missing_source_is_a_user_error(tmp_path: Path, capsys: pytest.CaptureFi
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_cli_applies_excludes_to_the_preceding_source(tmp_path: Path) -> None:
-    site = _site(tmp_path / "site")
-    main(
-        [
-            "--source",
-            f"{site}:CC0-1.0:{PREFIX}",
-            "--exclude",
-            "copy.html",
-            "--exclude",
-            "sub",
-            "--out",
-            str(tmp_path / "out"),
-            "--no-progress",
-        ]
-    )
+def test_module_cli_applies_excludes_to_the_preceding_source(tmp_path: Path) -> None:
+    site, _ = _site(tmp_path / "site")
+    main(["--source", f"{site}:CC0-1.0:{PREFIX}", "--exclude", "zz_*", "--exclude", "page0001.html",
+          "--out", str(tmp_path / "out"), "--no-progress"])
     manifest = json.loads((tmp_path / "out" / "MANIFEST.json").read_text())
-    assert manifest["sources"][0]["files"] == 4  # alpha, recased, empty, _static/skipped
+    assert manifest["sources"][0]["files"] == 5  # page0000, 0002-0004, _static/skipped
     sources = {r["source"] for split in ("train", "val") for r in iter_corpus(tmp_path / "out", split)}
-    assert PREFIX + "_static/skipped.html" in sources and PREFIX + "sub/beta.html" not in sources
+    assert PREFIX + "_static/skipped.html" in sources and PREFIX + "page0001.html" not in sources
+
+
+def test_cli_ingest_prints_counts_and_errors_in_one_line(tmp_path: Path, cli) -> None:
+    site, _ = _site(tmp_path / "site")
+    result = cli("data", "ingest", str(site), "--out", str(tmp_path / "out"), "--licence", "CC0-1.0",
+                 "--url-prefix", PREFIX, "--exclude", "_static", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "kept 5 of 10" in result.stderr and "duplicate_exact 2" in result.stderr
+    assert json.loads((tmp_path / "out" / "MANIFEST.json").read_text())["kept"] == 5
+    bad = cli("data", "ingest", str(tmp_path / "nope"), "--out", str(tmp_path / "o2"))
+    assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_extract_keeps_code_notes_and_drops_chrome() -> None:

@@ -1,39 +1,64 @@
-"""Ingest stage: raw sources → deduplicated text with provenance, split into train and held-out val.
+"""Ingest stage: a crawl (HTML, WARC, JSONL, Parquet, text) → clean, deduplicated text with lineage.
 
-Output (``out_dir``):
+Two phases, so the work spreads over processes and machines while the result stays exactly reproducible:
 
-* ``train.jsonl.gz`` and ``val.jsonl.gz``: one JSON object per line with ``text``, ``title``,
-  ``source`` (public URL), ``licence`` and ``sha256`` (of the UTF-8 text), in input order.
-* ``MANIFEST.json``: counts (read, kept, dropped empty / duplicate, per source, bytes), the split rule,
-  the extraction settings and the size and sha256 of each output file. It is written last, so its
-  presence means the corpus is complete.
+1. **Parts** (parallel, resumable). Every input file is processed on its own: read (`sources.iter_file`)
+   → extract HTML → language → quality rules → PII scrub → MinHash signature. The survivors are
+   written to ``OUT/parts/SSS-FFFFFFF.jsonl.gz`` with their signatures, then a ``.json`` marker with the
+   file's counts. A file with a marker is done: an interrupted run resumes at the first file without
+   one. ``--workers N`` runs files in N processes; ``--shard i/n`` takes every n-th file so a SLURM
+   array or Kubernetes jobs can each run a slice, writing into one shared ``parts/``.
+2. **Merge** (one process, streaming). Parts are replayed in input order — the order of the plan,
+   never of completion — through the opt-out list, exact dedup and MinHash-LSH near dedup, and split
+   into train/val. So 1 worker, 8 workers or 50 machines give byte-identical output.
 
-The split depends on the page's URL only, not on the run, the order or the other pages: a page
-stays in the same split when sources are added or the corpus is rebuilt, so val never leaks into
-train. Output is byte-for-byte reproducible (gzip header without time or name).
+Output (``OUT``): ``train.jsonl.gz`` / ``val.jsonl.gz`` (``text``, ``title``, ``source``, ``licence``,
+``sha256``), ``manifest.jsonl.gz`` (one provenance row per kept document, see provenance.py), and
+``MANIFEST.json`` (every count: rejections per reason and quality rule, PII per kind, dedup, opt-out;
+sizes and sha256 of the three files). MANIFEST.json is written last: its presence means complete.
 
-Run as ``python -m homegrown.data.ingest --source PATH:LICENCE:URL_PREFIX [--exclude PAT ...] ... --out DIR``.
+The split depends on the page's URL only, so a page stays in the same split when sources are added or
+the corpus is rebuilt, and val never leaks into train.
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
+import base64
+import dataclasses
 import hashlib
-import io
 import json
 import logging
-import os
+import multiprocessing
+import shutil
 import sys
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from homegrown.config import DataConfig, IngestConfig
 from homegrown.data.dedup import ExactDedup
-from homegrown.data.extract import TRAFILATURA_OPTIONS, extract_html
-from homegrown.data.sources import iter_jsonl, list_files, source_url
+from homegrown.data.extract import EXTRACTOR_OPTIONS, extract_html, identify_language
+from homegrown.data.filters import QualityFilter
+from homegrown.data.pii import scrub
+from homegrown.data.provenance import (
+    MANIFEST_NAME,
+    AtomicJsonlGz,
+    OptOut,
+    doc_id,
+    file_digest,
+    iter_jsonl_gz,
+    text_sha256,
+    write_json_atomic,
+)
+from homegrown.data.sources import RawDoc, Skip, SourceSpec, iter_file, list_files
 from homegrown.errors import HomegrownError
-from homegrown.progress import StepProgress
+from homegrown.progress import StepProgress, console
+
+__all__ = ["IngestStats", "SourceSpec", "ingest", "ingest_parts", "merge", "split_of"]
 
 log = logging.getLogger(__name__)
 
@@ -41,32 +66,21 @@ SPLIT_RULE = (
     "val if int(sha256(source URL as UTF-8).hexdigest()[:8], 16) % 1000 < round(holdout_fraction * 1000), "
     "else train"
 )
-_HTML_SUFFIXES = (".html", ".htm", ".xhtml")
-_JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
+PARTS = "parts"
+PLAN = "PLAN.json"
 
 
-@dataclass
-class SourceSpec:
-    """One source tree: where it is, under which licence, and the public URL its files are served at.
-
-    `exclude` holds shell patterns matched against each file's path relative to `path` or a directory
-    above it (`_static` drops that directory, `genindex*` every generated index page; see
-    `sources.is_excluded`). `path` may also be a single file. Files are read by suffix: HTML is
-    extracted, `.txt` is taken as is, `.jsonl[.gz]` gives one page per line (field `text`; `title`
-    and `url`/`source` are used when present).
-    """
-
-    path: Path
-    licence: str
-    url_prefix: str
-    glob: str = "**/*.html"
-    exclude: list[str] = field(default_factory=list)
+def split_of(source: str, holdout_fraction: float) -> str:
+    """'val' or 'train' for a page, from its URL alone (see SPLIT_RULE)."""
+    bucket = int(hashlib.sha256(source.encode("utf-8")).hexdigest()[:8], 16) % 1000
+    return "val" if bucket < round(holdout_fraction * 1000) else "train"
 
 
 @dataclass
 class SourceStats:
     """Counts for one source; `text_bytes` is the UTF-8 size of the kept text."""
 
+    name: str
     url_prefix: str
     licence: str
     files: int = 0
@@ -75,11 +89,19 @@ class SourceStats:
     dropped_empty: int = 0
     dropped_duplicate: int = 0
     text_bytes: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
 class IngestStats:
-    """What `ingest` read, kept and dropped, over all sources and per source."""
+    """What `ingest` read, kept and dropped: totals, each rejection reason, PII kinds, dedup, per source.
+
+    `rejected` keys: reading problems (`binary`, `corrupt_compression`, `truncated_warc`, `bad_json` …),
+    `empty` (no text after extraction), `extract_error` (markup the extractor cannot parse), `language`,
+    `quality:<rule>`, `duplicate_exact`, `duplicate_near`, `opt_out_domain` / `opt_out_prefix` / `opt_out_hash`.
+    `notes` counts kept-but-altered documents (`truncated`: cut at max_doc_bytes; `invalid_utf8`: bad
+    bytes replaced).
+    """
 
     pages_read: int = 0
     kept: int = 0
@@ -89,178 +111,400 @@ class IngestStats:
     val_pages: int = 0
     train_text_bytes: int = 0
     val_text_bytes: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    notes: dict[str, int] = field(default_factory=dict)
+    pii: dict[str, int] = field(default_factory=dict)
     per_source: list[SourceStats] = field(default_factory=list)
 
 
-def split_of(source: str, holdout_fraction: float) -> str:
-    """'val' or 'train' for a page, from its URL alone (see SPLIT_RULE)."""
-    bucket = int(hashlib.sha256(source.encode("utf-8")).hexdigest()[:8], 16) % 1000
-    return "val" if bucket < round(holdout_fraction * 1000) else "train"
+# ---- the plan: which files, in which order, under which settings ----
 
 
-class _AtomicJsonlGz:
-    """A gzip JSONL file written under a temporary name and moved into place only by `commit`."""
+@dataclass
+class _FileTask:
+    index: int
+    source: int
+    path: Path
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.tmp = path.with_name(path.name + ".tmp")
-        self._raw = self.tmp.open("wb")
-        # mtime=0 and no file name in the header: the same records give the same bytes
-        self._gz = gzip.GzipFile(filename="", mode="wb", fileobj=self._raw, compresslevel=9, mtime=0)
-        self._text = io.TextIOWrapper(self._gz, encoding="utf-8", newline="\n")
-
-    def write(self, record: dict) -> None:
-        self._text.write(json.dumps(record, ensure_ascii=False) + "\n")
-
-    def _close(self) -> None:
-        if not self._raw.closed:
-            self._text.close()  # also closes the GzipFile, which writes the trailer
-            self._raw.close()
-
-    def commit(self) -> None:
-        self._close()
-        os.replace(self.tmp, self.path)
-
-    def abort(self) -> None:
-        self._close()
-        self.tmp.unlink(missing_ok=True)
+    @property
+    def part(self) -> str:
+        return f"{self.source:03d}-{self.index:07d}"
 
 
-def _file_digest(path: Path) -> dict[str, int | str]:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return {"bytes": path.stat().st_size, "sha256": h.hexdigest()}
+def _plan(sources: Sequence[SourceSpec], cfg: IngestConfig, extractor: str) -> tuple[dict, list[_FileTask]]:
+    """The files to read, in order, and a JSON plan whose `id` changes whenever a part's content would."""
+    if not sources:
+        raise HomegrownError("no sources given; pass at least one source directory or file")
+    if extractor not in EXTRACTOR_OPTIONS:
+        raise HomegrownError(f"unknown extractor {extractor!r}; choose one of: {', '.join(EXTRACTOR_OPTIONS)}")
+    tasks: list[_FileTask] = []
+    for i, spec in enumerate(sources):
+        found = list_files(Path(spec.path), spec.glob, spec.exclude)
+        if not found:
+            raise HomegrownError(f"no files match {spec.glob!r} under {spec.path} (after excludes); "
+                                 "pass --glob, e.g. '**/*.warc.gz'")
+        tasks.extend(_FileTask(len(tasks), i, p) for p in found)
+    settings = {
+        "sources": [{**asdict(s), "path": str(s.path)} for s in sources],
+        # size and mtime: a file changed since its part was made must be read again
+        "files": [[t.source, str(t.path), t.path.stat().st_size, t.path.stat().st_mtime_ns] for t in tasks],
+        "extractor": extractor,
+        "extraction": EXTRACTOR_OPTIONS.get(extractor, {}),
+        "filters": asdict(cfg.filters),
+        "languages": sorted(cfg.languages),
+        "max_doc_bytes": cfg.max_doc_bytes,
+        "num_perm": cfg.num_perm,
+        "ngram": cfg.ngram,
+    }
+    plan_id = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    return {"format": "homegrown-ingest-plan/1", "id": plan_id, **settings}, tasks
 
 
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+def _write_plan(parts: Path, plan: dict, replace_stale: bool) -> None:
+    """Record the plan in `parts/`. Parts of another plan (other files or settings) would mix two inputs:
+    a whole-crawl run on one machine replaces them; a `--shard` run refuses, as other shards may be writing.
+    """
+    path = parts / PLAN
+    if path.is_file() and json.loads(path.read_text()).get("id") != plan["id"]:
+        if not replace_stale:
+            raise HomegrownError(f"{parts} holds parts of a different ingest (other files or settings); "
+                                 f"use another --out, or delete {parts} once no shard is running")
+        log.info("ingest: input or settings changed since %s was written; starting over", parts)
+        shutil.rmtree(parts)
+    parts.mkdir(parents=True, exist_ok=True)
+    if not path.is_file():
+        write_json_atomic(path, plan)
 
 
-def _iter_pages(spec: SourceSpec, path: Path) -> Iterator[tuple[str, str | None, str | None]]:
-    """Yield (source URL, title, text) for each page in one file; text is None when nothing usable is left."""
-    url = source_url(spec.path, path, spec.url_prefix)
-    name = path.name.lower()
-    if name.endswith(_HTML_SUFFIXES):
-        page = extract_html(path.read_bytes(), url=url)
-        yield (url, page.title, page.text) if page else (url, None, None)
-    elif name.endswith(_JSONL_SUFFIXES):
-        for lineno, doc in enumerate(iter_jsonl(path), 1):
-            source = doc.meta.get("url") or doc.meta.get("source") or f"{url}#L{lineno}"
-            yield source, doc.meta.get("title"), doc.text.strip() or None
-    else:
-        yield url, None, path.read_text(encoding="utf-8", errors="replace").strip() or None
+# ---- phase 1: one file → one part ----
+
+
+class _Processor:
+    """Everything applied to one document before dedup; built once per worker process."""
+
+    def __init__(self, cfg: IngestConfig, extractor: str) -> None:
+        self.cfg = cfg
+        self.extractor = extractor
+        from homegrown.data.dedup import NearDedup  # datasketch loads only when a crawl is ingested
+
+        self.quality = QualityFilter(cfg.filters)
+        self.near = NearDedup(cfg.near_dedup_threshold, cfg.num_perm, cfg.ngram)
+        self.languages = set(cfg.languages)
+
+    def document(self, raw: RawDoc) -> tuple[dict | None, str | None]:
+        """(part record, None) for a document that survives, or (None, rejection reason)."""
+        title = raw.title
+        if raw.is_html:
+            try:
+                page = extract_html(raw.content, url=raw.url, extractor=self.extractor)
+            except (ValueError, RecursionError, UnicodeError, LookupError):
+                # pathological markup (nesting depth, unknown charsets) must not stop a crawl
+                return None, "extract_error"
+            if page is None:
+                return None, "empty"
+            text, title, lang = page.text, page.title or title, page.lang
+        else:
+            text = str(raw.content).strip()
+            if not text:
+                return None, "empty"
+            lang, _ = identify_language(text)
+        if self.languages and lang not in self.languages:
+            return None, "language"
+        failed = self.quality.check(text)
+        if failed:
+            return None, f"quality:{failed}"
+        extracted_sha = text_sha256(text)
+        text, found = scrub(text)
+        sig = np.ascontiguousarray(self.near.signature(text))
+        return {
+            "url": raw.url, "title": title, "text": text, "retrieved": raw.retrieved, "language": lang,
+            "extracted_sha256": extracted_sha, "pii": dict(found), "truncated": raw.truncated,
+            "sig": base64.b64encode(sig.tobytes()).decode(), "sig_dtype": sig.dtype.str,
+        }, None
+
+    def run(self, spec: SourceSpec, task: _FileTask, parts: Path, plan_id: str) -> dict:
+        """Process one file into its part and marker; returns the marker."""
+        rejected: Counter[str] = Counter()
+        notes: Counter[str] = Counter()
+        read = candidates = 0
+        writer = AtomicJsonlGz(parts / f"{task.part}.jsonl.gz")
+        try:
+            for item in iter_file(spec, task.path, self.cfg.max_doc_bytes):
+                read += 1
+                if isinstance(item, Skip):
+                    rejected[item.reason] += 1
+                    continue
+                notes.update(k for k in ("truncated", "invalid_utf8") if getattr(item, k))
+                record, reason = self.document(item)
+                if record is None:
+                    rejected[reason] += 1
+                    continue
+                writer.write(record)
+                candidates += 1
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        marker = {"plan": plan_id, "index": task.index, "source": task.source, "file": str(task.path),
+                  "read": read, "candidates": candidates, "rejected": dict(rejected), "notes": dict(notes)}
+        write_json_atomic(parts / f"{task.part}.json", marker)
+        return marker
+
+
+_WORKER: _Processor | None = None
+
+
+def _init_worker(cfg: IngestConfig, extractor: str) -> None:
+    global _WORKER
+    _WORKER = _Processor(cfg, extractor)
+
+
+def _run_task(args: tuple[SourceSpec, _FileTask, Path, str]) -> dict:
+    assert _WORKER is not None
+    return _WORKER.run(*args)
+
+
+def _done(parts: Path, task: _FileTask, plan_id: str) -> bool:
+    marker = parts / f"{task.part}.json"
+    if not marker.is_file():
+        return False
+    try:
+        return json.loads(marker.read_text()).get("plan") == plan_id
+    except json.JSONDecodeError:
+        return False
+
+
+def parse_shard(shard: str) -> tuple[int, int]:
+    """`i/n` (0-based i) → (i, n)."""
+    i, sep, n = shard.partition("/")
+    try:
+        index, count = int(i), int(n)
+    except ValueError:
+        index, count = -1, 0
+    if not sep or count < 1 or not 0 <= index < count:
+        raise HomegrownError(f"--shard must be i/n with 0 ≤ i < n (e.g. 0/4), got {shard!r}")
+    return index, count
+
+
+def ingest_parts(
+    sources: Sequence[SourceSpec],
+    out_dir: Path,
+    cfg: IngestConfig | None = None,
+    shard: tuple[int, int] = (0, 1),
+    extractor: str = DataConfig.extractor,
+    progress: bool = True,
+) -> int:
+    """Phase 1 for this shard's files (file k belongs to shard k mod n); returns how many files it processed.
+
+    Files whose part is already complete are skipped, so re-running after a crash resumes.
+    """
+    cfg = cfg or IngestConfig()
+    plan, tasks = _plan(sources, cfg, extractor)
+    parts = Path(out_dir) / PARTS
+    _write_plan(parts, plan, replace_stale=shard == (0, 1))
+    mine = [t for t in tasks if t.index % shard[1] == shard[0]]
+    todo = [t for t in mine if not _done(parts, t, plan["id"])]
+    if len(todo) < len(mine):
+        console.print(f"ingest: {len(mine) - len(todo)} of {len(mine)} files already done, resuming")
+    args = [(sources[t.source], t, parts, plan["id"]) for t in todo]
+    kept = 0
+    with StepProgress("ingest", total=len(mine), start=len(mine) - len(todo), enabled=progress) as bar:
+        if cfg.workers <= 1 or len(todo) <= 1:
+            _init_worker(cfg, extractor)
+            results: Iterator[dict] = map(_run_task, args)
+        else:
+            pool = multiprocessing.get_context("spawn").Pool(cfg.workers, _init_worker, (cfg, extractor))
+            results = pool.imap_unordered(_run_task, args)
+        try:
+            for done, marker in enumerate(results, len(mine) - len(todo) + 1):
+                kept += marker["candidates"]
+                bar.update(done, candidates=kept)
+        finally:
+            if cfg.workers > 1 and len(todo) > 1:
+                pool.terminate()
+    return len(todo)
+
+
+# ---- phase 2: parts → corpus ----
+
+
+def _signature(record: dict) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(record["sig"]), dtype=np.dtype(record["sig_dtype"]))
+
+
+def merge(
+    out_dir: Path,
+    cfg: IngestConfig | None = None,
+    opt_out: Path | str | None = None,
+    extra_parts: Sequence[Path] = (),
+    progress: bool = True,
+) -> IngestStats:
+    """Phase 2: replay every part in plan order through opt-out, exact and near dedup; write the corpus.
+
+    `extra_parts` are more `parts/` directories (from machines without a shared filesystem) to draw
+    markers and parts from. Every file of the plan must have a part; the error lists the missing ones.
+    """
+    cfg = cfg or IngestConfig()
+    if not 0.0 <= cfg.holdout_fraction < 1.0:
+        raise HomegrownError(f"holdout_fraction must be in [0, 1), got {cfg.holdout_fraction}")
+    out_dir = Path(out_dir)
+    dirs = [out_dir / PARTS, *map(Path, extra_parts)]
+    plan_path = next((d / PLAN for d in dirs if (d / PLAN).is_file()), None)
+    if plan_path is None:
+        raise HomegrownError(f"no {PLAN} in {', '.join(map(str, dirs))}; run `homegrown data ingest` first")
+    plan = json.loads(plan_path.read_text())
+    sources = [SourceSpec(**{**s, "path": Path(s["path"])}) for s in plan["sources"]]
+    tasks = [_FileTask(i, src, Path(p)) for i, (src, p, *_) in enumerate(plan["files"])]
+    found: list[tuple[_FileTask, Path]] = []
+    missing: list[int] = []
+    for t in tasks:
+        where = next((d for d in dirs if _done(d, t, plan["id"])), None)
+        (missing.append(t.index) if where is None else found.append((t, where)))
+    if missing:
+        raise HomegrownError(f"{len(missing)} of {len(tasks)} input files have no finished part (first: "
+                             f"{tasks[missing[0]].path}); run the missing `--shard` slices, then merge again")
+    optout = OptOut.load(opt_out)
+    from homegrown.data.dedup import NearDedup  # datasketch loads only when a crawl is ingested
+
+    quality_rules = QualityFilter(cfg.filters).rule_names
+    stats = IngestStats(per_source=[SourceStats(s.label, s.url_prefix, s.licence) for s in sources])
+    rejected: Counter[str] = Counter()
+    exact = ExactDedup()
+    near = NearDedup(cfg.near_dedup_threshold, cfg.num_perm, cfg.ngram)
+    (out_dir / "MANIFEST.json").unlink(missing_ok=True)  # the corpus is incomplete until it is rewritten
+    writers = {split: AtomicJsonlGz(out_dir / f"{split}.jsonl.gz") for split in ("train", "val")}
+    manifest = AtomicJsonlGz(out_dir / MANIFEST_NAME)
+    pii: Counter[str] = Counter()
+    notes: Counter[str] = Counter()
+    try:
+        with StepProgress("merge", total=len(found), enabled=progress) as bar:
+            for done, (task, where) in enumerate(found, 1):
+                spec, src = sources[task.source], stats.per_source[task.source]
+                marker = json.loads((where / f"{task.part}.json").read_text())
+                src.files += 1
+                src.pages_read += marker["read"]
+                file_rejects = Counter(marker["rejected"])
+                notes.update(marker["notes"])
+                for record in iter_jsonl_gz(where / f"{task.part}.jsonl.gz"):
+                    sha = text_sha256(record["text"])
+                    reason = optout.match(record["url"], (sha, record["extracted_sha256"]))
+                    if reason is None and exact.seen(record["text"]):
+                        reason = "duplicate_exact"
+                    ident = doc_id(record["url"], sha)
+                    if reason is None and near.seen_or_add(ident, _signature(record)) is not None:
+                        reason = "duplicate_near"
+                    if reason is not None:
+                        file_rejects[reason] += 1
+                        continue
+                    split = split_of(record["url"], cfg.holdout_fraction)
+                    nbytes = len(record["text"].encode("utf-8"))
+                    writers[split].write({"text": record["text"], "title": record["title"], "source": record["url"],
+                                          "licence": spec.licence, "sha256": sha})
+                    manifest.write({
+                        "id": ident, "source": record["url"], "name": spec.label, "licence": spec.licence,
+                        "retrieved": record["retrieved"], "sha256": sha, "language": record["language"],
+                        "chars": len(record["text"]), "split": split, "title": record["title"],
+                        "filters": quality_rules, "pii": record["pii"], "truncated": record["truncated"],
+                    })
+                    pii.update(record["pii"])
+                    src.kept += 1
+                    src.text_bytes += nbytes
+                    setattr(stats, f"{split}_pages", getattr(stats, f"{split}_pages") + 1)
+                    setattr(stats, f"{split}_text_bytes", getattr(stats, f"{split}_text_bytes") + nbytes)
+                src.rejected = dict(sorted((Counter(src.rejected) + file_rejects).items()))
+                src.dropped_empty += file_rejects["empty"]
+                src.dropped_duplicate += file_rejects["duplicate_exact"] + file_rejects["duplicate_near"]
+                rejected.update(file_rejects)
+                bar.update(done, kept=stats.train_pages + stats.val_pages)
+        for w in [*writers.values(), manifest]:
+            w.commit()
+    except BaseException:
+        for w in [*writers.values(), manifest]:
+            w.abort()
+        raise
+    stats.pages_read = sum(s.pages_read for s in stats.per_source)
+    stats.kept = stats.train_pages + stats.val_pages
+    stats.dropped_empty = rejected["empty"]
+    stats.dropped_duplicate = rejected["duplicate_exact"] + rejected["duplicate_near"]
+    stats.rejected, stats.notes, stats.pii = (dict(sorted(c.items())) for c in (rejected, notes, pii))
+    meta = {
+        "format": "homegrown-corpus/2",
+        **{k: v for k, v in asdict(stats).items() if k != "per_source"},
+        "holdout_fraction": cfg.holdout_fraction,
+        "split_rule": SPLIT_RULE,
+        "dedup": (f"exact: sha256 of lowercased, whitespace-collapsed text; near: MinHash LSH over word "
+                  f"{cfg.ngram}-grams, {cfg.num_perm} permutations, Jaccard ≥ {cfg.near_dedup_threshold}; "
+                  "first copy in input order kept, across all files and shards"),
+        "extraction": {"tool": plan["extractor"], **plan["extraction"]},
+        "quality_rules": quality_rules,
+        "filters": plan["filters"],
+        "languages": plan["languages"],
+        "max_doc_bytes": plan["max_doc_bytes"],
+        "opt_out": {"entries": len(optout), "sha256": optout.sha256},
+        "plan": plan["id"],
+        "sources": [asdict(s) for s in stats.per_source],
+        "files": {name: file_digest(out_dir / name)
+                  for name in ("train.jsonl.gz", "val.jsonl.gz", MANIFEST_NAME)},
+    }
+    write_json_atomic(out_dir / "MANIFEST.json", meta)
+    log.info("ingest: kept %d of %d documents (train %d, val %d) -> %s; rejected %s", stats.kept,
+             stats.pages_read, stats.train_pages, stats.val_pages, out_dir, stats.rejected)
+    return stats
+
+
+def sources_from(paths: Sequence[Path], sources_file: Path | None = None, **common: object) -> list[SourceSpec]:
+    """SourceSpecs from CLI paths (sharing `common` settings) plus a JSON list of per-source objects."""
+    specs = []
+    for path in paths:
+        spec = SourceSpec(path=Path(path), **common)  # type: ignore[arg-type]
+        spec.url_prefix = spec.url_prefix or Path(path).resolve().as_uri() + "/"
+        specs.append(spec)
+    if sources_file is not None:
+        try:
+            entries = json.loads(Path(sources_file).read_text())
+            specs.extend(SourceSpec(**{**e, "path": Path(e["path"])}) for e in entries)
+        except (OSError, json.JSONDecodeError, TypeError, KeyError) as err:
+            raise HomegrownError(f"cannot read sources file {sources_file} ({err}); it must be a JSON list of "
+                                 '{"path": …, "licence": …, "url_prefix": …} objects') from err
+    if not specs:
+        raise HomegrownError("no sources given; pass directories/files or --sources-file")
+    return specs
 
 
 def ingest(
-    sources: list[SourceSpec], out_dir: Path, holdout_fraction: float = 0.05, progress: bool = True
+    sources: Sequence[SourceSpec],
+    out_dir: Path,
+    holdout_fraction: float | None = None,
+    progress: bool = True,
+    cfg: IngestConfig | None = None,
+    opt_out: Path | str | None = None,
+    extractor: str = DataConfig.extractor,
 ) -> IngestStats:
-    """Read, extract, deduplicate and split `sources` into `out_dir`; return the counts (also in MANIFEST).
+    """Both phases on one machine (`cfg.workers` processes): parts for every file, then merge.
 
-    Dedup is exact (normalised text) and shared across sources, so the first copy in source order wins.
+    The parts are deleted after a successful merge unless `cfg.keep_parts` (they hold a second copy of
+    the text); `--shard` runs and `merge` never delete them.
     """
-    if not 0.0 <= holdout_fraction < 1.0:
-        raise HomegrownError(f"holdout_fraction must be in [0, 1), got {holdout_fraction}")
-    if not sources:
-        raise HomegrownError("no sources given; pass at least one source directory")
-    # listing every source first fails fast on a missing path, before any output is touched
-    files = [list_files(spec.path, spec.glob, spec.exclude) for spec in sources]
-    for spec, found in zip(sources, files, strict=True):
-        if not found:
-            raise HomegrownError(f"no files match {spec.glob!r} under {spec.path} (after excludes)")
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "MANIFEST.json").unlink(missing_ok=True)  # the corpus is incomplete until it is rewritten
-    stats = IngestStats()
-    dedup = ExactDedup()
-    writers = {split: _AtomicJsonlGz(out_dir / f"{split}.jsonl.gz") for split in ("train", "val")}
-    try:
-        done = 0
-        with StepProgress("ingest", total=sum(map(len, files)), enabled=progress) as bar:
-            for spec, paths in zip(sources, files, strict=True):
-                src = SourceStats(url_prefix=spec.url_prefix, licence=spec.licence, files=len(paths))
-                stats.per_source.append(src)
-                log.info("ingest: %d files from %s (%s)", len(paths), spec.path, spec.licence)
-                for path in paths:
-                    for source, title, text in _iter_pages(spec, path):
-                        src.pages_read += 1
-                        if text is None:
-                            src.dropped_empty += 1
-                        elif dedup.seen(text):
-                            src.dropped_duplicate += 1
-                        else:
-                            src.kept += 1
-                            nbytes = len(text.encode("utf-8"))
-                            src.text_bytes += nbytes
-                            split = split_of(source, holdout_fraction)
-                            writers[split].write(
-                                {
-                                    "text": text,
-                                    "title": title,
-                                    "source": source,
-                                    "licence": spec.licence,
-                                    "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
-                                }
-                            )
-                            if split == "val":
-                                stats.val_pages += 1
-                                stats.val_text_bytes += nbytes
-                            else:
-                                stats.train_pages += 1
-                                stats.train_text_bytes += nbytes
-                    done += 1
-                    bar.update(done, kept=stats.kept + src.kept)
-                stats.pages_read += src.pages_read
-                stats.kept += src.kept
-                stats.dropped_empty += src.dropped_empty
-                stats.dropped_duplicate += src.dropped_duplicate
-        for w in writers.values():
-            w.commit()
-    except BaseException:
-        for w in writers.values():
-            w.abort()
-        raise
-
-    manifest = {
-        "format": "homegrown-corpus/1",
-        **{k: v for k, v in asdict(stats).items() if k != "per_source"},
-        "holdout_fraction": holdout_fraction,
-        "split_rule": SPLIT_RULE,
-        "dedup": "exact: sha256 of lowercased, whitespace-collapsed text; first copy in source order kept",
-        "extraction": {"tool": "trafilatura", **TRAFILATURA_OPTIONS},
-        "sources": [asdict(s) for s in stats.per_source],
-        "files": {
-            f"{split}.jsonl.gz": _file_digest(out_dir / f"{split}.jsonl.gz") for split in ("train", "val")
-        },
-    }
-    _write_json_atomic(out_dir / "MANIFEST.json", manifest)
-    log.info(
-        "ingest: kept %d of %d pages (%d empty, %d duplicate); train %d, val %d -> %s",
-        stats.kept,
-        stats.pages_read,
-        stats.dropped_empty,
-        stats.dropped_duplicate,
-        stats.train_pages,
-        stats.val_pages,
-        out_dir,
-    )
+    cfg = dataclasses.replace(cfg or IngestConfig())
+    if holdout_fraction is not None:
+        cfg.holdout_fraction = holdout_fraction
+    if not 0.0 <= cfg.holdout_fraction < 1.0:
+        raise HomegrownError(f"holdout_fraction must be in [0, 1), got {cfg.holdout_fraction}")
+    ingest_parts(sources, out_dir, cfg, extractor=extractor, progress=progress)
+    stats = merge(out_dir, cfg, opt_out=opt_out, progress=progress)
+    if not cfg.keep_parts:
+        shutil.rmtree(Path(out_dir) / PARTS)
     return stats
+
+
+# ---- `python -m homegrown.data.ingest`: several sources, each with its own licence and excludes ----
 
 
 class _AddSource(argparse.Action):
     """`--source PATH:LICENCE:URL_PREFIX` starts a new source; the URL prefix may itself contain colons."""
 
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        value: str,
-        option_string: str | None = None,
-    ) -> None:
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, value: str,
+                 option_string: str | None = None) -> None:
         parts = value.split(":", 2)
         if len(parts) != 3 or not all(parts[:2]):
             parser.error(f"--source expects PATH:LICENCE:URL_PREFIX, got {value!r}")
@@ -268,53 +512,39 @@ class _AddSource(argparse.Action):
 
 
 class _SetOnLastSource(argparse.Action):
-    """`--exclude` / `--glob` apply to the `--source` given just before them."""
+    """`--exclude` / `--glob` / `--name` apply to the `--source` given just before them."""
 
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        value: str,
-        option_string: str | None = None,
-    ) -> None:
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, value: str,
+                 option_string: str | None = None) -> None:
         if not namespace.sources:
             parser.error(f"{option_string} must follow the --source it applies to")
         spec = namespace.sources[-1]
         if self.dest == "exclude":
             spec.exclude.append(value)
         else:
-            spec.glob = value
+            setattr(spec, self.dest, value)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point: parse sources and run `ingest`; user errors print one line and exit 2."""
-    parser = argparse.ArgumentParser(
-        prog="python -m homegrown.data.ingest", description=__doc__.splitlines()[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m homegrown.data.ingest", description=__doc__.splitlines()[0])
     parser.set_defaults(sources=[])
-    parser.add_argument(
-        "--source",
-        action=_AddSource,
-        metavar="PATH:LICENCE:URL_PREFIX",
-        required=True,
-        help="a source tree, its licence (SPDX) and the public URL its files are served at",
-    )
-    parser.add_argument(
-        "--exclude",
-        action=_SetOnLastSource,
-        metavar="PATTERN",
-        help="skip files whose relative path or any path component matches (repeatable)",
-    )
-    parser.add_argument(
-        "--glob", action=_SetOnLastSource, metavar="GLOB", help="files to read, default **/*.html"
-    )
+    parser.add_argument("--source", action=_AddSource, metavar="PATH:LICENCE:URL_PREFIX", required=True,
+                        help="a source tree, its licence (SPDX) and the public URL its files are served at")
+    parser.add_argument("--exclude", action=_SetOnLastSource, metavar="PATTERN",
+                        help="skip files whose relative path or any path component matches (repeatable)")
+    parser.add_argument("--glob", action=_SetOnLastSource, metavar="GLOB", help="files to read, default **/*.html")
+    parser.add_argument("--name", action=_SetOnLastSource, metavar="NAME", help="source name for audit/mixture")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
-    parser.add_argument("--holdout-fraction", type=float, default=0.05)
+    parser.add_argument("--holdout-fraction", type=float, default=IngestConfig.holdout_fraction)
+    parser.add_argument("--workers", type=int, default=IngestConfig.workers)
+    parser.add_argument("--opt-out", type=Path, default=None, help="opt-out list (see provenance.py)")
     parser.add_argument("--no-progress", action="store_true", help="plain log lines even on a terminal")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        ingest(args.sources, args.out, holdout_fraction=args.holdout_fraction, progress=not args.no_progress)
+        ingest(args.sources, args.out, holdout_fraction=args.holdout_fraction, progress=not args.no_progress,
+               cfg=IngestConfig(workers=args.workers), opt_out=args.opt_out)
     except HomegrownError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

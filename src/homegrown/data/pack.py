@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,9 +71,14 @@ class _ShardWriter:
 
 
 def pack(
-    docs: dict[str, Iterable[str]], tok: Tokenizer, out_dir: Path, shard_tokens: int = 50_000_000
+    docs: dict[str, Iterable[str]], tok: Tokenizer, out_dir: Path, shard_tokens: int = 50_000_000,
+    index_extra: Callable[[], dict] | None = None,
 ) -> PackStats:
-    """Pack each split's documents (e.g. {"train": ..., "val": ...}) into `out_dir`; index.json last."""
+    """Pack each split's documents (e.g. {"train": ..., "val": ...}) into `out_dir`; index.json last.
+
+    `index_extra` is called once every split is packed; its keys are added to the index (the mixture
+    report, which is only known once the documents have been drawn).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / INDEX_NAME).unlink(missing_ok=True)
@@ -101,6 +106,8 @@ def pack(
             "documents": n_docs,
         }
         stats.tokens[split], stats.text_bytes[split], stats.documents[split] = n_tokens, n_bytes, n_docs
+    if index_extra is not None:
+        index.update(index_extra())
     tmp = out_dir / (INDEX_NAME + ".tmp")
     tmp.write_text(json.dumps(index, indent=2))
     os.replace(tmp, out_dir / INDEX_NAME)

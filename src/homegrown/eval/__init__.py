@@ -1,1 +1,1 @@
-"""Evaluation: perplexity / bits-per-byte now; tasks and report cards next (issue 7)."""
+"""Evaluation: held-out bits-per-byte, the task suite, lm-eval-harness and external endpoints, the report card."""

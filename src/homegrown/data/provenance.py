@@ -1,0 +1,398 @@
+"""Lineage of every kept document: the manifest, the opt-out list, the audit and `forget`.
+
+Copyright and privacy questions are about single documents ("was my page in it?", "remove it"), so
+every kept document has a manifest row next to the corpus (``manifest.jsonl.gz``, same order as the
+corpus): id, source URL, source name, licence, retrieval time, sha256 of the kept text, language,
+characters, the quality rules it passed, PII replaced. ``MANIFEST.json`` records the sha256 of the
+manifest and both splits and is written last, so the three files are committed together.
+
+Opt-out list format (one entry per line, ``#`` starts a comment)::
+
+    domain: example.com                 # that host and every subdomain
+    prefix: https://example.org/blog/   # every URL starting with this
+    sha256: 9f86d081884c7d65…           # a document whose text (extracted or kept) has this hash
+
+A bare line is read by its shape: 64 hex digits are a hash, ``http(s)://…`` a prefix, anything else
+a domain. Entries are honoured at ingest (dropped and counted per kind) and `forget` removes documents
+already ingested, logging what it removed and which checkpoints saw them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import hashlib
+import io
+import json
+import os
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from homegrown.errors import HomegrownError
+
+MANIFEST_NAME = "manifest.jsonl.gz"
+FORGET_LOG = "forget_log.jsonl"
+SPLITS = ("train", "val")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class AtomicJsonlGz:
+    """A gzip JSONL file written under a temporary name and moved into place only by `commit`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self._raw = self.tmp.open("wb")
+        # mtime=0 and no file name in the header: the same records give the same bytes
+        self._gz = gzip.GzipFile(filename="", mode="wb", fileobj=self._raw, compresslevel=6, mtime=0)
+        self._text = io.TextIOWrapper(self._gz, encoding="utf-8", newline="\n")
+
+    def write(self, record: dict) -> None:
+        self._text.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def close(self) -> None:
+        """Finish the temporary file (gzip trailer) without moving it into place."""
+        if not self._raw.closed:
+            self._text.close()  # also closes the GzipFile, which writes the trailer
+            self._raw.close()
+
+    def commit(self) -> None:
+        self.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        self.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(path: Path, obj: dict) -> None:
+    """Write JSON to a temporary name, then rename: a reader sees the old file or the new one, never half."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: shards may share a directory
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def file_digest(path: Path) -> dict[str, int | str]:
+    """Size and sha256 of a file, as recorded in MANIFEST.json."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return {"bytes": path.stat().st_size, "sha256": h.hexdigest()}
+
+
+def text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def doc_id(source: str, sha256: str) -> str:
+    """A stable id from the URL and the content hash: the same page with the same text keeps its id."""
+    return hashlib.sha256(f"{source}\n{sha256}".encode()).hexdigest()[:16]
+
+
+def iter_jsonl_gz(path: Path) -> Iterator[dict]:
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
+
+
+# ---- opt-out ----
+
+
+@dataclass
+class OptOut:
+    """Domains, URL prefixes and content hashes whose documents must not be in the corpus."""
+
+    domains: set[str] = field(default_factory=set)
+    prefixes: list[str] = field(default_factory=list)
+    hashes: set[str] = field(default_factory=set)
+    sha256: str = ""
+    """Of the list file, recorded in MANIFEST.json so a corpus says which list it honoured."""
+
+    @classmethod
+    def load(cls, path: Path | str | None) -> OptOut:
+        """Parse the list (format in the module docstring); no path → an empty list."""
+        if not path:
+            return cls()
+        path = Path(path)
+        if not path.is_file():
+            raise HomegrownError(f"opt-out list {path} does not exist; pass an existing file or leave it out")
+        raw = path.read_bytes()
+        out = cls(sha256=hashlib.sha256(raw).hexdigest())
+        for lineno, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), 1):
+            entry = line.split("#", 1)[0].strip()
+            if not entry:
+                continue
+            kind, sep, value = entry.partition(":")
+            if sep and kind.strip().lower() in ("domain", "prefix", "sha256"):
+                kind, value = kind.strip().lower(), value.strip()
+            else:
+                value = entry
+                kind = "sha256" if _HEX64.match(entry.lower()) else "prefix" if "://" in entry else "domain"
+            if not value:
+                raise HomegrownError(f"{path}:{lineno}: empty {kind} entry; write e.g. `domain: example.com`")
+            if kind == "sha256":
+                if not _HEX64.match(value.lower()):
+                    raise HomegrownError(f"{path}:{lineno}: {value!r} is not a sha256 (64 hex digits)")
+                out.hashes.add(value.lower())
+            elif kind == "prefix":
+                out.prefixes.append(value)
+            else:
+                out.domains.add(value.lower().lstrip(".").rstrip("/"))
+        return out
+
+    def __len__(self) -> int:
+        return len(self.domains) + len(self.prefixes) + len(self.hashes)
+
+    def match(self, url: str, hashes: Iterable[str] = ()) -> str | None:
+        """`opt_out_domain` / `opt_out_prefix` / `opt_out_hash` when the document is opted out, else None."""
+        if self.domains:
+            host = (urlsplit(url).hostname or "").lower()
+            parts = host.split(".")
+            if any(".".join(parts[i:]) in self.domains for i in range(len(parts))):
+                return "opt_out_domain"
+        if any(url.startswith(p) for p in self.prefixes):
+            return "opt_out_prefix"
+        if any(h in self.hashes for h in hashes):
+            return "opt_out_hash"
+        return None
+
+
+# ---- reading a corpus with its manifest ----
+
+
+def corpus_dir_of(run: Path) -> Path:
+    """`RUN/corpus` for a run directory, or `run` itself when it is a corpus directory."""
+    run = Path(run)
+    if (run / "corpus" / "MANIFEST.json").is_file():
+        return run / "corpus"
+    if (run / "MANIFEST.json").is_file():
+        return run
+    raise HomegrownError(f"{run} holds no corpus (no MANIFEST.json in it or in {run}/corpus); ingest one first")
+
+
+def _row_from_record(record: dict, split: str) -> dict:
+    """A manifest row for a corpus built before manifests existed (e.g. a copy of an old sample)."""
+    return {
+        "id": doc_id(record["source"], record["sha256"]),
+        "source": record["source"],
+        "name": urlsplit(record["source"]).hostname or "unknown",
+        "licence": record.get("licence") or "unknown",
+        "language": "unknown",
+        "sha256": record["sha256"],
+        "chars": len(record["text"]),
+        "split": split,
+    }
+
+
+def iter_documents(corpus_dir: Path) -> Iterator[tuple[dict, dict]]:
+    """(corpus record, manifest row) for every document, train then val within manifest order.
+
+    The manifest and the splits are written in the same order, so they are zipped, not joined through
+    an in-memory index; a hash mismatch means the files were edited apart and is reported.
+    """
+    from homegrown.data.sources import iter_corpus
+
+    manifest = corpus_dir / MANIFEST_NAME
+    if not manifest.is_file():
+        for split in SPLITS:
+            for record in iter_corpus(corpus_dir, split):
+                yield record, _row_from_record(record, split)
+        return
+    records = {split: iter_corpus(corpus_dir, split) for split in SPLITS}
+    for row in iter_jsonl_gz(manifest):
+        record = next(records[row["split"]], None)
+        if record is None or record["sha256"] != row["sha256"]:
+            raise HomegrownError(f"{manifest} does not match the corpus splits next to it; re-run the ingest")
+        yield record, row
+
+
+# ---- audit ----
+
+
+@dataclass
+class Audit:
+    """Share of the corpus by source name, licence and language, in tokens (or characters without a tokenizer)."""
+
+    unit: str
+    total: int
+    documents: int
+    by: dict[str, dict[str, int]]
+
+    def shares(self, key: str) -> list[tuple[str, int, float]]:
+        """(value, amount, share) for one breakdown, largest first."""
+        items = sorted(self.by[key].items(), key=lambda kv: (-kv[1], kv[0]))
+        return [(k, v, v / self.total if self.total else 0.0) for k, v in items]
+
+
+def audit(run: Path) -> Audit:
+    """Count the corpus of `run` (a run directory or a corpus directory) by source, licence and language.
+
+    Tokens are counted with `RUN/tokenizer.json` when there is one, so the shares are what training sees.
+    """
+    corpus = corpus_dir_of(run)
+    tok_path = corpus.parent / "tokenizer.json" if corpus != Path(run) else Path(run) / "tokenizer.json"
+    tok = None
+    if tok_path.is_file():
+        from homegrown.tokenizer import load_tokenizer
+
+        tok = load_tokenizer(tok_path)
+    by: dict[str, dict[str, int]] = {"source": {}, "licence": {}, "language": {}}
+    total = docs = 0
+    batch: list[tuple[str, dict]] = []
+
+    def flush() -> None:
+        nonlocal total, docs
+        if tok is not None:
+            sizes = [len(e.ids) for e in tok.encode_batch([t for t, _ in batch], add_special_tokens=False)]
+        else:
+            sizes = [len(t) for t, _ in batch]
+        for size, (_, row) in zip(sizes, batch, strict=True):
+            for key, value in (("source", row["name"]), ("licence", row["licence"]), ("language", row["language"])):
+                by[key][value] = by[key].get(value, 0) + size
+            total += size
+            docs += 1
+        batch.clear()
+
+    for record, row in iter_documents(corpus):
+        batch.append((record["text"], row))
+        if len(batch) >= 256:
+            flush()
+    flush()
+    return Audit("tokens" if tok is not None else "characters", total, docs, by)
+
+
+def audit_chart(report: Audit, path: Path) -> Path:
+    """A PNG with one horizontal bar chart per breakdown (source, licence, language), shares in percent."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = list(report.by)
+    fig, axes = plt.subplots(len(keys), 1, figsize=(8, 2 + 1.2 * sum(min(len(report.by[k]), 12) for k in keys) / 2))
+    for ax, key in zip(axes, keys, strict=True):
+        rows = report.shares(key)[:12][::-1]
+        ax.barh([r[0][:40] for r in rows], [100 * r[2] for r in rows], color="#4477aa")
+        ax.set_title(f"{report.unit} share by {key}")
+        ax.set_xlim(0, 100)
+        ax.set_xlabel("%")
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+# ---- forget ----
+
+
+@dataclass
+class ForgetResult:
+    """What `forget` removed and which checkpoints were trained on shards that contained it."""
+
+    removed: list[dict]
+    checkpoints: list[Path]
+    shards_repacked: bool
+    tokenizer_trained_on_it: bool
+
+
+def _checkpoints_after(run: Path, since: float) -> list[Path]:
+    """Every model under the run (ckpt/step_N, sft/, distill/, exports) whose weights were written since `since`.
+
+    All of them descend from training on the run's shards, so all of them saw what the shards held.
+    """
+    return [w.parent for w in sorted(run.glob("**/model.safetensors"))
+            if not any(part.startswith(".") for part in w.relative_to(run).parts) and w.stat().st_mtime >= since]
+
+
+def forget(run: Path, urls: Iterable[str] = (), hashes: Iterable[str] = (), ids: Iterable[str] = ()) -> ForgetResult:
+    """Remove documents (by exact URL, content sha256 or manifest id) from `run`'s corpus and shards.
+
+    The splits and the manifest are rewritten under temporary names and renamed together, MANIFEST.json
+    last. Packed shards are rebuilt from the new corpus with the run's tokenizer (and mixture). Every
+    checkpoint written after the shards were first packed (`packed_since` in the shard index survives
+    re-packs by forget) was trained on data that held the document: they are listed and logged in
+    ``forget_log.jsonl`` so a team knows what to retrain.
+    """
+    urls, hashes, ids = set(urls), {h.lower() for h in hashes}, set(ids)
+    if not (urls or hashes or ids):
+        raise HomegrownError("say what to forget: --url URL, --hash SHA256 or --id ID (repeatable)")
+    run = Path(run)
+    corpus = corpus_dir_of(run)
+    is_run = corpus != run
+    removed: list[dict] = []
+    writers = {split: AtomicJsonlGz(corpus / f"{split}.jsonl.gz") for split in SPLITS}
+    had_manifest = (corpus / MANIFEST_NAME).is_file()
+    manifest = AtomicJsonlGz(corpus / MANIFEST_NAME)
+    counts = {split: [0, 0] for split in SPLITS}  # pages, text bytes
+    try:
+        for record, row in iter_documents(corpus):
+            if row["source"] in urls or row["sha256"] in hashes or row["id"] in ids:
+                removed.append({k: row[k] for k in ("id", "source", "sha256", "split")})
+                continue
+            writers[row["split"]].write(record)
+            manifest.write(row)
+            counts[row["split"]][0] += 1
+            counts[row["split"]][1] += len(record["text"].encode("utf-8"))
+        if not removed:
+            raise HomegrownError("no document matches; check the URL, hash or id with `homegrown data audit`")
+        for w in writers.values():
+            w.close()
+        manifest.close()
+    except BaseException:
+        for w in [*writers.values(), manifest]:
+            w.abort()
+        raise
+    meta_path = corpus / "MANIFEST.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.unlink()  # the corpus is incomplete until MANIFEST.json is rewritten
+    for w in writers.values():
+        w.commit()
+    if had_manifest:
+        manifest.commit()
+    else:
+        manifest.abort()
+    for split in SPLITS:
+        meta[f"{split}_pages"], meta[f"{split}_text_bytes"] = counts[split]
+    meta["kept"] = counts["train"][0] + counts["val"][0]
+    meta["forgotten"] = meta.get("forgotten", 0) + len(removed)
+    names = [f"{s}.jsonl.gz" for s in SPLITS] + ([MANIFEST_NAME] if had_manifest else [])
+    meta["files"] = {name: file_digest(corpus / name) for name in names}
+    write_json_atomic(meta_path, meta)
+
+    checkpoints: list[Path] = []
+    repacked = tokenizer_used = False
+    if is_run:
+        index = run / "shards" / "index.json"
+        packed = json.loads(index.read_text()) if index.is_file() else {}
+        # shards re-packed by an earlier forget still descend from the first pack, which held this document
+        since = packed.get("packed_since", index.stat().st_mtime if index.is_file() else 0.0)
+        checkpoints = _checkpoints_after(run, since)
+        tokenizer_used = (run / "tokenizer.json").is_file()
+        if packed and tokenizer_used:
+            from homegrown.data.mixture import pack_corpus
+
+            mixture = packed.get("mixture") or {}
+            pack_corpus(corpus, run / "tokenizer.json", run / "shards", mixture=mixture.get("spec", ""),
+                        max_repeat=mixture.get("max_repeat", 1.0), packed_since=since)
+            repacked = True
+    entry = {
+        "time": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "request": {"urls": sorted(urls), "hashes": sorted(hashes), "ids": sorted(ids)},
+        "removed": removed,
+        "shards_repacked": repacked,
+        "checkpoints_trained_on_it": [str(p.relative_to(run)) for p in checkpoints],
+        "tokenizer_trained_on_it": tokenizer_used,
+    }
+    log = corpus / FORGET_LOG
+    old = log.read_text(encoding="utf-8") if log.is_file() else ""
+    tmp = log.with_name(log.name + ".tmp")
+    tmp.write_text(old + json.dumps(entry, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, log)
+    return ForgetResult(removed, checkpoints, repacked, tokenizer_used)

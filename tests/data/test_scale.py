@@ -1,0 +1,113 @@
+"""Scale-out: worker count and sharding never change the corpus, and a killed ingest resumes to the same bytes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from crawl_kit import html_page, sample_docs, warc_bytes, write_site
+
+from homegrown.config import IngestConfig
+from homegrown.data.ingest import PARTS, SourceSpec, ingest, ingest_parts, merge, parse_shard
+from homegrown.errors import HomegrownError
+
+OUTPUTS = ("train.jsonl.gz", "val.jsonl.gz", "manifest.jsonl.gz", "MANIFEST.json")
+PREFIX = "https://example.org/"
+
+
+def _crawl(root: Path, n: int = 6) -> list[SourceSpec]:
+    """HTML pages and a WARC whose pages repeat and nearly repeat pages of the other files (cross-file dedup)."""
+    docs = sample_docs(n)
+    write_site(root / "site", docs)
+    (root / "site" / "zz_copy.html").write_text(html_page(docs[1]["title"], docs[1]["text"]))
+    repeats = [docs[3], {"title": "Near", "text": docs[5]["text"] + "\nOne more line."}, *sample_docs(2, offset=n)]
+    (root / "crawl.warc.gz").write_bytes(warc_bytes(repeats))
+    return [SourceSpec(path=root / "site", licence="CC0-1.0", url_prefix=PREFIX),
+            SourceSpec(path=root / "crawl.warc.gz", licence="CC-BY-4.0", name="web")]
+
+
+def _same(a: Path, b: Path) -> None:
+    for name in OUTPUTS:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def test_workers_and_shards_give_identical_corpora(tmp_path: Path) -> None:
+    specs = _crawl(tmp_path / "in")
+    one = ingest(specs, tmp_path / "w1", cfg=IngestConfig(workers=1, keep_parts=True), progress=False)
+    assert one.rejected.get("duplicate_exact") == 2 and one.rejected.get("duplicate_near") == 1
+    # kept parts re-merge without reading the crawl again, e.g. with a new opt-out list
+    (tmp_path / "opt-out.txt").write_text(f"prefix: {PREFIX}page0000.html\n")
+    again = merge(tmp_path / "w1", opt_out=tmp_path / "opt-out.txt", progress=False)
+    assert again.rejected["opt_out_prefix"] == 1 and again.kept == one.kept - 1
+    merge(tmp_path / "w1", progress=False)
+    ingest(specs, tmp_path / "w2", cfg=IngestConfig(workers=2), progress=False)
+    _same(tmp_path / "w1", tmp_path / "w2")
+
+    # two "machines" with their own parts/ directories, merged on a third
+    for i in range(2):
+        ingest_parts(specs, tmp_path / f"node{i}", shard=(i, 2), progress=False)
+    with pytest.raises(HomegrownError, match="4 of 8"):
+        merge(tmp_path / "node0", progress=False)
+    merge(tmp_path / "node0", extra_parts=[tmp_path / "node1" / PARTS], progress=False)
+    _same(tmp_path / "w1", tmp_path / "node0")
+
+
+def test_shard_spec_is_checked() -> None:
+    assert parse_shard("3/4") == (3, 4)
+    for bad in ("4/4", "-1/2", "1", "a/b", "0/0"):
+        with pytest.raises(HomegrownError, match="i/n"):
+            parse_shard(bad)
+
+
+def test_shard_refuses_parts_of_another_ingest(tmp_path: Path) -> None:
+    specs = _crawl(tmp_path / "in")
+    ingest_parts(specs, tmp_path / "out", shard=(0, 2), progress=False)
+    with pytest.raises(HomegrownError, match="different ingest"):
+        ingest_parts(specs[:1], tmp_path / "out", shard=(1, 2), progress=False)
+
+
+def test_killed_ingest_resumes_to_the_same_output(tmp_path: Path) -> None:
+    docs = sample_docs(24, max_chars=1200)
+    write_site(tmp_path / "site", docs)
+    spec = SourceSpec(path=tmp_path / "site", licence="CC0-1.0", url_prefix=PREFIX)
+    ingest([spec], tmp_path / "reference", progress=False)
+
+    exe = Path(sys.executable).with_name("homegrown")
+    cmd = [str(exe), "data", "ingest", str(tmp_path / "site"), "--out", str(tmp_path / "out"),
+           "--licence", "CC0-1.0", "--url-prefix", PREFIX, "--no-progress", "--keep-parts"]
+    parts = tmp_path / "out" / PARTS
+    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(list(parts.glob("*-*.json"))) < 3 and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(child.pid, signal.SIGKILL)
+    assert child.wait() == -signal.SIGKILL
+    done = {p: p.stat().st_mtime_ns for p in parts.glob("*-*.json")}
+    assert 3 <= len(done) < len(docs), "the kill must land mid-run"
+    assert not (tmp_path / "out" / "MANIFEST.json").exists()
+
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert f"{len(done)} of {len(docs)} files already done" in result.stderr
+    assert all(p.stat().st_mtime_ns == t for p, t in done.items()), "finished parts were not redone"
+    _same(tmp_path / "reference", tmp_path / "out")
+    assert not list((tmp_path / "out").glob("*.tmp")) and not list(parts.glob("*.tmp"))
+
+
+def test_cli_shards_then_merge(tmp_path: Path, cli) -> None:
+    write_site(tmp_path / "site", sample_docs(3))
+    spec = SourceSpec(path=tmp_path / "site", licence="CC0-1.0", url_prefix=PREFIX)
+    ingest([spec], tmp_path / "reference", progress=False)
+    common = ["--out", str(tmp_path / "out"), "--licence", "CC0-1.0", "--url-prefix", PREFIX, "--no-progress"]
+    for shard in ("0/2", "1/2"):
+        result = cli("data", "ingest", str(tmp_path / "site"), "--shard", shard, *common)
+        assert result.returncode == 0 and "homegrown data merge" in result.stderr, result.stderr
+        assert not (tmp_path / "out" / "MANIFEST.json").exists()
+    merged = cli("data", "merge", str(tmp_path / "out"), "--no-progress")
+    assert merged.returncode == 0 and "kept 3 of 3" in merged.stderr, merged.stderr
+    _same(tmp_path / "reference", tmp_path / "out")
