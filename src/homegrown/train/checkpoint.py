@@ -57,7 +57,14 @@ def save_checkpoint(ckpt_root: Path, step: int, model: Transformer, tokenizer_pa
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_file(weights_state_dict(model), str(tmp / WEIGHTS), metadata={"format": "pt", "step": str(step)})
-    (tmp / CONFIG).write_text(json.dumps(asdict(model.cfg), indent=2))
+    _finish(tmp, final, model.cfg, tokenizer_path, trainer_state, extra, keep)
+    return final
+
+
+def _finish(tmp: Path, final: Path, cfg: ModelConfig, tokenizer_path: Path, trainer_state: dict[str, Any] | None,
+            extra: dict[str, Any] | None, keep: int) -> None:
+    """Add what serving and resume need beside the weights, then rename into place and prune old ones."""
+    (tmp / CONFIG).write_text(json.dumps(asdict(cfg), indent=2))
     shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
     if extra:
         (tmp / "train_info.json").write_text(json.dumps(extra, indent=2))
@@ -67,9 +74,8 @@ def save_checkpoint(ckpt_root: Path, step: int, model: Transformer, tokenizer_pa
         shutil.rmtree(final)
     os.rename(tmp, final)
     if keep > 0:
-        for old in list_checkpoints(ckpt_root)[:-keep]:
+        for old in list_checkpoints(final.parent)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 @contextlib.contextmanager
@@ -118,17 +124,7 @@ def save_training_checkpoint(ckpt_root: Path, step: int, model: torch.nn.Module,
     if env.is_main:
         if weights is not None:
             save_file(weights, str(tmp / WEIGHTS), metadata={"format": "pt", "step": str(step)})
-        (tmp / CONFIG).write_text(json.dumps(asdict(model.cfg), indent=2))
-        shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
-        if extra:
-            (tmp / "train_info.json").write_text(json.dumps(extra, indent=2))
-        torch.save({**trainer_state, "world_size": env.world_size}, tmp / TRAINER_STATE)
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        if keep > 0:
-            for old in list_checkpoints(ckpt_root)[:-keep]:
-                shutil.rmtree(old, ignore_errors=True)
+        _finish(tmp, final, model.cfg, tokenizer_path, {**trainer_state, "world_size": env.world_size}, extra, keep)
     distributed.barrier(env)
     return final
 
