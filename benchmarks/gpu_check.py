@@ -6,7 +6,8 @@ a 1-rank FSDP2 job on NCCL, then a ~1B model — tokens/s and MFU against the ca
 
 Every configuration is a separate process running the CLI (torchrun for FSDP2), so what is measured is what
 a user runs. MFU = model FLOPs/s (6·N + attention per token, model.flops_per_token) / peak, where peak is an
-8192³ bf16 matmul measured here in the same run (and the card's datasheet dense figure is printed beside it).
+8192³ bf16 matmul measured here in the same run — the best of repeated products, the peak
+`homegrown plan --measure` uses — with the card's datasheet dense figure printed beside it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from homegrown.plan import GPUS
+from homegrown.plan import GPUS, measure_matmul_tflops
 
 CONFIGS = [
     # name, preset, launcher ranks (0 = plain process), extra overrides
@@ -36,21 +37,6 @@ CONFIGS = [
                                                             "train.activation_checkpointing=true"]),
     ("1B FSDP2 1-rank eager + act. ckpt", "llama-1b", 1, ["train.activation_checkpointing=true"]),
 ]
-
-
-def matmul_peak(device: torch.device, n: int, dtype: torch.dtype) -> float:
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    reps = 10 if device.type == "cuda" else 2
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return 2 * n**3 * reps / (time.perf_counter() - t0)
 
 
 def run_one(name: str, preset: str, ranks: int, extra: list[str], data: Path, out: Path, smoke: bool) -> dict:
@@ -106,7 +92,7 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     card = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
     n = 512 if args.smoke else 8192
-    peak = matmul_peak(device, n, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    peak = measure_matmul_tflops(device, torch.bfloat16 if device.type == "cuda" else torch.float32, n) * 1e12
     sheet = next((g.peak_tflops * 1e12 for k, g in sorted(GPUS.items(), key=lambda kv: -len(kv[0]))
                   if k.split("-")[0] in card), None)
     report = {"card": card, "torch": torch.__version__, "measured_peak_flops": peak, "datasheet_bf16": sheet,

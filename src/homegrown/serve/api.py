@@ -160,6 +160,20 @@ def _completion_logprobs(engine: Engine, lps: list[TokenLogprob], offset: int) -
             "text_offset": offsets}
 
 
+def _chunk_maker(rid: str, obj: str, created: int, model_name: str,
+                 include_usage: bool) -> Callable[..., dict[str, Any]]:
+    """One streamed chunk's envelope; chat and text completions differ only in `object`."""
+
+    def chunk(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> dict[str, Any]:
+        body = {"id": rid, "object": obj, "created": created, "model": model_name, "system_fingerprint": None,
+                "choices": choices}
+        if include_usage:
+            body["usage"] = usage
+        return body
+
+    return chunk
+
+
 def _sse(data: dict[str, Any] | str) -> bytes:
     body = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"), ensure_ascii=False)
     return f"data: {body}\n\n".encode()
@@ -325,12 +339,7 @@ def create_app(load_engine: Callable[[], Engine], *, api_key: str | None, model_
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
         if req.stream:
-            def chunk(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> dict[str, Any]:
-                body = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model_name,
-                        "system_fingerprint": None, "choices": choices}
-                if include_usage:
-                    body["usage"] = usage
-                return body
+            chunk = _chunk_maker(rid, "chat.completion.chunk", created, model_name, include_usage)
 
             def choice(index: int, delta: Delta) -> dict[str, Any]:
                 lp = _chat_logprobs(engine, delta.logprobs) if req.logprobs else None
@@ -375,12 +384,7 @@ def create_app(load_engine: Callable[[], Engine], *, api_key: str | None, model_
         if req.stream:
             offsets = [len(echo_texts[i // req.n]) if req.echo else 0 for i in range(len(seqs))]
 
-            def chunk(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> dict[str, Any]:
-                body = {"id": rid, "object": "text_completion", "created": created, "model": model_name,
-                        "system_fingerprint": None, "choices": choices}
-                if include_usage:
-                    body["usage"] = usage
-                return body
+            chunk = _chunk_maker(rid, "text_completion", created, model_name, include_usage)
 
             def choice(index: int, delta: Delta) -> dict[str, Any]:
                 lp = _completion_logprobs(engine, delta.logprobs, offsets[index]) if want_lp else None
