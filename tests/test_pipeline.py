@@ -21,7 +21,11 @@ def test_run_on_a_user_source_directory(tmp_path):
         (src / f"page{i}.html").write_text(PAGE.format(t=f"Page {i}", body=body))
     preset = apply_overrides(get_preset("tiny"), [f"data.source={src}", "data.source_licence=CC0-1.0",
                                                   "train.max_steps=6", "train.eval_every=6", "train.threads=1",
-                                                  "data.source_glob=*.html", "sft.max_steps=4", "sft.eval_every=4"])
+                                                  "data.source_glob=*.html", "sft.max_steps=4", "sft.eval_every=4",
+                                                  # which pages are train depends on tmp_path (split by URL
+                                                  # hash): a 128-token context fits a derived conversation
+                                                  # whichever they are; 64 sometimes fitted none
+                                                  "model.max_seq_len=128", "train.seq_len=128"])
     summary = run(preset, tmp_path / "run", samples=1, progress=False)
     with gzip.open(tmp_path / "run" / "corpus" / "train.jsonl.gz", "rt") as f:
         records = [json.loads(line) for line in f]
