@@ -2,7 +2,8 @@ import gzip
 import itertools
 import json
 
-from homegrown.config import apply_overrides, get_preset
+from homegrown.config import IngestConfig, apply_overrides, get_preset
+from homegrown.data.ingest import split_of
 from homegrown.data.sources import iter_corpus
 from homegrown.pipeline import SAMPLE_DIR, run
 
@@ -17,8 +18,18 @@ def _real_texts(n):
 def test_run_on_a_user_source_directory(tmp_path):
     src = tmp_path / "site"
     src.mkdir()
-    for i, body in enumerate(_real_texts(40)):
-        (src / f"page{i}.html").write_text(PAGE.format(t=f"Page {i}", body=body))
+    # The train/val split hashes each page's URL, which holds tmp_path; pick file names so that 4 pages are
+    # held out wherever pytest puts the directory (3 of these texts fail quality rules, so val is never empty).
+    names, held_out = [], 0
+    for j in itertools.count():
+        split = split_of(f"{src.resolve().as_uri()}/page{j}.html", IngestConfig().holdout_fraction)
+        if (split == "val" and held_out < 4) or (split == "train" and len(names) - held_out < 36):
+            names.append(f"page{j}.html")
+            held_out += split == "val"
+        if len(names) == 40:
+            break
+    for name, body in zip(names, _real_texts(40), strict=True):
+        (src / name).write_text(PAGE.format(t=f"Page {name[4:-5]}", body=body))
     preset = apply_overrides(get_preset("tiny"), [f"data.source={src}", "data.source_licence=CC0-1.0",
                                                   "train.max_steps=6", "train.eval_every=6", "train.threads=1",
                                                   "data.source_glob=*.html", "sft.max_steps=4", "sft.eval_every=4",
