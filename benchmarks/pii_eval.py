@@ -22,8 +22,8 @@ from homegrown.data.pii import KINDS, evaluate, find
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _table(title: str, cases: list[dict]) -> None:
-    scores, mistakes = evaluate(cases)
+def _table(title: str, cases: list[dict], private_ips: bool = False) -> None:
+    scores, mistakes = evaluate(cases, private_ips=private_ips)
     print(f"\n{title} ({len(cases)} cases)")
     print(f"{'kind':12} {'tp':>4} {'fp':>4} {'fn':>4} {'precision':>10} {'recall':>8}")
     for kind, s in scores.items():
@@ -60,7 +60,8 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=5)
     args = parser.parse_args()
     cases = [json.loads(line) for line in args.cases.read_text(encoding="utf-8").splitlines() if line.strip()]
-    _table("all labelled cases", cases)
+    _table("all labelled cases (default: only globally reachable IPs replaced)", cases)
+    _table("all labelled cases, private_ips=True (every IP address replaced)", cases, private_ips=True)
     _table("held-out cases only", [c for c in cases if c.get("split") == "heldout"])
     _corpus(args.corpus, args.examples)
 

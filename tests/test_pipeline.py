@@ -46,6 +46,21 @@ def test_run_on_a_user_source_directory(tmp_path):
     assert summary.report == tmp_path / "run" / "report.md" and "run/sft" in summary.report.read_text()
 
 
+def test_run_skips_sft_when_no_conversation_fits_the_context(tmp_path):
+    src = tmp_path / "site"
+    src.mkdir()
+    for j, body in enumerate(_real_texts(12)):
+        (src / f"p{j}.html").write_text(PAGE.format(t=f"Page {j}", body=body))
+    # 16 tokens hold no question with its whole answer; a small site still gets a val page (ingest's split rule)
+    preset = apply_overrides(get_preset("tiny"), [f"data.source={src}", "data.source_glob=*.html", "train.max_steps=2",
+                                                  "train.eval_every=2", "train.threads=1", "model.max_seq_len=16",
+                                                  "train.seq_len=16", "sft.max_steps=2", "eval.max_items=2"])
+    summary = run(preset, tmp_path / "run", samples=0, progress=False)
+    assert summary.checkpoint == summary.base_checkpoint == tmp_path / "run" / "ckpt" / "step_2"
+    assert not (tmp_path / "run" / "sft" / "ckpt").exists() and summary.report.exists()
+    assert json.loads((tmp_path / "run" / "corpus" / "MANIFEST.json").read_text())["val_pages"] >= 1
+
+
 def test_data_ingest_cli(cli, tmp_path):
     src = tmp_path / "site"
     src.mkdir()

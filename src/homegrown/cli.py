@@ -132,6 +132,10 @@ def data_ingest(
     extractor: Annotated[str, typer.Option(help="HTML extractor: trafilatura or resiliparse.")] =
         DataConfig.extractor,
     keep_parts: Annotated[bool, typer.Option(help="Keep OUT/parts/ to re-merge later.")] = IngestConfig.keep_parts,
+    pii_kinds: Annotated[str, typer.Option(help="PII kinds to replace, comma-separated; '' = none.")] =
+        IngestConfig.pii_kinds,
+    pii_private_ips: Annotated[bool, typer.Option(help="Also replace private and documentation IP addresses.")] =
+        IngestConfig.pii_private_ips,
     no_progress: Annotated[bool, typer.Option(help="Plain log lines even on a terminal.")] = False,
 ) -> None:
     """Crawl → extract → language → quality rules → PII scrub → exact+near dedup → corpus with a manifest."""
@@ -140,7 +144,8 @@ def data_ingest(
     specs = sources_from(sources or [], sources_file, licence=licence, url_prefix=url_prefix, glob=glob,
                          exclude=exclude or [], name=name, text_field=text_field)
     cfg = IngestConfig(workers=workers, holdout_fraction=holdout, languages=language or [],
-                       near_dedup_threshold=near_threshold, keep_parts=keep_parts)
+                       near_dedup_threshold=near_threshold, keep_parts=keep_parts, pii_kinds=pii_kinds,
+                       pii_private_ips=pii_private_ips)
     if shard:
         done = ingest_parts(specs, out, cfg, shard=parse_shard(shard), extractor=extractor, progress=not no_progress)
         console.print(f"shard {shard}: {done} files processed into {out / 'parts'}; when every shard is done: "

@@ -122,8 +122,6 @@ class DataConfig:
     extractor: str = "resiliparse"
     """HTML → text: "resiliparse" or "trafilatura". On the bundled HTML resiliparse is 5.4× faster with the
     same words and more code and headings kept (benchmarks/extract_compare.py, homegrown.data.extract)."""
-    pii_kinds: str = "EMAIL,PHONE,IP_ADDRESS,CREDIT_CARD,SECRET"
-    """Comma-separated kinds homegrown.data.pii.scrub replaces; empty = no scrubbing."""
     mixture: str = ""
     """Target token shares of named sources in the train shards, e.g. `web=0.6,licensed=0.3,synthetic=0.1`
     (homegrown.data.mixture); empty = every document once."""
@@ -198,6 +196,11 @@ class IngestConfig:
     """Longer documents (raw HTML or text) are cut to this many bytes before extraction, and counted."""
     languages: list[str] = field(default_factory=list)
     """ISO 639-1 codes to keep (e.g. ["en"]); empty keeps every language."""
+    pii_kinds: str = "EMAIL,PHONE,IP_ADDRESS,CREDIT_CARD,SECRET"
+    """Comma-separated kinds homegrown.data.pii.scrub replaces; empty = no scrubbing."""
+    pii_private_ips: bool = False
+    """Also replace private, link-local and documentation IP addresses (10.0.0.5, 203.0.113.9): they reach
+    no one's machine from the internet and technical text is full of them (as datatrove's default)."""
     keep_parts: bool = False
     """Keep OUT/parts/ after a whole-crawl ingest (to re-merge with another opt-out list or threshold)."""
     filters: FilterConfig = field(default_factory=FilterConfig)

@@ -140,10 +140,11 @@ def prepare_sft(preset: Preset, run_dir: Path, base: Path, progress: bool = True
 
     Both parts are skipped when complete: the data has its MANIFEST.json marker, and the training loop
     resumes (or returns at once) from run_dir/sft/ckpt. None (no SFT) when `sft.max_steps` is 0 or the
-    corpus yields no question/answer pairs (a corpus without documented APIs, headings or page titles).
+    corpus yields no question/answer pairs (a corpus without documented APIs, headings or page titles), or
+    none of them fits the model's context.
     """
     from homegrown.posttrain.docqa import build_docqa
-    from homegrown.posttrain.sft import sft
+    from homegrown.posttrain.sft import NoChatFits, sft
 
     if preset.sft.max_steps <= 0:
         return None
@@ -153,8 +154,12 @@ def prepare_sft(preset: Preset, run_dir: Path, base: Path, progress: bool = True
         console.print("no chat data could be derived from this corpus; skipping SFT (the base model is final; "
                       "give `homegrown sft` a chat JSONL, e.g. from `homegrown data synth`)")
         return None
-    return sft(base, data / "train.jsonl", run_dir, preset.sft, preset.train,
-               val=data / "val.jsonl" if counts["val"] else None, progress=progress)
+    try:
+        return sft(base, data / "train.jsonl", run_dir, preset.sft, preset.train,
+                   val=data / "val.jsonl" if counts["val"] else None, progress=progress)
+    except NoChatFits as err:  # a short context: the pretrained model is still worth its report
+        console.print(f"skipping SFT, the base model is final: {err}")
+        return None
 
 
 def chat_samples(checkpoint: Path, data: Path, n: int) -> list[tuple[str, str]]:

@@ -14,7 +14,7 @@ from homegrown.config import IngestConfig
 from homegrown.data.dedup import ExactDedup
 from homegrown.data.extract import extract_html
 from homegrown.data.filters import QualityFilter
-from homegrown.data.ingest import SourceSpec, ingest, main, split_of
+from homegrown.data.ingest import SourceSpec, ingest, main, split_bucket, split_of
 from homegrown.data.provenance import MANIFEST_NAME, doc_id, iter_jsonl_gz
 from homegrown.data.sources import iter_corpus, iter_jsonl
 from homegrown.errors import HomegrownError
@@ -271,3 +271,26 @@ def test_shipped_sample_is_well_formed() -> None:
     assert sources["val"], "the held-out split must not be empty"
     assert not sources["train"] & sources["val"]
     assert sum(f["bytes"] for f in manifest["files"].values()) <= 6_000_000
+
+
+def test_a_small_crawl_still_gets_one_held_out_page(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    write_site(site, sample_docs(6))
+    prefix = "https://small0.example/"
+    urls = [prefix + f"page{i:04d}.html" for i in range(6)]
+    assert not any(split_of(u, 0.05) == "val" for u in urls)  # the plain rule would hold out nothing
+    stats = ingest([SourceSpec(path=site, licence="CC0-1.0", url_prefix=prefix)], tmp_path / "out", progress=False)
+    nearest = min(urls, key=split_bucket)
+    val, train = (_records(tmp_path / "out" / f"{s}.jsonl.gz") for s in ("val", "train"))
+    assert [r["source"] for r in val] == [nearest] and len(train) == 5
+    assert (stats.train_pages, stats.val_pages) == (5, 1)
+    assert stats.val_text_bytes == len(val[0]["text"].encode("utf-8"))
+    rows = {r["source"]: r["split"] for r in iter_jsonl_gz(tmp_path / "out" / MANIFEST_NAME)}
+    assert rows == {u: "val" if u == nearest else "train" for u in urls}
+    meta = json.loads((tmp_path / "out" / "MANIFEST.json").read_text())
+    assert meta["val_pages"] == 1 and "lowest" in meta["split_rule"]
+    assert not list((tmp_path / "out").glob("*.tmp*"))
+    # with holdout 0 nothing is held out, as asked
+    none = ingest([SourceSpec(path=site, licence="CC0-1.0", url_prefix=prefix)], tmp_path / "out0",
+                  holdout_fraction=0.0, progress=False)
+    assert none.val_pages == 0

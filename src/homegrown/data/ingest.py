@@ -43,7 +43,7 @@ from homegrown.config import DataConfig, IngestConfig
 from homegrown.data.dedup import ExactDedup
 from homegrown.data.extract import EXTRACTOR_OPTIONS, extract_html, identify_language
 from homegrown.data.filters import QualityFilter
-from homegrown.data.pii import scrub
+from homegrown.data.pii import find, scrub
 from homegrown.data.provenance import (
     MANIFEST_NAME,
     AtomicJsonlGz,
@@ -64,16 +64,21 @@ log = logging.getLogger(__name__)
 
 SPLIT_RULE = (
     "val if int(sha256(source URL as UTF-8).hexdigest()[:8], 16) % 1000 < round(holdout_fraction * 1000), "
-    "else train"
+    "else train; when that leaves val empty (a small crawl) and at least 2 pages are kept, the page with the "
+    "lowest such number goes to val"
 )
 PARTS = "parts"
 PLAN = "PLAN.json"
 
 
+def split_bucket(source: str) -> int:
+    """The page's number in 0..999 that decides its split (see SPLIT_RULE)."""
+    return int(hashlib.sha256(source.encode("utf-8")).hexdigest()[:8], 16) % 1000
+
+
 def split_of(source: str, holdout_fraction: float) -> str:
     """'val' or 'train' for a page, from its URL alone (see SPLIT_RULE)."""
-    bucket = int(hashlib.sha256(source.encode("utf-8")).hexdigest()[:8], 16) % 1000
-    return "val" if bucket < round(holdout_fraction * 1000) else "train"
+    return "val" if split_bucket(source) < round(holdout_fraction * 1000) else "train"
 
 
 @dataclass
@@ -137,6 +142,10 @@ def _plan(sources: Sequence[SourceSpec], cfg: IngestConfig, extractor: str) -> t
         raise HomegrownError("no sources given; pass at least one source directory or file")
     if extractor not in EXTRACTOR_OPTIONS:
         raise HomegrownError(f"unknown extractor {extractor!r}; choose one of: {', '.join(EXTRACTOR_OPTIONS)}")
+    try:
+        find("", cfg.pii_kinds)
+    except ValueError as err:
+        raise HomegrownError(f"pii_kinds={cfg.pii_kinds!r}: {err}") from None
     tasks: list[_FileTask] = []
     for i, spec in enumerate(sources):
         found = list_files(Path(spec.path), spec.glob, spec.exclude)
@@ -152,6 +161,7 @@ def _plan(sources: Sequence[SourceSpec], cfg: IngestConfig, extractor: str) -> t
         "extraction": EXTRACTOR_OPTIONS.get(extractor, {}),
         "filters": asdict(cfg.filters),
         "languages": sorted(cfg.languages),
+        "pii": [cfg.pii_kinds, cfg.pii_private_ips],
         "max_doc_bytes": cfg.max_doc_bytes,
         "num_perm": cfg.num_perm,
         "ngram": cfg.ngram,
@@ -214,7 +224,7 @@ class _Processor:
         if failed:
             return None, f"quality:{failed}"
         extracted_sha = text_sha256(text)
-        text, found = scrub(text)
+        text, found = scrub(text, self.cfg.pii_kinds, self.cfg.pii_private_ips)
         sig = np.ascontiguousarray(self.near.signature(text))
         return {
             "url": raw.url, "title": title, "text": text, "retrieved": raw.retrieved, "language": lang,
@@ -376,6 +386,7 @@ def merge(
     manifest = AtomicJsonlGz(out_dir / MANIFEST_NAME)
     pii: Counter[str] = Counter()
     notes: Counter[str] = Counter()
+    fallback: tuple[int, str, int] | None = None  # (bucket, id, text bytes) of the train page nearest to val
     try:
         with StepProgress("merge", total=len(found), enabled=progress) as bar:
             for done, (task, where) in enumerate(found, 1):
@@ -398,6 +409,8 @@ def merge(
                         continue
                     split = split_of(record["url"], cfg.holdout_fraction)
                     nbytes = len(record["text"].encode("utf-8"))
+                    if split == "train" and (fallback is None or split_bucket(record["url"]) < fallback[0]):
+                        fallback = (split_bucket(record["url"]), ident, nbytes)
                     writers[split].write({"text": record["text"], "title": record["title"], "source": record["url"],
                                           "licence": spec.licence, "sha256": sha})
                     manifest.write({
@@ -416,6 +429,10 @@ def merge(
                 src.dropped_duplicate += file_rejects["duplicate_exact"] + file_rejects["duplicate_near"]
                 rejected.update(file_rejects)
                 bar.update(done, kept=stats.train_pages + stats.val_pages)
+        if cfg.holdout_fraction > 0 and stats.val_pages == 0 and stats.train_pages >= 2 and fallback:
+            writers["train"], manifest = _hold_out(fallback[1], writers["train"], writers["val"], manifest)
+            stats.train_pages, stats.val_pages = stats.train_pages - 1, 1
+            stats.train_text_bytes, stats.val_text_bytes = stats.train_text_bytes - fallback[2], fallback[2]
         for w in [*writers.values(), manifest]:
             w.commit()
     except BaseException:
@@ -450,6 +467,26 @@ def merge(
     log.info("ingest: kept %d of %d documents (train %d, val %d) -> %s; rejected %s", stats.kept,
              stats.pages_read, stats.train_pages, stats.val_pages, out_dir, stats.rejected)
     return stats
+
+
+def _hold_out(ident: str, train: AtomicJsonlGz, val: AtomicJsonlGz,
+              manifest: AtomicJsonlGz) -> tuple[AtomicJsonlGz, AtomicJsonlGz]:
+    """Move page `ident` from the unfinished train file to val and mark it so in the manifest; returns the
+    new (train, manifest) writers. Only small crawls get here (no URL drew a val number), so re-reading
+    their train file is cheap.
+    """
+    old: list[Path] = []
+    for w in (train, manifest):
+        w.close()
+        old.append(w.tmp.replace(w.tmp.with_name(w.tmp.name + ".pre")))
+    train, manifest = AtomicJsonlGz(train.path), AtomicJsonlGz(manifest.path)
+    for record in iter_jsonl_gz(old[0]):
+        (val if doc_id(record["source"], record["sha256"]) == ident else train).write(record)
+    for row in iter_jsonl_gz(old[1]):
+        manifest.write({**row, "split": "val"} if row["id"] == ident else row)
+    for path in old:
+        path.unlink()
+    return train, manifest
 
 
 def sources_from(paths: Sequence[Path], sources_file: Path | None = None, **common: object) -> list[SourceSpec]:
@@ -539,12 +576,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--holdout-fraction", type=float, default=IngestConfig.holdout_fraction)
     parser.add_argument("--workers", type=int, default=IngestConfig.workers)
     parser.add_argument("--opt-out", type=Path, default=None, help="opt-out list (see provenance.py)")
+    parser.add_argument("--pii-private-ips", action="store_true",
+                        help="also replace private, link-local and documentation IP addresses")
     parser.add_argument("--no-progress", action="store_true", help="plain log lines even on a terminal")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         ingest(args.sources, args.out, holdout_fraction=args.holdout_fraction, progress=not args.no_progress,
-               cfg=IngestConfig(workers=args.workers), opt_out=args.opt_out)
+               cfg=IngestConfig(workers=args.workers, pii_private_ips=args.pii_private_ips), opt_out=args.opt_out)
     except HomegrownError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -6,8 +6,9 @@ its kind, which keeps the sentence readable (``write to <EMAIL>``) and the count
 
 Contract used by the ingest stage:
 
-* ``scrub(text) -> (text, Counter)``: the text with every match replaced, and how many of each kind.
-* ``find(text) -> list[Match]``: the spans alone (what the labelled test set scores).
+* ``scrub(text, kinds, private_ips) -> (text, Counter)``: the text with every match replaced, and how many
+  of each kind.
+* ``find(text, kinds, private_ips) -> list[Match]``: the spans alone (what the labelled test set scores).
 * ``KINDS`` / ``PLACEHOLDERS``: ``EMAIL, PHONE, IP_ADDRESS, CREDIT_CARD, SECRET`` → ``<EMAIL>`` …
 
 The detectors are regular expressions plus a validator each, because precision matters as much as
@@ -18,7 +19,12 @@ recall: technical text is full of numbers that only look like data (dates, times
   are printed (4-4-4-4, Amex 4-6-5, or no separators);
 * IP addresses are parsed with :mod:`ipaddress`; loopback, unspecified, multicast, broadcast and
   netmasks (``255.255.255.0``) are kept, since they identify no machine; a dotted quad right after
-  "version" / "v" is a version number;
+  "version", "==" or "name-" is a version number, and one opening a line as ``8.6.4.1. Title`` is a
+  section number. By default only *globally reachable* addresses are replaced
+  (datatrove's PII formatter does the same): private (``10.0.0.5``, ``192.168.1.10``), link-local,
+  shared (``100.64.0.0/10``) and documentation ranges (``203.0.113.0/24``, ``2001:db8::/32``) point at no
+  one's machine on the internet, and technical text is full of them — scrubbing them cost the Python docs
+  553 example addresses. ``private_ips=True`` replaces those too;
 * phone numbers need a phone shape: ``+`` or ``00`` and a country code, North American ``(555) 123-4567``
   / ``555-123-4567``, or a European trunk ``0`` number in groups (``030 12345678``, ``06 12 34 56 78``,
   ``020 7946 0958``), never a bare run of digits, and 8 to 15 digits in all;
@@ -40,6 +46,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 
 KINDS = ("SECRET", "EMAIL", "CREDIT_CARD", "IP_ADDRESS", "PHONE")
 """In priority order: when two matches overlap, the earlier kind wins."""
@@ -156,20 +163,30 @@ def _cards(text: str) -> Iterator[Match]:
 
 # ---- IP addresses -----------------------------------------------------------------------------------
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
-_IPV4 = re.compile(rf"(?<![\w.])(?<!\.)({_OCTET}(?:\.{_OCTET}){{3}})(?:/\d{{1,2}})?(?![\w]|\.\d)")
+_IPV4 = re.compile(rf"(?<![\w.])(?<!\.)({_OCTET}(?:\.{_OCTET}){{3}})(?:/\d{{1,2}})?(?!\w|\.\w)")
 _IPV6 = re.compile(
     r"(?<![\w:.\[])((?:[0-9A-Fa-f]{1,4}:){1,7}:?(?:[0-9A-Fa-f]{1,4}|:)?(?::[0-9A-Fa-f]{1,4}){0,6}"
     rf"(?:\.{_OCTET}){{0,3}}|::(?:[0-9A-Fa-f]{{1,4}}:){{0,6}}[0-9A-Fa-f]{{1,4}}(?:\.{_OCTET}){{0,3}})"
     r"(?:%[\w.]+)?(?:/\d{1,3})?(?![\w:])"
 )
-_VERSION_BEFORE = re.compile(r"(?i)(?:\b(?:version|release|ver|section|chapter|gcc|python)|§)\s*$")
+_VERSION_BEFORE = re.compile(r"(?i)(?:\b(?:version|release|ver|section|chapter|gcc|python|zlib)|§|[=<>~]=|[a-z]-)\s*$")
+_HEADING = re.compile(r"\. +\S")
+"""After a dotted quad that opens a line or sentence, ". Title": a section number (``8.6.4.1. OR Patterns``)."""
 
 
 _THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
 
 
-def _public_ip(address: str) -> bool:
-    """False for addresses that identify no machine: loopback, unspecified, multicast, netmasks, broadcast."""
+def is_global_ip(address: str) -> bool:
+    """Whether an address is globally reachable (an IPv4-mapped IPv6 address counts as its IPv4 one)."""
+    ip = ipaddress.ip_address(address.split("%")[0].split("/")[0])
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return (mapped or ip).is_global
+
+
+def _identifying_ip(address: str, private: bool) -> bool:
+    """False for addresses that identify no machine (loopback, unspecified, multicast, netmasks, broadcast)
+    and, unless `private`, for those no one outside a private network can reach."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
@@ -180,12 +197,17 @@ def _public_ip(address: str) -> bool:
         bits = f"{int(ip):032b}"
         if "01" not in bits and bits.startswith("1"):  # a run of ones then zeros: a netmask or broadcast
             return False
-    return True
+    return private or is_global_ip(address)
 
 
-def _ips(text: str) -> Iterator[Match]:
+def _ips(text: str, private: bool = False) -> Iterator[Match]:
     for m in _IPV4.finditer(text):
-        if _VERSION_BEFORE.search(text, max(0, m.start() - 12), m.start()) is None and _public_ip(m.group(1)):
+        line_start = text.rfind("\n", 0, m.start()) + 1
+        opens = text[line_start : m.start()].strip() == "" or text.endswith(". ", 0, m.start())
+        if opens and _HEADING.match(text, m.end()):
+            continue
+        if (_VERSION_BEFORE.search(text, max(0, m.start() - 12), m.start()) is None
+                and _identifying_ip(m.group(1), private)):
             yield Match(m.start(), m.end(), "IP_ADDRESS")
     for m in _IPV6.finditer(text):
         address = m.group(1)
@@ -195,7 +217,7 @@ def _ips(text: str) -> Iterator[Match]:
             len(groups) >= 2
             and max(map(len, groups)) >= 3
             and any(c.isdigit() for c in address)
-            and _public_ip(address)
+            and _identifying_ip(address, private)
         ):
             yield Match(m.start(), m.end(), "IP_ADDRESS")
 
@@ -230,10 +252,11 @@ _DETECTORS: dict[str, Callable[[str], Iterable[Match]]] = {
 }
 
 
-def find(text: str, kinds: Iterable[str] | str = KINDS) -> list[Match]:
+def find(text: str, kinds: Iterable[str] | str = KINDS, private_ips: bool = False) -> list[Match]:
     """Non-overlapping matches in text order; on overlap the higher-priority kind (then the longer span) wins.
 
-    `kinds` may also be a comma-separated string, as in `DataConfig.pii_kinds`.
+    `kinds` may also be a comma-separated string, as in `IngestConfig.pii_kinds`; `private_ips` also
+    replaces private, link-local and documentation addresses (see the module docstring).
     """
     if isinstance(kinds, str):
         kinds = [k.strip() for k in kinds.split(",") if k.strip()]
@@ -241,7 +264,8 @@ def find(text: str, kinds: Iterable[str] | str = KINDS) -> list[Match]:
     unknown = wanted - set(KINDS)
     if unknown:
         raise ValueError(f"unknown PII kind(s) {sorted(unknown)}; kinds are {', '.join(KINDS)}")
-    candidates = [m for kind in KINDS if kind in wanted for m in _DETECTORS[kind](text)]
+    detectors = {**_DETECTORS, "IP_ADDRESS": partial(_ips, private=private_ips)}
+    candidates = [m for kind in KINDS if kind in wanted for m in detectors[kind](text)]
     candidates.sort(key=lambda m: (KINDS.index(m.kind), -(m.end - m.start), m.start))
     taken: list[Match] = []
     for m in candidates:
@@ -250,9 +274,9 @@ def find(text: str, kinds: Iterable[str] | str = KINDS) -> list[Match]:
     return sorted(taken, key=lambda m: m.start)
 
 
-def scrub(text: str, kinds: Iterable[str] | str = KINDS) -> tuple[str, Counter[str]]:
+def scrub(text: str, kinds: Iterable[str] | str = KINDS, private_ips: bool = False) -> tuple[str, Counter[str]]:
     """Replace every match by its placeholder (`<EMAIL>` …); return the new text and the count per kind."""
-    matches = find(text, kinds)
+    matches = find(text, kinds, private_ips)
     counts: Counter[str] = Counter(m.kind for m in matches)
     if not matches:
         return text, counts
@@ -282,12 +306,13 @@ class Score:
         return self.tp / (self.tp + self.fn) if self.tp + self.fn else 1.0
 
 
-def evaluate(cases: Iterable[dict]) -> tuple[dict[str, Score], list[str]]:
+def evaluate(cases: Iterable[dict], private_ips: bool = False) -> tuple[dict[str, Score], list[str]]:
     """Score `find` on labelled cases ``{"text", "pii": [{"kind", "value"}]}``; also return the mistakes.
 
-    Expected spans are located by searching each value in the text (first occurrence). Scores are per
-    kind plus "ALL" (micro-averaged). Shared by tests/data/test_pii.py and benchmarks/pii_eval.py so
-    the test and the printed table measure the same thing.
+    Expected spans are located by searching each value in the text (first occurrence). Every IP address
+    is labelled; unless `private_ips`, the non-global ones are expected to be *kept*, so replacing one
+    counts as a false positive. Scores are per kind plus "ALL" (micro-averaged). Shared by
+    tests/data/test_pii.py and benchmarks/pii_eval.py so the test and the printed table measure the same thing.
     """
     scores = {kind: Score() for kind in (*KINDS, "ALL")}
     mistakes: list[str] = []
@@ -295,9 +320,11 @@ def evaluate(cases: Iterable[dict]) -> tuple[dict[str, Score], list[str]]:
         text = case["text"]
         expected = set()
         for item in case["pii"]:
+            if item["kind"] == "IP_ADDRESS" and not private_ips and not is_global_ip(item["value"]):
+                continue
             start = text.index(item["value"])
             expected.add(Match(start, start + len(item["value"]), item["kind"]))
-        predicted = set(find(text))
+        predicted = set(find(text, private_ips=private_ips))
         for m in predicted | expected:
             hit = m in predicted and m in expected
             for key in (m.kind, "ALL"):

@@ -42,6 +42,10 @@ class PackStats:
     dropped: int
 
 
+class NoChatFits(HomegrownError):
+    """Not one conversation keeps a whole assistant reply within the context: there is nothing to tune on."""
+
+
 class PackedChats:
     """Tokenized conversations that pack into rows of `seq_len + 1` tokens with loss masks and segment ids."""
 
@@ -59,7 +63,7 @@ class PackedChats:
             self.items.append(enc)
         self.stats = PackStats(len(self.items), truncated, dropped)
         if not self.items:
-            raise HomegrownError(f"no conversation has a whole assistant reply within {seq_len} tokens; "
+            raise NoChatFits(f"no conversation has a whole assistant reply within {seq_len} tokens; "
                                  "use shorter conversations or a model with a longer context")
 
     def _fit(self, tok: Tokenizer, messages: list[dict[str, str]]) -> tuple[EncodedChat | None, bool]:
