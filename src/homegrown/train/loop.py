@@ -199,10 +199,13 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path | None, run_
                                  "and FSDP shards them; use adamw under torchrun")
         # On CUDA, FSDP2's policy casts to bf16 itself (fp32 gradient reduction), so autocast is not needed.
         fsdp_bf16 = device.type == "cuda" and amp is not None
+        if cfg.compile:
+            distributed.compile_blocks(model)
         distributed.shard_model(model, device, mixed_precision=fsdp_bf16)
         amp = None if fsdp_bf16 else amp
     optimizers = build_optimizer(model, cfg, fused=device.type == "cuda")
-    train_fn = torch.compile(model) if cfg.compile else model
+    # Whole-model compile single-process (fastest there); under FSDP2 the blocks were compiled above.
+    train_fn = torch.compile(model) if cfg.compile and not env.distributed else model
 
     if eval_fn is None:
         val = TokenShards(shard_dir, "val")
