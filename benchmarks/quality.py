@@ -4,7 +4,8 @@ The unigram model predicts every token from its training-split frequency (add-on
 model that learned nothing about context would score. Both are measured on the whole validation split with
 the same windows and the same bytes-per-token accounting, so the gap is what the transformer learned.
 
-    python benchmarks/quality.py runs/small
+    python benchmarks/quality.py runs/small                 # the pretrained (base) model
+    python benchmarks/quality.py runs/small --stage sft     # the chat-tuned one
 """
 
 from __future__ import annotations
@@ -41,8 +42,10 @@ def unigram_bpb(run_dir: Path, seq_len: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir", type=Path)
+    ap.add_argument("--stage", choices=["base", "sft"], default="base",
+                    help="base: newest RUN/ckpt/step_N (pretraining); sft: newest RUN/sft/ckpt/step_N")
     args = ap.parse_args()
-    ckpt = resolve_checkpoint(args.run_dir)
+    ckpt = resolve_checkpoint(args.run_dir / ("ckpt" if args.stage == "base" else "sft/ckpt"))
     model = load_model(ckpt)
     seq_len = model.cfg.max_seq_len
     tok = load_tokenizer(ckpt)

@@ -21,7 +21,8 @@ from homegrown.eval.tasks import TASKS_DIR
 from homegrown.pipeline import SAMPLE_DIR
 
 SEED = 0
-# An API entry in the Python docs: "- sys.argv" / "- int PyCodec_Register(PyObject *f)" followed by "- <text>".
+# An API entry in the Python docs: "sys.argv" / "int PyCodec_Register(PyObject *f)" followed by its description,
+# as paragraphs (resiliparse) or as "- " items (trafilatura).
 ENTRY = re.compile(r"^(?:(?:exception|class|type|abstractmethod|classmethod|staticmethod|async)\s+)?"
                    r"(?:[A-Za-z_]\w*(?:\s+\**|\s*\*+\s*))?"
                    r"(?P<name>[A-Za-z_][\w.]*)(?:\(.*\))?$")
@@ -43,12 +44,12 @@ def usable(sentence: str, lo: int = 5, hi: int = 40) -> bool:
 
 def entries(page: dict) -> list[dict]:
     """(name, description) pairs: documented Python/C API names and Debian Handbook section titles."""
-    lines = [ln.strip() for ln in page["text"].split("\n")]
+    lines = [ln.strip() for ln in page["text"].split("\n") if ln.strip()]
     found = []
     for a, b in itertools.pairwise(lines):
-        m = ENTRY.match(a[2:]) if a.startswith("- ") and b.startswith("- ") else None
+        m = ENTRY.match(a.removeprefix("- ")) if a.startswith("- ") == b.startswith("- ") else None
         if m and ("." in m["name"] or m["name"].startswith(("Py", "_Py"))):
-            desc = first_sentence(b[2:])
+            desc = first_sentence(b.removeprefix("- "))
             if usable(desc) and not ENTRY.match(desc):
                 found.append({"name": m["name"], "desc": desc, "page": page["title"], "source": page["source"]})
         s = SECTION.match(a)
@@ -64,7 +65,7 @@ def prose_sentences(page: dict) -> list[str]:
     out = []
     for line in page["text"].split("\n"):
         line = line.strip()
-        if line.startswith("- ") or len(line.split()) < 12:
+        if line.startswith(("- ", "•")) or len(line.split()) < 12:
             continue
         start = 0
         for m in SENTENCE_END.finditer(line):

@@ -571,6 +571,8 @@ def serve(
     model_name: Annotated[str | None, typer.Option(help="Model id clients send; default: the run dir's name.")] = (
         None),
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = _SERVE_DEFAULTS.device,
+    dtype: Annotated[str, typer.Option(help="Weights + KV cache: auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16.")] = (
+        _SERVE_DEFAULTS.dtype),
     threads: Annotated[int, typer.Option(help="CPU threads for the model; 0 = all cores but one.")] = (
         _SERVE_DEFAULTS.threads),
 ) -> None:
@@ -578,7 +580,7 @@ def serve(
     from homegrown.serve.server import serve as serve_model
 
     cfg = ServeConfig(host=host, port=port, max_batch=max_batch, max_waiting=max_waiting, device=device,
-                      threads=threads)
+                      dtype=dtype, threads=threads)
     serve_model(run_or_ckpt, cfg, api_key=api_key, db_url=db_url, model_name=model_name)
 
 

@@ -271,6 +271,15 @@ def test_shipped_sample_is_well_formed() -> None:
     assert sources["val"], "the held-out split must not be empty"
     assert not sources["train"] & sources["val"]
     assert sum(f["bytes"] for f in manifest["files"].values()) <= 6_000_000
+    # built by the full pipeline (scripts/build_sample.sh): a provenance row per page, rules and PII recorded
+    assert manifest["format"] == "homegrown-corpus/2" and manifest["extraction"]["tool"] == "resiliparse"
+    rows_path = SAMPLE / MANIFEST_NAME
+    assert hashlib.sha256(rows_path.read_bytes()).hexdigest() == manifest["files"][MANIFEST_NAME]["sha256"]
+    rows = list(iter_jsonl_gz(rows_path))
+    assert {r["source"]: r["split"] for r in rows} == {u: k for k, us in sources.items() for u in us}
+    assert all(r["filters"] == manifest["quality_rules"] and r["licence"] for r in rows)
+    assert sum(sum(r["pii"].values()) for r in rows) == sum(manifest["pii"].values())
+    assert manifest["kept"] == len(rows) and manifest["pages_read"] == len(rows) + sum(manifest["rejected"].values())
 
 
 def test_a_small_crawl_still_gets_one_held_out_page(tmp_path: Path) -> None:

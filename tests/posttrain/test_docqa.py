@@ -29,6 +29,41 @@ def test_documented_functions_sections_and_pages_become_grounded_questions():
     assert pairs["page"].answer.startswith("This module implements some useful functions on pathnames.")
 
 
+RESILIPARSE_PAGE = """shlex — Simple lexical analysis
+
+The shlex module defines the following functions:
+
+shlex.split(s, comments=False, posix=True)
+
+Split the string s using shell-like syntax. If comments is False (the default), comments are kept.
+
+Note
+
+Since the split() function instantiates a shlex instance, passing None for s reads standard input.
+
+class shlex.shlex(instream=None, infile=None)
+
+A shlex instance or subclass instance is a lexical analyzer object.
+
+get_token()
+
+Return a token. If tokens have been stacked using push_token(), pop a token off the stack.
+"""
+
+
+def test_resiliparse_layout_gives_the_same_kinds_of_questions():
+    pairs = document_pairs(RESILIPARSE_PAGE, "shlex — Simple lexical analysis",
+                           "https://docs.python.org/3.11/library/shlex.html", 300)
+    by_kind = {}
+    for p in pairs:
+        by_kind.setdefault(p.kind, []).append(p)
+    assert "shlex.split" in by_kind["function"][0].question
+    assert by_kind["function"][0].answer.startswith("Split the string s using shell-like syntax.")
+    assert "shlex.shlex.get_token" in by_kind["function"][1].question  # a method is named with its class
+    assert "shlex.shlex" in by_kind["class"][0].question
+    assert not any("Note" in p.question for p in pairs)  # a bare one-word heading is not an API name
+
+
 def test_lead_sentences_stop_at_whole_sentences():
     text = "First sentence here. Second one is a bit longer than the first. Third."
     assert lead_sentences(text, 30) == "First sentence here."

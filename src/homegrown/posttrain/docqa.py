@@ -24,9 +24,11 @@ from homegrown.posttrain.chat import message_problem
 
 _QUALIFIERS = r"(?:(?:class|exception|coroutine|abstractmethod|classmethod|staticmethod|awaitable|async|method|" \
               r"function|decorator|data|attribute)\s+)*"
-_API = re.compile(rf"^(\s*)- {_QUALIFIERS}([A-Za-z_][\w.]*)(\([^\n]*\))?\s*$")
-_API_KIND = re.compile(r"^\s*- (class|exception) ")
-_DESCRIPTION = re.compile(r"^\s*- ([A-Z][^\n]{20,})$")
+# An API entry as the extractors write Sphinx's <dt>/<dd>: trafilatura as "- name(args)" then "- Description.",
+# resiliparse as a bare "name(args)" paragraph then the description paragraph.
+_API = re.compile(rf"^(\s*)(- )?({_QUALIFIERS})([A-Za-z_][\w.]*)(\([^\n]*\))?\s*$")
+_API_KIND = re.compile(r"^\s*(?:- )?(class|exception) ")
+_DESCRIPTION = re.compile(r"^\s*(?:- )?([A-Z][^\n]{20,})$")
 _HEADING = re.compile(r"^(\d+(?:\.\d+)*)\.?\s+([A-Za-z][^\n]{2,70}[\w)])$")
 _CALLOUT = re.compile(r"^(?:[A-Z]{3,}\s+)+[A-Z]")
 _VERSION_NOTE = re.compile(r"\s*(?:New in version|Changed in version|Deprecated since|Availability:).*$")
@@ -91,18 +93,25 @@ def lead_sentences(text: str, max_chars: int) -> str:
 
 
 def _api_pairs(lines: list[str], source: str, max_chars: int) -> Iterator[QAPair]:
-    """Documented functions/classes: `- name(args)` followed by `- Description.` in the extracted text."""
+    """Documented functions/classes: a `name(args)` line followed by its description (see `_API`).
+
+    A bare line (no "- ") counts only when it looks like code — a dotted name, an argument list or a
+    qualifier — so headings such as "Note" or "Example" are not taken for names. Sphinx writes methods
+    without their class: one after a class entry gets the class's name (trafilatura also indents them).
+    """
     current_class = ""
     for i, line in enumerate(lines[:-1]):
         m = _API.match(line)
         d = _DESCRIPTION.match(lines[i + 1])
-        if not m or not d:
+        if not m or not d or _API.match(lines[i + 1]):
             continue
-        indent, name, args = m.groups()
+        indent, dash, qualifiers, name, args = m.groups()
+        if not dash and "." not in name and args is None and not qualifiers:
+            continue
         kind = _API_KIND.match(line)
         if kind:
             current_class = name
-        elif indent and "." not in name and current_class:
+        elif "." not in name and current_class and (indent or not dash):
             name = f"{current_class}.{name}"
         answer = lead_sentences(d.group(1), max_chars)
         if not answer:
@@ -141,7 +150,7 @@ def _section_pairs(lines: list[str], source: str, title: str, max_chars: int) ->
 
 def document_pairs(text: str, title: str, source: str, max_chars: int) -> list[QAPair]:
     """Every question this page answers, duplicates of a question on the same page dropped."""
-    lines = text.split("\n")
+    lines = [line for line in text.split("\n") if line.strip()]  # resiliparse puts blank lines between blocks
     seen: set[str] = set()
     pairs = []
     for pair in [*_api_pairs(lines, source, max_chars), *_section_pairs(lines, source, title or "", max_chars)]:

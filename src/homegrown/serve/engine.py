@@ -450,8 +450,26 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_model_and_tokenizer(path: Path, device: torch.device) -> tuple[Transformer, Tokenizer]:
-    """A homegrown run/checkpoint directory, or a transformers Llama directory (e.g. from `homegrown export`)."""
+SERVE_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """`ServeConfig.dtype` as a torch dtype: `auto` is bf16 on CUDA and fp32 elsewhere (CPU bf16 matmuls are
+    emulated on the machines we serve from, several times slower than fp32)."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name not in SERVE_DTYPES:
+        raise HomegrownError(f"unknown serve dtype {name!r}; use auto, fp32 or bf16")
+    return SERVE_DTYPES[name]
+
+
+def load_model_and_tokenizer(path: Path, device: torch.device,
+                             dtype: torch.dtype | None = None) -> tuple[Transformer, Tokenizer]:
+    """A homegrown run/checkpoint directory, or a transformers Llama directory (e.g. from `homegrown export`).
+
+    Weights are cast to `dtype` (None: as stored) while moving to `device`; the engine allocates its KV cache
+    in the same dtype.
+    """
     from homegrown.export.hf import load_hf
     from homegrown.tokenizer import load_tokenizer
     from homegrown.train.checkpoint import load_for_inference
@@ -461,6 +479,5 @@ def load_model_and_tokenizer(path: Path, device: torch.device) -> tuple[Transfor
         raise HomegrownError(f"{path} does not exist; pass a run directory, ckpt/step_N or an exported HF directory")
     config = path / "config.json"
     if config.exists() and '"model_type"' in config.read_text():
-        model = load_hf(path).to(device).prepare_for_inference()
-        return model, load_tokenizer(path)
-    return load_for_inference(path, device)
+        return load_hf(path).to(device=device, dtype=dtype).prepare_for_inference(), load_tokenizer(path)
+    return load_for_inference(path, device, dtype)

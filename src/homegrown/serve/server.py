@@ -70,7 +70,7 @@ def _drained(sig: int, frame: FrameType | None) -> None:
 
 def serve(source: Path, cfg: ServeConfig | None = None, *, api_key: str | None = None, db_url: str | None = None,
           model_name: str | None = None) -> None:
-    from homegrown.serve.engine import Engine, load_model_and_tokenizer, resolve_device
+    from homegrown.serve.engine import Engine, load_model_and_tokenizer, resolve_device, resolve_dtype
     from homegrown.serve.store import ConversationStore
 
     cfg = cfg or ServeConfig()
@@ -81,11 +81,12 @@ def serve(source: Path, cfg: ServeConfig | None = None, *, api_key: str | None =
     store = ConversationStore(db_url or f"sqlite:///{run_dir / 'conversations.sqlite'}")
     metrics = ServeMetrics()
     device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)  # before binding the port: a bad --dtype fails here
     if device.type == "cpu":
         torch.set_num_threads(cfg.threads or max(1, len(os.sched_getaffinity(0)) - 1))
 
     def load() -> Engine:
-        model, tokenizer = load_model_and_tokenizer(source, device)
+        model, tokenizer = load_model_and_tokenizer(source, device, dtype)
         return Engine(model, tokenizer, cfg, metrics)
 
     server: _DrainingServer | None = None

@@ -218,10 +218,14 @@ def load_model(path: Path, device: str | torch.device = "cpu") -> Transformer:
     return model.to(device)
 
 
-def load_for_inference(path: Path, device: str | torch.device = "cpu") -> tuple[Transformer, Tokenizer]:
-    """Model (in its inference layout) and tokenizer of the newest checkpoint at `path`: what samplers need."""
+def load_for_inference(path: Path, device: str | torch.device = "cpu",
+                       dtype: torch.dtype | None = None) -> tuple[Transformer, Tokenizer]:
+    """Model (in its inference layout) and tokenizer of the newest checkpoint at `path`: what samplers need.
+
+    Weights are read on the CPU and cast to `dtype` (None: as stored) while moving to `device`, so a bf16
+    GPU copy never holds an fp32 one beside it."""
     ckpt = resolve_checkpoint(path)
-    return load_model(ckpt, device).prepare_for_inference(), load_tokenizer(ckpt)
+    return load_model(ckpt).to(device=device, dtype=dtype).prepare_for_inference(), load_tokenizer(ckpt)
 
 
 def load_weights(model: Transformer, weights_path: Path) -> None:
