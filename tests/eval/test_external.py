@@ -1,8 +1,8 @@
 """The same tasks against OpenAI-compatible endpoints, through the official `openai` client, on loopback.
 
-Two servers: the real `homegrown serve` (a child process; it has no prompt log-probabilities, so scoring falls
-back to chat), and a small OpenAI-shaped server written here that does return echoed prompt log-probabilities,
-the way vLLM's /v1/completions does, which exercises the log-likelihood path.
+Two servers: the real `homegrown serve` (a child process; its /v1/completions echoes prompt log-probabilities as
+vLLM's does, so it is scored by log-likelihood, and it can be asked for chat), and a small OpenAI-shaped server
+written here that computes echoed prompt log-probabilities with one plain forward pass.
 """
 
 import json
@@ -135,8 +135,32 @@ def homegrown_server(eval_run, chat_ckpt):
     proc.wait(timeout=60)
 
 
-def test_a_chat_only_endpoint_is_scored_by_generation_and_marked(chat_ckpt, homegrown_server, tmp_path):
+def test_homegrown_serve_scores_likelihood_exactly_like_the_checkpoint(chat_ckpt, homegrown_server, tmp_path):
+    """The served model's echoed prompt log-probs and the in-process eval are one truth: same sums, same picks."""
     endpoint = EndpointModel(homegrown_server, "chat-model", api_key="eval-key")
+    assert endpoint.mode == "completions" and endpoint.supports_loglikelihood
+    local_lm = LocalModel(*load_for_inference(chat_ckpt))
+    pairs = [("The capital of France is", " Paris"), ("Water boils at", " 100 degrees Celsius."),
+             ("Héllo wörld —", " ok 日本"), ("def main():", "\n    return 0"), ("A", " B"),
+             ("Answer: ", "sys")]  # a trailing space moves to the continuation on both sides (lm-eval's rule)
+    remote, local = endpoint.loglikelihoods(pairs), local_lm.loglikelihoods(pairs)
+    assert [r[0] for r in remote] == pytest.approx([ll[0] for ll in local], abs=1e-3)
+    assert [r[1] for r in remote] == [ll[1] for ll in local]
+    shipped = [json.loads(line) for line in (TASKS_DIR / "doc_entry.jsonl").read_text().splitlines()[1:]]
+    items = [json.dumps(it) for it in shipped if it["split"] == "test"
+             and max(len(local_lm.encode(it["context"] + c)) for c in it["choices"]) < 100][:12]
+    assert len(items) >= 10
+    (tmp_path / "short.jsonl").write_text("\n".join(items) + "\n")
+    task = load_task(tmp_path / "short.jsonl")
+    remote_r, local_r = evaluate_task(task, endpoint), evaluate_task(task, local_lm)
+    assert remote_r.mode == local_r.mode == "loglikelihood"
+    assert remote_r.metrics == pytest.approx(local_r.metrics)
+    for r, ll in zip(remote_r.examples, local_r.examples, strict=True):
+        assert r["logprobs"] == pytest.approx(ll["logprobs"], abs=1e-3)
+
+
+def test_chat_mode_is_scored_by_generation_and_marked(chat_ckpt, homegrown_server, tmp_path):
+    endpoint = EndpointModel(homegrown_server, "chat-model", api_key="eval-key", mode="chat")
     assert endpoint.mode == "chat" and not endpoint.supports_loglikelihood
     # Short 0-shot questions, so prompt + answer fit the tiny model's 64-token context on the server.
     shipped = [json.loads(line) for line in (TASKS_DIR / "doc_module.jsonl").read_text().splitlines()[1:]]
@@ -155,6 +179,6 @@ def test_a_chat_only_endpoint_is_scored_by_generation_and_marked(chat_ckpt, home
     assert remote.score == pytest.approx(local.score)
     md = build_report([chat_ckpt], tmp_path / "card",
                       [str(tmp_path / "module_short.jsonl"), str(tmp_path / "sums.jsonl")],
-                      [ExternalSpec(homegrown_server, "chat-model", "eval-key")])
+                      [ExternalSpec(homegrown_server, "chat-model", "eval-key", mode="chat")])
     text = md.read_text()
     assert "chat-model @ 127.0.0.1" in text and "(lettered)" in text and "(chat)" in text

@@ -54,7 +54,7 @@ class EndpointModel:
             out = self.client.completions.create(model=self.model, prompt="Hello world", max_tokens=1, echo=True,
                                                  logprobs=1, temperature=0)
             logprobs = out.choices[0].logprobs
-            # Log-probs for the generated token alone (homegrown serve, OpenAI today) do not score a prompt.
+            # Log-probs for the generated token alone (OpenAI's chat-era models) do not score a prompt.
             if logprobs and logprobs.token_logprobs and any(o < len("Hello world") for o in logprobs.text_offset or []):
                 return "completions"
         except self._openai.APIConnectionError as e:
@@ -76,7 +76,9 @@ class EndpointModel:
             for (context, continuation), choice in zip(chunk, choices, strict=True):
                 lp = choice.logprobs
                 end = len(context) + len(continuation)
-                picked = [i for i, off in enumerate(lp.text_offset) if len(context) <= off < end]
+                # lm-eval's rule, as LocalModel.encode_pair: a context's trailing spaces belong to the continuation
+                start = len(context.rstrip())
+                picked = [i for i, off in enumerate(lp.text_offset) if start <= off < end]
                 total = sum(lp.token_logprobs[i] or 0.0 for i in picked)
                 greedy = bool(lp.top_logprobs) and all(
                     lp.top_logprobs[i] and max(lp.top_logprobs[i].values()) <= lp.token_logprobs[i] + 1e-6

@@ -44,6 +44,7 @@ from homegrown.serve.engine import (
 )
 from homegrown.serve.metrics import ServeMetrics
 from homegrown.serve.protocol import ChatCompletionRequest, CompletionRequest, _Sampling
+from homegrown.tokenizer import EOT
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +161,39 @@ def _completion_logprobs(engine: Engine, lps: list[TokenLogprob], offset: int) -
             "text_offset": offsets}
 
 
+def _completion_prompt(engine: Engine, prompt: str | list[int]) -> tuple[list[int], str, list[int]]:
+    """A /v1/completions prompt's token ids, echo text and each token's character offset in that text.
+
+    Text starts after <|endoftext|>, as every training document and the in-process eval (`LocalModel`) do, the
+    way vLLM starts a Llama prompt with BOS; echoed, that token is '' at offset 0 with a null log-prob. Token ids
+    are taken as they are.
+    """
+    if isinstance(prompt, str):
+        enc = engine.tokenizer.encode(prompt, add_special_tokens=False)
+        ids, offsets = list(enc.ids), [start for start, _ in enc.offsets]
+        eot = engine.tokenizer.token_to_id(EOT)
+        if eot is not None and ids[:1] != [eot]:
+            ids, offsets = [eot, *ids], [0, *offsets]
+        return ids, prompt, offsets
+    ids, offsets, at = list(prompt), [], 0
+    for token in ids:
+        offsets.append(at)
+        at += len(engine.tokenizer.decode([token]))
+    return ids, engine.tokenizer.decode(ids), offsets
+
+
+def _echo_logprobs(engine: Engine, ids: list[int], offsets: list[int], lps: list[TokenLogprob | None] | None,
+                   then: dict[str, Any]) -> dict[str, Any]:
+    """The prompt's legacy logprobs entries (the first token's are null), followed by the generated ones."""
+    lps = lps or [None] * len(ids)
+    decode = engine.tokenizer.decode
+    return {"tokens": [decode([t]) for t in ids] + then["tokens"],
+            "token_logprobs": [None if lp is None else lp.logprob for lp in lps] + then["token_logprobs"],
+            "top_logprobs": [None if lp is None else {decode([i]): v for i, v in lp.top} for lp in lps]
+            + then["top_logprobs"],
+            "text_offset": offsets + then["text_offset"]}
+
+
 def _chunk_maker(rid: str, obj: str, created: int, model_name: str,
                  include_usage: bool) -> Callable[..., dict[str, Any]]:
     """One streamed chunk's envelope; chat and text completions differ only in `object`."""
@@ -270,9 +304,9 @@ def create_app(load_engine: Callable[[], Engine], *, api_key: str | None, model_
         return seqs
 
     async def collect(request: Request, engine: Engine, seqs: list[Sequence],
-                      collector: _Collector) -> list[tuple[str, list[TokenLogprob], str, int]]:
+                      collector: _Collector) -> list[tuple[str, list[TokenLogprob], str, int, list | None]]:
         """Wait for every choice, freeing the slots if the client goes away first."""
-        out = [["", [], None, 0] for _ in seqs]
+        out = [["", [], None, 0, None] for _ in seqs]
         pending = len(seqs)
         try:
             while pending:
@@ -285,6 +319,8 @@ def create_app(load_engine: Callable[[], Engine], *, api_key: str | None, model_
                 r = out[index]
                 r[0] += delta.text
                 r[1].extend(delta.logprobs)
+                if delta.prompt_logprobs is not None:
+                    r[4] = delta.prompt_logprobs
                 if delta.finish_reason:
                     r[2], r[3] = delta.finish_reason, delta.completion_tokens
                     pending -= 1
@@ -298,8 +334,10 @@ def create_app(load_engine: Callable[[], Engine], *, api_key: str | None, model_
                 "total_tokens": prompt_tokens + completion_tokens}
 
     def stream(engine: Engine, seqs: list[Sequence], collector: _Collector, chunk: Callable[..., dict[str, Any]],
-               first: list[dict[str, Any]] | None, choice: Callable[[int, Delta], dict[str, Any]],
+               first: list[dict[str, Any]] | None, choice: Callable[[int, Delta], dict[str, Any] | None],
                prompt_tokens: int, include_usage: bool) -> StreamingResponse:
+        """`choice` turns a delta into a chunk's choice, or None for nothing to send."""
+
         async def events() -> AsyncIterator[bytes]:
             pending, completion_tokens = len(seqs), 0
             try:
@@ -310,9 +348,9 @@ def create_app(load_engine: Callable[[], Engine], *, api_key: str | None, model_
                     if delta.finish_reason:
                         pending -= 1
                         completion_tokens += delta.completion_tokens
-                    elif not delta.text:
-                        continue
-                    yield _sse(chunk([choice(index, delta)]))
+                    body = choice(index, delta)
+                    if body is not None:
+                        yield _sse(chunk([body]))
                 if include_usage:
                     yield _sse(chunk([], usage=usage(prompt_tokens, completion_tokens)))
                 yield _sse("[DONE]")
@@ -341,7 +379,9 @@ def create_app(load_engine: Callable[[], Engine], *, api_key: str | None, model_
         if req.stream:
             chunk = _chunk_maker(rid, "chat.completion.chunk", created, model_name, include_usage)
 
-            def choice(index: int, delta: Delta) -> dict[str, Any]:
+            def choice(index: int, delta: Delta) -> dict[str, Any] | None:
+                if not delta.text and not delta.finish_reason:
+                    return None
                 lp = _chat_logprobs(engine, delta.logprobs) if req.logprobs else None
                 return {"index": index, "delta": {"content": delta.text} if delta.text else {},
                         "logprobs": lp, "finish_reason": delta.finish_reason}
@@ -353,7 +393,7 @@ def create_app(load_engine: Callable[[], Engine], *, api_key: str | None, model_
         results = await collect(request, engine, seqs, collector)
         choices = [{"index": i, "message": {"role": "assistant", "content": text, "refusal": None},
                     "logprobs": _chat_logprobs(engine, lps) if req.logprobs else None, "finish_reason": reason}
-                   for i, (text, lps, reason, _) in enumerate(results)]
+                   for i, (text, lps, reason, _, _) in enumerate(results)]
         return {"id": rid, "object": "chat.completion", "created": created, "model": model_name,
                 "system_fingerprint": None, "choices": choices,
                 "usage": usage(len(ids), sum(r[3] for r in results))}
@@ -362,47 +402,74 @@ def create_app(load_engine: Callable[[], Engine], *, api_key: str | None, model_
     async def completions(req: CompletionRequest, request: Request) -> Any:
         engine = ready()
         check_model(req.model)
-        if isinstance(req.prompt, str):
-            texts: list[str | None] = [req.prompt]
-            prompts = [engine.encode(req.prompt)]
-        elif req.prompt and all(isinstance(p, int) for p in req.prompt):
-            prompts, texts = [list(req.prompt)], [None]
+        if req.max_tokens == 0 and not req.echo:
+            raise APIError(400, "max_tokens=0 generates nothing; it is only allowed with echo=true (the prompt alone, "
+                                "with its log-probs)", param="max_tokens")
+        if isinstance(req.prompt, str) or (req.prompt and all(isinstance(p, int) for p in req.prompt)):
+            raw: list[str | list[int]] = [req.prompt]  # type: ignore[list-item]
         else:
-            texts = list(req.prompt)
-            prompts = [engine.encode(t) for t in texts]
-        if not prompts:
+            raw = list(req.prompt)
+        if not raw:
             raise APIError(400, "prompt is an empty list; send a string or a list of strings", param="prompt")
-        echo_texts = [t if t is not None else engine.tokenizer.decode(ids) for t, ids in zip(texts, prompts,
-                                                                                               strict=True)]
+        prompts, echo_texts, prompt_offsets = zip(*(_completion_prompt(engine, p) for p in raw), strict=True)
         want_lp = req.logprobs is not None
+        score = req.echo and want_lp  # the prompt's own log-probs, computed once per prompt (by its first choice)
+
+        def params_for() -> list[GenerationParams]:
+            params = _params(req, req.max_tokens, want_lp, req.logprobs or 0)
+            for p in params:
+                p.stop_token_logprob = True
+            if score:
+                params[0].prompt_logprobs = req.logprobs
+            return params
+
         collector = _Collector()
-        seqs = start(engine, prompts, lambda: _params(req, req.max_tokens, want_lp, req.logprobs or 0), collector)
+        seqs = start(engine, list(prompts), params_for, collector)
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         prompt_tokens = sum(len(p) for p in prompts)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
+        def echo_logprobs(p: int, lps: list[TokenLogprob | None] | None, then: dict[str, Any]) -> dict[str, Any]:
+            return _echo_logprobs(engine, prompts[p], prompt_offsets[p], lps, then)
+
         if req.stream:
             offsets = [len(echo_texts[i // req.n]) if req.echo else 0 for i in range(len(seqs))]
+            scored: dict[int, list[TokenLogprob | None]] = {}
+            # Echo without log-probs goes out at once; with them it rides on each choice's first chunk (as vLLM).
+            echoed = [not score] * len(seqs)
 
             chunk = _chunk_maker(rid, "text_completion", created, model_name, include_usage)
 
-            def choice(index: int, delta: Delta) -> dict[str, Any]:
+            def choice(index: int, delta: Delta) -> dict[str, Any] | None:
+                p = index // req.n
+                if delta.prompt_logprobs is not None:
+                    scored[p] = delta.prompt_logprobs
+                if not delta.text and not delta.finish_reason:
+                    return None
+                text = delta.text
                 lp = _completion_logprobs(engine, delta.logprobs, offsets[index]) if want_lp else None
                 offsets[index] += len(delta.text)
-                return {"index": index, "text": delta.text, "logprobs": lp, "finish_reason": delta.finish_reason}
+                if not echoed[index]:
+                    echoed[index] = True
+                    text = echo_texts[p] + text
+                    lp = echo_logprobs(p, scored.get(p), lp)
+                return {"index": index, "text": text, "logprobs": lp, "finish_reason": delta.finish_reason}
 
             first = None
-            if req.echo:
+            if req.echo and not score:
                 first = [{"index": i, "text": echo_texts[i // req.n], "logprobs": None, "finish_reason": None}
                          for i in range(len(seqs))]
             return stream(engine, seqs, collector, chunk, first, choice, prompt_tokens, include_usage)
 
         results = await collect(request, engine, seqs, collector)
         choices = []
-        for i, (text, lps, reason, _) in enumerate(results):
-            prefix = echo_texts[i // req.n] if req.echo else ""
-            choices.append({"index": i, "text": prefix + text, "finish_reason": reason,
-                            "logprobs": _completion_logprobs(engine, lps, len(prefix)) if want_lp else None})
+        for i, (text, lps, reason, _, _) in enumerate(results):
+            p = i // req.n
+            prefix = echo_texts[p] if req.echo else ""
+            lp = _completion_logprobs(engine, lps, len(prefix)) if want_lp else None
+            if score:
+                lp = echo_logprobs(p, results[p * req.n][4], lp)
+            choices.append({"index": i, "text": prefix + text, "finish_reason": reason, "logprobs": lp})
         return {"id": rid, "object": "text_completion", "created": created, "model": model_name,
                 "system_fingerprint": None, "choices": choices,
                 "usage": usage(prompt_tokens, sum(r[3] for r in results))}

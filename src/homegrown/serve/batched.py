@@ -17,8 +17,10 @@ from homegrown.model import KVCache, Transformer, apply_rope
 
 
 def forward_rows(model: Transformer, cache: KVCache, idx: torch.Tensor, starts: torch.Tensor,
-                 last: torch.Tensor, first_slot: int = 0) -> torch.Tensor:
-    """Logits (B, V) at position `last[b]` of each row of `idx` (B, T).
+                 last: torch.Tensor, first_slot: int = 0, every_position: torch.Tensor | None = None
+                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Logits (B, V) at position `last[b]` of each row of `idx` (B, T); with `every_position` (row indices),
+    also those rows' logits at every position, (R, T, V), for prompt log-probabilities.
 
     Row b holds tokens for absolute positions starts[b] .. starts[b]+T-1 and lives in cache slot
     first_slot + b. Right padding (prefill of prompts of unequal length) is allowed: padded positions write
@@ -52,8 +54,12 @@ def forward_rows(model: Transformer, cache: KVCache, idx: torch.Tensor, starts: 
         h = F.rms_norm(x, (d,), layer.post_attention_layernorm.weight, cfg.norm_eps)
         gate, up = F.linear(h, mlp.gate_up.weight).chunk(2, dim=-1)
         x = x + F.linear(F.silu(gate).mul_(up), mlp.down_proj.weight)
-    x = F.rms_norm(x[torch.arange(b, device=device), last], (d,), model.norm.weight, cfg.norm_eps)
-    return F.linear(x, model.lm_head.weight)
+    h = F.rms_norm(x[torch.arange(b, device=device), last], (d,), model.norm.weight, cfg.norm_eps)
+    logits = F.linear(h, model.lm_head.weight)
+    if every_position is None:
+        return logits
+    h = F.rms_norm(x[every_position], (d,), model.norm.weight, cfg.norm_eps)
+    return logits, F.linear(h, model.lm_head.weight)
 
 
 def move_slot(cache: KVCache, src: int, dst: int, length: int) -> None:

@@ -14,7 +14,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -54,14 +54,24 @@ class GenerationParams(SamplingParams):
     frequency_penalty: float = 0.0
     logprobs: bool = False
     top_logprobs: int = 0
+    stop_token_logprob: bool = False
+    """With `logprobs`, the stop token that ends the sequence gets an entry too, as in vLLM's /v1/completions
+    (lm-eval's local-completions drops the last entry as the one generated token)."""
+    prompt_logprobs: int | None = None
+    """Also score the prompt (/v1/completions echo): every prompt token's log-prob given the tokens before it,
+    with this many alternatives each. Such a prompt is computed whole, never copied from a cached prefix."""
 
     def validate(self) -> None:
-        super().validate()
+        # max_tokens=0 is a prefill only (echo the prompt, with its log-probs): nothing is sampled.
+        SamplingParams.validate(replace(self, max_tokens=max(self.max_tokens, 1)))
+        if self.max_tokens < 0:
+            raise HomegrownError(f"max_tokens must not be negative, got {self.max_tokens}")
         for name in ("presence_penalty", "frequency_penalty"):
             if not -2.0 <= getattr(self, name) <= 2.0:
                 raise HomegrownError(f"{name} must be between -2 and 2, got {getattr(self, name)}")
-        if not 0 <= self.top_logprobs <= 20:
-            raise HomegrownError(f"top_logprobs must be between 0 and 20, got {self.top_logprobs}")
+        for name in ("top_logprobs", "prompt_logprobs"):
+            if not 0 <= (getattr(self, name) or 0) <= 20:
+                raise HomegrownError(f"{name} must be between 0 and 20, got {getattr(self, name)}")
         if any(not s for s in self.stop):
             raise HomegrownError("stop strings must not be empty")
 
@@ -83,6 +93,9 @@ class Delta:
     finish_reason: str | None = None
     """`stop` (stop token or string), `length` (max_tokens), `abort` (cancelled) or `error`."""
     completion_tokens: int = 0
+    prompt_logprobs: list[TokenLogprob | None] | None = None
+    """Sent once, alone, right after the prefill of a sequence that asked: one entry per prompt token, the first
+    None (nothing precedes it)."""
 
 
 Emit = Callable[[int, Delta], None]
@@ -173,8 +186,8 @@ class Engine:
                 raise ContextLengthError(
                     f"This model's maximum context length is {self.max_len} tokens. However, your prompt has "
                     f"{prompt_len} tokens, which leaves no room for a completion. Please shorten the prompt.")
-        if max_tokens < 1:
-            raise HomegrownError(f"max_tokens must be at least 1, got {max_tokens}")
+        if max_tokens < 0:
+            raise HomegrownError(f"max_tokens must not be negative, got {max_tokens}")
         if prompt_len + max_tokens > self.max_len:
             raise ContextLengthError(
                 f"This model's maximum context length is {self.max_len} tokens. However, you requested "
@@ -280,7 +293,8 @@ class Engine:
         fresh: list[Sequence] = []
         followers: list[Sequence] = []
         for seq in seqs:
-            shares = any(_common_prefix(seq.prompt_ids, f.prompt_ids) >= MIN_SHARED_PREFIX for f in fresh)
+            shares = seq.params.prompt_logprobs is None and any(
+                _common_prefix(seq.prompt_ids, f.prompt_ids) >= MIN_SHARED_PREFIX for f in fresh)
             (followers if shares else fresh).append(seq)
         batches = [(group, self._forward_prompts(group)) for group in (fresh, followers) if group]
         for group, logits in batches:
@@ -288,7 +302,10 @@ class Engine:
 
     def _forward_prompts(self, seqs: list[Sequence]) -> torch.Tensor:
         first = len(self._running)
-        reused = [self._reuse_prefix(seq.prompt_ids, first + row) for row, seq in enumerate(seqs)]
+        # A reused prefix has no logits, so a prompt to be scored is computed whole.
+        scored = [row for row, seq in enumerate(seqs) if seq.params.prompt_logprobs is not None]
+        reused = [0 if row in scored else self._reuse_prefix(seq.prompt_ids, first + row)
+                  for row, seq in enumerate(seqs)]
         suffixes = [seq.prompt_ids[p:] for seq, p in zip(seqs, reused, strict=True)]
         idx = torch.zeros(len(seqs), max(map(len, suffixes)), dtype=torch.long)
         for row, (seq, suffix) in enumerate(zip(seqs, suffixes, strict=True)):
@@ -296,12 +313,31 @@ class Engine:
             seq.length = len(seq.prompt_ids)
         starts = torch.tensor(reused, device=self.device)
         last = torch.tensor([len(s) for s in suffixes], device=self.device) - 1
-        logits = forward_rows(self.model, self.cache, idx.to(self.device), starts, last, first_slot=first)
+        if scored:
+            logits, every = forward_rows(self.model, self.cache, idx.to(self.device), starts, last, first_slot=first,
+                                         every_position=torch.tensor(scored, device=self.device))
+            for row, row_logits in zip(scored, every, strict=True):
+                seq = seqs[row]
+                self._send(seq, Delta("", [], [], prompt_logprobs=self._score_prompt(seq, row_logits)))
+        else:
+            logits = forward_rows(self.model, self.cache, idx.to(self.device), starts, last, first_slot=first)
         self._running.extend(seqs)
         self.reused_prompt_tokens += sum(reused)
         if self.metrics:
             self.metrics.prompt_tokens_reused.inc(sum(reused))
         return logits
+
+    def _score_prompt(self, seq: Sequence, logits: torch.Tensor) -> list[TokenLogprob | None]:
+        """Log-prob (fp32) of each prompt token given the ones before it, from the prefill's (T, V) logits."""
+        ids, k = seq.prompt_ids, seq.params.prompt_logprobs or 0
+        logp = torch.log_softmax(logits[: len(ids) - 1].float(), dim=-1)
+        chosen = logp.gather(1, torch.tensor(ids[1:], dtype=torch.long, device=logp.device)[:, None])[:, 0].tolist()
+        tops: list[list[tuple[int, float]]] = [[] for _ in chosen]
+        if k:
+            top = torch.topk(logp, min(k, logp.shape[-1]), dim=-1)
+            tops = [list(zip(i, v, strict=True)) for i, v in zip(top.indices.tolist(), top.values.tolist(),
+                                                                    strict=True)]
+        return [None, *(TokenLogprob(t, lp, top) for t, lp, top in zip(ids[1:], chosen, tops, strict=True))]
 
     def _reuse_prefix(self, ids: list[int], slot: int) -> int:
         """Copy the longest cached prefix of `ids` (from a running sequence's prompt) into `slot`; its length.
@@ -338,8 +374,12 @@ class Engine:
                 self._finish(seq, "abort")
                 finished.append(seq)
                 continue
-            sampled += 1
             p = seq.params
+            if p.max_tokens == 0:  # prefill only: the prompt (and its log-probs) was all that was asked
+                self._finish(seq, "length")
+                finished.append(seq)
+                continue
+            sampled += 1
             row_logits = logits[row: row + 1]
             if seq.counts is not None:
                 row_logits = row_logits - p.frequency_penalty * seq.counts - p.presence_penalty * (seq.counts > 0)
@@ -349,16 +389,15 @@ class Engine:
                 token = int(sample_next(row_logits, p, seq.generator))
             self._observe_token(seq, now)
             if token in seq.stop_ids:
+                if p.logprobs and p.stop_token_logprob:
+                    seq.unsent_logprobs.append(_token_logprob(row_logits[0], token, p.top_logprobs))
                 finished.append(seq)
                 self._finish(seq, "stop")
                 continue
             if seq.counts is not None:
                 seq.counts[0, token] += 1
             if p.logprobs:
-                logp = torch.log_softmax(row_logits[0], dim=-1)
-                top = torch.topk(logp, p.top_logprobs) if p.top_logprobs else None
-                pairs = list(zip(top.indices.tolist(), top.values.tolist(), strict=True)) if top is not None else []
-                seq.unsent_logprobs.append(TokenLogprob(token, float(logp[token]), pairs))
+                seq.unsent_logprobs.append(_token_logprob(row_logits[0], token, p.top_logprobs))
             seq.out_ids.append(token)
             seq.unsent_ids.append(token)
             seq.next_token = token
@@ -434,6 +473,13 @@ class Engine:
         if self.metrics:
             self.metrics.running.set(len(self._running))
             self.metrics.waiting.set(len(self._waiting))
+
+
+def _token_logprob(logits: torch.Tensor, token: int, top: int) -> TokenLogprob:
+    logp = torch.log_softmax(logits, dim=-1)
+    best = torch.topk(logp, top) if top else None
+    pairs = list(zip(best.indices.tolist(), best.values.tolist(), strict=True)) if best is not None else []
+    return TokenLogprob(token, float(logp[token]), pairs)
 
 
 def _common_prefix(a: list[int], b: list[int], limit: int | None = None) -> int:

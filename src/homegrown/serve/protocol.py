@@ -73,8 +73,16 @@ class ChatCompletionRequest(_Sampling):
     top_logprobs: int | None = Field(None, ge=0, le=20)
 
 
+TokenId = Annotated[int, Field(ge=0, le=1 << 31)]
+
+
 class CompletionRequest(_Sampling):
-    prompt: str | list[str] | list[Annotated[int, Field(ge=0, le=1 << 31)]] = Field(
-        description="A string, a list of strings (one completion each) or a list of token ids.")
-    logprobs: int | None = Field(None, ge=0, le=5)
+    prompt: str | list[str] | list[TokenId] | list[list[TokenId]] = Field(
+        description="A string, a list of strings (one completion each), a list of token ids or a list of such "
+                    "lists (as lm-eval's local-completions sends). Text starts after <|endoftext|>; ids are "
+                    "taken as they are.")
+    max_tokens: int | None = Field(None, ge=0, le=MAX_TOKENS_LIMIT,
+                                   description="0 with echo: the prompt alone (with its log-probs), nothing generated.")
+    logprobs: int | None = Field(None, ge=0, le=5, description="With echo, the prompt's tokens get them too (the "
+                                                                "first one's is null), as in vLLM.")
     echo: bool = False
