@@ -16,17 +16,15 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from homegrown.serve.launch import launch
 
 PROMPTS = [
     "Explain what a tokenizer does.",
@@ -38,7 +36,6 @@ PROMPTS = [
     "Summarise the plot of a detective story in two sentences.",
     "What does HTTP stand for?",
 ]
-EXE = Path(sys.executable).with_name("homegrown")
 
 
 @dataclass
@@ -50,40 +47,18 @@ class Result:
     failed: int = 0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
-    """`homegrown serve` in a child process, stopped with SIGTERM (its graceful path)."""
+    """`homegrown serve` in a child process (homegrown.serve.launch), stopped with SIGTERM (its graceful path)."""
 
     def __init__(self, source: Path, max_batch: int) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log = tempfile.NamedTemporaryFile("w", suffix=".log", delete=False)  # noqa: SIM115 - closed in stop()
-        db = Path(tempfile.mkdtemp()) / "bench.sqlite"
-        self.proc = subprocess.Popen(
-            [str(EXE), "serve", str(source), "--port", str(self.port), "--max-batch", str(max_batch),
-             "--model-name", "bench", "--db-url", f"sqlite:///{db}", "--max-waiting", "4096"],
-            stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "HOMEGROWN_API_KEY": ""})
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"server exited: {Path(self.log.name).read_text()}")
-            try:
-                if httpx.get(f"{self.base}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        raise SystemExit("server did not start")
+        work = Path(tempfile.mkdtemp())
+        self.proc = launch(source, "--max-batch", str(max_batch), "--model-name", "bench", "--db-url",
+                           f"sqlite:///{work / 'bench.sqlite'}", "--max-waiting", "4096", log=work / "serve.log",
+                           env={**os.environ, "HOMEGROWN_API_KEY": ""}, timeout=300)
+        self.base = self.proc.base_url
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(120)
-        self.log.close()
+        self.proc.stop(120)
 
 
 async def one_request(client: httpx.AsyncClient, prompt: str, max_tokens: int, result: Result) -> None:

@@ -14,45 +14,23 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-import socket
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
 from playwright.sync_api import sync_playwright
+
+from homegrown.serve.launch import ServerProcess, launch
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 DEFAULT_PROMPTS = ["How do I install a package on Debian?", "What does a Python list comprehension do?"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(run: Path, db_dir: Path, timeout: float) -> tuple[subprocess.Popen, str, str]:
-    port, key = free_port(), "sk-" + secrets.token_hex(16)
-    exe = Path(sys.executable).with_name("homegrown")
-    proc = subprocess.Popen([str(exe), "serve", str(run), "--host", "127.0.0.1", "--port", str(port),
-                             "--api-key", key, "--db-url", f"sqlite:///{db_dir / 'chats.db'}"])
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"homegrown serve exited with code {proc.returncode}; see its output above")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return proc, url, key
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    proc.terminate()
-    raise SystemExit(f"homegrown serve did not answer /health within {timeout:.0f}s")
+def start_server(run: Path, db_dir: Path, timeout: float) -> tuple[ServerProcess, str]:
+    key = "sk-" + secrets.token_hex(16)
+    srv = launch(run, "--api-key", key, "--db-url", f"sqlite:///{db_dir / 'chats.db'}", log=db_dir / "serve.log",
+                 timeout=timeout)
+    return srv, key
 
 
 def shoot(url: str, key: str, prompts: list[str], out: Path, width: int, height: int, chromium: str) -> None:
@@ -98,12 +76,11 @@ def main() -> None:
         shoot(args.url.rstrip("/"), args.api_key, prompts, args.out, args.width, args.height, args.chromium)
     else:
         with tempfile.TemporaryDirectory(prefix="homegrown-shot-") as db_dir:
-            proc, url, key = start_server(args.run, Path(db_dir), args.start_timeout)
+            srv, key = start_server(args.run, Path(db_dir), args.start_timeout)
             try:
-                shoot(url, key, prompts, args.out, args.width, args.height, args.chromium)
+                shoot(srv.base_url, key, prompts, args.out, args.width, args.height, args.chromium)
             finally:
-                proc.terminate()
-                proc.wait(timeout=60)
+                srv.stop()
     print(f"wrote {args.out}")
 
 

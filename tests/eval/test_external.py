@@ -7,14 +7,10 @@ written here that computes echoed prompt log-probabilities with one plain forwar
 
 import json
 import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 import torch
 import uvicorn
@@ -25,16 +21,9 @@ from homegrown.eval.external import EndpointModel
 from homegrown.eval.report import ExternalSpec, build_report
 from homegrown.eval.tasks import TASKS_DIR, LocalModel, evaluate_task, load_task
 from homegrown.model import Transformer
+from homegrown.serve.launch import free_port, launch
 from homegrown.tokenizer import eot_id
 from homegrown.train.checkpoint import load_for_inference, save_checkpoint
-
-HOMEGROWN_EXE = Path(sys.executable).with_name("homegrown")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def echo_logprobs_app(ckpt: Path) -> FastAPI:
@@ -110,29 +99,10 @@ def chat_ckpt(eval_run, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def homegrown_server(eval_run, chat_ckpt):
     """The real `homegrown serve` on a checkpoint, as a user starts it."""
-    port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "HOMEGROWN_API_KEY": "eval-key"}
-    log = eval_run / f"serve-{port}.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen([str(HOMEGROWN_EXE), "serve", str(chat_ckpt), "--port",
-                                 str(port), "--device", "cpu", "--model-name", "chat-model"], env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail(f"homegrown serve did not start:\n{log.read_text()}")
-    yield f"{base}/v1"
-    proc.terminate()
-    proc.wait(timeout=60)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HOMEGROWN_API_KEY": "eval-key"}
+    srv = launch(chat_ckpt, "--device", "cpu", "--model-name", "chat-model", log=eval_run / "serve-eval.log", env=env)
+    yield f"{srv.base_url}/v1"
+    srv.stop()
 
 
 def test_homegrown_serve_scores_likelihood_exactly_like_the_checkpoint(chat_ckpt, homegrown_server, tmp_path):

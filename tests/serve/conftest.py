@@ -11,24 +11,20 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 import torch
 
 from homegrown.config import ModelConfig, ServeConfig
 from homegrown.model import Transformer
+from homegrown.serve.launch import free_port, launch
 from homegrown.serve.server import run_dir_of
 from homegrown.train.checkpoint import save_checkpoint
 
-HOMEGROWN_EXE = Path(sys.executable).with_name("homegrown")
 API_KEY = "test-key-123"
 SERVE_MODEL = ModelConfig(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=128)
 
@@ -53,12 +49,6 @@ def engine(serve_run: Path) -> Iterator:
     eng.stop(drain=False, timeout=30)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class Server:
     """A running `homegrown serve`: where it listens, its key, what it serves and its process."""
@@ -81,29 +71,15 @@ class Server:
 
 
 def start_server(source: Path, *args: str, api_key: str | None = API_KEY, timeout: float = 120) -> Server:
-    """Start the console script and wait until /health says the model is loaded."""
-    port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    """Start the console script (homegrown.serve.launch) and wait until /health says the model is loaded."""
+    env = {**os.environ}
     env.pop("HOMEGROWN_API_KEY", None)
     if api_key:
         env["HOMEGROWN_API_KEY"] = api_key
-    log = run_dir_of(source) / f"serve-{port}.log"
-    with log.open("w") as out:  # a file, not a pipe: nobody reads a pipe while tests run, and a full one blocks
-        proc = subprocess.Popen([str(HOMEGROWN_EXE), "serve", str(source), "--port", str(port), "--device", "cpu",
-                                 *args], env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"homegrown serve exited with {proc.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                return Server(base, api_key, run_dir_of(source), source, proc, run_dir_of(source).name, log)
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"homegrown serve did not become healthy in {timeout} s:\n{log.read_text()}")
+    port, run = free_port(), run_dir_of(source)
+    srv = launch(source, "--device", "cpu", *args, log=run / f"serve-{port}.log", port=port, env=env,
+                 timeout=timeout)
+    return Server(srv.base_url, api_key, run, source, srv.process, run.name, srv.log)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,83 @@
+"""Run `homegrown serve` as a child process and wait until it answers: the server as a user starts it.
+
+Tests, benchmarks and scripts exercise the real server in its own process (the console script, its own
+event loop and engine thread), so what they measure or pin is what a client sees. Each used to carry its
+own start-and-poll loop; this is the one copy.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from homegrown.errors import HomegrownError
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on right now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def homegrown_command() -> list[str]:
+    """The console script beside this interpreter (as installed), else `python -m homegrown`."""
+    exe = Path(sys.executable).with_name("homegrown")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "homegrown"]
+
+
+@dataclass
+class ServerProcess:
+    """A started `homegrown serve`: where it listens, its process and the file its output goes to."""
+
+    base_url: str
+    process: subprocess.Popen
+    log: Path
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM (the server's draining path), then its exit code; killed if it outlives `timeout`."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+
+def launch(source: Path, *args: str, log: Path, host: str = "127.0.0.1", port: int | None = None,
+           env: Mapping[str, str] | None = None, timeout: float = 120) -> ServerProcess:
+    """`homegrown serve SOURCE --host HOST --port PORT ARGS…`, returned once GET /health is 200.
+
+    Output goes to the file `log` (not a pipe: nobody reads a pipe while the caller works, and a full one
+    blocks the server). `env` replaces the environment (default: this process's). If the server exits or is
+    not healthy within `timeout` seconds, it is killed and the error carries the end of its log.
+    """
+    port = port or free_port(host)
+    command = [*homegrown_command(), "serve", str(source), "--host", host, "--port", str(port), *args]
+    with Path(log).open("w") as out:
+        proc = subprocess.Popen(command, env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"},
+                                stdout=out, stderr=subprocess.STDOUT, text=True)
+    base = f"http://{host}:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise HomegrownError(f"homegrown serve exited with {proc.returncode}:\n{Path(log).read_text()[-4000:]}")
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                return ServerProcess(base, proc, Path(log))
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    raise HomegrownError(f"homegrown serve did not become healthy in {timeout:.0f} s:\n{Path(log).read_text()[-4000:]}")
