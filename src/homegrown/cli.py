@@ -469,17 +469,26 @@ def chat(
 @app.command()
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="Run directory or ckpt/step_N.")],
-    out: Annotated[Path, typer.Option(help="Output directory.")],
-    format: Annotated[str, typer.Option("--format", help="hf (transformers Llama).")] = "hf",
+    out: Annotated[Path, typer.Option(help="Output directory (hf) or .gguf file (gguf).")],
+    format: Annotated[str, typer.Option("--format", help="hf (transformers Llama) or gguf (llama.cpp / Ollama).")]
+        = "hf",
+    outtype: Annotated[str, typer.Option(help="gguf only: f32, f16 or q8_0.")] = "f16",
 ) -> None:
-    """Export a checkpoint for other runtimes (transformers / vLLM)."""
-    if format != "hf":
-        raise HomegrownError(f"unknown export format {format!r}; supported: hf")
-    from homegrown.export.hf import export_hf
+    """Export a checkpoint for other runtimes (transformers / vLLM, llama.cpp / Ollama)."""
     from homegrown.train.checkpoint import resolve_checkpoint
 
-    path = export_hf(resolve_checkpoint(checkpoint), out)
-    console.print(f"wrote {path} (load with transformers.AutoModelForCausalLM.from_pretrained)")
+    if format not in ("hf", "gguf"):
+        raise HomegrownError(f"unknown export format {format!r}; supported: hf, gguf")
+    if format == "hf":
+        from homegrown.export.hf import export_hf
+
+        path = export_hf(resolve_checkpoint(checkpoint), out)
+        console.print(f"wrote {path} (load with transformers.AutoModelForCausalLM.from_pretrained)")
+    else:
+        from homegrown.export.gguf import export_gguf
+
+        path = export_gguf(resolve_checkpoint(checkpoint), out, outtype)
+        console.print(f"wrote {path} ({outtype}; run with llama.cpp `llama-cli -m {path}` or an Ollama Modelfile)")
 
 
 TasksOpt = Annotated[list[str] | None, typer.Option(

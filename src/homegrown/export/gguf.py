@@ -1,0 +1,200 @@
+"""Write GGUF for llama.cpp and Ollama, through the `gguf` package that llama.cpp's own converter uses.
+
+The tensors come from `export/hf.py`'s Llama state dict (fused q/k/v and gate/up already split), renamed to
+llama.cpp's names. Our RoPE rotates halves (HF layout); llama.cpp's `llama` architecture rotates adjacent pairs,
+so q and k rows are permuted within each head exactly as llama.cpp's `convert_hf_to_gguf.py` (`LlamaModel.permute`)
+does — k with the KV-head count. The byte-level BPE tokenizer goes in as llama.cpp's "gpt2" model with the
+GPT-2 pre-tokenizer regex, which is the one `tokenizers`' ByteLevel(use_regex=True) applies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from homegrown.config import CHAT_SPECIAL_TOKENS, ModelConfig
+from homegrown.errors import HomegrownError
+from homegrown.export.hf import CHAT_TEMPLATE, END_TOKEN, EOT_TOKEN, _added_tokens, _special_id, to_hf_state
+from homegrown.train.checkpoint import CONFIG, WEIGHTS, resolve_checkpoint
+
+OUTTYPES = {
+    "f32": (gguf.GGMLQuantizationType.F32, gguf.LlamaFileType.ALL_F32),
+    "f16": (gguf.GGMLQuantizationType.F16, gguf.LlamaFileType.MOSTLY_F16),
+    "q8_0": (gguf.GGMLQuantizationType.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
+}
+
+_LAYER_NAMES = {
+    "input_layernorm": "attn_norm",
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "post_attention_layernorm": "ffn_norm",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+}
+GPT2_REGEX = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+"""The split `tokenizers`' ByteLevel(use_regex=True) applies; llama.cpp knows it as pre-tokenizer "gpt-2"."""
+
+_TOP_NAMES = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
+
+
+def permute_rope(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """Rows of a q or k projection from rotate-half order to llama.cpp's interleaved-pair order, per head.
+
+    Same as `LlamaModel.permute` in llama.cpp's convert_hf_to_gguf.py: within each head, row j of the first half
+    and row j of the second half become rows 2j and 2j+1.
+    """
+    return w.reshape(n_heads, 2, w.shape[0] // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def gguf_name(hf_name: str) -> str:
+    """llama.cpp tensor name for an HF Llama tensor name (model.layers.3.mlp.up_proj.weight → blk.3.ffn_up.weight)."""
+    stem = hf_name.removesuffix(".weight")
+    if stem in _TOP_NAMES:
+        return _TOP_NAMES[stem] + ".weight"
+    _, _, layer, rest = stem.split(".", 3)
+    return f"blk.{layer}.{_LAYER_NAMES[rest]}.weight"
+
+
+def gguf_tensors(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, np.ndarray]:
+    """Our training-layout state dict → float32 arrays under llama.cpp names, q/k permuted for its RoPE."""
+    out: dict[str, np.ndarray] = {}
+    for name, tensor in to_hf_state(state, cfg).items():
+        arr = tensor.detach().to(torch.float32).cpu().numpy()
+        if name.endswith("self_attn.q_proj.weight"):
+            arr = permute_rope(arr, cfg.n_heads)
+        elif name.endswith("self_attn.k_proj.weight"):
+            arr = permute_rope(arr, cfg.n_kv_heads)
+        out[gguf_name(name)] = np.ascontiguousarray(arr)
+    return out
+
+
+def _encode(arr: np.ndarray, qtype: gguf.GGMLQuantizationType) -> tuple[np.ndarray, gguf.GGMLQuantizationType]:
+    """Array in `qtype`, as convert_hf_to_gguf.py does: 1-D tensors (norms) stay f32, and a matrix whose rows do
+    not split into whole quantization blocks falls back to f16."""
+    if arr.ndim == 1 or qtype == gguf.GGMLQuantizationType.F32:
+        return arr.astype(np.float32), gguf.GGMLQuantizationType.F32
+    if qtype == gguf.GGMLQuantizationType.F16:
+        return arr.astype(np.float16), qtype
+    try:
+        return gguf.quants.quantize(arr, qtype), qtype
+    except gguf.QuantError:
+        return arr.astype(np.float16), gguf.GGMLQuantizationType.F16
+
+
+def _tokenizer_fields(tokenizer_path: Path, vocab_size: int) -> dict[str, Any]:
+    """Tokens in id order, their types, merges and special ids from tokenizer.json (no `tokenizers` needed)."""
+    data = json.loads(tokenizer_path.read_text())
+    model = data.get("model", {})
+    pre = data.get("pre_tokenizer") or {}
+    if model.get("type") != "BPE" or pre.get("type") != "ByteLevel" or not pre.get("use_regex", True):
+        raise HomegrownError(f"{tokenizer_path} is not homegrown's byte-level BPE (GPT-2 regex); GGUF export "
+                             "supports only that tokenizer")
+    added = _added_tokens(tokenizer_path)
+    by_id = {i: tok for tok, i in model["vocab"].items()} | {i: tok for tok, i in added.items()}
+    if max(by_id) >= vocab_size:
+        raise HomegrownError(f"{tokenizer_path} has token id {max(by_id)}, beyond the model's vocab_size "
+                             f"{vocab_size}; the tokenizer does not belong to this checkpoint")
+    tokens, types = [], []
+    for i in range(vocab_size):
+        if i not in by_id:  # the model may have spare rows the tokenizer never produces
+            tokens.append(f"[PAD{i}]")
+            types.append(gguf.TokenType.UNUSED)
+        else:
+            tokens.append(by_id[i])
+            special = by_id[i] in added or by_id[i] in CHAT_SPECIAL_TOKENS
+            types.append(gguf.TokenType.CONTROL if special else gguf.TokenType.NORMAL)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    return {"tokens": tokens, "types": types, "merges": merges,
+            "eot": _special_id(added, EOT_TOKEN, tokenizer_path), "end": _special_id(added, END_TOKEN, tokenizer_path)}
+
+
+def _model_name(ckpt: Path) -> str:
+    """general.name: runs/small/sft/ckpt/step_120 → homegrown-small-sft-step_120."""
+    parts = [ckpt.name]
+    parent = ckpt.parent
+    while parent.name in ("ckpt", "sft"):
+        if parent.name == "sft":
+            parts.insert(0, "sft")
+        parent = parent.parent
+    return "-".join(["homegrown", parent.name, *parts] if parent.name else ["homegrown", *parts])
+
+
+def export_gguf(ckpt: Path, out_file: Path, outtype: str = "f16") -> Path:
+    """Write checkpoint (or run dir) `ckpt` as one GGUF file at `out_file`, atomically.
+
+    Token ids: BOS is <|endoftext|> and is prepended (every document follows one in training, and our
+    completions endpoint and eval start prompts with it); EOS and EOT are <|end|>, where a chat reply stops;
+    llama.cpp also ends generation at <|endoftext|>, which it recognises by name.
+    """
+    if outtype not in OUTTYPES:
+        raise HomegrownError(f"unknown GGUF outtype {outtype!r}; choose one of: {', '.join(OUTTYPES)}")
+    ckpt = resolve_checkpoint(Path(ckpt))
+    out_file = Path(out_file)
+    if out_file.is_dir():
+        raise HomegrownError(f"{out_file} is a directory; GGUF export writes one file, e.g. {out_file}/model.gguf")
+    tokenizer_path = ckpt / "tokenizer.json"
+    if not tokenizer_path.exists():
+        raise HomegrownError(f"{ckpt} has no tokenizer.json; export a checkpoint written by homegrown training")
+    cfg = ModelConfig.load(ckpt / CONFIG)
+    tok = _tokenizer_fields(tokenizer_path, cfg.vocab_size)
+    tensors = gguf_tensors(load_file(str(ckpt / WEIGHTS)), cfg)
+    qtype, file_type = OUTTYPES[outtype]
+
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_file.with_name(f".{out_file.name}.tmp")
+    writer = gguf.GGUFWriter(str(tmp), "llama")
+    try:
+        writer.add_name(_model_name(ckpt))
+        writer.add_context_length(cfg.max_seq_len)
+        writer.add_embedding_length(cfg.d_model)
+        writer.add_block_count(cfg.n_layers)
+        writer.add_feed_forward_length(cfg.ffn_hidden)
+        writer.add_head_count(cfg.n_heads)
+        writer.add_head_count_kv(cfg.n_kv_heads)
+        writer.add_layer_norm_rms_eps(cfg.norm_eps)
+        writer.add_rope_freq_base(cfg.rope_theta)
+        writer.add_rope_dimension_count(cfg.head_dim)
+        writer.add_vocab_size(cfg.vocab_size)
+        writer.add_file_type(file_type)
+
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre("gpt-2")
+        writer.add_token_list(tok["tokens"])
+        writer.add_token_types(tok["types"])
+        writer.add_token_merges(tok["merges"])
+        writer.add_bos_token_id(tok["eot"])
+        writer.add_eos_token_id(tok["end"])
+        writer.add_eot_token_id(tok["end"])
+        writer.add_pad_token_id(tok["eot"])
+        # Ollama's own (Go) llama runner ignores tokenizer.ggml.pre: it reads the split regex itself (default:
+        # Llama 3's) and its stop ids from eos_token_id plus eos_token_ids. llama.cpp ignores both keys.
+        writer.add_string("tokenizer.ggml.pretokenizer", GPT2_REGEX)
+        writer.add_array("tokenizer.ggml.eos_token_ids", [tok["end"], tok["eot"]])
+        writer.add_add_bos_token(True)
+        writer.add_add_eos_token(False)
+        writer.add_chat_template(CHAT_TEMPLATE)
+
+        for name, arr in tensors.items():
+            data, dtype = _encode(arr, qtype)
+            quantized = dtype not in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
+            writer.add_tensor(name, data, raw_dtype=dtype if quantized else None)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, out_file)
+    return out_file
