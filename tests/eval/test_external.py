@@ -73,15 +73,20 @@ def test_echoed_logprobs_score_multiple_choice_exactly_like_the_local_model(eval
     assert endpoint.mode == "completions" and endpoint.supports_loglikelihood
     local_lm = LocalModel(*load_for_inference(eval_run / "ckpt" / "step_8"))
     # 0-shot items that fit the tiny model's 64-token window whole (a server would refuse longer prompts).
+    _assert_same_multiple_choice_scores(endpoint, local_lm, tmp_path, max_tokens=60, n=30)
+
+
+def _assert_same_multiple_choice_scores(endpoint: EndpointModel, local_lm: LocalModel, tmp_path: Path,
+                                        max_tokens: int, n: int) -> None:
+    """Shipped doc_entry items short enough for the model's window: same log-probs and metrics both ways."""
     shipped = [json.loads(line) for line in (TASKS_DIR / "doc_entry.jsonl").read_text().splitlines()[1:]]
     items = [json.dumps(it) for it in shipped if it["split"] == "test"
-             and max(len(local_lm.encode(it["context"] + c)) for c in it["choices"]) < 60][:30]
+             and max(len(local_lm.encode(it["context"] + c)) for c in it["choices"]) < max_tokens][:n]
     assert len(items) >= 10
     (tmp_path / "short.jsonl").write_text("\n".join(items) + "\n")
     task = load_task(tmp_path / "short.jsonl")
-    remote = evaluate_task(task, endpoint)
-    local = evaluate_task(task, local_lm)
-    assert remote.mode == "loglikelihood"
+    remote, local = evaluate_task(task, endpoint), evaluate_task(task, local_lm)
+    assert remote.mode == local.mode == "loglikelihood"
     assert remote.metrics == pytest.approx(local.metrics)
     for r, ll in zip(remote.examples, local.examples, strict=True):
         assert r["logprobs"] == pytest.approx(ll["logprobs"], abs=1e-3)
@@ -116,17 +121,7 @@ def test_homegrown_serve_scores_likelihood_exactly_like_the_checkpoint(chat_ckpt
     remote, local = endpoint.loglikelihoods(pairs), local_lm.loglikelihoods(pairs)
     assert [r[0] for r in remote] == pytest.approx([ll[0] for ll in local], abs=1e-3)
     assert [r[1] for r in remote] == [ll[1] for ll in local]
-    shipped = [json.loads(line) for line in (TASKS_DIR / "doc_entry.jsonl").read_text().splitlines()[1:]]
-    items = [json.dumps(it) for it in shipped if it["split"] == "test"
-             and max(len(local_lm.encode(it["context"] + c)) for c in it["choices"]) < 100][:12]
-    assert len(items) >= 10
-    (tmp_path / "short.jsonl").write_text("\n".join(items) + "\n")
-    task = load_task(tmp_path / "short.jsonl")
-    remote_r, local_r = evaluate_task(task, endpoint), evaluate_task(task, local_lm)
-    assert remote_r.mode == local_r.mode == "loglikelihood"
-    assert remote_r.metrics == pytest.approx(local_r.metrics)
-    for r, ll in zip(remote_r.examples, local_r.examples, strict=True):
-        assert r["logprobs"] == pytest.approx(ll["logprobs"], abs=1e-3)
+    _assert_same_multiple_choice_scores(endpoint, local_lm, tmp_path, max_tokens=100, n=12)
 
 
 def test_chat_mode_is_scored_by_generation_and_marked(chat_ckpt, homegrown_server, tmp_path):
