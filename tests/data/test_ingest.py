@@ -249,6 +249,10 @@ def test_iter_jsonl_splits_text_from_meta(tmp_path: Path) -> None:
         )
     docs = list(iter_jsonl(path))
     assert [(d.text, d.meta) for d in docs] == [("one", {"url": "u1"}), ("two", {"id": 2})]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n\n{"text": \n')  # a blank line still counts in the numbering
+    with pytest.raises(HomegrownError, match=r"bad\.jsonl:3: not valid JSON"):
+        list(iter_jsonl(bad))
 
 
 def test_shipped_sample_is_well_formed() -> None:

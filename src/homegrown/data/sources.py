@@ -19,10 +19,10 @@ import gzip
 import io
 import json
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 from urllib.parse import urlsplit
 
 from homegrown.errors import HomegrownError
@@ -138,6 +138,23 @@ def _open_text(path: Path) -> IO[str]:
     return path.open("r", encoding="utf-8")
 
 
+def numbered_json_lines(lines: Iterable[str]) -> Iterator[tuple[int, Any, json.JSONDecodeError | None]]:
+    """(line number, value, None) for each non-blank line, or (line number, None, error) where it is not JSON.
+
+    Every JSONL reader numbers lines the same way; what a bad line means (fatal, reported and skipped,
+    counted) is the caller's to decide.
+    """
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as err:
+            yield lineno, None, err
+            continue
+        yield lineno, value, None
+
+
 def iter_jsonl(path: Path, text_field: str = "text") -> Iterator[Document]:
     """One Document per line of a trusted `.jsonl` / `.jsonl.gz` file; a bad line is a user error.
 
@@ -146,12 +163,8 @@ def iter_jsonl(path: Path, text_field: str = "text") -> Iterator[Document]:
     if not path.is_file():
         raise HomegrownError(f"JSONL file {path} does not exist")
     with _open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
+        for lineno, record, err in numbered_json_lines(f):
+            if err is not None:
                 raise HomegrownError(
                     f"{path}:{lineno}: not valid JSON ({err.msg}); fix or remove the line"
                 ) from err

@@ -17,7 +17,6 @@ checkpoints, lm-eval and any OpenAI-compatible endpoint are scored by one piece 
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import re
@@ -32,6 +31,7 @@ from typing import Protocol
 import torch
 from tokenizers import Tokenizer
 
+from homegrown.data.sources import numbered_json_lines
 from homegrown.errors import HomegrownError
 from homegrown.generate import SamplingParams, stream_tokens
 from homegrown.model import Transformer
@@ -109,13 +109,9 @@ def load_task(path: Path) -> Task:
     header: dict = {}
     raw: list[tuple[int, object]] = []
     with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise _fail(path, lineno, f"not valid JSON ({e.msg} at column {e.colno})") from e
+        for lineno, record, err in numbered_json_lines(f):
+            if err is not None:
+                raise _fail(path, lineno, f"not valid JSON ({err.msg} at column {err.colno})") from err
             if isinstance(record, dict) and "task" in record and not raw and not header:
                 if not isinstance(record["task"], dict):
                     raise _fail(path, lineno, "the header's 'task' must be an object")

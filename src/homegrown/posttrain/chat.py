@@ -6,13 +6,13 @@ as single tokens and a server stops generation on exactly one id.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import Tokenizer
 
 from homegrown.config import CHAT_SPECIAL_TOKENS
+from homegrown.data.sources import numbered_json_lines
 from homegrown.errors import HomegrownError
 
 ROLES = ("system", "user", "assistant")
@@ -122,13 +122,9 @@ def read_chat_jsonl(path: Path, strict: bool = False) -> ChatFile:
         raise HomegrownError(f"chat data {path} does not exist; pass a JSONL file of {{\"messages\": [...]}} lines")
     result = ChatFile([], [])
     with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                problem = f"not valid JSON ({e.msg})"
+        for lineno, record, err in numbered_json_lines(f):
+            if err is not None:
+                problem = f"not valid JSON ({err.msg})"
             else:
                 problem = (message_problem(record.get("messages")) if isinstance(record, dict)
                            else 'expected an object with a "messages" list')
