@@ -114,21 +114,9 @@
       open.addEventListener("click", function () { openConversation(c.id); closeSidebar(); });
       var actions = document.createElement("span");
       actions.className = "actions";
-      var rename = document.createElement("button");
-      rename.type = "button";
-      rename.className = "rename";
-      rename.title = "Rename";
-      rename.setAttribute("aria-label", "Rename " + c.title);
-      rename.innerHTML = ICON_RENAME;
-      rename.addEventListener("click", function () { startRename(li, c); });
-      var del = document.createElement("button");
-      del.type = "button";
-      del.className = "delete";
-      del.title = "Delete";
-      del.setAttribute("aria-label", "Delete " + c.title);
-      del.innerHTML = ICON_DELETE;
-      del.addEventListener("click", function () { confirmDelete(c); });
-      actions.append(rename, del);
+      actions.append(
+        iconButton("rename", "Rename", c.title, ICON_RENAME, function () { startRename(li, c); }),
+        iconButton("delete", "Delete", c.title, ICON_DELETE, function () { confirmDelete(c); }));
       li.append(open, actions);
       el.list.append(li);
     });
@@ -138,6 +126,18 @@
     var body = await api("/api/conversations");
     state.conversations = body.data;
     renderList();
+  }
+
+  // A conversation's icon action: `verb` is its tooltip, and with the title its accessible name.
+  function iconButton(className, verb, title, icon, onClick) {
+    var button = document.createElement("button");
+    button.type = "button";
+    button.className = className;
+    button.title = verb;
+    button.setAttribute("aria-label", verb + " " + title);
+    button.innerHTML = icon;
+    button.addEventListener("click", onClick);
+    return button;
   }
 
   function startRename(li, c) {
