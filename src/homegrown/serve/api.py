@@ -43,7 +43,7 @@ from homegrown.serve.engine import (
     TokenLogprob,
 )
 from homegrown.serve.metrics import ServeMetrics
-from homegrown.serve.protocol import ChatCompletionRequest, CompletionRequest, _Sampling
+from homegrown.serve.protocol import ChatCompletionRequest, CompletionRequest, _Sampling, error_json
 from homegrown.tokenizer import EOT
 
 log = logging.getLogger(__name__)
@@ -59,12 +59,6 @@ class APIError(Exception):
                  code: str | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.kind, self.param, self.code = status, message, kind, param, code
-
-
-def error_json(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
-               code: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
-                        status_code=status)
 
 
 @dataclass
@@ -98,8 +92,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
         kind = "not_found_error" if e.status_code == 404 else "invalid_request_error"
-        return JSONResponse({"error": {"message": str(e.detail), "type": kind, "param": None, "code": None}},
-                            status_code=e.status_code, headers=getattr(e, "headers", None))
+        return error_json(e.status_code, str(e.detail), kind, headers=getattr(e, "headers", None))
 
     @app.exception_handler(EngineBusyError)
     async def busy(_: Request, e: EngineBusyError) -> JSONResponse:

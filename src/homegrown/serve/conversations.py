@@ -19,6 +19,7 @@ from pydantic.json_schema import SkipJsonSchema
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
+from homegrown.serve.protocol import error_json
 from homegrown.serve.store import Conversation, ConversationNotFound, ConversationStore, Message
 
 MAX_TITLE = 200
@@ -52,12 +53,6 @@ class UpdateConversation(_Body):
 class AppendMessage(_Body):
     role: Literal["system", "user", "assistant"]
     content: str = Field(max_length=MAX_CONTENT)
-
-
-def error_response(status: int, message: str, param: str | None = None, code: str | None = None,
-                   kind: str = "invalid_request_error") -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
-                        status_code=status)
 
 
 def _ts(value: datetime) -> int:
@@ -118,9 +113,9 @@ def build_router(store: ConversationStore) -> APIRouter:
         try:
             return await run_in_threadpool(fn, *args, **kwargs)
         except ConversationNotFound as e:
-            return error_response(404, str(e), "conversation_id", "conversation_not_found")
+            return error_json(404, str(e), param="conversation_id", code="conversation_not_found")
         except SQLAlchemyError as e:
-            return error_response(503, f"the conversation database failed ({e.__class__.__name__}); "
+            return error_json(503, f"the conversation database failed ({e.__class__.__name__}); "
                                   "check that it is reachable and retry", kind="server_error")
 
     @router.get("", summary="List conversations, most recently used first")
@@ -136,7 +131,7 @@ def build_router(store: ConversationStore) -> APIRouter:
         try:
             body = await _parse(request, CreateConversation)
         except _BadRequest as e:
-            return error_response(400, str(e), e.param)
+            return error_json(400, str(e), param=e.param)
         made = await call(store.create, **body.model_dump())
         return made if isinstance(made, JSONResponse) else conversation_json(made)
 
@@ -151,13 +146,13 @@ def build_router(store: ConversationStore) -> APIRouter:
         try:
             body = await _parse(request, UpdateConversation)
         except _BadRequest as e:
-            return error_response(400, str(e), e.param)
+            return error_json(400, str(e), param=e.param)
         changes = body.model_dump(exclude_unset=True)
         if not changes:
-            return error_response(400, "nothing to change; send title, model, system_prompt or temperature")
+            return error_json(400, "nothing to change; send title, model, system_prompt or temperature")
         for key in ("title", "system_prompt"):
             if key in changes and changes[key] is None:
-                return error_response(400, f"{key} cannot be null", key)
+                return error_json(400, f"{key} cannot be null", param=key)
         done = await call(store.update, conversation_id, **changes)
         return done if isinstance(done, JSONResponse) else conversation_json(done)
 
@@ -174,7 +169,7 @@ def build_router(store: ConversationStore) -> APIRouter:
         try:
             body = await _parse(request, AppendMessage)
         except _BadRequest as e:
-            return error_response(400, str(e), e.param)
+            return error_json(400, str(e), param=e.param)
         made = await call(store.append, conversation_id, body.role, body.content)
         return made if isinstance(made, JSONResponse) else message_json(made)
 

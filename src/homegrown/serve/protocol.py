@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 MAX_TOKENS_LIMIT = 1 << 20
@@ -86,3 +87,10 @@ class CompletionRequest(_Sampling):
     logprobs: int | None = Field(None, ge=0, le=5, description="With echo, the prompt's tokens get them too (the "
                                                                 "first one's is null), as in vLLM.")
     echo: bool = False
+
+
+def error_json(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
+               code: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    """OpenAI's error envelope, `{"error": {"message", "type", "param", "code"}}`, for every error we answer."""
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
+                        status_code=status, headers=headers)
