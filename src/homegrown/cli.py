@@ -75,7 +75,8 @@ def run(
     console.print(f"chat model      {summary.checkpoint}")
     console.print(f"loss curves     {summary.run_dir / 'loss_pretrain.png'}, {summary.run_dir / 'loss_sft.png'}")
     console.print(f"metrics         {summary.run_dir / 'metrics.jsonl'}, {summary.run_dir / 'metrics_sft.jsonl'}")
-    console.print(f"val bits/byte   {summary.val_bpb:.3f}   (val loss {summary.val_loss:.3f} nats/token)")
+    console.print(f"val bits/byte   {summary.val_bpb:.3f}   (base model, whole held-out split as in the report; "
+                  f"val loss {summary.val_loss:.3f} nats/token)")
     console.print(f"chat val loss   {summary.sft_val_loss:.3f} nats/token on held-out answers")
     console.print(f"report          {summary.report}")
     console.print(f"throughput      {summary.tokens_per_second:,.0f} tokens/s; total {summary.seconds / 60:.1f} min")

@@ -21,7 +21,7 @@ from homegrown.data.mixture import pack_corpus
 from homegrown.data.pack import INDEX_NAME
 from homegrown.data.sources import iter_corpus
 from homegrown.errors import HomegrownError
-from homegrown.eval.report import build_report
+from homegrown.eval.report import REPORT_JSON, build_report
 from homegrown.generate import SamplingParams, stream_tokens
 from homegrown.progress import console
 from homegrown.tokenizer import eot_id, load_tokenizer, train_tokenizer
@@ -37,6 +37,8 @@ class RunSummary:
     run_dir: Path
     checkpoint: Path
     val_bpb: float
+    """The base model's bits/byte on the whole held-out split, the figure report.md gives (not the last
+    training eval, which sees only a few batches)."""
     val_loss: float
     tokens_per_second: float
     seconds: float
@@ -126,8 +128,10 @@ def run(preset: Preset, run_dir: Path, samples: int = 3, progress: bool = True) 
     tasks = [t.strip() for t in preset.eval.tasks.split(",") if t.strip()]
     report = build_report([run_dir], run_dir, tasks, batch_size=preset.eval.batch_size,
                           max_items=preset.eval.max_items)
-    summary = RunSummary(run_dir, chat.final_checkpoint if chat else result.final_checkpoint, result.final_val_bpb,
-                         result.final_val_loss, result.tokens_per_second, time.perf_counter() - t0,
+    base_val = next(m["val"] for m in json.loads((report.parent / REPORT_JSON).read_text())["models"]
+                    if Path(m["checkpoint"]) == Path(result.final_checkpoint))
+    summary = RunSummary(run_dir, chat.final_checkpoint if chat else result.final_checkpoint, base_val["bpb"],
+                         base_val["loss"], result.tokens_per_second, time.perf_counter() - t0,
                          base_checkpoint=result.final_checkpoint,
                          sft_val_loss=chat.final_val_loss if chat else float("nan"), report=report)
     if samples and chat:
