@@ -31,8 +31,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
 
+from homegrown.config import ServeConfig
 from homegrown.errors import HomegrownError
 from homegrown.posttrain.chat import render_prompt
+from homegrown.serve.body_limit import BodySizeLimit
 from homegrown.serve.engine import (
     ContextLengthError,
     Delta,
@@ -43,7 +45,14 @@ from homegrown.serve.engine import (
     TokenLogprob,
 )
 from homegrown.serve.metrics import ServeMetrics
-from homegrown.serve.protocol import ChatCompletionRequest, CompletionRequest, _Sampling, error_json
+from homegrown.serve.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    _Sampling,
+    error_json,
+    unsupported_message,
+    with_defaults,
+)
 from homegrown.tokenizer import EOT
 
 log = logging.getLogger(__name__)
@@ -80,12 +89,20 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, e: RequestValidationError) -> JSONResponse:
         errors = e.errors()
-        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        # A field we do not take is the most useful thing to name, whatever else is wrong.
+        extra = [err for err in errors if err.get("type") == "extra_forbidden"]
+        first = (extra or errors or [{"loc": (), "msg": "invalid request"}])[0]
         loc = [str(p) for p in first.get("loc", ()) if p != "body"]
         param = ".".join(loc) or None
-        if first.get("type") == "json_invalid":
+        kind = first.get("type")
+        if kind == "json_invalid":
             return error_json(400, f"the request body is not valid JSON ({first.get('msg')}); send a JSON object",
                               code="invalid_json")
+        if kind == "extra_forbidden" and param:
+            return error_json(400, unsupported_message(param), param=param, code="unsupported_parameter")
+        if kind == "invalid_unicode":
+            return error_json(400, str(first.get("msg")), param=(first.get("ctx") or {}).get("param"),
+                              code="invalid_unicode")
         message = f"{param}: {first.get('msg')}" if param else str(first.get("msg"))
         return error_json(400, message, param=param, code="invalid_value")
 
@@ -124,6 +141,7 @@ class _Collector:
 
 def _params(req: _Sampling, max_tokens: int | None, logprobs: bool, top_logprobs: int) -> list[GenerationParams]:
     top_k = req.top_k if req.top_k and req.top_k > 0 else 0
+    bias = req.token_bias()
     return [GenerationParams(
         max_tokens=max_tokens,  # type: ignore[arg-type]  # None = rest of the context, resolved by the engine
         temperature=1.0 if req.temperature is None else req.temperature,
@@ -131,8 +149,19 @@ def _params(req: _Sampling, max_tokens: int | None, logprobs: bool, top_logprobs
         seed=None if req.seed is None else req.seed + i,
         stop_token_ids=list(req.stop_token_ids or []), stop=req.stops(),
         presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
+        logit_bias=dict(bias), min_tokens=req.min_tokens, ignore_eos=req.ignore_eos,
         logprobs=logprobs, top_logprobs=top_logprobs,
     ) for i in range(req.n)]
+
+
+def _check_token_ids(engine: Engine, req: _Sampling) -> None:
+    """Token ids the request names must exist in this model's vocabulary (the logits' width)."""
+    vocab = engine.model.cfg.vocab_size
+    for param, ids in (("logit_bias", req.token_bias()), ("stop_token_ids", req.stop_token_ids or [])):
+        outside = [t for t in ids if t >= vocab]
+        if outside:
+            raise APIError(400, f"{param}: token id {outside[0]} is outside this model's vocabulary [0, {vocab})",
+                           param=param)
 
 
 def _chat_logprobs(engine: Engine, lps: list[TokenLogprob]) -> dict[str, Any]:
@@ -208,13 +237,18 @@ def _sse(data: dict[str, Any] | str) -> bytes:
 
 def create_app(load_engine: Callable[[], Engine], *, api_key: str | None, model_name: str,
                store: Any | None = None, metrics: ServeMetrics | None = None,
-               web_dir: Path | None = WEB_DIR, on_load_failure: Callable[[], None] | None = None) -> FastAPI:
+               web_dir: Path | None = WEB_DIR, on_load_failure: Callable[[], None] | None = None,
+               generation_defaults: dict[str, Any] | None = None,
+               max_body_bytes: int = ServeConfig.max_body_bytes) -> FastAPI:
     """The whole server: /v1 API, /health, /metrics, the conversations API and the chat page.
 
     `load_engine` runs in a thread at startup, so /health answers 503 while weights load; `store` is a
-    ConversationStore for the page's /api/conversations (None leaves the page without saved conversations).
+    ConversationStore for the page's /api/conversations (None leaves the page without saved conversations);
+    `generation_defaults` (protocol.parse_generation_defaults) fill sampling fields a request leaves out;
+    bodies over `max_body_bytes` get 413 before they are read.
     """
     metrics = metrics or ServeMetrics()
+    defaults = dict(generation_defaults or {})
     state = ServerState(model_name=model_name, created=int(time.time()))
 
     def load() -> None:
@@ -240,6 +274,7 @@ def create_app(load_engine: Callable[[], Engine], *, api_key: str | None, model_
                   description="OpenAI-compatible API of a homegrown model.")
     app.state.server = state
     app.state.metrics = metrics
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     _install_error_handlers(app)
 
     async def require_key(request: Request) -> None:
@@ -285,7 +320,11 @@ def create_app(load_engine: Callable[[], Engine], *, api_key: str | None, model_
         if len(prompts) * len(params_for()) > engine.cfg.max_n:
             raise APIError(400, f"n × prompts must be at most {engine.cfg.max_n}", param="n")
         for ids in prompts:  # check every prompt before queueing any
-            engine.resolve_max_tokens(len(ids), params_for()[0].max_tokens)
+            first = params_for()[0]
+            budget = engine.resolve_max_tokens(len(ids), first.max_tokens)
+            if first.min_tokens > budget:
+                raise APIError(400, f"min_tokens ({first.min_tokens}) must not exceed max_tokens ({budget})",
+                               param="min_tokens")
         seqs: list[Sequence] = []
         try:
             for p, ids in enumerate(prompts):
@@ -357,6 +396,8 @@ def create_app(load_engine: Callable[[], Engine], *, api_key: str | None, model_
     async def chat_completions(req: ChatCompletionRequest, request: Request) -> Any:
         engine = ready()
         check_model(req.model)
+        req = with_defaults(req, defaults)
+        _check_token_ids(engine, req)
         if req.top_logprobs and not req.logprobs:
             raise APIError(400, "top_logprobs requires logprobs=true", param="top_logprobs")
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
@@ -395,6 +436,8 @@ def create_app(load_engine: Callable[[], Engine], *, api_key: str | None, model_
     async def completions(req: CompletionRequest, request: Request) -> Any:
         engine = ready()
         check_model(req.model)
+        req = with_defaults(req, defaults)
+        _check_token_ids(engine, req)
         if req.max_tokens == 0 and not req.echo:
             raise APIError(400, "max_tokens=0 generates nothing; it is only allowed with echo=true (the prompt alone, "
                                 "with its log-probs)", param="max_tokens")

@@ -96,7 +96,8 @@ def serve(source: Path, cfg: ServeConfig | None = None, *, api_key: str | None =
             server.should_exit = True
 
     app = create_app(load, api_key=api_key or None, model_name=model_name, store=store, metrics=metrics,
-                     on_load_failure=stop_server)
+                     on_load_failure=stop_server, generation_defaults=cfg.generation_defaults,
+                     max_body_bytes=cfg.max_body_bytes)
     config = uvicorn.Config(app, host=cfg.host, port=cfg.port, timeout_graceful_shutdown=int(cfg.drain_timeout_s),
                             log_level="info", access_log=False)
     server = _DrainingServer(config, app.state.server)
