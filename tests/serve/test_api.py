@@ -406,3 +406,29 @@ def test_chunked_body_under_the_limit_is_served(http: httpx.Client, server: Serv
     r = http.post("/v1/completions", content=iter([payload[:10], payload[10:]]),
                   headers={"Content-Type": "application/json"})
     assert r.status_code == 200, r.text
+
+
+# -- server-side sampling defaults --------------------------------------------------------------------------------
+
+
+def test_generation_config_fills_what_a_request_leaves_out(defaults_server: Server, tok) -> None:
+    from tests.serve.conftest import FORCED_TOKEN
+
+    with httpx.Client(base_url=defaults_server.base_url, headers=defaults_server.headers(), timeout=60) as c:
+        body = {"model": defaults_server.model, "prompt": "The sea", "max_tokens": 8}
+        r = c.post("/v1/completions", json=body).json()
+        assert r["choices"][0]["text"] == FORCED_TOKEN * 8 and r["choices"][0]["finish_reason"] == "length"
+        # A field the request sets is its own: here the end token wins again.
+        mine = {**body, "ignore_eos": False, "logit_bias": end_tokens(tok)}
+        assert c.post("/v1/completions", json=mine).json()["usage"]["completion_tokens"] == 0
+
+
+@pytest.mark.parametrize("config,words", [
+    ("{not json", "not valid JSON"), ("[1]", "must be a JSON object"), ('{"n": 2}', "cannot set n"),
+    ('{"temperature": 9}', "temperature"), ('{"logit_bias": {"x": 1}}', "logit_bias"),
+])
+def test_bad_generation_config_is_a_cli_error(cli, serve_run, config: str, words: str) -> None:
+    r = cli("serve", str(serve_run), "--port", "1", "--generation-config", config)
+    assert r.returncode == 2, r.stderr
+    said = " ".join(r.stderr.split())
+    assert words in said and "--generation-config" in said and "Traceback" not in said

@@ -104,3 +104,33 @@ def test_error_classes(client: openai.OpenAI, server: Server) -> None:
     bad = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         bad.models.list()
+
+
+def test_vllm_extensions_through_extra_body(client: openai.OpenAI, server: Server) -> None:
+    """min_tokens and ignore_eos travel in extra_body, as with vLLM; a +100 logit_bias on the end-of-turn token
+    makes the reply end at once unless they hold it off."""
+    from homegrown.tokenizer import load_tokenizer
+
+    end = str(load_tokenizer(server.run_dir).token_to_id("<|end|>"))
+    kwargs = dict(model=server.model, messages=CHAT, max_tokens=10, seed=1, logit_bias={end: 100})
+    assert client.chat.completions.create(**kwargs).usage.completion_tokens == 0
+    held = client.chat.completions.create(**kwargs, extra_body={"min_tokens": 4})
+    assert held.usage.completion_tokens == 4 and held.choices[0].finish_reason == "stop"
+    ignored = client.chat.completions.create(**kwargs, extra_body={"ignore_eos": True})
+    assert ignored.usage.completion_tokens == 10 and ignored.choices[0].finish_reason == "length"
+
+
+def test_unsupported_features_are_refused_not_ignored(client: openai.OpenAI, server: Server) -> None:
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    with pytest.raises(openai.BadRequestError, match="not supported") as e:
+        client.chat.completions.create(model=server.model, messages=CHAT, tools=[tool])
+    assert e.value.param == "tools"
+    with pytest.raises(openai.BadRequestError, match="not supported") as e:
+        client.chat.completions.create(model=server.model, messages=CHAT, response_format={"type": "json_object"})
+    assert e.value.param == "response_format"
+    with pytest.raises(openai.BadRequestError, match="Unrecognized request argument supplied: top_n") as e:
+        client.chat.completions.create(model=server.model, messages=CHAT, extra_body={"top_n": 3})
+    assert e.value.param == "top_n"
+    ok = client.chat.completions.create(model=server.model, messages=CHAT, max_tokens=2, user="someone",
+                                        response_format={"type": "text"}, store=False)
+    assert ok.choices[0].message.role == "assistant"
