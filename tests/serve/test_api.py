@@ -10,6 +10,8 @@ import httpx
 import pytest
 
 from homegrown.config import ServeConfig
+from homegrown.errors import HomegrownError
+from homegrown.serve.protocol import parse_generation_defaults
 from tests.serve.conftest import Server
 
 ERROR_KEYS = {"message", "type", "param", "code"}
@@ -96,7 +98,8 @@ def sse_events(raw: bytes) -> list[str]:
 
 def test_chat_sse_framing(http: httpx.Client, server: Server) -> None:
     body = {"model": server.model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10, "n": 2,
-            "temperature": 1.0, "seed": 4, "stream": True, "stream_options": {"include_usage": True}}
+            "temperature": 1.0, "seed": 4, "ignore_eos": True, "stream": True,
+            "stream_options": {"include_usage": True}}
     with http.stream("POST", "/v1/chat/completions", json=body) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         raw = r.read()
@@ -108,7 +111,7 @@ def test_chat_sse_framing(http: httpx.Client, server: Server) -> None:
     first = chunks[0]["choices"]
     assert [c["delta"] for c in first] == [{"role": "assistant", "content": ""}] * 2
     usage_chunk = chunks[-1]
-    assert usage_chunk["choices"] == [] and usage_chunk["usage"]["completion_tokens"] > 0
+    assert usage_chunk["choices"] == [] and usage_chunk["usage"]["completion_tokens"] == 20
     for index in (0, 1):
         mine = [c["choices"][0] for c in chunks[1:-1] if c["choices"][0]["index"] == index]
         assert [m["finish_reason"] is not None for m in mine] == [False] * (len(mine) - 1) + [True]
@@ -121,15 +124,16 @@ def test_chat_sse_framing(http: httpx.Client, server: Server) -> None:
 
 
 def test_completion_stream_without_usage(http: httpx.Client, server: Server) -> None:
-    body = {"model": server.model, "prompt": "Once", "max_tokens": 6, "stream": True, "logprobs": 2}
+    body = {"model": server.model, "prompt": "Once", "max_tokens": 6, "ignore_eos": True, "stream": True,
+            "logprobs": 2}
     with http.stream("POST", "/v1/completions", json=body) as r:
         events = sse_events(r.read())
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
     assert all("usage" not in c and c["object"] == "text_completion" for c in chunks)
-    assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
     lps = [lp for c in chunks for lp in c["choices"][0]["logprobs"]["token_logprobs"]]
-    assert lps and all(v <= 0 for v in lps)
+    assert len(lps) == 6 and all(v <= 0 for v in lps)
 
 
 def test_serve_without_a_checkpoint_is_a_one_line_error(cli, tmp_path) -> None:
@@ -427,8 +431,14 @@ def test_generation_config_fills_what_a_request_leaves_out(defaults_server: Serv
     ("{not json", "not valid JSON"), ("[1]", "must be a JSON object"), ('{"n": 2}', "cannot set n"),
     ('{"temperature": 9}', "temperature"), ('{"logit_bias": {"x": 1}}', "logit_bias"),
 ])
-def test_bad_generation_config_is_a_cli_error(cli, serve_run, config: str, words: str) -> None:
-    r = cli("serve", str(serve_run), "--port", "1", "--generation-config", config)
+def test_bad_generation_config_is_named(config: str, words: str) -> None:
+    with pytest.raises(HomegrownError, match="--generation-config") as e:
+        parse_generation_defaults(config)
+    assert words in str(e.value)
+
+
+def test_bad_generation_config_is_a_cli_error(cli, serve_run) -> None:
+    r = cli("serve", str(serve_run), "--port", "1", "--generation-config", '{"max_tokens": "many"}')
     assert r.returncode == 2, r.stderr
     said = " ".join(r.stderr.split())
-    assert words in said and "--generation-config" in said and "Traceback" not in said
+    assert "--generation-config: max_tokens" in said and "Traceback" not in said
