@@ -44,6 +44,9 @@ def metric(text: str, name: str) -> float:
     b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": -1}',
     b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 99999999999999999999999}',
     b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "n": 0}',
+    b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "stop": ' + b"[" * 900 + b"]" * 900 + b"}",
+    b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "stop": ' + b"[" * 100_000 + b"]" * 100_000
+    + b"}",
 ])
 def test_malformed_chat_bodies_are_400(http: httpx.Client, body: bytes) -> None:
     r = http.post("/v1/chat/completions", content=body, headers={"Content-Type": "application/json"})

@@ -42,29 +42,31 @@ UNSUPPORTED_HINTS: dict[str, str] = {
 """Fields of OpenAI's API that we know and do not implement, with what to say about each."""
 
 
-def find_invalid_unicode(value: Any, path: str = "") -> str | None:
+def find_invalid_unicode(value: Any) -> str | None:
     """The path (`messages.0.content`) of the first string in a parsed JSON value, key or value, that cannot be
-    encoded as UTF-8 (a lone surrogate from a `\\uXXXX` escape); None when every string is valid."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return path or "body"
-        return None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            here = f"{path}.{key}" if path else str(key)
-            if find_invalid_unicode(key) is not None:
-                return f"{path} (a key)" if path else "body (a key)"
-            found = find_invalid_unicode(item, here)
-            if found is not None:
-                return found
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            found = find_invalid_unicode(item, f"{path}.{i}" if path else str(i))
-            if found is not None:
-                return found
+    encoded as UTF-8 (a lone surrogate from a `\\uXXXX` escape); None when every string is valid. Iterative, so
+    a deeply nested body cannot exhaust the stack."""
+    todo: list[tuple[str, Any]] = [("", value)]
+    while todo:
+        path, item = todo.pop()
+        if isinstance(item, str):
+            if not _encodable(item):
+                return path or "body"
+        elif isinstance(item, dict):
+            if not all(_encodable(key) for key in item if isinstance(key, str)):
+                return f"{path or 'body'} (a key)"
+            todo.extend((f"{path}.{k}" if path else str(k), v) for k, v in reversed(item.items()))
+        elif isinstance(item, list):
+            todo.extend((f"{path}.{i}" if path else str(i), v) for i, v in reversed(list(enumerate(item))))
     return None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def invalid_unicode_message(param: str) -> str:
