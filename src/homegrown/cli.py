@@ -585,12 +585,21 @@ def serve(
         _SERVE_DEFAULTS.dtype),
     threads: Annotated[int, typer.Option(help="CPU threads for the model; 0 = all cores but one.")] = (
         _SERVE_DEFAULTS.threads),
+    max_body_bytes: Annotated[int, typer.Option(help="Larger request bodies get 413.")] = (
+        _SERVE_DEFAULTS.max_body_bytes),
+    generation_config: Annotated[str | None, typer.Option(
+        help='Defaults for sampling fields a request leaves out, as JSON, e.g. \'{"ignore_eos": true, '
+             '"max_tokens": 200}\' (vLLM: --override-generation-config).')] = None,
 ) -> None:
     """Serve a model: OpenAI-compatible API at /v1, chat page at /, Prometheus metrics at /metrics."""
+    from homegrown.serve.protocol import parse_generation_defaults
     from homegrown.serve.server import serve as serve_model
 
+    if max_body_bytes < 1:
+        raise HomegrownError(f"--max-body-bytes must be at least 1, got {max_body_bytes}")
     cfg = ServeConfig(host=host, port=port, max_batch=max_batch, max_waiting=max_waiting, device=device,
-                      dtype=dtype, threads=threads)
+                      dtype=dtype, threads=threads, max_body_bytes=max_body_bytes,
+                      generation_defaults=parse_generation_defaults(generation_config) if generation_config else {})
     serve_model(run_or_ckpt, cfg, api_key=api_key, db_url=db_url, model_name=model_name)
 
 

@@ -228,6 +228,11 @@ class ServeConfig:
     default of 2 spinning threads starved it: 48 ms per token instead of 2.3 ms for the tiny model)."""
     drain_timeout_s: float = 60.0
     """On SIGTERM, in-flight requests get this long to finish before they are cut."""
+    max_body_bytes: int = 8 * 1024 * 1024
+    """Larger request bodies get 413 before they are read whole (a 1M-character stored message fits as UTF-8)."""
+    generation_defaults: dict[str, Any] = field(default_factory=dict)
+    """Sampling fields for requests that leave them out (`--generation-config`, like vLLM's
+    --override-generation-config): e.g. {"ignore_eos": true, "max_tokens": 200}."""
 
 
 @dataclass

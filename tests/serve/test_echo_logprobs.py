@@ -112,8 +112,8 @@ def test_streamed_echo_carries_the_same_prompt_logprobs(client, server, referenc
 def test_prompts_sharing_a_cached_prefix_are_still_scored_whole(client, server, reference) -> None:
     """A running request, and the n choices of one, put a long shared prefix in the cache; a scored prompt must
     not copy it (a copied prefix has no logits)."""
-    long = client.completions.create(model=server.model, prompt=PREFIX + "Who built it?", max_tokens=60,
-                                     temperature=1.0, seed=3, stream=True)
+    long = client.completions.create(model=server.model, prompt=PREFIX + "Who built it?", temperature=1.0,
+                                     seed=3, stream=True, extra_body={"ignore_eos": True})  # to the end of context
     next(iter(long))  # it is running now
     reused = reused_tokens(server)
     texts = [PREFIX + "When was it built?", PREFIX + "Where?"]
@@ -154,7 +154,8 @@ def test_engine_scores_the_prompt_instead_of_copying_a_running_prefix(engine: En
     eot = eot_id(engine.tokenizer)
     first, second = [eot, *prefix, *engine.encode("Who?")], [eot, *prefix, *engine.encode("When was it built?")]
     started, done = threading.Event(), threading.Event()
-    engine.submit(first, [GenerationParams(max_tokens=60, temperature=0.0)], lambda i, d: started.set())
+    engine.submit(first, [GenerationParams(max_tokens=60, temperature=0.0, ignore_eos=True)],
+                  lambda i, d: started.set())
     assert started.wait(30)
     got: list[Delta] = []
 

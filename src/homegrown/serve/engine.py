@@ -46,12 +46,19 @@ class EngineBusyError(HomegrownError):
 @dataclass
 class GenerationParams(SamplingParams):
     """Per-sequence sampling: `SamplingParams` (temperature, top-k, top-p, seed, stop ids) plus what the
-    OpenAI API adds. Penalties follow OpenAI's definition: logit -= frequency·count + presence·[count > 0]."""
+    OpenAI API adds. Penalties follow OpenAI's definition: logit -= frequency·count + presence·[count > 0];
+    `logit_bias` is added to the logits first. `min_tokens` and `ignore_eos` are vLLM's, with its meaning."""
 
     temperature: float = 1.0
     stop: list[str] = field(default_factory=list)
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    min_tokens: int = 0
+    """Until this many tokens were generated, stop tokens cannot be sampled and stop strings are not looked for
+    (text generated before then is never cut)."""
+    ignore_eos: bool = False
+    """Do not stop at the model's end tokens (STOP_TOKENS); explicit `stop_token_ids` still stop, as in vLLM."""
     logprobs: bool = False
     top_logprobs: int = 0
     stop_token_logprob: bool = False
@@ -74,6 +81,11 @@ class GenerationParams(SamplingParams):
                 raise HomegrownError(f"{name} must be between 0 and 20, got {getattr(self, name)}")
         if any(not s for s in self.stop):
             raise HomegrownError("stop strings must not be empty")
+        if not 0 <= self.min_tokens <= max(self.max_tokens, 0):
+            raise HomegrownError(f"min_tokens must be between 0 and max_tokens ({self.max_tokens}), "
+                                 f"got {self.min_tokens}")
+        if any(not -100 <= b <= 100 for b in self.logit_bias.values()):
+            raise HomegrownError("logit_bias values must be between -100 and 100")
 
 
 @dataclass
@@ -114,7 +126,13 @@ class Sequence:
             self.generator.seed()
         penalised = params.presence_penalty != 0 or params.frequency_penalty != 0
         self.counts = torch.zeros(1, vocab_size, device=device) if penalised else None
+        self.bias: tuple[torch.Tensor, torch.Tensor] | None = None
+        if params.logit_bias:
+            self.bias = (torch.tensor(list(params.logit_bias), dtype=torch.long, device=device),
+                         torch.tensor(list(params.logit_bias.values()), dtype=torch.float32, device=device))
         self.stop_ids = set(params.stop_token_ids)
+        self.stop_id_tensor = torch.tensor(sorted(self.stop_ids), dtype=torch.long, device=device)
+        self.stop_from = 0  # characters of text before which stop strings are not looked for (min_tokens)
         self.out_ids: list[int] = []
         self.unsent_ids: list[int] = []
         self.unsent_logprobs: list[TokenLogprob] = []
@@ -200,10 +218,11 @@ class Engine:
         on the engine thread. Raises before queueing anything if a request cannot be served."""
         for p in params:
             p.max_tokens = self.resolve_max_tokens(len(prompt_ids), p.max_tokens)
-            p.stop_token_ids = list(dict.fromkeys([*p.stop_token_ids, *self.stop_token_ids]))
+            if not p.ignore_eos:
+                p.stop_token_ids = list(dict.fromkeys([*p.stop_token_ids, *self.stop_token_ids]))
             p.validate()
             vocab = self.model.cfg.vocab_size
-            if any(not 0 <= t < vocab for t in (*prompt_ids, *p.stop_token_ids)):
+            if any(not 0 <= t < vocab for t in (*prompt_ids, *p.stop_token_ids, *p.logit_bias)):
                 raise HomegrownError(f"token ids must be in [0, {vocab})")
         seqs = [Sequence(i, list(prompt_ids), p, emit, self.device, self.model.cfg.vocab_size)
                 for i, p in enumerate(params)]
@@ -380,10 +399,8 @@ class Engine:
                 finished.append(seq)
                 continue
             sampled += 1
-            row_logits = logits[row: row + 1]
-            if seq.counts is not None:
-                row_logits = row_logits - p.frequency_penalty * seq.counts - p.presence_penalty * (seq.counts > 0)
-            if p.temperature == 0 and seq.counts is None:
+            row_logits, adjusted = self._adjust(seq, logits[row: row + 1])
+            if p.temperature == 0 and not adjusted:
                 token = argmax[row]
             else:
                 token = int(sample_next(row_logits, p, seq.generator))
@@ -407,21 +424,39 @@ class Engine:
             self.metrics.tokens_generated(sampled)
         self._remove(finished)
 
+    def _adjust(self, seq: Sequence, row_logits: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """One sequence's logits as its request shapes them: bias, penalties, stop tokens held off until
+        min_tokens. Returns them and whether anything changed (else the batch's argmax stands)."""
+        p, adjusted = seq.params, False
+        if seq.bias is not None:
+            row_logits = row_logits.index_add(1, seq.bias[0], seq.bias[1][None])
+            adjusted = True
+        if seq.counts is not None:
+            row_logits = row_logits - p.frequency_penalty * seq.counts - p.presence_penalty * (seq.counts > 0)
+            adjusted = True
+        if len(seq.out_ids) < p.min_tokens and len(seq.stop_id_tensor):
+            row_logits = row_logits.index_fill(1, seq.stop_id_tensor, float("-inf"))
+            adjusted = True
+        return row_logits, adjusted
+
     def _emit_text(self, seq: Sequence, final: bool) -> bool:
         """Send the text that is certain, holding back an incomplete UTF-8 character and any tail that could
         still become a stop string. Returns True when the sequence is finished (stop string or max_tokens)."""
         text = self.tokenizer.decode(seq.out_ids)
-        hits = [i for i in (text.find(s) for s in seq.params.stop) if i >= 0]
+        safe = len(text.rstrip("\ufffd"))
+        protected = len(seq.out_ids) <= seq.params.min_tokens
+        if protected:
+            seq.stop_from = safe
+        hits = [] if protected else [i for i in (text.find(s, seq.stop_from) for s in seq.params.stop) if i >= 0]
         if hits:
             self._finish(seq, "stop", text[: min(hits)])
             return True
         if final:
             self._finish(seq, "length", text)
             return True
-        safe = len(text.rstrip("\ufffd"))
         hold = 0
-        for stop in seq.params.stop:
-            for k in range(min(len(stop) - 1, safe), hold, -1):
+        for stop in [] if protected else seq.params.stop:
+            for k in range(min(len(stop) - 1, safe - seq.stop_from), hold, -1):
                 if text[safe - k: safe] == stop[:k]:
                     hold = k
                     break

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import signal
+import socket
 from pathlib import Path
 from types import FrameType
 
@@ -64,6 +65,25 @@ class _DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before the model loads: port 0 lets the OS pick a free port, which the
+    banner then shows (launch.py reads it back, so no test or script has to guess a free port and race for it)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise HomegrownError(f"cannot resolve --host {host!r} ({e})") from e
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        raise HomegrownError(f"cannot listen on {host}:{port} ({e.strerror}); pick another --port, or 0 for any "
+                             "free one") from e
+    return sock
+
+
 def _drained(sig: int, frame: FrameType | None) -> None:
     """uvicorn re-raises the signal it shut down on; after a completed drain that is a normal exit."""
 
@@ -96,20 +116,24 @@ def serve(source: Path, cfg: ServeConfig | None = None, *, api_key: str | None =
             server.should_exit = True
 
     app = create_app(load, api_key=api_key or None, model_name=model_name, store=store, metrics=metrics,
-                     on_load_failure=stop_server)
+                     on_load_failure=stop_server, generation_defaults=cfg.generation_defaults,
+                     max_body_bytes=cfg.max_body_bytes)
+    sock = bind(cfg.host, cfg.port)
     config = uvicorn.Config(app, host=cfg.host, port=cfg.port, timeout_graceful_shutdown=int(cfg.drain_timeout_s),
                             log_level="info", access_log=False)
     server = _DrainingServer(config, app.state.server)
-    url = f"http://{cfg.host}:{cfg.port}"
+    host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
+    url = f"http://{host}:{sock.getsockname()[1]}"
     console.print(f"serving [bold]{model_name}[/bold] from {source}")
     console.print(f"chat page       {url}/")
     console.print(f"OpenAI base_url {url}/v1   (API key {'required' if api_key else 'not required'})")
     console.print(f"metrics         {url}/metrics")
     previous = signal.signal(signal.SIGTERM, _drained)
     try:
-        server.run()
+        server.run(sockets=[sock])
     finally:
         signal.signal(signal.SIGTERM, previous)
+        sock.close()
     state: ServerState = app.state.server
     if state.load_error:
         raise HomegrownError(f"could not load {source}: {state.load_error}")
