@@ -521,11 +521,12 @@ def eval_(
             from homegrown.eval.harness import run_harness
         except ModuleNotFoundError as e:
             raise HomegrownError(f"--harness needs lm-eval ({e}); install it with `pip install lm-eval`") from e
-        from homegrown.eval.suite import default_eval_dir, write_json
+        from homegrown.eval.suite import default_eval_dir
+        from homegrown.io import write_json_atomic
 
         for spec in specs:
             results = run_harness(spec.checkpoint, harness, include_path, limit)
-            path = write_json((out or default_eval_dir(spec)) / f"harness-{spec.checkpoint.name}.json", results)
+            path = write_json_atomic((out or default_eval_dir(spec)) / f"harness-{spec.checkpoint.name}.json", results)
             console.print(json.dumps(results, indent=2))
             console.print(f"wrote {path}")
         return

@@ -23,6 +23,7 @@ from homegrown.data.sources import iter_corpus
 from homegrown.errors import HomegrownError
 from homegrown.eval.report import REPORT_JSON, build_report
 from homegrown.generate import SamplingParams, stream_tokens
+from homegrown.io import atomic_dir
 from homegrown.progress import console
 from homegrown.tokenizer import eot_id, load_tokenizer, train_tokenizer
 from homegrown.train.checkpoint import load_for_inference
@@ -59,11 +60,8 @@ def prepare_corpus(data: DataConfig, corpus_dir: Path) -> Path:
         if not (SAMPLE_DIR / CORPUS_MARKER).exists():
             raise HomegrownError(f"bundled corpus not found at {SAMPLE_DIR}; pass --source DIR or rebuild it with "
                                  "`bash scripts/build_sample.sh`")
-        tmp = corpus_dir.with_name(corpus_dir.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(SAMPLE_DIR, tmp)
-        shutil.rmtree(corpus_dir, ignore_errors=True)
-        tmp.rename(corpus_dir)
+        with atomic_dir(corpus_dir) as tmp:
+            shutil.copytree(SAMPLE_DIR, tmp, dirs_exist_ok=True)
         return corpus_dir
     path = Path(data.source)
     if not path.exists():

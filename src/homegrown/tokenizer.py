@@ -6,7 +6,6 @@ the special tokens get the lowest ids so a chat model and its base model share o
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 
 from homegrown.config import CHAT_SPECIAL_TOKENS
 from homegrown.errors import HomegrownError
+from homegrown.io import atomic_path
 
 EOT = "<|endoftext|>"
 
@@ -35,11 +35,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_path: Path) -> To
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    tok.save(str(tmp))
-    os.replace(tmp, out_path)
+    with atomic_path(out_path) as tmp:
+        tok.save(str(tmp))
     return tok
 
 

@@ -52,10 +52,10 @@ from homegrown.data.provenance import (
     file_digest,
     iter_jsonl_gz,
     text_sha256,
-    write_json_atomic,
 )
 from homegrown.data.sources import RawDoc, Skip, SourceSpec, iter_file, list_files
 from homegrown.errors import HomegrownError
+from homegrown.io import write_json_atomic
 from homegrown.progress import StepProgress, console
 
 __all__ = ["IngestStats", "SourceSpec", "ingest", "ingest_parts", "merge", "split_of"]

@@ -32,6 +32,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from homegrown.errors import HomegrownError
+from homegrown.io import atomic_path, temp_sibling, write_json_atomic, write_text_atomic
 
 MANIFEST_NAME = "manifest.jsonl.gz"
 FORGET_LOG = "forget_log.jsonl"
@@ -44,7 +45,7 @@ class AtomicJsonlGz:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self.tmp = temp_sibling(self.path)
         self._raw = self.tmp.open("wb")
         # mtime=0 and no file name in the header: the same records give the same bytes
         self._gz = gzip.GzipFile(filename="", mode="wb", fileobj=self._raw, compresslevel=6, mtime=0)
@@ -66,13 +67,6 @@ class AtomicJsonlGz:
     def abort(self) -> None:
         self.close()
         self.tmp.unlink(missing_ok=True)
-
-
-def write_json_atomic(path: Path, obj: dict) -> None:
-    """Write JSON to a temporary name, then rename: a reader sees the old file or the new one, never half."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: shards may share a directory
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def file_digest(path: Path) -> dict[str, int | str]:
@@ -282,10 +276,9 @@ def audit_chart(report: Audit, path: Path) -> Path:
         ax.set_xlim(0, 100)
         ax.set_xlabel("%")
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -392,7 +385,5 @@ def forget(run: Path, urls: Iterable[str] = (), hashes: Iterable[str] = (), ids:
     }
     log = corpus / FORGET_LOG
     old = log.read_text(encoding="utf-8") if log.is_file() else ""
-    tmp = log.with_name(log.name + ".tmp")
-    tmp.write_text(old + json.dumps(entry, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, log)
+    write_text_atomic(log, old + json.dumps(entry, ensure_ascii=False) + "\n")
     return ForgetResult(removed, checkpoints, repacked, tokenizer_used)

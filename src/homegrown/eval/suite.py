@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 from homegrown.errors import HomegrownError
 from homegrown.eval.perplexity import evaluate_split
 from homegrown.eval.tasks import LocalModel, Task, evaluate_task
+from homegrown.io import write_json_atomic
 from homegrown.progress import console
 from homegrown.train import checkpoint as ck
 
@@ -119,15 +119,6 @@ def tokens_trained(ckpt: Path) -> int | None:
     return int(per_step) * int(ckpt.name.removeprefix("step_")) if per_step else None
 
 
-def write_json(path: Path, data: dict) -> Path:
-    """Temp name, then rename: a crash never leaves a half-written file that looks finished."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False))
-    os.replace(tmp, path)
-    return path
-
-
 def default_eval_dir(spec: ModelSpec) -> Path:
     return (spec.run_dir or spec.checkpoint) / "eval"
 
@@ -169,5 +160,5 @@ def evaluate_model(spec: ModelSpec, tasks: list[Task], eval_dir: Path | None = N
                       "bytes": val.bytes},
               "tasks": results, "metrics_file": str(spec.metrics_file) if spec.metrics_file else None,
               "seconds": time.perf_counter() - t0, "fingerprint": stamp}
-    write_json(out, record)
+    write_json_atomic(out, record)
     return record

@@ -10,7 +10,6 @@ GPT-2 pre-tokenizer regex, which is the one `tokenizers`' ByteLevel(use_regex=Tr
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from safetensors.torch import load_file
 from homegrown.config import CHAT_SPECIAL_TOKENS, ModelConfig
 from homegrown.errors import HomegrownError
 from homegrown.export.hf import CHAT_TEMPLATE, END_TOKEN, EOT_TOKEN, _added_tokens, _special_id, to_hf_state
+from homegrown.io import atomic_path
 from homegrown.train.checkpoint import CONFIG, WEIGHTS, resolve_checkpoint
 
 OUTTYPES = {
@@ -150,9 +150,15 @@ def export_gguf(ckpt: Path, out_file: Path, outtype: str = "f16") -> Path:
     tensors = gguf_tensors(load_file(str(ckpt / WEIGHTS)), cfg)
     qtype, file_type = OUTTYPES[outtype]
 
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_file.with_name(f".{out_file.name}.tmp")
-    writer = gguf.GGUFWriter(str(tmp), "llama")
+    with atomic_path(out_file) as tmp:
+        _write_gguf(gguf.GGUFWriter(str(tmp), "llama"), ckpt, cfg, tok, tensors, qtype, file_type)
+    return out_file
+
+
+def _write_gguf(writer: gguf.GGUFWriter, ckpt: Path, cfg: ModelConfig, tok: dict[str, Any],
+                tensors: dict[str, np.ndarray], qtype: gguf.GGMLQuantizationType,
+                file_type: gguf.LlamaFileType) -> None:
+    """Metadata, tokenizer and tensors of one GGUF file; the writer is closed even when a step fails."""
     try:
         writer.add_name(_model_name(ckpt))
         writer.add_context_length(cfg.max_seq_len)
@@ -191,10 +197,5 @@ def export_gguf(ckpt: Path, out_file: Path, outtype: str = "f16") -> Path:
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
+    finally:
         writer.close()
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, out_file)
-    return out_file

@@ -9,7 +9,6 @@ on a machine that only has homegrown's run-time dependencies.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from homegrown.config import ModelConfig
 from homegrown.errors import HomegrownError
+from homegrown.io import atomic_dir
 from homegrown.model import Transformer
 from homegrown.posttrain.chat import CHAT_TEMPLATE
 from homegrown.train.checkpoint import CONFIG, WEIGHTS, resolve_checkpoint
@@ -101,16 +101,11 @@ def to_hf_state(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, t
     return out
 
 
-def _prepare_out_dir(out_dir: Path) -> Path:
-    """Temporary sibling of `out_dir`; refuses to later replace a non-empty directory that is not an export."""
+def _check_out_dir(out_dir: Path) -> None:
+    """Refuse to replace a non-empty directory that is not an export (the export replaces `out_dir` whole)."""
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / CONFIG).exists():
         raise HomegrownError(f"{out_dir} exists and does not look like a model export; choose an empty or new "
                              "directory")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    return tmp
 
 
 def export_hf(ckpt: Path, out_dir: Path) -> Path:
@@ -130,7 +125,15 @@ def export_hf(ckpt: Path, out_dir: Path) -> Path:
     eot = _special_id(vocab, EOT_TOKEN, tokenizer_path)
     end = _special_id(vocab, END_TOKEN, tokenizer_path)
 
-    tmp = _prepare_out_dir(out_dir)
+    _check_out_dir(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        _write_hf(tmp, cfg, state, tokenizer_path, eot, end)
+    return out_dir
+
+
+def _write_hf(tmp: Path, cfg: ModelConfig, state: dict[str, torch.Tensor], tokenizer_path: Path,
+              eot: int, end: int) -> None:
+    """The files of a transformers Llama directory, into the (temporary) directory `tmp`."""
     hf_state = to_hf_state(state, cfg)
     save_file(hf_state, str(tmp / WEIGHTS), metadata={"format": "pt"})
     config = hf_config(cfg, state["embed_tokens.weight"].dtype, bos_id=eot, eos_id=eot)
@@ -154,11 +157,6 @@ def export_hf(ckpt: Path, out_dir: Path) -> Path:
     # Both ids stop generation: <|endoftext|> ends a document, <|end|> ends a chat turn.
     generation_config = {"bos_token_id": eot, "eos_token_id": [eot, end], "pad_token_id": eot}
     (tmp / "generation_config.json").write_text(json.dumps(generation_config, indent=2))
-
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.rename(tmp, out_dir)
-    return out_dir
 
 
 def _rope_theta(config: dict[str, Any]) -> float:

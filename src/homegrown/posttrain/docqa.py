@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from homegrown.config import SFTConfig
 from homegrown.data.sources import iter_corpus
+from homegrown.io import atomic_open, write_json_atomic
 from homegrown.posttrain.chat import message_problem
 
 _QUALIFIERS = r"(?:(?:class|exception|coroutine|abstractmethod|classmethod|staticmethod|awaitable|async|method|" \
@@ -186,17 +186,11 @@ def conversations(records: Iterable[dict], cfg: SFTConfig) -> Iterator[dict]:
 
 
 def _write_jsonl(path: Path, rows: Iterable[dict]) -> dict[str, int]:
-    tmp = path.with_name(path.name + ".tmp")
     kinds: dict[str, int] = {}
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                kinds[row["kind"]] = kinds.get(row["kind"], 0) + 1
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
+    with atomic_open(path) as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            kinds[row["kind"]] = kinds.get(row["kind"], 0) + 1
     return kinds
 
 
@@ -217,7 +211,5 @@ def build_docqa(corpus_dir: Path, out_dir: Path, cfg: SFTConfig) -> Path:
                 "conversations": stats.conversations, "kinds": stats.kinds,
                 "rule": "answers are the opening sentences of the documented text; val questions come only from "
                         "the corpus' val pages"}
-    tmp = marker.with_name(marker.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, marker)
+    write_json_atomic(marker, manifest)
     return out_dir

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import shutil
 import warnings
@@ -26,6 +25,7 @@ from tokenizers import Tokenizer
 
 from homegrown.config import ModelConfig
 from homegrown.errors import HomegrownError
+from homegrown.io import atomic_path, finish_dir, start_dir, temp_dir_of
 from homegrown.model import Transformer
 from homegrown.tokenizer import load_tokenizer
 from homegrown.train import distributed
@@ -50,12 +50,8 @@ def save_checkpoint(ckpt_root: Path, step: int, model: Transformer, tokenizer_pa
                     trainer_state: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
                     keep: int = 0) -> Path:
     """Write `ckpt_root/step_<step>` atomically; prune to the newest `keep` checkpoints when keep > 0."""
-    ckpt_root = Path(ckpt_root)
-    ckpt_root.mkdir(parents=True, exist_ok=True)
-    final = ckpt_root / f"step_{step}"
-    tmp = ckpt_root / f".step_{step}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    final = Path(ckpt_root) / f"step_{step}"
+    tmp = start_dir(final)
     save_file(weights_state_dict(model), str(tmp / WEIGHTS), metadata={"format": "pt", "step": str(step)})
     _finish(tmp, final, model.cfg, tokenizer_path, trainer_state, extra, keep)
     return final
@@ -70,9 +66,7 @@ def _finish(tmp: Path, final: Path, cfg: ModelConfig, tokenizer_path: Path, trai
         (tmp / "train_info.json").write_text(json.dumps(extra, indent=2))
     if trainer_state is not None:
         torch.save(trainer_state, tmp / TRAINER_STATE)
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(tmp, final)
+    finish_dir(tmp, final)
     if keep > 0:
         for old in list_checkpoints(final.parent)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
@@ -109,12 +103,8 @@ def save_training_checkpoint(ckpt_root: Path, step: int, model: torch.nn.Module,
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    ckpt_root = Path(ckpt_root)
-    final, tmp = ckpt_root / f"step_{step}", ckpt_root / f".step_{step}.tmp"
-    if env.is_main:
-        ckpt_root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+    final = Path(ckpt_root) / f"step_{step}"
+    tmp = start_dir(final) if env.is_main else temp_dir_of(final)
     distributed.barrier(env)
     model_state, optim_state = get_state_dict(model, optimizers)
     with _single_process_ok():
@@ -173,9 +163,8 @@ def consolidate(ckpt: Path) -> Path:
     with _single_process_ok():
         dcp.load(state, checkpoint_id=ckpt / SHARDED, no_dist=True)
     model.load_state_dict(state["model"])
-    tmp = ckpt / f".{WEIGHTS}.tmp"
-    save_file(weights_state_dict(model), str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, ckpt / WEIGHTS)
+    with atomic_path(ckpt / WEIGHTS) as tmp:
+        save_file(weights_state_dict(model), str(tmp), metadata={"format": "pt"})
     return ckpt / WEIGHTS
 
 

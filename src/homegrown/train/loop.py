@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -25,6 +24,7 @@ from homegrown.config import ModelConfig, TrainConfig
 from homegrown.data.pack import TokenShards, token_byte_lengths
 from homegrown.errors import HomegrownError
 from homegrown.eval.perplexity import evaluate
+from homegrown.io import write_text_atomic
 from homegrown.model import Transformer, count_params
 from homegrown.progress import StepProgress, console
 from homegrown.tokenizer import load_tokenizer
@@ -161,9 +161,7 @@ def _truncate_metrics(path: Path, after_step: int) -> None:
     if not path.exists():
         return
     kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= after_step]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 def train(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path | None, run_dir: Path, tokenizer_path: Path,
