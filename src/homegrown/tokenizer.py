@@ -14,6 +14,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from homegrown.config import CHAT_SPECIAL_TOKENS
 from homegrown.errors import HomegrownError
 from homegrown.io import atomic_path
+from homegrown.layout import TOKENIZER
 
 EOT = "<|endoftext|>"
 
@@ -43,7 +44,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_path: Path) -> To
 def load_tokenizer(path: Path) -> Tokenizer:
     path = Path(path)
     if path.is_dir():
-        path = path / "tokenizer.json"
+        path = path / TOKENIZER
     if not path.exists():
         raise HomegrownError(f"no tokenizer at {path}; train one with `homegrown run` or pass a run/checkpoint dir")
     return Tokenizer.from_file(str(path))

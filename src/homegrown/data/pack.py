@@ -18,9 +18,10 @@ from tokenizers import Tokenizer
 
 from homegrown.errors import HomegrownError
 from homegrown.io import atomic_path, write_json_atomic
+from homegrown.layout import SHARD_INDEX
 from homegrown.tokenizer import encode_batch, eot_id, iter_batches
 
-INDEX_NAME = "index.json"
+INDEX_NAME = SHARD_INDEX
 
 
 @dataclass

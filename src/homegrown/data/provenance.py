@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 
 from homegrown.errors import HomegrownError
 from homegrown.io import atomic_path, temp_sibling, write_json_atomic, write_text_atomic
+from homegrown.layout import MANIFEST, RunLayout
 
 MANIFEST_NAME = "manifest.jsonl.gz"
 FORGET_LOG = "forget_log.jsonl"
@@ -162,9 +163,9 @@ class OptOut:
 def corpus_dir_of(run: Path) -> Path:
     """`RUN/corpus` for a run directory, or `run` itself when it is a corpus directory."""
     run = Path(run)
-    if (run / "corpus" / "MANIFEST.json").is_file():
-        return run / "corpus"
-    if (run / "MANIFEST.json").is_file():
+    if RunLayout(run).corpus_done():
+        return RunLayout(run).corpus
+    if (run / MANIFEST).is_file():
         return run
     raise HomegrownError(f"{run} holds no corpus (no MANIFEST.json in it or in {run}/corpus); ingest one first")
 
@@ -229,7 +230,7 @@ def audit(run: Path) -> Audit:
     Tokens are counted with `RUN/tokenizer.json` when there is one, so the shares are what training sees.
     """
     corpus = corpus_dir_of(run)
-    tok_path = corpus.parent / "tokenizer.json" if corpus != Path(run) else Path(run) / "tokenizer.json"
+    tok_path = RunLayout(run).tokenizer  # beside RUN/corpus, or inside a corpus directory given as `run`
     tok = None
     if tok_path.is_file():
         from homegrown.tokenizer import load_tokenizer
@@ -342,7 +343,7 @@ def forget(run: Path, urls: Iterable[str] = (), hashes: Iterable[str] = (), ids:
         for w in [*writers.values(), manifest]:
             w.abort()
         raise
-    meta_path = corpus / "MANIFEST.json"
+    meta_path = corpus / MANIFEST
     meta = json.loads(meta_path.read_text())
     meta_path.unlink()  # the corpus is incomplete until MANIFEST.json is rewritten
     for w in writers.values():
@@ -362,17 +363,18 @@ def forget(run: Path, urls: Iterable[str] = (), hashes: Iterable[str] = (), ids:
     checkpoints: list[Path] = []
     repacked = tokenizer_used = False
     if is_run:
-        index = run / "shards" / "index.json"
+        paths = RunLayout(run)
+        index = paths.shard_index
         packed = json.loads(index.read_text()) if index.is_file() else {}
         # shards re-packed by an earlier forget still descend from the first pack, which held this document
         since = packed.get("packed_since", index.stat().st_mtime if index.is_file() else 0.0)
         checkpoints = _checkpoints_after(run, since)
-        tokenizer_used = (run / "tokenizer.json").is_file()
+        tokenizer_used = paths.tokenizer_done()
         if packed and tokenizer_used:
             from homegrown.data.mixture import pack_corpus
 
             mixture = packed.get("mixture") or {}
-            pack_corpus(corpus, run / "tokenizer.json", run / "shards", mixture=mixture.get("spec", ""),
+            pack_corpus(corpus, paths.tokenizer, paths.shards, mixture=mixture.get("spec", ""),
                         max_repeat=mixture.get("max_repeat", 1.0), packed_since=since)
             repacked = True
     entry = {

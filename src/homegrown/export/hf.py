@@ -22,11 +22,13 @@ from homegrown.errors import HomegrownError
 from homegrown.io import atomic_dir
 from homegrown.model import Transformer
 from homegrown.posttrain.chat import CHAT_TEMPLATE
-from homegrown.train.checkpoint import CONFIG, WEIGHTS, resolve_checkpoint
+from homegrown.train.checkpoint import CONFIG, TOKENIZER, WEIGHTS, resolve_checkpoint
 
 EOT_TOKEN = "<|endoftext|>"
 END_TOKEN = "<|end|>"
 SHARD_INDEX = "model.safetensors.index.json"
+HF_TOKENIZER = "tokenizer.json"
+"""transformers' file name (a fast tokenizer), which our checkpoints happen to share."""
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
@@ -116,9 +118,9 @@ def export_hf(ckpt: Path, out_dir: Path) -> Path:
     """
     ckpt = resolve_checkpoint(Path(ckpt))
     out_dir = Path(out_dir)
-    tokenizer_path = ckpt / "tokenizer.json"
+    tokenizer_path = ckpt / TOKENIZER
     if not tokenizer_path.exists():
-        raise HomegrownError(f"{ckpt} has no tokenizer.json; export a checkpoint written by homegrown training")
+        raise HomegrownError(f"{ckpt} has no {TOKENIZER}; export a checkpoint written by homegrown training")
     cfg = ModelConfig.load(ckpt / CONFIG)
     state = load_file(str(ckpt / WEIGHTS))
     vocab = _added_tokens(tokenizer_path)
@@ -138,7 +140,7 @@ def _write_hf(tmp: Path, cfg: ModelConfig, state: dict[str, torch.Tensor], token
     save_file(hf_state, str(tmp / WEIGHTS), metadata={"format": "pt"})
     config = hf_config(cfg, state["embed_tokens.weight"].dtype, bos_id=eot, eos_id=eot)
     (tmp / CONFIG).write_text(json.dumps(config, indent=2))
-    shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
+    shutil.copyfile(tokenizer_path, tmp / HF_TOKENIZER)
     # PreTrainedTokenizerFast (not LlamaTokenizerFast) so no BOS is prepended: ids match our tokenizer's.
     tokenizer_config = {
         "tokenizer_class": "PreTrainedTokenizerFast",

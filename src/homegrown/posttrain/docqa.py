@@ -20,6 +20,7 @@ from pathlib import Path
 from homegrown.config import SFTConfig
 from homegrown.data.sources import iter_corpus
 from homegrown.io import atomic_open, write_json_atomic
+from homegrown.layout import MANIFEST
 from homegrown.posttrain.chat import message_problem
 
 _QUALIFIERS = r"(?:(?:class|exception|coroutine|abstractmethod|classmethod|staticmethod|awaitable|async|method|" \
@@ -197,7 +198,7 @@ def _write_jsonl(path: Path, rows: Iterable[dict]) -> dict[str, int]:
 def build_docqa(corpus_dir: Path, out_dir: Path, cfg: SFTConfig) -> Path:
     """Write `train.jsonl` and `val.jsonl` (from the corpus' val pages) into `out_dir`, MANIFEST.json last."""
     out_dir = Path(out_dir)
-    marker = out_dir / "MANIFEST.json"
+    marker = out_dir / MANIFEST
     if marker.exists():
         return out_dir
     out_dir.mkdir(parents=True, exist_ok=True)

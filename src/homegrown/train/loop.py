@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from homegrown import layout
 from homegrown.config import ModelConfig, TrainConfig
 from homegrown.data.pack import TokenShards, token_byte_lengths
 from homegrown.errors import HomegrownError
@@ -165,10 +166,10 @@ def _truncate_metrics(path: Path, after_step: int) -> None:
 
 
 def train(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path | None, run_dir: Path, tokenizer_path: Path,
-          init_from: Path | None = None, batch_source: BatchSource | None = None, ckpt_subdir: str = "ckpt",
-          progress: bool = True, label: str = "pretrain", loss_fn: LossFn = lm_loss,
-          eval_fn: EvalFn | None = None) -> TrainResult:
-    """Train (or resume) in `run_dir/<ckpt_subdir>`, starting from `init_from` weights when given.
+          init_from: Path | None = None, batch_source: BatchSource | None = None, stage: str = layout.BASE,
+          progress: bool = True, loss_fn: LossFn = lm_loss, eval_fn: EvalFn | None = None) -> TrainResult:
+    """Train (or resume) `stage` of `run_dir` (its checkpoints, metrics and loss curve as homegrown.layout
+    places them), starting from `init_from` weights when given.
 
     Resumes automatically when that checkpoint directory already holds a checkpoint. Returns the final one.
     `shard_dir` may be None when both `batch_source` and `eval_fn` are given.
@@ -176,8 +177,9 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path | None, run_
     """
     env = distributed.init_distributed()
     run_dir = Path(run_dir)
-    ckpt_root = run_dir / ckpt_subdir
-    metrics_path = run_dir / f"metrics_{label}.jsonl" if label != "pretrain" else run_dir / "metrics.jsonl"
+    run = layout.RunLayout(run_dir)
+    ckpt_root, metrics_path = run.ckpt_root(stage), run.metrics(stage)
+    label = "pretrain" if stage == layout.BASE else stage
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
@@ -275,7 +277,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path | None, run_
                 raise HomegrownError(
                     f"loss became {loss_sum} at step {step}; lower train.lr and rerun with a new --out")
             if step < cfg.grad_dump_steps:
-                _dump_gradients(model, run_dir / "grads" / f"step_{step + 1}.safetensors", env)
+                _dump_gradients(model, run.grads(step + 1), env)
             grad_norm = _clip_gradients(model, cfg.grad_clip)
             for opt in optimizers:
                 opt.step()
@@ -301,7 +303,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path | None, run_
             if done % cfg.ckpt_every == 0 or done == cfg.max_steps:
                 final = save(done)
                 if env.is_main:
-                    plot_loss_curve(metrics_path, run_dir / f"loss_{label}.png", title=f"{label} — {run_dir.name}")
+                    plot_loss_curve(metrics_path, run.loss_png(stage), title=f"{label} — {run_dir.name}")
     if final is None:
         raise HomegrownError(f"{label} ran no steps (max_steps={cfg.max_steps})")
     if not env.is_main:
