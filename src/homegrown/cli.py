@@ -217,7 +217,7 @@ def data_forget(
     id_: Annotated[list[str] | None, typer.Option("--id", help="Manifest id (repeatable).")] = None,
 ) -> None:
     """Remove documents from the corpus and shards; list the checkpoints trained on them."""
-    from homegrown.data.provenance import forget
+    from homegrown.data.forget import forget
 
     result = forget(run_dir, urls=url or [], hashes=hash_ or [], ids=id_ or [])
     for doc in result.removed:

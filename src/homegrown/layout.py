@@ -27,6 +27,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+SAMPLE_DIR = Path(__file__).resolve().parents[2] / "data" / "sample"
+"""The bundled corpus: copied into RUN/corpus when no source is given, and the held-out text of last resort."""
+
 PRESET = "preset.json"
 CORPUS = "corpus"
 MANIFEST = "MANIFEST.json"

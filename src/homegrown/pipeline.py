@@ -23,13 +23,11 @@ from homegrown.errors import HomegrownError
 from homegrown.eval.report import REPORT_JSON, build_report
 from homegrown.generate import SamplingParams, stream_tokens
 from homegrown.io import atomic_dir, write_json_atomic
-from homegrown.layout import MANIFEST, SHARD_INDEX, RunLayout
+from homegrown.layout import MANIFEST, SAMPLE_DIR, SHARD_INDEX, RunLayout
 from homegrown.progress import console
 from homegrown.tokenizer import eot_id, load_tokenizer, train_tokenizer
 from homegrown.train.checkpoint import load_for_inference
 from homegrown.train.loop import TrainResult, train
-
-SAMPLE_DIR = Path(__file__).resolve().parents[2] / "data" / "sample"
 
 
 @dataclass

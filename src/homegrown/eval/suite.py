@@ -80,12 +80,10 @@ def find_models(path: Path) -> list[ModelSpec]:
 
 def default_corpus(spec: ModelSpec) -> Path:
     """The run's own held-out split when it has one, else the bundled corpus's."""
-    from homegrown.pipeline import SAMPLE_DIR
-
     corpus = layout.RunLayout(spec.run_dir).corpus if spec.run_dir is not None else None
     if corpus is not None and (corpus / "val.jsonl.gz").exists():
         return corpus
-    return SAMPLE_DIR
+    return layout.SAMPLE_DIR
 
 
 def _sha256(path: Path) -> str:
