@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from homegrown.data.sources import iter_corpus
-from homegrown.pipeline import CORPUS_MARKER, SAMPLE_DIR, prepare_shards, prepare_tokenizer
+from homegrown.layout import MANIFEST
+from homegrown.pipeline import SAMPLE_DIR, prepare_shards, prepare_tokenizer
 
 TINY_VOCAB = 512
 
@@ -28,7 +29,7 @@ def write_corpus(out: Path, train_docs: int = 120, val_docs: int = 12) -> Path:
         with gzip.open(out / f"{split}.jsonl.gz", "wt", encoding="utf-8") as f:
             for record in itertools.islice(iter_corpus(SAMPLE_DIR, split), n):
                 f.write(json.dumps(record) + "\n")
-    (out / CORPUS_MARKER).write_text(json.dumps({"from": str(SAMPLE_DIR), "train": train_docs, "val": val_docs}))
+    (out / MANIFEST).write_text(json.dumps({"from": str(SAMPLE_DIR), "train": train_docs, "val": val_docs}))
     return out
 
 

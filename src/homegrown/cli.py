@@ -24,6 +24,7 @@ from homegrown.config import (
     get_preset,
 )
 from homegrown.errors import HomegrownError
+from homegrown.layout import MANIFEST, SFT, RunLayout
 from homegrown.progress import console
 
 if TYPE_CHECKING:
@@ -73,8 +74,9 @@ def run(
     console.print(f"run directory   {summary.run_dir}")
     console.print(f"base model      {summary.base_checkpoint}")
     console.print(f"chat model      {summary.checkpoint}")
-    console.print(f"loss curves     {summary.run_dir / 'loss_pretrain.png'}, {summary.run_dir / 'loss_sft.png'}")
-    console.print(f"metrics         {summary.run_dir / 'metrics.jsonl'}, {summary.run_dir / 'metrics_sft.jsonl'}")
+    paths = RunLayout(summary.run_dir)
+    console.print(f"loss curves     {paths.loss_png()}, {paths.loss_png(SFT)}")
+    console.print(f"metrics         {paths.metrics()}, {paths.metrics(SFT)}")
     console.print(f"val bits/byte   {summary.val_bpb:.3f}   (base model, whole held-out split as in the report; "
                   f"val loss {summary.val_loss:.3f} nats/token)")
     console.print(f"chat val loss   {summary.sft_val_loss:.3f} nats/token on held-out answers")
@@ -86,7 +88,7 @@ def run(
 
         console.rule("serving (Ctrl-C stops)")
         serve_model(summary.checkpoint, ServeConfig(), api_key=os.environ.get("HOMEGROWN_API_KEY"),
-                    db_url=f"sqlite:///{Path(summary.run_dir).resolve() / 'conversations.sqlite'}",
+                    db_url=f"sqlite:///{paths.conversations_db.resolve()}",
                     model_name=Path(summary.run_dir).name)
 
 
@@ -203,7 +205,7 @@ def data_audit(run_dir: Annotated[Path, typer.Argument(help="Run directory (or c
         for value, amount, share in report.shares(key):
             table.add_row(value, f"{amount:,}", f"{100 * share:.1f}%")
         console.print(table)
-    png = audit_chart(report, run_dir / "audit.png")
+    png = audit_chart(report, RunLayout(run_dir).audit_png)
     console.print(f"{report.documents:,} documents, {report.total:,} {report.unit}; chart {png}")
 
 
@@ -215,7 +217,7 @@ def data_forget(
     id_: Annotated[list[str] | None, typer.Option("--id", help="Manifest id (repeatable).")] = None,
 ) -> None:
     """Remove documents from the corpus and shards; list the checkpoints trained on them."""
-    from homegrown.data.provenance import forget
+    from homegrown.data.forget import forget
 
     result = forget(run_dir, urls=url or [], hashes=hash_ or [], ids=id_ or [])
     for doc in result.removed:
@@ -247,13 +249,13 @@ def data_mix(
     from homegrown.data.mixture import pack_corpus
     from homegrown.pipeline import prepare_tokenizer
 
-    tok = run_dir / "tokenizer.json"
-    if not tok.exists():  # an existing tokenizer is kept: checkpoints of this run depend on it
-        prepare_tokenizer(run_dir / "corpus", get_preset(preset).model.vocab_size, tok)
-    stats, plan = pack_corpus(run_dir / "corpus", tok, run_dir / "shards", mixture, max_repeat)
+    paths = RunLayout(run_dir)
+    if not paths.tokenizer_done():  # an existing tokenizer is kept: checkpoints of this run depend on it
+        prepare_tokenizer(paths.corpus, get_preset(preset).model.vocab_size, paths.tokenizer)
+    stats, plan = pack_corpus(paths.corpus, paths.tokenizer, paths.shards, mixture, max_repeat)
     for split in ("train", "val"):
         console.print(f"{split}: {stats.documents[split]:,} documents, {stats.tokens[split]:,} tokens "
-                      f"-> {run_dir / 'shards'}")
+                      f"-> {paths.shards}")
     for name in sorted(plan.rate) if plan else []:
         console.print(f"{name:>20}  target {100 * plan.target.get(name, 0):5.1f}%  achieved "
                       f"{100 * plan.achieved[name]:5.1f}%  rate ×{plan.rate[name]:.2f}  "
@@ -275,7 +277,8 @@ def pretrain(
     from homegrown.train.loop import train
 
     cfg = _preset(preset, set_)
-    result = train(cfg.model, cfg.train, run_dir / "shards", run_dir, run_dir / "tokenizer.json")
+    paths = RunLayout(run_dir)
+    result = train(cfg.model, cfg.train, paths.shards, run_dir, paths.tokenizer)
     env = distributed.init_distributed()
     if env.is_main:
         console.print(f"checkpoint {result.final_checkpoint}  val bits/byte {result.final_val_bpb:.3f}")
@@ -347,7 +350,7 @@ def data_docqa(
     from homegrown.posttrain.docqa import build_docqa
 
     done = build_docqa(corpus, out, _preset(preset, set_).sft)
-    counts = json.loads((done / "MANIFEST.json").read_text())["conversations"]
+    counts = json.loads((done / MANIFEST).read_text())["conversations"]
     console.print(f"{counts['train']:,} training and {counts['val']:,} held-out conversations in {done}")
 
 
@@ -369,7 +372,7 @@ def sft(
     from homegrown.posttrain.sft import sft as run_sft
 
     run_dir = out or default_run_dir(base)
-    saved = run_dir / "preset.json"
+    saved = RunLayout(run_dir).preset
     name = preset or (json.loads(saved.read_text())["name"] if saved.exists() else "small")
     cfg = _preset(name, set_)
     result = run_sft(base, data, run_dir, cfg.sft, cfg.train, val=val, strict=strict)
@@ -521,11 +524,12 @@ def eval_(
             from homegrown.eval.harness import run_harness
         except ModuleNotFoundError as e:
             raise HomegrownError(f"--harness needs lm-eval ({e}); install it with `pip install lm-eval`") from e
-        from homegrown.eval.suite import default_eval_dir, write_json
+        from homegrown.eval.suite import default_eval_dir
+        from homegrown.io import write_json_atomic
 
         for spec in specs:
             results = run_harness(spec.checkpoint, harness, include_path, limit)
-            path = write_json((out or default_eval_dir(spec)) / f"harness-{spec.checkpoint.name}.json", results)
+            path = write_json_atomic((out or default_eval_dir(spec)) / f"harness-{spec.checkpoint.name}.json", results)
             console.print(json.dumps(results, indent=2))
             console.print(f"wrote {path}")
         return

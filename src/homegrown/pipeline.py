@@ -18,18 +18,16 @@ import torch
 from homegrown.config import DataConfig, Preset
 from homegrown.data.ingest import SourceSpec, ingest
 from homegrown.data.mixture import pack_corpus
-from homegrown.data.pack import INDEX_NAME
 from homegrown.data.sources import iter_corpus
 from homegrown.errors import HomegrownError
 from homegrown.eval.report import REPORT_JSON, build_report
 from homegrown.generate import SamplingParams, stream_tokens
+from homegrown.io import atomic_dir, write_json_atomic
+from homegrown.layout import MANIFEST, SAMPLE_DIR, SHARD_INDEX, RunLayout
 from homegrown.progress import console
 from homegrown.tokenizer import eot_id, load_tokenizer, train_tokenizer
 from homegrown.train.checkpoint import load_for_inference
 from homegrown.train.loop import TrainResult, train
-
-SAMPLE_DIR = Path(__file__).resolve().parents[2] / "data" / "sample"
-CORPUS_MARKER = "MANIFEST.json"
 
 
 @dataclass
@@ -53,17 +51,14 @@ class RunSummary:
 
 def prepare_corpus(data: DataConfig, corpus_dir: Path) -> Path:
     """The bundled sample (copied, so the run dir is self-contained) or an ingest of `source`."""
-    if (corpus_dir / CORPUS_MARKER).exists():
+    if (corpus_dir / MANIFEST).exists():
         return corpus_dir
     if not data.source:
-        if not (SAMPLE_DIR / CORPUS_MARKER).exists():
+        if not (SAMPLE_DIR / MANIFEST).exists():
             raise HomegrownError(f"bundled corpus not found at {SAMPLE_DIR}; pass --source DIR or rebuild it with "
                                  "`bash scripts/build_sample.sh`")
-        tmp = corpus_dir.with_name(corpus_dir.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(SAMPLE_DIR, tmp)
-        shutil.rmtree(corpus_dir, ignore_errors=True)
-        tmp.rename(corpus_dir)
+        with atomic_dir(corpus_dir) as tmp:
+            shutil.copytree(SAMPLE_DIR, tmp, dirs_exist_ok=True)
         return corpus_dir
     path = Path(data.source)
     if not path.exists():
@@ -72,7 +67,7 @@ def prepare_corpus(data: DataConfig, corpus_dir: Path) -> Path:
                                glob=data.source_glob)], corpus_dir, opt_out=data.opt_out or None,
                    extractor=data.extractor)
     if not stats.train_pages:
-        (corpus_dir / CORPUS_MARKER).unlink()  # not a usable corpus: the next run ingests again
+        (corpus_dir / MANIFEST).unlink()  # not a usable corpus: the next run ingests again
         raise HomegrownError(f"no document of {path} survived ingest (rejected: {stats.rejected}); check "
                              f"data.source_glob={data.source_glob!r} or the source itself")
     return corpus_dir
@@ -94,7 +89,7 @@ def prepare_tokenizer(corpus_dir: Path, vocab_size: int, path: Path) -> Path:
 def prepare_shards(corpus_dir: Path, tokenizer_path: Path, shard_dir: Path, mixture: str = "",
                    max_repeat: float = DataConfig.mixture_max_repeat) -> Path:
     """Pack the corpus (drawn to the `mixture` token shares when given) unless matching shards exist."""
-    index = shard_dir / INDEX_NAME
+    index = shard_dir / SHARD_INDEX
     tok = load_tokenizer(tokenizer_path)
     if index.exists():
         packed = json.loads(index.read_text())
@@ -118,11 +113,11 @@ def run(preset: Preset, run_dir: Path, samples: int = 3, progress: bool = True) 
                              "here, or a GPU cluster (see README: scaling)")
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "preset.json").write_text(json.dumps(asdict(preset), indent=2))
-    corpus = prepare_corpus(preset.data, run_dir / "corpus")
-    tok_path = prepare_tokenizer(corpus, preset.model.vocab_size, run_dir / "tokenizer.json")
-    shards = prepare_shards(corpus, tok_path, run_dir / "shards", preset.data.mixture, preset.data.mixture_max_repeat)
+    paths = RunLayout(run_dir)
+    write_json_atomic(paths.preset, asdict(preset))
+    corpus = prepare_corpus(preset.data, paths.corpus)
+    tok_path = prepare_tokenizer(corpus, preset.model.vocab_size, paths.tokenizer)
+    shards = prepare_shards(corpus, tok_path, paths.shards, preset.data.mixture, preset.data.mixture_max_repeat)
     result: TrainResult = train(preset.model, preset.train, shards, run_dir, tok_path, progress=progress)
     chat = prepare_sft(preset, run_dir, result.final_checkpoint, progress=progress)
     tasks = [t.strip() for t in preset.eval.tasks.split(",") if t.strip()]
@@ -135,7 +130,7 @@ def run(preset: Preset, run_dir: Path, samples: int = 3, progress: bool = True) 
                          base_checkpoint=result.final_checkpoint,
                          sft_val_loss=chat.final_val_loss if chat else float("nan"), report=report)
     if samples and chat:
-        summary.samples = chat_samples(chat.final_checkpoint, run_dir / "sft" / "data", samples)
+        summary.samples = chat_samples(chat.final_checkpoint, paths.sft_data, samples)
     return summary
 
 
@@ -152,8 +147,9 @@ def prepare_sft(preset: Preset, run_dir: Path, base: Path, progress: bool = True
 
     if preset.sft.max_steps <= 0:
         return None
-    data = build_docqa(run_dir / "corpus", run_dir / "sft" / "data", preset.sft)
-    counts = json.loads((data / "MANIFEST.json").read_text())["conversations"]
+    paths = RunLayout(run_dir)
+    data = build_docqa(paths.corpus, paths.sft_data, preset.sft)
+    counts = json.loads((data / MANIFEST).read_text())["conversations"]
     if not counts["train"]:
         console.print("no chat data could be derived from this corpus; skipping SFT (the base model is final; "
                       "give `homegrown sft` a chat JSONL, e.g. from `homegrown data synth`)")

@@ -37,7 +37,7 @@ def eval_run(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = replace(preset.train, max_steps=8, eval_every=4, ckpt_every=8, log_every=2, eval_batches=1)
     base = train(preset.model, cfg, tiny_run / "shards", run, run / "tokenizer.json", progress=False)
     train(preset.model, replace(cfg, max_steps=4, ckpt_every=4), tiny_run / "shards", run, run / "tokenizer.json",
-          init_from=base.final_checkpoint, ckpt_subdir="sft/ckpt", label="sft", progress=False)
+          init_from=base.final_checkpoint, stage="sft", progress=False)
     return run
 
 

@@ -10,7 +10,6 @@ GPT-2 pre-tokenizer regex, which is the one `tokenizers`' ByteLevel(use_regex=Tr
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,9 @@ from safetensors.torch import load_file
 from homegrown.config import CHAT_SPECIAL_TOKENS, ModelConfig
 from homegrown.errors import HomegrownError
 from homegrown.export.hf import CHAT_TEMPLATE, END_TOKEN, EOT_TOKEN, _added_tokens, _special_id, to_hf_state
-from homegrown.train.checkpoint import CONFIG, WEIGHTS, resolve_checkpoint
+from homegrown.io import atomic_path
+from homegrown.layout import BASE, locate
+from homegrown.train.checkpoint import CONFIG, TOKENIZER, WEIGHTS, resolve_checkpoint
 
 OUTTYPES = {
     "f32": (gguf.GGMLQuantizationType.F32, gguf.LlamaFileType.ALL_F32),
@@ -119,14 +120,13 @@ def _tokenizer_fields(tokenizer_path: Path, vocab_size: int) -> dict[str, Any]:
 
 
 def _model_name(ckpt: Path) -> str:
-    """general.name: runs/small/sft/ckpt/step_120 → homegrown-small-sft-step_120."""
-    parts = [ckpt.name]
-    parent = ckpt.parent
-    while parent.name in ("ckpt", "sft"):
-        if parent.name == "sft":
-            parts.insert(0, "sft")
-        parent = parent.parent
-    return "-".join(["homegrown", parent.name, *parts] if parent.name else ["homegrown", *parts])
+    """general.name: runs/small/sft/ckpt/step_120 → homegrown-small-sft-step_120 (runs/small/ckpt/step_120 →
+    homegrown-small-step_120); a checkpoint outside a run is named by its directory and parent."""
+    place = locate(ckpt)
+    if place is None:
+        return "-".join(["homegrown", ckpt.parent.name, ckpt.name] if ckpt.parent.name else ["homegrown", ckpt.name])
+    run, stage = place
+    return "-".join(["homegrown", run.root.name, *([] if stage == BASE else [stage]), ckpt.name])
 
 
 def export_gguf(ckpt: Path, out_file: Path, outtype: str = "f16") -> Path:
@@ -142,17 +142,23 @@ def export_gguf(ckpt: Path, out_file: Path, outtype: str = "f16") -> Path:
     out_file = Path(out_file)
     if out_file.is_dir():
         raise HomegrownError(f"{out_file} is a directory; GGUF export writes one file, e.g. {out_file}/model.gguf")
-    tokenizer_path = ckpt / "tokenizer.json"
+    tokenizer_path = ckpt / TOKENIZER
     if not tokenizer_path.exists():
-        raise HomegrownError(f"{ckpt} has no tokenizer.json; export a checkpoint written by homegrown training")
+        raise HomegrownError(f"{ckpt} has no {TOKENIZER}; export a checkpoint written by homegrown training")
     cfg = ModelConfig.load(ckpt / CONFIG)
     tok = _tokenizer_fields(tokenizer_path, cfg.vocab_size)
     tensors = gguf_tensors(load_file(str(ckpt / WEIGHTS)), cfg)
     qtype, file_type = OUTTYPES[outtype]
 
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_file.with_name(f".{out_file.name}.tmp")
-    writer = gguf.GGUFWriter(str(tmp), "llama")
+    with atomic_path(out_file) as tmp:
+        _write_gguf(gguf.GGUFWriter(str(tmp), "llama"), ckpt, cfg, tok, tensors, qtype, file_type)
+    return out_file
+
+
+def _write_gguf(writer: gguf.GGUFWriter, ckpt: Path, cfg: ModelConfig, tok: dict[str, Any],
+                tensors: dict[str, np.ndarray], qtype: gguf.GGMLQuantizationType,
+                file_type: gguf.LlamaFileType) -> None:
+    """Metadata, tokenizer and tensors of one GGUF file; the writer is closed even when a step fails."""
     try:
         writer.add_name(_model_name(ckpt))
         writer.add_context_length(cfg.max_seq_len)
@@ -191,10 +197,5 @@ def export_gguf(ckpt: Path, out_file: Path, outtype: str = "f16") -> Path:
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
+    finally:
         writer.close()
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, out_file)
-    return out_file

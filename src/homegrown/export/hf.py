@@ -9,7 +9,6 @@ on a machine that only has homegrown's run-time dependencies.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -20,13 +19,16 @@ from safetensors.torch import load_file, save_file
 
 from homegrown.config import ModelConfig
 from homegrown.errors import HomegrownError
+from homegrown.io import atomic_dir
 from homegrown.model import Transformer
 from homegrown.posttrain.chat import CHAT_TEMPLATE
-from homegrown.train.checkpoint import CONFIG, WEIGHTS, resolve_checkpoint
+from homegrown.train.checkpoint import CONFIG, TOKENIZER, WEIGHTS, resolve_checkpoint
 
 EOT_TOKEN = "<|endoftext|>"
 END_TOKEN = "<|end|>"
 SHARD_INDEX = "model.safetensors.index.json"
+HF_TOKENIZER = "tokenizer.json"
+"""transformers' file name (a fast tokenizer), which our checkpoints happen to share."""
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
@@ -101,16 +103,11 @@ def to_hf_state(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, t
     return out
 
 
-def _prepare_out_dir(out_dir: Path) -> Path:
-    """Temporary sibling of `out_dir`; refuses to later replace a non-empty directory that is not an export."""
+def _check_out_dir(out_dir: Path) -> None:
+    """Refuse to replace a non-empty directory that is not an export (the export replaces `out_dir` whole)."""
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / CONFIG).exists():
         raise HomegrownError(f"{out_dir} exists and does not look like a model export; choose an empty or new "
                              "directory")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    return tmp
 
 
 def export_hf(ckpt: Path, out_dir: Path) -> Path:
@@ -121,21 +118,29 @@ def export_hf(ckpt: Path, out_dir: Path) -> Path:
     """
     ckpt = resolve_checkpoint(Path(ckpt))
     out_dir = Path(out_dir)
-    tokenizer_path = ckpt / "tokenizer.json"
+    tokenizer_path = ckpt / TOKENIZER
     if not tokenizer_path.exists():
-        raise HomegrownError(f"{ckpt} has no tokenizer.json; export a checkpoint written by homegrown training")
+        raise HomegrownError(f"{ckpt} has no {TOKENIZER}; export a checkpoint written by homegrown training")
     cfg = ModelConfig.load(ckpt / CONFIG)
     state = load_file(str(ckpt / WEIGHTS))
     vocab = _added_tokens(tokenizer_path)
     eot = _special_id(vocab, EOT_TOKEN, tokenizer_path)
     end = _special_id(vocab, END_TOKEN, tokenizer_path)
 
-    tmp = _prepare_out_dir(out_dir)
+    _check_out_dir(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        _write_hf(tmp, cfg, state, tokenizer_path, eot, end)
+    return out_dir
+
+
+def _write_hf(tmp: Path, cfg: ModelConfig, state: dict[str, torch.Tensor], tokenizer_path: Path,
+              eot: int, end: int) -> None:
+    """The files of a transformers Llama directory, into the (temporary) directory `tmp`."""
     hf_state = to_hf_state(state, cfg)
     save_file(hf_state, str(tmp / WEIGHTS), metadata={"format": "pt"})
     config = hf_config(cfg, state["embed_tokens.weight"].dtype, bos_id=eot, eos_id=eot)
     (tmp / CONFIG).write_text(json.dumps(config, indent=2))
-    shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
+    shutil.copyfile(tokenizer_path, tmp / HF_TOKENIZER)
     # PreTrainedTokenizerFast (not LlamaTokenizerFast) so no BOS is prepended: ids match our tokenizer's.
     tokenizer_config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -154,11 +159,6 @@ def export_hf(ckpt: Path, out_dir: Path) -> Path:
     # Both ids stop generation: <|endoftext|> ends a document, <|end|> ends a chat turn.
     generation_config = {"bos_token_id": eot, "eos_token_id": [eot, end], "pad_token_id": eot}
     (tmp / "generation_config.json").write_text(json.dumps(generation_config, indent=2))
-
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.rename(tmp, out_dir)
-    return out_dir
 
 
 def _rope_theta(config: dict[str, Any]) -> float:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
+from homegrown import layout
 from homegrown.config import ModelConfig, SFTConfig, TrainConfig
 from homegrown.data.pack import token_byte_lengths
 from homegrown.errors import HomegrownError
@@ -30,7 +31,6 @@ from homegrown.tokenizer import eot_id, load_tokenizer
 from homegrown.train import checkpoint as ck
 from homegrown.train.loop import TrainResult, train
 
-SFT_SUBDIR = "sft"
 VAL_EVERY = 20
 """Without --val, one conversation in VAL_EVERY (chosen by content hash) is held out for validation."""
 
@@ -177,8 +177,9 @@ def sft_train_config(train_cfg: TrainConfig, sft_cfg: SFTConfig, model_cfg: Mode
 def base_checkpoint(path: Path) -> Path:
     """The checkpoint SFT starts from: a run dir means its pretrained model (`ckpt/`), not an earlier SFT."""
     path = Path(path)
-    if not (path / ck.WEIGHTS).exists() and (path / "ckpt").is_dir():
-        return ck.resolve_checkpoint(path / "ckpt")
+    base_root = layout.RunLayout(path).ckpt_root()
+    if not (path / ck.WEIGHTS).exists() and base_root.is_dir():
+        return ck.resolve_checkpoint(base_root)
     return ck.resolve_checkpoint(path)
 
 
@@ -186,8 +187,9 @@ def default_run_dir(base: Path) -> Path:
     """Where SFT of `base` writes: the run dir itself, or the run dir holding `RUN/ckpt/step_N`."""
     base = Path(base)
     if (base / ck.WEIGHTS).exists():
-        if base.parent.name == "ckpt":
-            return base.parents[1]
+        place = layout.locate(base)
+        if place is not None:
+            return place[0].root
         raise HomegrownError(f"{base} is a checkpoint outside a run directory; pass --out RUN_DIR for the SFT run")
     return base
 
@@ -223,6 +225,6 @@ def sft(base: Path, data: Path, run_dir: Path, sft_cfg: SFTConfig, train_cfg: Tr
     def eval_fn(model: Transformer) -> tuple[float, float]:
         return assistant_loss(model, val_data, byte_lengths, cfg.batch_size, cfg.eval_batches)
 
-    return train(model_cfg, cfg, None, run_dir, ckpt / "tokenizer.json", init_from=ckpt,
-                 batch_source=train_data.sample, ckpt_subdir=f"{SFT_SUBDIR}/ckpt", progress=progress, label="sft",
+    return train(model_cfg, cfg, None, run_dir, ckpt / ck.TOKENIZER, init_from=ckpt,
+                 batch_source=train_data.sample, stage=layout.SFT, progress=progress,
                  eval_fn=eval_fn)

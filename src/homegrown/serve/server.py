@@ -20,6 +20,7 @@ import uvicorn
 
 from homegrown.config import ServeConfig
 from homegrown.errors import HomegrownError
+from homegrown.layout import RunLayout, run_dir_of
 from homegrown.progress import console
 from homegrown.serve.api import ServerState, create_app
 from homegrown.serve.metrics import ServeMetrics
@@ -30,17 +31,6 @@ log = logging.getLogger(__name__)
 def is_hf_dir(path: Path) -> bool:
     config = Path(path) / "config.json"
     return config.is_file() and "model_type" in json.loads(config.read_text())
-
-
-def run_dir_of(path: Path) -> Path:
-    """The run directory a served path belongs to (where the conversations database goes by default):
-    `run/ckpt/step_N` → `run`, `run/ckpt` → `run`, `run` → `run`, an exported HF directory → itself."""
-    path = Path(path).resolve()
-    if path.name.startswith("step_") and path.parent.name == "ckpt":
-        return path.parent.parent
-    if path.name == "ckpt":
-        return path.parent
-    return path
 
 
 def check_source(path: Path) -> None:
@@ -96,9 +86,9 @@ def serve(source: Path, cfg: ServeConfig | None = None, *, api_key: str | None =
     cfg = cfg or ServeConfig()
     source = Path(source)
     check_source(source)
-    run_dir = run_dir_of(source)
+    run_dir = run_dir_of(source)  # the conversations database goes there by default
     model_name = model_name or run_dir.name
-    store = ConversationStore(db_url or f"sqlite:///{run_dir / 'conversations.sqlite'}")
+    store = ConversationStore(db_url or f"sqlite:///{RunLayout(run_dir).conversations_db}")
     metrics = ServeMetrics()
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)  # before binding the port: a bad --dtype fails here

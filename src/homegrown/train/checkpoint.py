@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import re
 import shutil
 import warnings
 from collections.abc import Iterator
@@ -24,16 +22,21 @@ import torch
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
+from homegrown import layout
 from homegrown.config import ModelConfig
 from homegrown.errors import HomegrownError
+from homegrown.io import atomic_path, finish_dir, start_dir, temp_dir_of
+from homegrown.layout import latest_checkpoint, list_checkpoints
 from homegrown.model import Transformer
 from homegrown.tokenizer import load_tokenizer
 from homegrown.train import distributed
 from homegrown.train.distributed import DistEnv
 
-STEP_DIR = re.compile(r"^step_(\d+)$")
+# What a checkpoint directory holds; these names are the checkpoint's own, spelled only here.
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+TOKENIZER = layout.TOKENIZER
+TRAIN_INFO = "train_info.json"
 TRAINER_STATE = "trainer_state.pt"
 SHARDED = "dcp"
 
@@ -50,12 +53,8 @@ def save_checkpoint(ckpt_root: Path, step: int, model: Transformer, tokenizer_pa
                     trainer_state: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
                     keep: int = 0) -> Path:
     """Write `ckpt_root/step_<step>` atomically; prune to the newest `keep` checkpoints when keep > 0."""
-    ckpt_root = Path(ckpt_root)
-    ckpt_root.mkdir(parents=True, exist_ok=True)
-    final = ckpt_root / f"step_{step}"
-    tmp = ckpt_root / f".step_{step}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    final = layout.step_dir(ckpt_root, step)
+    tmp = start_dir(final)
     save_file(weights_state_dict(model), str(tmp / WEIGHTS), metadata={"format": "pt", "step": str(step)})
     _finish(tmp, final, model.cfg, tokenizer_path, trainer_state, extra, keep)
     return final
@@ -65,14 +64,12 @@ def _finish(tmp: Path, final: Path, cfg: ModelConfig, tokenizer_path: Path, trai
             extra: dict[str, Any] | None, keep: int) -> None:
     """Add what serving and resume need beside the weights, then rename into place and prune old ones."""
     (tmp / CONFIG).write_text(json.dumps(asdict(cfg), indent=2))
-    shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
+    shutil.copyfile(tokenizer_path, tmp / TOKENIZER)
     if extra:
-        (tmp / "train_info.json").write_text(json.dumps(extra, indent=2))
+        (tmp / TRAIN_INFO).write_text(json.dumps(extra, indent=2))
     if trainer_state is not None:
         torch.save(trainer_state, tmp / TRAINER_STATE)
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(tmp, final)
+    finish_dir(tmp, final)
     if keep > 0:
         for old in list_checkpoints(final.parent)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
@@ -109,12 +106,8 @@ def save_training_checkpoint(ckpt_root: Path, step: int, model: torch.nn.Module,
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    ckpt_root = Path(ckpt_root)
-    final, tmp = ckpt_root / f"step_{step}", ckpt_root / f".step_{step}.tmp"
-    if env.is_main:
-        ckpt_root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+    final = layout.step_dir(ckpt_root, step)
+    tmp = start_dir(final) if env.is_main else temp_dir_of(final)
     distributed.barrier(env)
     model_state, optim_state = get_state_dict(model, optimizers)
     with _single_process_ok():
@@ -152,7 +145,7 @@ def resolve_dcp_checkpoint(path: Path) -> Path:
     path = Path(path)
     if (path / SHARDED).is_dir():
         return path
-    for root in (path, path / "ckpt"):
+    for root in (path, layout.RunLayout(path).ckpt_root()):
         found = [p for p in list_checkpoints(root) if (p / SHARDED).is_dir()]
         if found:
             return found[-1]
@@ -173,24 +166,9 @@ def consolidate(ckpt: Path) -> Path:
     with _single_process_ok():
         dcp.load(state, checkpoint_id=ckpt / SHARDED, no_dist=True)
     model.load_state_dict(state["model"])
-    tmp = ckpt / f".{WEIGHTS}.tmp"
-    save_file(weights_state_dict(model), str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, ckpt / WEIGHTS)
+    with atomic_path(ckpt / WEIGHTS) as tmp:
+        save_file(weights_state_dict(model), str(tmp), metadata={"format": "pt"})
     return ckpt / WEIGHTS
-
-
-def list_checkpoints(ckpt_root: Path) -> list[Path]:
-    """Finished checkpoints, oldest first (temporary directories are ignored by name)."""
-    ckpt_root = Path(ckpt_root)
-    if not ckpt_root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in ckpt_root.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()]
-    return [p for _, p in sorted(found)]
-
-
-def latest_checkpoint(ckpt_root: Path) -> Path | None:
-    ckpts = list_checkpoints(ckpt_root)
-    return ckpts[-1] if ckpts else None
 
 
 def resolve_checkpoint(path: Path) -> Path:
@@ -202,10 +180,9 @@ def resolve_checkpoint(path: Path) -> Path:
     path = Path(path)
     if (path / WEIGHTS).exists():
         return path
-    for root in (path, path / "sft" / "ckpt", path / "ckpt"):
-        latest = latest_checkpoint(root)
-        if latest is not None:
-            return latest
+    latest = latest_checkpoint(path) or layout.RunLayout(path).final_checkpoint()
+    if latest is not None:
+        return latest
     raise HomegrownError(f"no checkpoint found at {path}; pass a run directory or a ckpt/step_N directory")
 
 
