@@ -12,10 +12,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from homegrown.config import CHAT_SPECIAL_TOKENS
+from homegrown.chat_template import CHAT_SPECIAL_TOKENS, EOT
 from homegrown.errors import HomegrownError
-
-EOT = "<|endoftext|>"
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, out_path: Path) -> Tokenizer:

@@ -15,6 +15,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from homegrown.bundle import load_bundle
 from homegrown.errors import HomegrownError
 from homegrown.eval.perplexity import evaluate_split
 from homegrown.eval.tasks import LocalModel, Task, evaluate_task
@@ -150,11 +151,12 @@ def evaluate_model(spec: ModelSpec, tasks: list[Task], eval_dir: Path | None = N
             console.print(f"eval: reusing {out}")
             return cached
     t0 = time.perf_counter()
-    model, tok = ck.load_for_inference(spec.checkpoint)
+    bundle = load_bundle(spec.checkpoint)
+    model, tok = bundle.model, bundle.tokenizer
     console.print(f"eval: {spec.name} ({model.num_params():,} parameters) on {len(tasks)} tasks")
     val = evaluate_split(model, tok, corpus)
     console.print(f"  held-out bits/byte {val.bpb:.3f} over {val.bytes:,} bytes ({time.perf_counter() - t0:.0f} s)")
-    lm = LocalModel(model, tok, spec.name, batch_size=batch_size, chat=spec.chat)
+    lm = LocalModel(bundle, spec.name, batch_size=batch_size, chat=spec.chat)
     results = {}
     for task in tasks:
         t_task = time.perf_counter()

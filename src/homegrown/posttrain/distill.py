@@ -3,7 +3,8 @@
 A hard label says only which token came next; the teacher's distribution also says which others were
 plausible and how much, which is more signal per token (Hinton et al., 2015). The loss mixes both:
 α·T²·KL(teacher_T ‖ student_T) + (1−α)·CE, T² keeping the soft term's gradient scale independent of T.
-Both models must share one tokenizer, since the KL compares them id by id.
+Both models must share one tokenizer, since the KL compares them id by id; the student's checkpoints carry the
+teacher's tokenizer files, chat format included, because it learns to answer the way the teacher does.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from homegrown.bundle import load_bundle
+from homegrown.chat_template import TOKENIZER_FILE
 from homegrown.config import DistillConfig, ModelConfig, Preset
 from homegrown.errors import HomegrownError
 from homegrown.model import Transformer, cross_entropy
@@ -84,12 +87,12 @@ def distill(run_dir: Path, teacher_path: Path, preset: Preset, cfg: DistillConfi
     teacher_cfg = ModelConfig.load(teacher_ckpt / ck.CONFIG)
     check_same_tokenizer(teacher_ckpt, tokenizer_path, preset.model, teacher_cfg)
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    teacher = ck.load_model(teacher_ckpt, device).eval().requires_grad_(False)
+    teacher = load_bundle(teacher_ckpt, device).model.requires_grad_(False)
     console.print(f"distill: teacher {teacher_ckpt} ({teacher.num_params():,} parameters), α={cfg.alpha}, "
                   f"T={cfg.temperature}")
     (run_dir / DISTILL_SUBDIR).mkdir(parents=True, exist_ok=True)
     (run_dir / DISTILL_SUBDIR / "teacher.json").write_text(
         json.dumps({"teacher": str(teacher_ckpt), "alpha": cfg.alpha, "temperature": cfg.temperature}, indent=2))
-    return train(preset.model, preset.train, run_dir / "shards", run_dir, tokenizer_path,
+    return train(preset.model, preset.train, run_dir / "shards", run_dir, teacher_ckpt / TOKENIZER_FILE,
                  ckpt_subdir=f"{DISTILL_SUBDIR}/ckpt", progress=progress, label="distill",
                  loss_fn=distill_loss(teacher, cfg))

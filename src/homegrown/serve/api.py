@@ -32,7 +32,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
 
 from homegrown.errors import HomegrownError
-from homegrown.posttrain.chat import render_prompt
 from homegrown.serve.engine import (
     ContextLengthError,
     Delta,
@@ -361,7 +360,7 @@ def create_app(load_engine: Callable[[], Engine], *, api_key: str | None, model_
             raise APIError(400, "top_logprobs requires logprobs=true", param="top_logprobs")
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in req.messages]
-        ids = engine.encode(render_prompt(messages))
+        ids = engine.bundle.chat_prompt_ids(messages)
         max_tokens = req.max_completion_tokens or req.max_tokens
         collector = _Collector()
         seqs = start(engine, [ids], lambda: _params(req, max_tokens, req.logprobs, req.top_logprobs or 0),
