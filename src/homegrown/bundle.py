@@ -91,8 +91,8 @@ def load_bundle(path: Path, device: str | torch.device = "cpu", dtype: torch.dty
 
     path = Path(path)
     if not path.exists():
-        raise HomegrownError(f"{path} does not exist; pass a run directory, ckpt/step_N or a transformers model "
-                             "directory")
+        raise HomegrownError(f"no checkpoint found at {path} (it does not exist); pass a run directory, ckpt/step_N "
+                             "or a transformers model directory")
     hf = is_hf_directory(path)
     ckpt = path if hf else resolve_checkpoint(path)
     model = load_hf(ckpt) if hf else load_model(ckpt)

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from homegrown.bundle import load_bundle
+from homegrown.chat_template import CHAT_FILES
 from homegrown.errors import HomegrownError
 from homegrown.eval.perplexity import evaluate_split
 from homegrown.eval.tasks import LocalModel, Task, evaluate_task
@@ -107,6 +108,8 @@ def _sha256(path: Path) -> str:
 def fingerprint(spec: ModelSpec, tasks: list[Task], corpus: Path) -> dict[str, str]:
     return {"format": EVAL_FORMAT, "weights": _sha256(spec.checkpoint / ck.WEIGHTS),
             "corpus_val": _sha256(corpus / "val.jsonl.gz"), "chat": str(spec.chat),
+            "chat_format": ":".join(_sha256(spec.checkpoint / f) for f in CHAT_FILES
+                                    if (spec.checkpoint / f).is_file()),
             **{f"task:{t.name}": f"{_sha256(t.path)}:{len(t.items)}" for t in tasks}}
 
 
