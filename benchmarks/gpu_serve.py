@@ -34,10 +34,11 @@ from pathlib import Path
 
 import torch
 
+from homegrown.bundle import load_bundle
 from homegrown.config import ModelConfig, ServeConfig, get_preset
 from homegrown.export.hf import export_hf
 from homegrown.model import Transformer
-from homegrown.serve.engine import Delta, Engine, GenerationParams, load_model_and_tokenizer
+from homegrown.serve.engine import Delta, Engine, GenerationParams
 from homegrown.tokenizer import train_tokenizer
 from homegrown.train.checkpoint import save_checkpoint
 
@@ -209,15 +210,15 @@ def main(argv: list[str] | None = None) -> None:
         for name in dtypes:
             dtype = DTYPES[name]
             reset_peak(device)
-            model, tokenizer = load_model_and_tokenizer(ckpt, device, dtype)
-            engine = Engine(model, tokenizer, ServeConfig(max_batch=args.batch, max_waiting=2 * args.batch)).start()
+            engine = Engine(load_bundle(ckpt, device, dtype),
+                            ServeConfig(max_batch=args.batch, max_waiting=2 * args.batch)).start()
             engine.stop_token_ids = []  # random weights emit end-of-text at random; every request runs full length
             try:
                 for batch in (1, args.batch):
                     bench.measure("homegrown", name, batch, partial(run_engine, engine, prompts[:batch]))
             finally:
                 engine.stop(drain=False, timeout=60)
-            del engine, model
+            del engine
             if hf_dir is None:
                 continue
             reset_peak(device)

@@ -13,7 +13,7 @@ import homegrown
 
 PACKAGE = Path(homegrown.__file__).parent
 LEAVES = {"homegrown.config", "homegrown.errors", "homegrown.io", "homegrown.layout", "homegrown.tokenizer",
-          "homegrown.model"}
+          "homegrown.model", "homegrown.chat_template"}
 
 
 def _module_name(path: Path) -> str:

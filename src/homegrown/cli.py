@@ -411,16 +411,16 @@ def generate(
     seed: Annotated[int | None, typer.Option(help="Same seed, same text.")] = None,
 ) -> None:
     """Continue a prompt with a trained model, streaming tokens as they come."""
+    from homegrown.bundle import load_bundle
     from homegrown.generate import SamplingParams, stream_tokens
-    from homegrown.tokenizer import eot_id
-    from homegrown.train.checkpoint import load_for_inference
 
-    model, tok = load_for_inference(checkpoint)
-    params = SamplingParams(max_tokens, temperature, top_k, top_p, seed, [eot_id(tok)])
+    bundle = load_bundle(checkpoint)
+    model, tok = bundle.model, bundle.tokenizer
+    params = SamplingParams(max_tokens, temperature, top_k, top_p, seed, bundle.stop_ids)
     ids: list[int] = []
     shown = ""
     sys.stdout.write(prompt)
-    for token in stream_tokens(model, tok.encode(prompt, add_special_tokens=False).ids, params):
+    for token in stream_tokens(model, bundle.text_prompt_ids(prompt), params):
         ids.append(token)
         text = tok.decode(ids)
         if not text.endswith("\ufffd"):
@@ -441,12 +441,11 @@ def chat(
     seed: int | None = None,
 ) -> None:
     """Terminal chat REPL using the chat template (answers well only after SFT; a base model rambles)."""
+    from homegrown.bundle import load_bundle
     from homegrown.generate import SamplingParams, stream_tokens
-    from homegrown.posttrain.chat import render_prompt
-    from homegrown.train.checkpoint import load_for_inference
 
-    model, tok = load_for_inference(checkpoint)
-    stops = [tok.token_to_id("<|end|>"), tok.token_to_id("<|endoftext|>")]
+    bundle = load_bundle(checkpoint)
+    model, tok = bundle.model, bundle.tokenizer
     messages = [{"role": "system", "content": system}] if system else []
     console.print("[dim]Type a message; an empty line or Ctrl-D quits.[/dim]")
     while True:
@@ -457,15 +456,15 @@ def chat(
         if not line:
             break
         messages.append({"role": "user", "content": line})
-        ids = tok.encode(render_prompt(messages), add_special_tokens=False).ids
+        ids = bundle.chat_prompt_ids(messages)
         budget = model.cfg.max_seq_len - max_tokens
         if len(ids) > budget:
             console.print(f"[yellow]conversation is longer than the {model.cfg.max_seq_len}-token context; "
                           "keeping only the latest message[/yellow]")
             messages = messages[:1] + messages[-1:] if system else messages[-1:]
-            ids = tok.encode(render_prompt(messages), add_special_tokens=False).ids[-budget:]
+            ids = bundle.chat_prompt_ids(messages)[-budget:]
         reply = tok.decode(list(stream_tokens(model, ids, SamplingParams(max_tokens, temperature, top_k, top_p,
-                                                                          seed, stops))))
+                                                                          seed, bundle.stop_ids))))
         print(f"model> {reply.strip()}")
         messages.append({"role": "assistant", "content": reply.strip()})
 

@@ -15,9 +15,6 @@ from typing import Any
 
 from homegrown.errors import HomegrownError
 
-CHAT_SPECIAL_TOKENS = ["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
-"""Reserved from the first tokenizer on, so base and chat models share one vocabulary (DESIGN: chat template)."""
-
 
 @dataclass
 class ModelConfig:
@@ -361,7 +358,7 @@ def _presets() -> dict[str, Preset]:
             ModelConfig(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=64),
             TrainConfig(batch_size=8, seq_len=64, max_steps=40, lr=3e-3, warmup_steps=5, eval_every=20,
                         eval_batches=2, ckpt_every=20, log_every=5, dtype="fp32"),
-            # 64-token rows: short answers, so whole replies (ending in <|end|>) fit
+            # 64-token rows: short answers, so whole replies (ending in the end-of-turn token) fit
             sft=SFTConfig(max_steps=20, batch_size=8, eval_every=10, eval_batches=2, ckpt_every=10, lr=3e-3,
                           max_answer_chars=100),
             eval=EvalConfig(max_items=20),
@@ -374,7 +371,7 @@ def _presets() -> dict[str, Preset]:
             ModelConfig(vocab_size=4096, d_model=192, n_layers=4, n_heads=3, n_kv_heads=3, max_seq_len=256),
             TrainConfig(batch_size=16, seq_len=256, max_steps=720, lr=5e-3, warmup_steps=30, eval_every=120,
                         eval_batches=8, ckpt_every=120, log_every=10),
-            # ~1.7 min on 2 cores; on a GPU, 60 steps already made 40/40 held-out answers end with <|end|>
+            # ~1.7 min on 2 cores; on a GPU, 60 steps already made 40/40 held-out answers end their turn
             sft=SFTConfig(max_steps=120, lr=1e-3, eval_every=40, ckpt_every=40),
             description="Default demo: about 10 minutes of training on 2 CPU cores, then 2 of chat tuning.",
         ),

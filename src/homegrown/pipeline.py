@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from homegrown.bundle import load_bundle
 from homegrown.config import DataConfig, Preset
 from homegrown.data.ingest import SourceSpec, ingest
 from homegrown.data.mixture import pack_corpus
@@ -25,8 +26,7 @@ from homegrown.generate import SamplingParams, stream_tokens
 from homegrown.io import atomic_dir, write_json_atomic
 from homegrown.layout import MANIFEST, SAMPLE_DIR, SHARD_INDEX, RunLayout
 from homegrown.progress import console
-from homegrown.tokenizer import eot_id, load_tokenizer, train_tokenizer
-from homegrown.train.checkpoint import load_for_inference
+from homegrown.tokenizer import load_tokenizer, train_tokenizer
 from homegrown.train.loop import TrainResult, train
 
 
@@ -165,18 +165,18 @@ def prepare_sft(preset: Preset, run_dir: Path, base: Path, progress: bool = True
 def chat_samples(checkpoint: Path, data: Path, n: int) -> list[tuple[str, str]]:
     """Greedy answers to the first `n` questions of `data`/val.jsonl (held out: never trained on), or of
     train.jsonl when the corpus had no val pages to ask about, as (question, answer)."""
-    from homegrown.posttrain.chat import read_chat_jsonl, render_prompt
+    from homegrown.posttrain.chat import read_chat_jsonl
 
     questions = data / "val.jsonl"
     if not questions.read_text().strip():
         questions = data / "train.jsonl"
-    model, tok = load_for_inference(checkpoint)
-    stops = [tok.token_to_id("<|end|>"), eot_id(tok)]
+    bundle = load_bundle(checkpoint)
+    model, tok = bundle.model, bundle.tokenizer
     out = []
     for conv in read_chat_jsonl(questions).conversations[:n]:
         question = next(m for m in conv if m["role"] == "user")
-        ids = tok.encode(render_prompt([question]), add_special_tokens=False).ids
+        ids = bundle.chat_prompt_ids([question])
         params = SamplingParams(max_tokens=min(80, model.cfg.max_seq_len - len(ids)), temperature=0.0,
-                                stop_token_ids=stops)
+                                stop_token_ids=bundle.stop_ids)
         out.append((question["content"], tok.decode(list(stream_tokens(model, ids, params)))))
     return out

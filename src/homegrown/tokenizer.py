@@ -11,12 +11,10 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from homegrown.config import CHAT_SPECIAL_TOKENS
+from homegrown.chat_template import CHAT_SPECIAL_TOKENS, EOT
 from homegrown.errors import HomegrownError
 from homegrown.io import atomic_path
 from homegrown.layout import TOKENIZER
-
-EOT = "<|endoftext|>"
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, out_path: Path) -> Tokenizer:

@@ -10,9 +10,9 @@ import pytest
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from homegrown.bundle import load_bundle
 from homegrown.eval.harness import HomegrownLM, run_harness
 from homegrown.eval.tasks import LocalModel, evaluate_task, load_task
-from homegrown.train.checkpoint import load_for_inference
 
 HERE = Path(__file__).parent / "harness_task"
 
@@ -32,8 +32,7 @@ def test_lm_eval_scores_a_local_task_like_our_own_scorer(eval_run, task_dir):
     ckpt = eval_run / "ckpt" / "step_8"
     results = run_harness(ckpt, ["homegrown_doc_entry_sample"], include_path=task_dir)
     harness = results["homegrown_doc_entry_sample"]
-    model, tok = load_for_inference(ckpt)
-    ours = evaluate_task(load_task(task_dir / "doc_entry_sample.jsonl"), LocalModel(model, tok))
+    ours = evaluate_task(load_task(task_dir / "doc_entry_sample.jsonl"), LocalModel(load_bundle(ckpt)))
     assert ours.n == 24 and ours.num_fewshot == 0
     assert harness["acc,none"] == pytest.approx(ours.metrics["acc"])
     assert harness["acc_norm,none"] == pytest.approx(ours.metrics["acc_norm"])

@@ -5,6 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from homegrown.bundle import ModelBundle
+from homegrown.chat_template import our_chat_format
 from homegrown.config import ModelConfig
 from homegrown.data.sources import iter_corpus
 from homegrown.errors import HomegrownError
@@ -32,7 +34,7 @@ def tiny_lm(tiny_run: Path) -> LocalModel:
     tok = load_tokenizer(tiny_run / "tokenizer.json")
     model = Transformer(ModelConfig(vocab_size=tok.get_vocab_size(), d_model=32, n_layers=2, n_heads=2, n_kv_heads=1,
                                     max_seq_len=48, init_std=0.5))
-    return LocalModel(model, tok, batch_size=3)
+    return LocalModel(ModelBundle(model, model.cfg, tok, our_chat_format(tok), tiny_run), batch_size=3)
 
 
 def direct_logprob(lm: LocalModel, context: str, continuation: str) -> tuple[float, bool]:

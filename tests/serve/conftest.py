@@ -44,10 +44,10 @@ def serve_run(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def engine(serve_run: Path) -> Iterator:
-    from homegrown.serve.engine import Engine, load_model_and_tokenizer
+    from homegrown.bundle import load_bundle
+    from homegrown.serve.engine import Engine
 
-    model, tok = load_model_and_tokenizer(serve_run, torch.device("cpu"))
-    eng = Engine(model, tok, ServeConfig(max_batch=8, max_waiting=64)).start()
+    eng = Engine(load_bundle(serve_run), ServeConfig(max_batch=8, max_waiting=64)).start()
     yield eng
     eng.stop(drain=False, timeout=30)
 

@@ -179,10 +179,9 @@ def test_context_length_is_enforced_with_both_numbers(engine: Engine) -> None:
 
 
 def test_full_queue_is_refused(serve_run) -> None:
-    from homegrown.serve.engine import load_model_and_tokenizer
+    from homegrown.bundle import load_bundle
 
-    model, tok = load_model_and_tokenizer(serve_run, torch.device("cpu"))
-    idle = Engine(model, tok, ServeConfig(max_batch=1, max_waiting=2))  # never started: nothing drains
+    idle = Engine(load_bundle(serve_run), ServeConfig(max_batch=1, max_waiting=2))  # never started: nothing drains
     idle.submit([5, 6], [greedy(4)], lambda i, d: None)
     with pytest.raises(EngineBusyError):
         idle.submit([5, 6], [greedy(4), greedy(4)], lambda i, d: None)
@@ -202,11 +201,11 @@ def test_abort_frees_the_slot(engine: Engine) -> None:
 
 
 def test_exported_hf_directory_serves_the_same_tokens(engine: Engine, serve_run, tmp_path) -> None:
+    from homegrown.bundle import load_bundle
     from homegrown.export.hf import export_hf
-    from homegrown.serve.engine import load_model_and_tokenizer
 
-    model, tok = load_model_and_tokenizer(export_hf(serve_run, tmp_path / "hf"), torch.device("cpu"))
-    hf_engine = Engine(model, tok, ServeConfig(max_batch=2)).start()
+    hf_engine = Engine(load_bundle(export_hf(serve_run, tmp_path / "hf")), ServeConfig(max_batch=2)).start()
+    assert hf_engine.stop_token_ids == engine.stop_token_ids
     try:
         ids = engine.encode("The quick brown fox")
         assert hf_engine.generate(ids, [greedy(20)])[0][1] == engine.generate(ids, [greedy(20)])[0][1]

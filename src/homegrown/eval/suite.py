@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from homegrown import layout
+from homegrown.bundle import load_bundle
+from homegrown.chat_template import CHAT_FILES
 from homegrown.errors import HomegrownError
 from homegrown.eval.perplexity import evaluate_split
 from homegrown.eval.tasks import LocalModel, Task, evaluate_task
@@ -97,6 +99,8 @@ def _sha256(path: Path) -> str:
 def fingerprint(spec: ModelSpec, tasks: list[Task], corpus: Path) -> dict[str, str]:
     return {"format": EVAL_FORMAT, "weights": _sha256(spec.checkpoint / ck.WEIGHTS),
             "corpus_val": _sha256(corpus / "val.jsonl.gz"), "chat": str(spec.chat),
+            "chat_format": ":".join(_sha256(spec.checkpoint / f) for f in CHAT_FILES
+                                    if (spec.checkpoint / f).is_file()),
             **{f"task:{t.name}": f"{_sha256(t.path)}:{len(t.items)}" for t in tasks}}
 
 
@@ -132,11 +136,12 @@ def evaluate_model(spec: ModelSpec, tasks: list[Task], eval_dir: Path | None = N
             console.print(f"eval: reusing {out}")
             return cached
     t0 = time.perf_counter()
-    model, tok = ck.load_for_inference(spec.checkpoint)
+    bundle = load_bundle(spec.checkpoint)
+    model, tok = bundle.model, bundle.tokenizer
     console.print(f"eval: {spec.name} ({model.num_params():,} parameters) on {len(tasks)} tasks")
     val = evaluate_split(model, tok, corpus)
     console.print(f"  held-out bits/byte {val.bpb:.3f} over {val.bytes:,} bytes ({time.perf_counter() - t0:.0f} s)")
-    lm = LocalModel(model, tok, spec.name, batch_size=batch_size, chat=spec.chat)
+    lm = LocalModel(bundle, spec.name, batch_size=batch_size, chat=spec.chat)
     results = {}
     for task in tasks:
         t_task = time.perf_counter()

@@ -29,13 +29,11 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
-from tokenizers import Tokenizer
 
+from homegrown.bundle import ModelBundle
 from homegrown.data.sources import numbered_json_lines
 from homegrown.errors import HomegrownError
 from homegrown.generate import SamplingParams, stream_tokens
-from homegrown.model import Transformer
-from homegrown.posttrain.chat import END, render_prompt
 from homegrown.tokenizer import eot_id
 
 TASKS_DIR = Path(__file__).resolve().parents[3] / "data" / "tasks"
@@ -247,17 +245,17 @@ class ScoringModel(Protocol):
 
 
 class LocalModel:
-    """A homegrown checkpoint as a `ScoringModel`: batched log-likelihoods, greedy KV-cache generation."""
+    """A loaded model bundle as a `ScoringModel`: batched log-likelihoods, greedy KV-cache generation; chat
+    prompts go through the bundle's own template and stop at its stop tokens."""
 
     supports_loglikelihood = True
 
-    def __init__(self, model: Transformer, tok: Tokenizer, name: str = "model", batch_size: int = 32,
-                 chat: bool = False) -> None:
-        self.model, self.tok, self.name, self.batch_size, self.chat = model.eval(), tok, name, batch_size, chat
-        self.eot = eot_id(tok)
-        end = tok.token_to_id(END)
-        self.stop_ids = [self.eot] if end is None else [self.eot, end]
-        self.device = next(model.parameters()).device
+    def __init__(self, bundle: ModelBundle, name: str = "model", batch_size: int = 32, chat: bool = False) -> None:
+        self.bundle, self.name, self.batch_size, self.chat = bundle, name, batch_size, chat
+        self.model, self.tok = bundle.model.eval(), bundle.tokenizer
+        self.eot = eot_id(self.tok)
+        self.stop_ids = list(dict.fromkeys([self.eot, *bundle.stop_ids]))
+        self.device = next(self.model.parameters()).device
 
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False).ids
@@ -310,13 +308,13 @@ class LocalModel:
 
     def generate(self, prompts: Sequence[Prompt], max_tokens: int, stop: Sequence[str]) -> list[str]:
         """Greedy continuation of each prompt (messages go through the chat template), cut at the first stop
-        string, <|end|> or <|endoftext|>; a long prompt loses its oldest tokens first."""
+        string or stop token; a long prompt loses its oldest tokens first."""
         budget = min(max_tokens, self.model.cfg.max_seq_len - 1)
         outputs = []
         for prompt in prompts:
             # Text starts after <|endoftext|> like a training document; a chat starts bare, as SFT and the
             # server tokenize it.
-            ids = [self.eot, *self.encode(prompt)] if isinstance(prompt, str) else self.encode(render_prompt(prompt))
+            ids = [self.eot, *self.encode(prompt)] if isinstance(prompt, str) else self.bundle.chat_prompt_ids(prompt)
             ids = ids[-(self.model.cfg.max_seq_len - budget):]
             params = SamplingParams(max_tokens=budget, temperature=0.0, stop_token_ids=self.stop_ids)
             generated: list[int] = []

@@ -3,7 +3,8 @@
 A hard label says only which token came next; the teacher's distribution also says which others were
 plausible and how much, which is more signal per token (Hinton et al., 2015). The loss mixes both:
 α·T²·KL(teacher_T ‖ student_T) + (1−α)·CE, T² keeping the soft term's gradient scale independent of T.
-Both models must share one tokenizer, since the KL compares them id by id.
+Both models must share one tokenizer, since the KL compares them id by id; the student's checkpoints carry the
+teacher's tokenizer files, chat format included, because it learns to answer the way the teacher does.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from homegrown import layout
+from homegrown.bundle import load_bundle
 from homegrown.config import DistillConfig, ModelConfig, Preset
 from homegrown.errors import HomegrownError
 from homegrown.io import write_json_atomic
@@ -83,7 +85,7 @@ def distill(run_dir: Path, teacher_path: Path, preset: Preset, cfg: DistillConfi
     teacher_cfg = ModelConfig.load(teacher_ckpt / ck.CONFIG)
     check_same_tokenizer(teacher_ckpt, tokenizer_path, preset.model, teacher_cfg)
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    teacher = ck.load_model(teacher_ckpt, device).eval().requires_grad_(False)
+    teacher = load_bundle(teacher_ckpt, device).model.requires_grad_(False)
     console.print(f"distill: teacher {teacher_ckpt} ({teacher.num_params():,} parameters), α={cfg.alpha}, "
                   f"T={cfg.temperature}")
     write_json_atomic(run.stage_dir(layout.DISTILL) / "teacher.json",

@@ -21,13 +21,14 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 
 from homegrown import layout
+from homegrown.bundle import load_chat_format
+from homegrown.chat_template import ChatFormat
 from homegrown.config import ModelConfig, SFTConfig, TrainConfig
 from homegrown.data.pack import token_byte_lengths
 from homegrown.errors import HomegrownError
 from homegrown.model import Transformer
 from homegrown.posttrain.chat import EncodedChat, encode_conversation, read_chat_jsonl
 from homegrown.progress import console
-from homegrown.tokenizer import eot_id, load_tokenizer
 from homegrown.train import checkpoint as ck
 from homegrown.train.loop import TrainResult, train
 
@@ -49,13 +50,14 @@ class NoChatFits(HomegrownError):
 class PackedChats:
     """Tokenized conversations that pack into rows of `seq_len + 1` tokens with loss masks and segment ids."""
 
-    def __init__(self, tok: Tokenizer, conversations: list[list[dict[str, str]]], seq_len: int) -> None:
+    def __init__(self, tok: Tokenizer, chat: ChatFormat, conversations: list[list[dict[str, str]]],
+                 seq_len: int) -> None:
         self.row_len = seq_len + 1
-        self.pad = eot_id(tok)
+        self.pad = chat.stop_ids[0] if chat.stop_ids else 0  # any id: padding is neither attended nor learned
         self.items: list[EncodedChat] = []
         truncated = dropped = 0
         for messages in conversations:
-            enc, cut = self._fit(tok, messages)
+            enc, cut = self._fit(tok, chat, messages)
             if enc is None:
                 dropped += 1
                 continue
@@ -66,13 +68,14 @@ class PackedChats:
             raise NoChatFits(f"no conversation has a whole assistant reply within {seq_len} tokens; "
                                  "use shorter conversations or a model with a longer context")
 
-    def _fit(self, tok: Tokenizer, messages: list[dict[str, str]]) -> tuple[EncodedChat | None, bool]:
-        """The conversation, or its longest prefix ending with an assistant turn, that fits in a row; and
-        whether it was cut. Cutting inside a reply would teach answers that never reach <|end|>, so it never is.
+    def _fit(self, tok: Tokenizer, chat: ChatFormat,
+             messages: list[dict[str, str]]) -> tuple[EncodedChat | None, bool]:
+        """The conversation, or its longest prefix ending with an assistant turn, that fits in a row; and whether
+        it was cut. Cutting inside a reply would teach answers that never reach the end of turn, so it never is.
         """
         for end in range(len(messages), 0, -1):
             if messages[end - 1]["role"] == "assistant":
-                enc = encode_conversation(tok, messages[:end])
+                enc = encode_conversation(tok, chat, messages[:end])
                 if len(enc.ids) <= self.row_len:
                     return enc, end < len(messages)
         return None, False
@@ -203,7 +206,7 @@ def sft(base: Path, data: Path, run_dir: Path, sft_cfg: SFTConfig, train_cfg: Tr
     """
     ckpt = base_checkpoint(base)
     model_cfg = ModelConfig.load(ckpt / ck.CONFIG)
-    tok = load_tokenizer(ckpt)
+    tok, chat = load_chat_format(ckpt)
     chats = read_chat_jsonl(data, strict)
     _report_problems(chats.problems)
     if val is not None:
@@ -215,8 +218,8 @@ def sft(base: Path, data: Path, run_dir: Path, sft_cfg: SFTConfig, train_cfg: Tr
         val_convs = [c for c in chats.conversations if _held_out(c)] or chats.conversations[:1]
         console.print(f"no --val file: holding out {len(val_convs)} of {len(chats.conversations)} conversations")
     cfg = sft_train_config(train_cfg, sft_cfg, model_cfg)
-    train_data = PackedChats(tok, train_convs, cfg.seq_len)
-    val_data = PackedChats(tok, val_convs, cfg.seq_len)
+    train_data = PackedChats(tok, chat, train_convs, cfg.seq_len)
+    val_data = PackedChats(tok, chat, val_convs, cfg.seq_len)
     s = train_data.stats
     console.print(f"sft: {s.conversations:,} training conversations ({s.truncated} cut to their first turns and "
                   f"{s.dropped} dropped to fit {cfg.seq_len} tokens), {val_data.stats.conversations:,} held out")

@@ -33,7 +33,6 @@ from starlette.staticfiles import StaticFiles
 
 from homegrown.config import ServeConfig
 from homegrown.errors import HomegrownError
-from homegrown.posttrain.chat import render_prompt
 from homegrown.serve.body_limit import BodySizeLimit
 from homegrown.serve.engine import (
     ContextLengthError,
@@ -382,7 +381,7 @@ async def chat_completions(req: ChatCompletionRequest, request: Request) -> Any:
         raise APIError(400, "top_logprobs requires logprobs=true", param="top_logprobs")
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                 for m in req.messages]
-    ids = engine.encode(render_prompt(messages))
+    ids = engine.bundle.chat_prompt_ids(messages)
     max_tokens = req.max_completion_tokens or req.max_tokens
     collector = _Collector()
     seqs = _start(engine, [ids], lambda: _params(req, max_tokens, req.logprobs, req.top_logprobs or 0),

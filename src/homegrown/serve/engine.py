@@ -15,15 +15,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer
 
+from homegrown.bundle import ModelBundle
 from homegrown.config import ServeConfig
 from homegrown.errors import HomegrownError
 from homegrown.generate import SamplingParams, sample_next
-from homegrown.model import KVCache, Transformer
+from homegrown.model import KVCache
 from homegrown.serve.batched import forward_rows, move_slot
 from homegrown.serve.metrics import ServeMetrics
 
@@ -31,8 +30,6 @@ log = logging.getLogger(__name__)
 
 MIN_SHARED_PREFIX = 16
 """Joiners sharing at least this many prompt tokens with an earlier joiner wait one forward to copy them."""
-STOP_TOKENS = ("<|endoftext|>", "<|end|>")
-"""End of a document and end of a chat turn: generation stops at either unless the request says otherwise."""
 
 
 class ContextLengthError(HomegrownError):
@@ -147,17 +144,19 @@ class Sequence:
 class Engine:
     """Owns the model, the slot cache and the stepping thread; `submit` is safe to call from any thread."""
 
-    def __init__(self, model: Transformer, tokenizer: Tokenizer, cfg: ServeConfig | None = None,
+    def __init__(self, bundle: ModelBundle, cfg: ServeConfig | None = None,
                  metrics: ServeMetrics | None = None) -> None:
         self.cfg = cfg or ServeConfig()
         if self.cfg.max_batch < 1:
             raise HomegrownError(f"max_batch must be at least 1, got {self.cfg.max_batch}")
-        self.model, self.tokenizer, self.metrics = model, tokenizer, metrics
+        self.bundle, self.model, self.tokenizer, self.metrics = bundle, bundle.model, bundle.tokenizer, metrics
+        model = bundle.model
         weight = next(model.parameters())
         self.device = weight.device
         self.max_len = model.cfg.max_seq_len
         self.cache = KVCache.allocate(model.cfg, self.cfg.max_batch, dtype=weight.dtype, device=self.device)
-        self.stop_token_ids = [i for i in (tokenizer.token_to_id(t) for t in STOP_TOKENS) if i is not None]
+        self.stop_token_ids = bundle.stop_ids
+        """The model's EOS and end-of-turn: generation stops at either unless the request says otherwise."""
         self._waiting: deque[Sequence] = deque()
         self._running: list[Sequence] = []
         self._cond = threading.Condition()
@@ -542,23 +541,3 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name not in SERVE_DTYPES:
         raise HomegrownError(f"unknown serve dtype {name!r}; use auto, fp32 or bf16")
     return SERVE_DTYPES[name]
-
-
-def load_model_and_tokenizer(path: Path, device: torch.device,
-                             dtype: torch.dtype | None = None) -> tuple[Transformer, Tokenizer]:
-    """A homegrown run/checkpoint directory, or a transformers Llama directory (e.g. from `homegrown export`).
-
-    Weights are cast to `dtype` (None: as stored) while moving to `device`; the engine allocates its KV cache
-    in the same dtype.
-    """
-    from homegrown.export.hf import load_hf
-    from homegrown.tokenizer import load_tokenizer
-    from homegrown.train.checkpoint import load_for_inference
-
-    path = Path(path)
-    if not path.exists():
-        raise HomegrownError(f"{path} does not exist; pass a run directory, ckpt/step_N or an exported HF directory")
-    config = path / "config.json"
-    if config.exists() and '"model_type"' in config.read_text():
-        return load_hf(path).to(device=device, dtype=dtype).prepare_for_inference(), load_tokenizer(path)
-    return load_for_inference(path, device, dtype)

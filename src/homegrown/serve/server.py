@@ -80,7 +80,8 @@ def _drained(sig: int, frame: FrameType | None) -> None:
 
 def serve(source: Path, cfg: ServeConfig | None = None, *, api_key: str | None = None, db_url: str | None = None,
           model_name: str | None = None) -> None:
-    from homegrown.serve.engine import Engine, load_model_and_tokenizer, resolve_device, resolve_dtype
+    from homegrown.bundle import load_bundle
+    from homegrown.serve.engine import Engine, resolve_device, resolve_dtype
     from homegrown.serve.store import ConversationStore
 
     cfg = cfg or ServeConfig()
@@ -96,8 +97,7 @@ def serve(source: Path, cfg: ServeConfig | None = None, *, api_key: str | None =
         torch.set_num_threads(cfg.threads or max(1, len(os.sched_getaffinity(0)) - 1))
 
     def load() -> Engine:
-        model, tokenizer = load_model_and_tokenizer(source, device, dtype)
-        return Engine(model, tokenizer, cfg, metrics)
+        return Engine(load_bundle(source, device, dtype), cfg, metrics)
 
     server: _DrainingServer | None = None
 

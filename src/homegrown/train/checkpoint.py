@@ -1,10 +1,11 @@
 """Checkpoints in the DESIGN.md format, written so a crash can never leave a half checkpoint that looks whole.
 
-`ckpt/step_N/` holds model.safetensors + config.json + tokenizer.json (everything needed to serve or
-export) and what only resume needs: trainer_state.pt (step, RNG, world size) and `dcp/`, the model and
-optimizer state as a `torch.distributed.checkpoint` — sharded per rank, and re-sharded on load, so a run
-saved by 2 ranks resumes on 1 or 8, or without torchrun at all. The directory is assembled under a
-temporary name and renamed into place, which is atomic on POSIX filesystems.
+`ckpt/step_N/` holds model.safetensors + config.json + tokenizer.json + the chat format as Hugging Face files
+(tokenizer_config.json, generation_config.json) — everything needed to serve or export — and what only resume
+needs: trainer_state.pt (step, RNG, world size) and `dcp/`, the model and optimizer state as a
+`torch.distributed.checkpoint` — sharded per rank, and re-sharded on load, so a run saved by 2 ranks resumes on
+1 or 8, or without torchrun at all. The directory is assembled under a temporary name and renamed into place,
+which is atomic on POSIX filesystems.
 """
 
 from __future__ import annotations
@@ -20,15 +21,14 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
-from tokenizers import Tokenizer
 
 from homegrown import layout
+from homegrown.chat_template import copy_tokenizer_files
 from homegrown.config import ModelConfig
 from homegrown.errors import HomegrownError
 from homegrown.io import atomic_path, finish_dir, start_dir, temp_dir_of
 from homegrown.layout import latest_checkpoint, list_checkpoints
 from homegrown.model import Transformer
-from homegrown.tokenizer import load_tokenizer
 from homegrown.train import distributed
 from homegrown.train.distributed import DistEnv
 
@@ -64,7 +64,7 @@ def _finish(tmp: Path, final: Path, cfg: ModelConfig, tokenizer_path: Path, trai
             extra: dict[str, Any] | None, keep: int) -> None:
     """Add what serving and resume need beside the weights, then rename into place and prune old ones."""
     (tmp / CONFIG).write_text(json.dumps(asdict(cfg), indent=2))
-    shutil.copyfile(tokenizer_path, tmp / TOKENIZER)
+    copy_tokenizer_files(tokenizer_path, tmp)
     if extra:
         (tmp / TRAIN_INFO).write_text(json.dumps(extra, indent=2))
     if trainer_state is not None:
@@ -193,16 +193,6 @@ def load_model(path: Path, device: str | torch.device = "cpu") -> Transformer:
     model = Transformer(cfg)
     load_weights(model, ckpt / WEIGHTS)
     return model.to(device)
-
-
-def load_for_inference(path: Path, device: str | torch.device = "cpu",
-                       dtype: torch.dtype | None = None) -> tuple[Transformer, Tokenizer]:
-    """Model (in its inference layout) and tokenizer of the newest checkpoint at `path`: what samplers need.
-
-    Weights are read on the CPU and cast to `dtype` (None: as stored) while moving to `device`, so a bf16
-    GPU copy never holds an fp32 one beside it."""
-    ckpt = resolve_checkpoint(path)
-    return load_model(ckpt).to(device=device, dtype=dtype).prepare_for_inference(), load_tokenizer(ckpt)
 
 
 def load_weights(model: Transformer, weights_path: Path) -> None:
