@@ -36,6 +36,9 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 TRAINER_STATE = "trainer_state.pt"
 SHARDED = "dcp"
+CHAT_METADATA = ("tokenizer_config.json", "generation_config.json")
+"""Hugging Face files beside a tokenizer.json that carry a model's chat template and stop ids (imported models
+have them); every checkpoint written with that tokenizer gets copies, so fine-tuning keeps the model's template."""
 
 
 def weights_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
@@ -66,6 +69,9 @@ def _finish(tmp: Path, final: Path, cfg: ModelConfig, tokenizer_path: Path, trai
     """Add what serving and resume need beside the weights, then rename into place and prune old ones."""
     (tmp / CONFIG).write_text(json.dumps(asdict(cfg), indent=2))
     shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
+    for name in CHAT_METADATA:
+        if (Path(tokenizer_path).parent / name).is_file():
+            shutil.copyfile(Path(tokenizer_path).parent / name, tmp / name)
     if extra:
         (tmp / "train_info.json").write_text(json.dumps(extra, indent=2))
     if trainer_state is not None:
