@@ -491,6 +491,29 @@ def export(
         console.print(f"wrote {path} ({outtype}; run with llama.cpp `llama-cli -m {path}` or an Ollama Modelfile)")
 
 
+@app.command("import")
+def import_(
+    src: Annotated[Path, typer.Argument(help="A .gguf file (llama architecture) or a transformers Llama directory.")],
+    out: Annotated[Path, typer.Option(help="Run directory to create; the model goes to OUT/ckpt/step_0.")],
+) -> None:
+    """Import open weights as an ordinary run that generate, chat, serve, eval, export and sft accept."""
+    from homegrown.importer import import_model
+
+    r = import_model(src, out)
+    c = r.config
+    console.print(f"imported        {r.source_format} {r.architecture} from {src}", highlight=False)
+    console.print(f"parameters      {r.params:,}: {c.n_layers} layers, d_model {c.d_model}, heads {c.n_heads}/"
+                  f"{c.n_kv_heads} (head dim {c.head_dim}), ffn {c.ffn_hidden}, context {c.max_seq_len}, RoPE base "
+                  f"{c.rope_theta:g}, RMSNorm eps {c.norm_eps:g}, {'tied' if c.tie_embeddings else 'untied'} head",
+                  highlight=False)
+    console.print("tensor types    " + ", ".join(f"{name} {n}" for name, n in r.tensor_types.items()), highlight=False)
+    console.print(f"vocabulary      {r.vocab_size:,} tokens", highlight=False)
+    console.print(f"chat template   {'yes' if r.chat_template else 'none'}; stops at "
+                  + ", ".join(f"{t} ({i})" for t, i in r.stop_tokens.items()), highlight=False)
+    console.print(f"checkpoint      {r.checkpoint}", highlight=False)
+    console.print(f"next            homegrown chat {r.run_dir}", highlight=False)
+
+
 TasksOpt = Annotated[list[str] | None, typer.Option(
     "--tasks", help="Task name (data/tasks/NAME.jsonl) or JSONL path; repeatable. Default: the shipped suite.")]
 MaxItemsOpt = Annotated[int, typer.Option(help="Score only the first N test items of each task (0 = all).")]

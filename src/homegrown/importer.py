@@ -61,7 +61,8 @@ class ImportResult:
     """Tensor count per storage type in the source (Q4_1, F32, bfloat16 …)."""
     vocab_size: int
     chat_template: bool
-    stop_token_ids: list[int]
+    stop_tokens: dict[str, int]
+    """generation_config.json's eos_token_id list, by token text."""
     config: ModelConfig
 
 
@@ -338,4 +339,4 @@ def _write_run(loaded: _Loaded, src: Path, fmt: str, out_run: Path) -> ImportRes
     ckpt = save_checkpoint(out_run / "ckpt", 0, loaded.model, out_run / "tokenizer.json")
     return ImportResult(out_run, ckpt, fmt, loaded.architecture, loaded.model.num_params(), loaded.tensor_types,
                         loaded.tokenizer.get_vocab_size(), "chat_template" in loaded.tokenizer_config,
-                        loaded.generation_config["eos_token_id"], cfg)
+                        {loaded.tokenizer.id_to_token(i): i for i in loaded.generation_config["eos_token_id"]}, cfg)
