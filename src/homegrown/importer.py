@@ -230,8 +230,16 @@ def _read_hf_dir(src: Path) -> _Loaded:
         if not (src / required).is_file():
             raise HomegrownError(f"{src} has no {required}; a transformers model directory needs config.json, "
                                  f"safetensors weights, tokenizer.json and {TOKENIZER_CONFIG}")
+    if not (src / WEIGHTS).is_file() and not (src / SHARD_INDEX).is_file():
+        pickled = sorted(p.name for p in src.glob("*.bin"))
+        raise HomegrownError(f"{src} has no {WEIGHTS} or {SHARD_INDEX}"
+                             + (f" (only {', '.join(pickled)}, which would have to be unpickled)" if pickled else "")
+                             + "; only safetensors weights can be imported")
     config = json.loads((src / "config.json").read_text())
-    model = load_hf(src)
+    try:
+        model = load_hf(src)
+    except KeyError as e:
+        raise HomegrownError(f"{src / 'config.json'} has no {e.args[0]}; it is not a complete Llama config") from e
     tokenizer = Tokenizer.from_file(str(src / "tokenizer.json"))
     raw = json.loads((src / TOKENIZER_CONFIG).read_text())
     tokenizer_config = {k: _token_text(v) for k, v in raw.items() if k != "added_tokens_decoder"}
