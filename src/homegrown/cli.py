@@ -264,6 +264,9 @@ def pretrain(
     run_dir: Annotated[Path, typer.Argument(help="Run directory holding tokenizer.json and shards/.")],
     preset: PresetOpt = DEFAULT_PRESET,
     set_: SetOpt = None,
+    init_from: Annotated[Path | None, typer.Option(
+        help="Continue pretraining this checkpoint or run (e.g. an imported model) on RUN's corpus, with its "
+             "tokenizer; RUN must be a new directory (or one this started).")] = None,
 ) -> None:
     """Pretrain (or resume) on a run directory's packed shards.
 
@@ -274,7 +277,14 @@ def pretrain(
     from homegrown.train.loop import train
 
     cfg = _preset(preset, set_)
-    result = train(cfg.model, cfg.train, run_dir / "shards", run_dir, run_dir / "tokenizer.json")
+    if init_from is not None:
+        cfg.train.init_from = str(init_from)
+    if cfg.train.init_from:
+        from homegrown.pipeline import continue_pretraining
+
+        result = continue_pretraining(cfg, run_dir)
+    else:
+        result = train(cfg.model, cfg.train, run_dir / "shards", run_dir, run_dir / "tokenizer.json")
     env = distributed.init_distributed()
     if env.is_main:
         console.print(f"checkpoint {result.final_checkpoint}  val bits/byte {result.final_val_bpb:.3f}")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from homegrown.config import DataConfig, Preset
+from homegrown.config import DataConfig, ModelConfig, Preset
 from homegrown.data.ingest import SourceSpec, ingest
 from homegrown.data.mixture import pack_corpus
 from homegrown.data.pack import INDEX_NAME
@@ -25,7 +25,7 @@ from homegrown.eval.report import build_report
 from homegrown.generate import SamplingParams, stream_tokens
 from homegrown.progress import console
 from homegrown.tokenizer import eot_id, load_tokenizer, train_tokenizer
-from homegrown.train.checkpoint import load_for_inference
+from homegrown.train.checkpoint import CHAT_METADATA, CONFIG, load_for_inference, resolve_checkpoint
 from homegrown.train.loop import TrainResult, train
 
 SAMPLE_DIR = Path(__file__).resolve().parents[2] / "data" / "sample"
@@ -107,6 +107,46 @@ def prepare_shards(corpus_dir: Path, tokenizer_path: Path, shard_dir: Path, mixt
         console.print(f"  {split}: {stats.documents[split]:,} documents, {stats.tokens[split]:,} tokens, "
                       f"{stats.text_bytes[split] / stats.tokens[split]:.2f} bytes/token")
     return shard_dir
+
+
+def adopt_tokenizer(ckpt: Path, run_dir: Path) -> Path:
+    """Make `ckpt`'s tokenizer (and its chat files) the run's, so shards, checkpoints and chat all use its ids.
+
+    A run that already has another tokenizer is refused: its shards and checkpoints speak different ids.
+    """
+    ours, theirs = run_dir / "tokenizer.json", ckpt / "tokenizer.json"
+    if ours.exists() and ours.read_bytes() != theirs.read_bytes():
+        raise HomegrownError(f"{ours} is not the tokenizer of {ckpt}; continue pretraining in a new run directory")
+    for name in ("tokenizer.json", *CHAT_METADATA):
+        if (ckpt / name).is_file() and not (run_dir / name).exists():
+            tmp = run_dir / f".{name}.tmp"
+            shutil.copyfile(ckpt / name, tmp)
+            tmp.replace(run_dir / name)
+    return ours
+
+
+def continue_pretraining(preset: Preset, run_dir: Path, progress: bool = True) -> TrainResult:
+    """Pretrain the model at `preset.train.init_from` further on the run's corpus (the bundled one unless
+    `data.source` says otherwise), tokenized with that model's own tokenizer, into `run_dir/ckpt`.
+
+    The model's shape comes from the checkpoint, not the preset; the resolved preset (with `init_from`) is written
+    to preset.json, and a second call resumes from the run's newest checkpoint like any pretraining run.
+    """
+    run_dir = Path(run_dir)
+    start = resolve_checkpoint(Path(preset.train.init_from))
+    if start.resolve().parent == (run_dir / "ckpt").resolve():
+        raise HomegrownError(f"{start} is in {run_dir}/ckpt, where continued pretraining writes its own checkpoints; "
+                             f"pass a new run directory (e.g. {run_dir}-cpt) with --init-from {run_dir}")
+    preset.model = ModelConfig.load(start / CONFIG)
+    if preset.train.seq_len > preset.model.max_seq_len:
+        raise HomegrownError(f"train.seq_len={preset.train.seq_len} exceeds the context of {start} "
+                             f"({preset.model.max_seq_len} tokens)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tok_path = adopt_tokenizer(start, run_dir)
+    (run_dir / "preset.json").write_text(json.dumps(asdict(preset), indent=2))
+    corpus = prepare_corpus(preset.data, run_dir / "corpus")
+    shards = prepare_shards(corpus, tok_path, run_dir / "shards", preset.data.mixture, preset.data.mixture_max_repeat)
+    return train(preset.model, preset.train, shards, run_dir, tok_path, init_from=start, progress=progress)
 
 
 def run(preset: Preset, run_dir: Path, samples: int = 3, progress: bool = True) -> RunSummary:
