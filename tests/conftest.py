@@ -53,6 +53,28 @@ def _run_cli(*args: str, timeout: float = 300, env: dict | None = None,
                           env=full_env, input=input_text)
 
 
+FETCH_SMOLLM2 = Path(__file__).resolve().parents[1] / "scripts" / "fetch_smollm2.sh"
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct as GGUF, fetched (once, then cached) by the same script `make smollm2` runs.
+
+    Fails rather than skips when it cannot be had: the checks against transformers that use it must run in CI.
+    """
+    try:
+        done = subprocess.run(["bash", str(FETCH_SMOLLM2), sys.executable], capture_output=True, text=True,
+                              timeout=900)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{FETCH_SMOLLM2} did not finish in 15 minutes")
+    if done.returncode != 0:
+        pytest.fail(f"{FETCH_SMOLLM2} failed (exit {done.returncode}): {done.stderr.strip()[-2000:]}")
+    path = Path(done.stdout.strip().splitlines()[-1])
+    if not path.is_file():
+        pytest.fail(f"{FETCH_SMOLLM2} printed {path}, which is not a file")
+    return path
+
+
 @pytest.fixture
 def cli():
     """Run the real `homegrown` console script in a child process, the way a user does."""
@@ -81,16 +103,6 @@ def chatml_dir(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
         "pad_token": "<|im_end|>", "add_bos_token": False, "chat_template": CHATML_TEMPLATE}))
     (out / "generation_config.json").write_text(json.dumps({"bos_token_id": start, "eos_token_id": [end]}))
     return out
-
-
-@pytest.fixture(scope="session")
-def smollm2_gguf() -> Path:
-    """SmolLM2-135M-Instruct as GGUF. Stand-in (bundle13) for the fetching fixture of the same name from import13,
-    which replaces it at merge."""
-    path = Path.home() / ".cache" / "homegrown" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    if not path.is_file():
-        pytest.fail(f"{path} is missing; run `make smollm2`")
-    return path
 
 
 @pytest.fixture(scope="session")

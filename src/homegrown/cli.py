@@ -267,6 +267,9 @@ def pretrain(
     run_dir: Annotated[Path, typer.Argument(help="Run directory holding tokenizer.json and shards/.")],
     preset: PresetOpt = DEFAULT_PRESET,
     set_: SetOpt = None,
+    init_from: Annotated[Path | None, typer.Option(
+        help="Continue pretraining this checkpoint or run (e.g. an imported model) on RUN's corpus, with its "
+             "tokenizer; RUN must be a new directory (or one this started).")] = None,
 ) -> None:
     """Pretrain (or resume) on a run directory's packed shards.
 
@@ -277,8 +280,15 @@ def pretrain(
     from homegrown.train.loop import train
 
     cfg = _preset(preset, set_)
-    paths = RunLayout(run_dir)
-    result = train(cfg.model, cfg.train, paths.shards, run_dir, paths.tokenizer)
+    if init_from is not None:
+        cfg.train.init_from = str(init_from)
+    if cfg.train.init_from:
+        from homegrown.pipeline import continue_pretraining
+
+        result = continue_pretraining(cfg, run_dir)
+    else:
+        paths = RunLayout(run_dir)
+        result = train(cfg.model, cfg.train, paths.shards, run_dir, paths.tokenizer)
     env = distributed.init_distributed()
     if env.is_main:
         console.print(f"checkpoint {result.final_checkpoint}  val bits/byte {result.final_val_bpb:.3f}")
@@ -492,6 +502,29 @@ def export(
 
         path = export_gguf(resolve_checkpoint(checkpoint), out, outtype)
         console.print(f"wrote {path} ({outtype}; run with llama.cpp `llama-cli -m {path}` or an Ollama Modelfile)")
+
+
+@app.command("import")
+def import_(
+    src: Annotated[Path, typer.Argument(help="A .gguf file (llama architecture) or a transformers Llama directory.")],
+    out: Annotated[Path, typer.Option(help="Run directory to create; the model goes to OUT/ckpt/step_0.")],
+) -> None:
+    """Import open weights as an ordinary run that generate, chat, serve, eval, export and sft accept."""
+    from homegrown.importer import import_model
+
+    r = import_model(src, out)
+    c = r.config
+    console.print(f"imported        {r.source_format} {r.architecture} from {src}", highlight=False)
+    console.print(f"parameters      {r.params:,}: {c.n_layers} layers, d_model {c.d_model}, heads {c.n_heads}/"
+                  f"{c.n_kv_heads} (head dim {c.head_dim}), ffn {c.ffn_hidden}, context {c.max_seq_len}, RoPE base "
+                  f"{c.rope_theta:g}, RMSNorm eps {c.norm_eps:g}, {'tied' if c.tie_embeddings else 'untied'} head",
+                  highlight=False)
+    console.print("tensor types    " + ", ".join(f"{name} {n}" for name, n in r.tensor_types.items()), highlight=False)
+    console.print(f"vocabulary      {r.vocab_size:,} tokens", highlight=False)
+    console.print(f"chat template   {'yes' if r.chat_template else 'none'}; stops at "
+                  + ", ".join(f"{t} ({i})" for t, i in r.stop_tokens.items()), highlight=False)
+    console.print(f"checkpoint      {r.checkpoint}", highlight=False)
+    console.print(f"next            homegrown chat {r.run_dir}", highlight=False)
 
 
 TasksOpt = Annotated[list[str] | None, typer.Option(

@@ -103,6 +103,9 @@ class TrainConfig:
     run `homegrown checkpoint consolidate` on the checkpoint you want to serve."""
     grad_dump_steps: int = 0
     """Write the full gradients of the first N steps to grads/step_N.safetensors (distributed equivalence)."""
+    init_from: str = ""
+    """Checkpoint or run directory to continue pretraining from (e.g. an imported model): its weights, shape and
+    tokenizer replace the preset's model and the run's tokenizer; empty = random init (pretraining from scratch)."""
 
 
 @dataclass

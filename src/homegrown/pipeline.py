@@ -16,17 +16,19 @@ from pathlib import Path
 import torch
 
 from homegrown.bundle import load_bundle
-from homegrown.config import DataConfig, Preset
+from homegrown.chat_template import CHAT_FILES
+from homegrown.config import DataConfig, ModelConfig, Preset
 from homegrown.data.ingest import SourceSpec, ingest
 from homegrown.data.mixture import pack_corpus
 from homegrown.data.sources import iter_corpus
 from homegrown.errors import HomegrownError
 from homegrown.eval.report import REPORT_JSON, build_report
 from homegrown.generate import SamplingParams, stream_tokens
-from homegrown.io import atomic_dir, write_json_atomic
+from homegrown.io import atomic_dir, write_bytes_atomic, write_json_atomic
 from homegrown.layout import MANIFEST, SAMPLE_DIR, SHARD_INDEX, RunLayout
 from homegrown.progress import console
 from homegrown.tokenizer import load_tokenizer, train_tokenizer
+from homegrown.train.checkpoint import CONFIG, TOKENIZER, resolve_checkpoint
 from homegrown.train.loop import TrainResult, train
 
 
@@ -104,6 +106,45 @@ def prepare_shards(corpus_dir: Path, tokenizer_path: Path, shard_dir: Path, mixt
         console.print(f"  {split}: {stats.documents[split]:,} documents, {stats.tokens[split]:,} tokens, "
                       f"{stats.text_bytes[split] / stats.tokens[split]:.2f} bytes/token")
     return shard_dir
+
+
+def adopt_tokenizer(ckpt: Path, run_dir: Path) -> Path:
+    """Make `ckpt`'s tokenizer (and its chat files) the run's, so shards, checkpoints and chat all use its ids.
+
+    A run that already has another tokenizer is refused: its shards and checkpoints speak different ids.
+    """
+    ours, theirs = RunLayout(run_dir).tokenizer, ckpt / TOKENIZER
+    if ours.exists() and ours.read_bytes() != theirs.read_bytes():
+        raise HomegrownError(f"{ours} is not the tokenizer of {ckpt}; continue pretraining in a new run directory")
+    for name in (TOKENIZER, *CHAT_FILES):
+        if (ckpt / name).is_file() and not (ours.parent / name).exists():
+            write_bytes_atomic(ours.parent / name, (ckpt / name).read_bytes())
+    return ours
+
+
+def continue_pretraining(preset: Preset, run_dir: Path, progress: bool = True) -> TrainResult:
+    """Pretrain the model at `preset.train.init_from` further on the run's corpus (the bundled one unless
+    `data.source` says otherwise), tokenized with that model's own tokenizer, into `run_dir/ckpt`.
+
+    The model's shape comes from the checkpoint, not the preset; the resolved preset (with `init_from`) is written
+    to preset.json, and a second call resumes from the run's newest checkpoint like any pretraining run.
+    """
+    run_dir = Path(run_dir)
+    paths = RunLayout(run_dir)
+    start = resolve_checkpoint(Path(preset.train.init_from))
+    if start.resolve().parent == paths.ckpt_root().resolve():
+        raise HomegrownError(f"{start} is in {run_dir}/ckpt, where continued pretraining writes its own checkpoints; "
+                             f"pass a new run directory (e.g. {run_dir}-cpt) with --init-from {run_dir}")
+    preset.model = ModelConfig.load(start / CONFIG)
+    if preset.train.seq_len > preset.model.max_seq_len:
+        raise HomegrownError(f"train.seq_len={preset.train.seq_len} exceeds the context of {start} "
+                             f"({preset.model.max_seq_len} tokens)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tok_path = adopt_tokenizer(start, run_dir)
+    write_json_atomic(paths.preset, asdict(preset))
+    corpus = prepare_corpus(preset.data, paths.corpus)
+    shards = prepare_shards(corpus, tok_path, paths.shards, preset.data.mixture, preset.data.mixture_max_repeat)
+    return train(preset.model, preset.train, shards, run_dir, tok_path, init_from=start, progress=progress)
 
 
 def run(preset: Preset, run_dir: Path, samples: int = 3, progress: bool = True) -> RunSummary:

@@ -59,6 +59,11 @@ def permute_rope(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, 2, w.shape[0] // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def unpermute_rope(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """Inverse of `permute_rope`: llama.cpp's interleaved-pair rows back to rotate-half order (GGUF import)."""
+    return w.reshape(n_heads, w.shape[0] // n_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
 def gguf_name(hf_name: str) -> str:
     """llama.cpp tensor name for an HF Llama tensor name (model.layers.3.mlp.up_proj.weight → blk.3.ffn_up.weight)."""
     stem = hf_name.removesuffix(".weight")
@@ -66,6 +71,23 @@ def gguf_name(hf_name: str) -> str:
         return _TOP_NAMES[stem] + ".weight"
     _, _, layer, rest = stem.split(".", 3)
     return f"blk.{layer}.{_LAYER_NAMES[rest]}.weight"
+
+
+def hf_name(gguf_tensor: str) -> str | None:
+    """Inverse of `gguf_name` (blk.3.ffn_up.weight → model.layers.3.mlp.up_proj.weight); None for a tensor that is
+    not part of a plain Llama (rope_freqs, biases, experts …)."""
+    stem, dot, kind = gguf_tensor.rpartition(".")
+    if kind != "weight" or not dot:
+        return None
+    top = {v: k for k, v in _TOP_NAMES.items()}
+    if stem in top:
+        return top[stem] + ".weight"
+    layer_names = {v: k for k, v in _LAYER_NAMES.items()}
+    blk, _, rest = stem.partition(".")
+    layer, _, name = rest.partition(".")
+    if blk != "blk" or not layer.isdigit() or name not in layer_names:
+        return None
+    return f"model.layers.{layer}.{layer_names[name]}.weight"
 
 
 def gguf_tensors(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, np.ndarray]:
