@@ -605,7 +605,8 @@ _SERVE_DEFAULTS = ServeConfig()
 def serve(
     run_or_ckpt: Annotated[Path, typer.Argument(help="Run directory, ckpt/step_N, or an exported HF directory.")],
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = _SERVE_DEFAULTS.host,
-    port: Annotated[int, typer.Option(help="TCP port.")] = _SERVE_DEFAULTS.port,
+    port: Annotated[int, typer.Option(help="TCP port; 0 = any free one (the banner shows it).")] = (
+        _SERVE_DEFAULTS.port),
     api_key: Annotated[str | None, typer.Option(envvar="HOMEGROWN_API_KEY", show_envvar=True,
                                                 help="Require 'Authorization: Bearer KEY' on /v1 and /api.")] = None,
     max_batch: Annotated[int, typer.Option(help="Sequences decoded together (KV cache slots).")] = (

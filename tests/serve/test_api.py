@@ -446,3 +446,19 @@ def test_bad_generation_config_is_a_cli_error(cli, serve_run) -> None:
     assert r.returncode == 2, r.stderr
     said = " ".join(r.stderr.split())
     assert "--generation-config: max_tokens" in said and "Traceback" not in said
+
+
+@pytest.mark.parametrize("path,body", [
+    # langchain-openai ChatOpenAI(streaming=True): model, stream, stream_options (stream_usage), a named message
+    ("/v1/chat/completions", {"stream": True, "stream_options": {"include_usage": True}, "temperature": 0.7,
+                              "messages": [{"role": "system", "content": "Be brief."},
+                                           {"role": "user", "content": "hi"}]}),
+    # langchain-openai OpenAI (completions): its _default_params as sent when nothing is configured
+    ("/v1/completions", {"prompt": ["hi"], "temperature": 0.7, "top_p": 1, "frequency_penalty": 0,
+                         "presence_penalty": 0, "n": 1, "logit_bias": None, "seed": None, "logprobs": None,
+                         "max_tokens": 4, "stream": False}),
+])
+def test_what_langchain_sends_by_default_is_accepted(http: httpx.Client, server: Server, path: str,
+                                                     body: dict) -> None:
+    r = http.post(path, json={"model": server.model, "max_tokens": 4, **body})
+    assert r.status_code == 200, r.text

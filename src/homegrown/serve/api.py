@@ -2,7 +2,8 @@
 
 Every answer that is not a success has OpenAI's error shape `{"error": {"message", "type", "param", "code"}}`
 with a 4xx status the `openai` client maps to its exception classes (400 BadRequestError, 401
-AuthenticationError, 404 NotFoundError, 429 RateLimitError); FastAPI's 422 for a bad body becomes a 400.
+AuthenticationError, 404 NotFoundError, 429 RateLimitError); FastAPI's 422 for a bad body becomes a 400, a
+field we do not take is named in it (protocol.py), and a body over the size cap is a 413 (body_limit.py).
 Streaming follows OpenAI's Server-Sent Events byte for byte: `data: <json>\\n\\n` chunks, the role in the first
 delta, the finish reason on each choice's last chunk, an optional usage chunk with empty `choices`, then
 `data: [DONE]`.

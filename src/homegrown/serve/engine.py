@@ -128,7 +128,9 @@ class Sequence:
             self.bias = (torch.tensor(list(params.logit_bias), dtype=torch.long, device=device),
                          torch.tensor(list(params.logit_bias.values()), dtype=torch.float32, device=device))
         self.stop_ids = set(params.stop_token_ids)
-        self.stop_id_tensor = torch.tensor(sorted(self.stop_ids), dtype=torch.long, device=device)
+        self.held_off: torch.Tensor | None = None  # the stop ids, masked while min_tokens is not reached
+        if params.min_tokens and self.stop_ids:
+            self.held_off = torch.tensor(sorted(self.stop_ids), dtype=torch.long, device=device)
         self.stop_from = 0  # characters of text before which stop strings are not looked for (min_tokens)
         self.out_ids: list[int] = []
         self.unsent_ids: list[int] = []
@@ -433,8 +435,8 @@ class Engine:
         if seq.counts is not None:
             row_logits = row_logits - p.frequency_penalty * seq.counts - p.presence_penalty * (seq.counts > 0)
             adjusted = True
-        if len(seq.out_ids) < p.min_tokens and len(seq.stop_id_tensor):
-            row_logits = row_logits.index_fill(1, seq.stop_id_tensor, float("-inf"))
+        if seq.held_off is not None and len(seq.out_ids) < p.min_tokens:
+            row_logits = row_logits.index_fill(1, seq.held_off, float("-inf"))
             adjusted = True
         return row_logits, adjusted
 
