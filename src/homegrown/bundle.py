@@ -20,6 +20,7 @@ from tokenizers import Tokenizer
 from homegrown.chat_template import ChatFormat, ChatTemplate, read_chat_format
 from homegrown.config import ModelConfig
 from homegrown.errors import HomegrownError
+from homegrown.export.hf import load_hf
 from homegrown.model import Transformer
 from homegrown.tokenizer import load_tokenizer
 from homegrown.train.checkpoint import CONFIG, load_model, resolve_checkpoint
@@ -87,8 +88,6 @@ def load_bundle(path: Path, device: str | torch.device = "cpu", dtype: torch.dty
     Weights are read on the CPU and cast to `dtype` (None: as stored) while moving to `device`, so a bf16
     GPU copy never holds an fp32 one beside it.
     """
-    from homegrown.export.hf import load_hf
-
     path = Path(path)
     if not path.exists():
         raise HomegrownError(f"no checkpoint found at {path} (it does not exist); pass a run directory, ckpt/step_N "
