@@ -21,7 +21,7 @@ from homegrown.eval.tasks import LocalModel, Task, evaluate_task
 from homegrown.progress import console
 from homegrown.train import checkpoint as ck
 
-EVAL_FORMAT = "1"
+EVAL_FORMAT = "2"
 """Bumped whenever scoring or the record's fields change, so older cached results are recomputed."""
 POSTTRAIN_STAGES = ("sft", "distill")
 CHAT_STAGES = ("sft",)
