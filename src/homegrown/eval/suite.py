@@ -24,7 +24,7 @@ from homegrown.io import write_json_atomic
 from homegrown.progress import console
 from homegrown.train import checkpoint as ck
 
-EVAL_FORMAT = "1"
+EVAL_FORMAT = "2"
 """Bumped whenever scoring or the record's fields change, so older cached results are recomputed."""
 CHAT_STAGES = (layout.SFT,)
 """Stages whose models are asked generation questions through the chat template."""

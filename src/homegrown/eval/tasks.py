@@ -22,7 +22,7 @@ import random
 import re
 import string
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -306,31 +306,54 @@ class LocalModel:
     def loglikelihoods(self, requests: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
         return self.score_tokens([self.encode_pair(c, x) for c, x in requests])
 
+    def prompt_ids(self, prompt: Prompt) -> list[int]:
+        """Text starts after <|endoftext|> like a training document; a chat starts bare, as SFT and the server
+        tokenize it."""
+        return [self.eot, *self.encode(prompt)] if isinstance(prompt, str) else self.bundle.chat_prompt_ids(prompt)
+
+    def greedy_tokens(self, ids: list[int], max_tokens: int) -> Iterator[int]:
+        """Greedy decoding with the KV cache, ending at one of the model's stop tokens (not yielded)."""
+        params = SamplingParams(max_tokens=max_tokens, temperature=0.0, stop_token_ids=self.stop_ids)
+        yield from stream_tokens(self.model, ids, params)
+
     def generate(self, prompts: Sequence[Prompt], max_tokens: int, stop: Sequence[str]) -> list[str]:
-        """Greedy continuation of each prompt (messages go through the chat template), cut at the first stop
-        string or stop token; a long prompt loses its oldest tokens first."""
+        """Greedy continuation of each prompt (messages go through the model's chat template), cut by
+        `cut_at_stop` (a stop string counts only once the reply has some non-whitespace text); a long prompt loses
+        its oldest tokens first."""
         budget = min(max_tokens, self.model.cfg.max_seq_len - 1)
         outputs = []
         for prompt in prompts:
-            # Text starts after <|endoftext|> like a training document; a chat starts bare, as SFT and the
-            # server tokenize it.
-            ids = [self.eot, *self.encode(prompt)] if isinstance(prompt, str) else self.bundle.chat_prompt_ids(prompt)
-            ids = ids[-(self.model.cfg.max_seq_len - budget):]
-            params = SamplingParams(max_tokens=budget, temperature=0.0, stop_token_ids=self.stop_ids)
+            ids = self.prompt_ids(prompt)[-(self.model.cfg.max_seq_len - budget):]
             generated: list[int] = []
             text = ""
-            for token in stream_tokens(self.model, ids, params):
+            for token in self.greedy_tokens(ids, budget):
                 generated.append(token)
                 text = self.tok.decode(generated)
-                if any(s in text for s in stop):
+                if stop_index(text, stop) is not None:
                     break
             outputs.append(cut_at_stop(text, stop).strip() if self.chat else cut_at_stop(text, stop))
         return outputs
 
 
+def stop_index(text: str, stop: Sequence[str]) -> int | None:
+    """Where a generated reply ends: the first occurrence of a stop string at or after the reply's first
+    non-whitespace character, None while there is none.
+
+    Leading whitespace never ends a reply: a model asked "...\nAnswer:" often starts its answer on a new line,
+    and cutting at that first newline would score every such model 0 (this suite's generation tasks did, for
+    every model, before this rule). lm-eval's `until` cuts at the first occurrence wherever it falls.
+    """
+    start = len(text) - len(text.lstrip())
+    if start == len(text):
+        return None
+    hits = [i for s in stop if s and (i := text.find(s, start)) >= 0]
+    return min(hits, default=None)
+
+
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
-    cut = min((text.find(s) for s in stop if s and s in text), default=len(text))
-    return text[:cut]
+    """The reply up to its stop (see `stop_index`), or all of it when no stop string ended it."""
+    end = stop_index(text, stop)
+    return text if end is None else text[:end]
 
 
 # ---- evaluation ----------------------------------------------------------------------------------------------
