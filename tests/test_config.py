@@ -6,8 +6,12 @@ import pytest
 from homegrown.config import (
     PRESET_NAMES,
     SECTIONS,
+    IngestConfig,
     Preset,
+    ServeConfig,
     apply_overrides,
+    field_docs,
+    field_help,
     get_preset,
     load_preset,
     resolve_preset,
@@ -112,3 +116,13 @@ def test_resolve_preset_prefers_the_named_then_the_saved_then_the_default(tmp_pa
     assert resolve_preset(None, saved, ["sft.lr=0.5"], "small").sft.lr == 0.5
     assert resolve_preset("small", saved, [], "tiny").name == "small"
     assert resolve_preset(None, tmp_path / "absent.json", [], "tiny") == get_preset("tiny")
+
+
+def test_field_docs_are_the_docstrings_under_the_fields():
+    docs = field_docs(IngestConfig)
+    assert docs["workers"] == "Processes working on input files in parallel; results do not depend on it."
+    assert "holdout_fraction" not in docs  # a field without a docstring has none
+    assert field_help(ServeConfig, "port", "TCP port.") == "TCP port."
+    assert field_help(ServeConfig, "max_n").startswith("Largest `n`")
+    with pytest.raises(KeyError, match="no field 'nope'"):
+        field_help(ServeConfig, "nope")

@@ -7,8 +7,12 @@ same code, and `--set section.field=value` overrides any single field.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
+import itertools
 import json
+import textwrap
 import types
 import typing
 from dataclasses import dataclass, field
@@ -454,6 +458,28 @@ def get_preset(name: str) -> Preset:
     if name not in presets:
         raise HomegrownError(f"unknown preset {name!r}; choose one of: {', '.join(presets)}")
     return presets[name]
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of a config dataclass (the convention here), by field name.
+
+    Python keeps no attribute docstrings at run time, so they are read from the class's source: the CLI's
+    `--help` then says exactly what config.py says, from one place (as litgpt's CLI does through jsonargparse).
+    """
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    docs = {}
+    for node, after in itertools.pairwise(body):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def field_help(cls: type, name: str, extra: str = "") -> str:
+    """`--help` text for an option that sets `cls.name`: the field's docstring (or `extra` alone)."""
+    if name not in {f.name for f in dataclasses.fields(cls)}:
+        raise KeyError(f"{cls.__name__} has no field {name!r}")
+    return " ".join(part for part in (field_docs(cls).get(name, ""), extra) if part)
 
 
 SECTIONS = tuple(name for name, hint in typing.get_type_hints(Preset).items() if dataclasses.is_dataclass(hint))
