@@ -10,25 +10,25 @@ import json
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from homegrown.bundle import load_bundle
 from homegrown.chat_template import CHAT_FILES
-from homegrown.config import DataConfig, ModelConfig, Preset
+from homegrown.config import DataConfig, IngestConfig, ModelConfig, Preset, save_preset
 from homegrown.data.ingest import SourceSpec, ingest
 from homegrown.data.mixture import pack_corpus
 from homegrown.data.sources import iter_corpus
 from homegrown.errors import HomegrownError
 from homegrown.eval.report import REPORT_JSON, build_report
 from homegrown.generate import SamplingParams, stream_tokens
-from homegrown.io import atomic_dir, write_bytes_atomic, write_json_atomic
+from homegrown.io import atomic_dir, write_bytes_atomic
 from homegrown.layout import MANIFEST, SAMPLE_DIR, SHARD_INDEX, RunLayout
 from homegrown.progress import console
 from homegrown.tokenizer import load_tokenizer, train_tokenizer
-from homegrown.train.checkpoint import CONFIG, TOKENIZER, resolve_checkpoint
+from homegrown.train.checkpoint import CONFIG, TOKENIZER, check_same_config, resolve_checkpoint
 from homegrown.train.loop import TrainResult, train
 
 
@@ -51,8 +51,8 @@ class RunSummary:
     """report.md: base vs chat model on held-out bits/byte and the task suite (eval/report.py)."""
 
 
-def prepare_corpus(data: DataConfig, corpus_dir: Path) -> Path:
-    """The bundled sample (copied, so the run dir is self-contained) or an ingest of `source`."""
+def prepare_corpus(data: DataConfig, corpus_dir: Path, ingest_cfg: IngestConfig | None = None) -> Path:
+    """The bundled sample (copied, so the run dir is self-contained) or an ingest of `source` with `ingest_cfg`."""
     if (corpus_dir / MANIFEST).exists():
         return corpus_dir
     if not data.source:
@@ -66,7 +66,7 @@ def prepare_corpus(data: DataConfig, corpus_dir: Path) -> Path:
     if not path.exists():
         raise HomegrownError(f"--source {data.source} does not exist")
     stats = ingest([SourceSpec(path=path, licence=data.source_licence, url_prefix=path.resolve().as_uri() + "/",
-                               glob=data.source_glob)], corpus_dir, opt_out=data.opt_out or None,
+                               glob=data.source_glob)], corpus_dir, cfg=ingest_cfg, opt_out=data.opt_out or None,
                    extractor=data.extractor)
     if not stats.train_pages:
         (corpus_dir / MANIFEST).unlink()  # not a usable corpus: the next run ingests again
@@ -141,10 +141,21 @@ def continue_pretraining(preset: Preset, run_dir: Path, progress: bool = True) -
                              f"({preset.model.max_seq_len} tokens)")
     run_dir.mkdir(parents=True, exist_ok=True)
     tok_path = adopt_tokenizer(start, run_dir)
-    write_json_atomic(paths.preset, asdict(preset))
+    record_preset(preset, run_dir)
     corpus = prepare_corpus(preset.data, paths.corpus)
     shards = prepare_shards(corpus, tok_path, paths.shards, preset.data.mixture, preset.data.mixture_max_repeat)
     return train(preset.model, preset.train, shards, run_dir, tok_path, init_from=start, progress=progress)
+def record_preset(preset: Preset, run_dir: Path) -> Path:
+    """Write RUN/preset.json, the run's full resolved preset that every later command on the run reads back.
+
+    A preset whose model differs from the run's pretrained checkpoints is refused first: training would refuse
+    it anyway, and the saved preset must stay the one those checkpoints were trained with.
+    """
+    paths = RunLayout(run_dir)
+    latest = paths.latest()
+    if latest is not None:
+        check_same_config(latest, preset.model)
+    return save_preset(preset, paths.preset)
 
 
 def run(preset: Preset, run_dir: Path, samples: int = 3, progress: bool = True) -> RunSummary:
@@ -155,8 +166,8 @@ def run(preset: Preset, run_dir: Path, samples: int = 3, progress: bool = True) 
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
     paths = RunLayout(run_dir)
-    write_json_atomic(paths.preset, asdict(preset))
-    corpus = prepare_corpus(preset.data, paths.corpus)
+    record_preset(preset, run_dir)
+    corpus = prepare_corpus(preset.data, paths.corpus, preset.ingest)
     tok_path = prepare_tokenizer(corpus, preset.model.vocab_size, paths.tokenizer)
     shards = prepare_shards(corpus, tok_path, paths.shards, preset.data.mixture, preset.data.mixture_max_repeat)
     result: TrainResult = train(preset.model, preset.train, shards, run_dir, tok_path, progress=progress)
