@@ -217,12 +217,14 @@ def test_synth_cli(cli, teacher, tmp_path):
 def test_homegrown_serve_is_a_teacher(tiny_run, tmp_path):
     """The real `homegrown serve` (console script, loopback port, API key) answers as the teacher."""
     run = tmp_path / "teacher_run"
-    torch.manual_seed(0)  # untrained: noise text, which the free-text recipes accept as long as it is long enough
+    torch.manual_seed(0)  # untrained: noise text, which the free-text recipes accept as long as it is long enough,
+    # and with ignore_eos every reply is max_tokens long whatever the noise samples
     save_checkpoint(run / "ckpt", 1, Transformer(ModelConfig(vocab_size=512, d_model=32, n_layers=1, n_heads=2,
                                                              n_kv_heads=2, max_seq_len=512)),
                     tiny_run / "tokenizer.json")
     env = {**os.environ, "HOMEGROWN_API_KEY": "serve-key"}
-    server = launch(run, "--device", "cpu", "--threads", "1", log=tmp_path / "serve.log", env=env)
+    server = launch(run, "--device", "cpu", "--threads", "1", "--generation-config", '{"ignore_eos": true}',
+                    log=tmp_path / "serve.log", env=env)
     try:
         url = f"{server.base_url}/v1"
         cfg = _cfg(records=3, concurrency=2, max_tokens=40, temperature=1.0, timeout_s=60.0, max_retries=8)

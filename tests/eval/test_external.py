@@ -7,6 +7,7 @@ written here that computes echoed prompt log-probabilities with one plain forwar
 
 import json
 import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from homegrown.eval.external import EndpointModel
 from homegrown.eval.report import ExternalSpec, build_report
 from homegrown.eval.tasks import TASKS_DIR, LocalModel, evaluate_task, load_task
 from homegrown.model import Transformer
-from homegrown.serve.launch import free_port, launch
+from homegrown.serve.launch import launch
 from homegrown.tokenizer import eot_id
 from homegrown.train.checkpoint import save_checkpoint
 
@@ -58,16 +59,18 @@ def echo_logprobs_app(ckpt: Path) -> FastAPI:
 
 @pytest.fixture(scope="module")
 def echo_server(eval_run):
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(echo_logprobs_app(eval_run / "ckpt" / "step_8"), host="127.0.0.1",
-                                           port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))  # bound here and handed to uvicorn: no window for another process to take it
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(echo_logprobs_app(eval_run / "ckpt" / "step_8"), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     while not server.started:
         time.sleep(0.05)
     yield f"http://127.0.0.1:{port}/v1"
     server.should_exit = True
     thread.join(timeout=30)
+    sock.close()
 
 
 def test_echoed_logprobs_score_multiple_choice_exactly_like_the_local_model(eval_run, echo_server, tmp_path):
