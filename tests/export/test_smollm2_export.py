@@ -59,7 +59,8 @@ def test_gguf_export_imports_back_to_the_same_model(smol, smol_run: Path, tmp_pa
     assert fields["tokenizer.ggml.add_bos_token"].contents() is False
     assert "tokenizer.ggml.pretokenizer" not in fields  # a two-stage split is no single Ollama regex
     back = import_model(path, tmp_path / "back")
-    ours, theirs = load_file(str(smol.path / "model.safetensors")), load_file(str(back.checkpoint / "model.safetensors"))
+    ours = load_file(str(smol.path / "model.safetensors"))
+    theirs = load_file(str(back.checkpoint / "model.safetensors"))
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
     again = load_bundle(back.run_dir)
