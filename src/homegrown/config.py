@@ -220,7 +220,13 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     max_batch: int = 32
-    """Sequences decoded together; the KV cache is preallocated for this many × the model's context."""
+    """Sequences decoded together; the KV cache is preallocated for this many × `max_model_len` tokens."""
+    max_model_len: int = 0
+    """Context served per sequence (prompt + reply), as vLLM's --max-model-len; 0 = the model's own (SmolLM2:
+    8,192, whose fp32 KV cache is 377 MB per sequence)."""
+    kv_cache_gib: float = 4.0
+    """Most memory the preallocated KV cache may take: fewer than `max_batch` slots are made when they would
+    not fit (said at start), and a model whose one sequence does not fit is refused with what to lower."""
     max_waiting: int = 256
     """Sequences queued for a free slot; beyond this a request gets 429 instead of waiting unboundedly."""
     max_n: int = 16

@@ -10,7 +10,8 @@ from collections import Counter
 import pytest
 import torch
 
-from homegrown.config import ServeConfig
+from homegrown.config import ModelConfig, ServeConfig
+from homegrown.errors import HomegrownError
 from homegrown.generate import SamplingParams, stream_tokens
 from homegrown.model import KVCache
 from homegrown.serve.batched import forward_rows
@@ -245,3 +246,17 @@ def test_shared_prompt_prefix_is_copied_not_recomputed(engine: Engine) -> None:
     assert engine.reused_prompt_tokens - before >= 2 * (len(second) - 1)
     alone = [engine.generate(second, [GenerationParams(max_tokens=5, temperature=1.0, seed=s)])[0] for s in range(3)]
     assert [c[1] for c in choices] == [a[1] for a in alone]
+
+
+def test_kv_cache_fits_its_budget() -> None:
+    """SmolLM2's shape: 30 layers × 3 KV heads × 64 dims × 8,192 tokens is 377 MB per slot in fp32, so the default
+    4 GiB holds 11 slots, not max_batch's 32 (12 GB); a shorter max_model_len gives all 32; one slot over the
+    budget is a clear error."""
+    from homegrown.serve.engine import kv_cache_shape
+
+    smol = ModelConfig(vocab_size=49152, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3, max_seq_len=8192)
+    assert kv_cache_shape(smol, ServeConfig(), torch.float32) == (8192, 11)
+    assert kv_cache_shape(smol, ServeConfig(max_model_len=2048), torch.float32) == (2048, 32)
+    assert kv_cache_shape(smol, ServeConfig(max_model_len=99999), torch.bfloat16) == (8192, 22)
+    with pytest.raises(HomegrownError, match="lower --max-model-len or raise --kv-cache-gib"):
+        kv_cache_shape(smol, ServeConfig(kv_cache_gib=0.25), torch.float32)
