@@ -5,7 +5,8 @@ Either point it at a running server:
 or let it start `homegrown serve` on a run or checkpoint (with a throwaway conversation database) and stop it:
     python scripts/screenshot_page.py --run runs/small
 SmolLM2's picture (docs/chat-page-smollm2.png), greedy, two questions in one conversation:
-    python scripts/screenshot_page.py --run runs/smol --one-chat --temperature 0 --out docs/chat-page-smollm2.png \
+    python scripts/screenshot_page.py --run runs/smol --one-chat --temperature 0 --max-model-len 2048 \
+        --out docs/chat-page-smollm2.png \
         --prompt "What is the capital of France?" --prompt "Give me three tips for writing clear Python code."
 
 Each prompt is typed into the page in its own new chat, exactly as a user would, and the reply streams from
@@ -30,10 +31,10 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 DEFAULT_PROMPTS = ["How do I install a package on Debian?", "What does a Python list comprehension do?"]
 
 
-def start_server(run: Path, db_dir: Path, timeout: float) -> tuple[ServerProcess, str]:
+def start_server(run: Path, db_dir: Path, timeout: float, serve_args: list[str]) -> tuple[ServerProcess, str]:
     key = "sk-" + secrets.token_hex(16)
-    srv = launch(run, "--api-key", key, "--db-url", f"sqlite:///{db_dir / 'chats.db'}", log=db_dir / "serve.log",
-                 timeout=timeout)
+    srv = launch(run, "--api-key", key, "--db-url", f"sqlite:///{db_dir / 'chats.db'}", *serve_args,
+                 log=db_dir / "serve.log", timeout=timeout)
     return srv, key
 
 
@@ -75,6 +76,7 @@ def main() -> None:
     ap.add_argument("--prompt", action="append", help="a message to send, each in a new chat (repeatable)")
     ap.add_argument("--one-chat", action="store_true", help="send every prompt in one conversation")
     ap.add_argument("--temperature", type=float, help="the page's temperature setting (0: greedy replies)")
+    ap.add_argument("--max-model-len", type=int, help="with --run: the served context (a smaller KV cache)")
     ap.add_argument("--out", type=Path, default=Path("docs/chat-page.png"))
     ap.add_argument("--width", type=int, default=1280)
     ap.add_argument("--height", type=int, default=760)
@@ -88,7 +90,8 @@ def main() -> None:
               args.one_chat, args.temperature)
     else:
         with tempfile.TemporaryDirectory(prefix="homegrown-shot-") as db_dir:
-            srv, key = start_server(args.run, Path(db_dir), args.start_timeout)
+            serve_args = ["--max-model-len", str(args.max_model_len)] if args.max_model_len else []
+            srv, key = start_server(args.run, Path(db_dir), args.start_timeout, serve_args)
             try:
                 shoot(srv.base_url, key, prompts, args.out, args.width, args.height, args.chromium, args.one_chat,
                       args.temperature)
