@@ -115,12 +115,18 @@ def smollm2_template(smollm2_gguf: Path) -> str:
 
 
 @pytest.fixture(scope="session")
-def smol_run(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """SmolLM2-135M-Instruct imported once per session by `homegrown import`'s own function, shared by every test
-    on the real model. Read-only: a test that trains or evaluates into a run works on `linked_run(smol_run, …)`."""
+def smol_import(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory):
+    """SmolLM2-135M-Instruct imported once per session by `homegrown import`'s own function (its ImportResult)."""
     from homegrown.importer import import_model
 
-    return import_model(smollm2_gguf, tmp_path_factory.mktemp("smol") / "run").run_dir
+    return import_model(smollm2_gguf, tmp_path_factory.mktemp("smol") / "run")
+
+
+@pytest.fixture(scope="session")
+def smol_run(smol_import) -> Path:
+    """The run directory of the session's SmolLM2 import, shared by every test on the real model. Read-only: a
+    test that trains or evaluates into a run works on `linked_run(smol_run, …)`."""
+    return smol_import.run_dir
 
 
 def linked_run(run: Path, out: Path) -> Path:

@@ -35,9 +35,9 @@ CKPT_FILES = {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_c
 
 
 @pytest.fixture(scope="session")
-def smol(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory):
-    """SmolLM2 imported once per session, and loaded for inference."""
-    result = import_model(smollm2_gguf, tmp_path_factory.mktemp("smol") / "run")
+def smol(smol_import):
+    """SmolLM2 as the session imported it (conftest.smol_import), loaded for inference."""
+    result = smol_import
     bundle = load_bundle(result.run_dir)
     model, tok = bundle.model, bundle.tokenizer
     return result, model, tok
