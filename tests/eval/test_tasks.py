@@ -1,6 +1,8 @@
 import json
 import math
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ from homegrown.config import ModelConfig
 from homegrown.data.sources import iter_corpus
 from homegrown.errors import HomegrownError
 from homegrown.eval.tasks import (
+    TASKS_DIR,
     LocalModel,
     build_messages,
     build_prompt,
@@ -239,3 +242,15 @@ def test_a_reply_that_starts_on_a_new_line_is_kept_to_the_next_newline(tiny_run,
     silent = scripted_lm(tok, {last: newline, newline: newline})
     assert silent.generate([prompt], 5, ["\n"]) == ["\n" * 5]
     assert evaluate_task(task, silent).score == 0.0
+
+
+def test_shipped_suite_is_exactly_what_the_build_script_writes(tmp_path):
+    """No item is edited by hand: the files equal a fresh deterministic build from the held-out pages."""
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, str(root / "scripts" / "build_tasks.py"), "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    shipped = sorted(p.name for p in TASKS_DIR.glob("*.jsonl"))
+    assert sorted(p.name for p in tmp_path.glob("*.jsonl")) == shipped
+    for name in shipped:
+        assert (tmp_path / name).read_bytes() == (TASKS_DIR / name).read_bytes(), name
