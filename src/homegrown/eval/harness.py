@@ -72,7 +72,9 @@ class HomegrownLM(TemplateLM):
             until = gen_kwargs.get("until") or [self.tok_decode([self.eot_token_id])]
             until = [until] if isinstance(until, str) else list(until)
             max_tokens = int(gen_kwargs.get("max_gen_toks", self.max_gen_toks))
-            out.append(self.local.generate([context], max_tokens, until)[0])
+            text = self.local.generate([context], max_tokens, until)[0]
+            # lm-eval's rule, not ours: a stop string cuts wherever it falls, leading whitespace included.
+            out.append(text[:min((i for s in until if s and (i := text.find(s)) >= 0), default=len(text))])
         return out
 
 
