@@ -20,6 +20,7 @@ import json
 import os
 from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -290,6 +291,7 @@ def end_of_turn_token(template: str, tokenizer: Tokenizer, tokenizer_config: dic
         raise TemplateError(message)
 
     env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)  # Llama 3.1+ templates date their prompt
     reply = "homegrown-reply-marker"
     messages = [{"role": "user", "content": "homegrown-question"}, {"role": "assistant", "content": reply}]
     try:
