@@ -173,6 +173,17 @@ def test_transformers_directory_without_safetensors_is_refused(tmp_path: Path, t
         import_model(src, tmp_path / "run")
 
 
+def test_transformers_directory_of_another_architecture_is_named(tmp_path: Path, tiny_run: Path) -> None:
+    src = tmp_path / "hf"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps({"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}))
+    (src / "model.safetensors").write_bytes(b"")
+    (src / "tokenizer.json").write_bytes((tiny_run / "tokenizer.json").read_bytes())
+    (src / "tokenizer_config.json").write_text("{}")
+    with pytest.raises(HomegrownError, match="'qwen2' model; only Llama-architecture"):
+        import_model(src, tmp_path / "run")
+
+
 # --- GGUF files built here ----------------------------------------------------------------------------------------
 
 BYTE_TOKENS = [chr(c) for c in range(33, 127)] + [chr(c) for c in range(161, 173)] + [
