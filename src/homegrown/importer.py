@@ -20,6 +20,7 @@ import json
 import os
 from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -241,6 +242,9 @@ def _read_hf_dir(src: Path) -> _Loaded:
     except KeyError as e:
         raise HomegrownError(f"{src / 'config.json'} has no {e.args[0]}; it is not a complete Llama config") from e
     tokenizer = Tokenizer.from_file(str(src / "tokenizer.json"))
+    if tokenizer.get_vocab_size() > model.cfg.vocab_size:
+        raise HomegrownError(f"{src / 'tokenizer.json'} has {tokenizer.get_vocab_size()} tokens but the model only "
+                             f"{model.cfg.vocab_size} embeddings; the tokenizer does not belong to this model")
     raw = json.loads((src / TOKENIZER_CONFIG).read_text())
     tokenizer_config = {k: _token_text(v) for k, v in raw.items() if k != "added_tokens_decoder"}
     template_file = src / "chat_template.jinja"  # transformers ≥ 4.43 saves the template beside, not inside
@@ -290,6 +294,7 @@ def end_of_turn_token(template: str, tokenizer: Tokenizer, tokenizer_config: dic
         raise TemplateError(message)
 
     env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)  # Llama 3.1+ templates date their prompt
     reply = "homegrown-reply-marker"
     messages = [{"role": "user", "content": "homegrown-question"}, {"role": "assistant", "content": reply}]
     try:
