@@ -12,6 +12,8 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
+from homegrown.bundle import ModelBundle
+from homegrown.chat_template import our_chat_format
 from homegrown.config import ModelConfig, get_preset
 from homegrown.eval.tasks import TASKS_DIR, LocalModel
 from homegrown.model import Transformer
@@ -71,4 +73,4 @@ def scripted_lm(tok: Tokenizer, transitions: dict[int, int]) -> LocalModel:
         for k, (src, dst) in enumerate(transitions.items()):
             model.embed_tokens.weight[src, k] = 1.0
             model.lm_head.weight[dst, k] = 10.0
-    return LocalModel(model, tok, batch_size=2)
+    return LocalModel(ModelBundle(model, model.cfg, tok, our_chat_format(tok), Path("scripted")), batch_size=2)
