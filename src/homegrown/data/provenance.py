@@ -31,7 +31,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from homegrown.errors import HomegrownError
-from homegrown.io import atomic_path, temp_sibling
+from homegrown.io import atomic_path, remove_stale_temps, temp_sibling
 from homegrown.layout import MANIFEST, RunLayout
 
 MANIFEST_NAME = "manifest.jsonl.gz"
@@ -44,6 +44,7 @@ class AtomicJsonlGz:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        remove_stale_temps(self.path)  # this writer owns the file: what a killed run left is garbage
         self.tmp = temp_sibling(self.path)
         self._raw = self.tmp.open("wb")
         # mtime=0 and no file name in the header: the same records give the same bytes
