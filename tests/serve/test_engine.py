@@ -220,7 +220,7 @@ def test_shared_prompt_prefix_is_copied_not_recomputed(engine: Engine) -> None:
     before the second, which copies its prefix; nothing depends on how fast either thread runs."""
     system = engine.encode("You are a helpful assistant who answers questions about the printing press.")
     first, second = system + engine.encode("Who?"), system + engine.encode("When was it built?")
-    fresh = Engine(engine.model, engine.tokenizer, ServeConfig(max_batch=4))
+    fresh = Engine(engine.bundle, ServeConfig(max_batch=4))
     fresh.submit(first, [greedy(60, ignore_eos=True)], lambda i, d: None)
     done = threading.Event()
     out: list[int] = []
