@@ -26,10 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from homegrown.bundle import load_bundle
 from homegrown.export.gguf import export_gguf
 from homegrown.generate import SamplingParams, stream_tokens
-from homegrown.posttrain.chat import render_prompt
-from homegrown.train.checkpoint import load_for_inference
 
 STRINGS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -66,8 +65,8 @@ def _is_eog(llama_cpp, llm, token: int) -> bool | None:
 
 
 def check(run: Path, outtype: str, out_dir: Path, llama_cpp) -> None:
-    model, tok = load_for_inference(run)
-    model.eval()
+    bundle = load_bundle(run)
+    model, tok = bundle.model, bundle.tokenizer
     path = export_gguf(run, out_dir / f"model-{outtype}.gguf", outtype)
     # f32 files also get an f32 KV cache (llama.cpp's default is f16), so that comparison is exact arithmetic.
     kv = {"type_k": llama_cpp.GGML_TYPE_F32, "type_v": llama_cpp.GGML_TYPE_F32} if outtype == "f32" else {}
@@ -111,9 +110,9 @@ def check(run: Path, outtype: str, out_dir: Path, llama_cpp) -> None:
 
     # Chat through llama.cpp's own path: the GGUF's Jinja template, BOS added, stop at <|end|>.
     reply = llm.create_chat_completion(messages=CHAT, max_tokens=NEW_TOKENS, temperature=0)["choices"][0]
-    ids = [eot, *tok.encode(render_prompt(CHAT), add_special_tokens=False).ids]
+    ids = [eot, *bundle.chat_prompt_ids(CHAT)]
     ours = tok.decode(list(stream_tokens(model, ids, SamplingParams(max_tokens=NEW_TOKENS, temperature=0,
-                                                                    stop_token_ids=[end, eot]))))
+                                                                    stop_token_ids=bundle.stop_ids))))
     print(f"chat completion: finish_reason={reply['finish_reason']}, identical to ours: "
           f"{reply['message']['content'] == ours} ({ours[:50]!r})")
     if hasattr(llm, "close"):

@@ -8,8 +8,8 @@ as a homegrown checkpoint and exported with `export_hf`, so both sides run the s
 * transformers: `AutoModelForCausalLM.generate()` on the exported copy, same dtypes, batch 1 and batch B
   (B same-length prompts, so no padding).
 
-Every request is a random prompt of --prompt-len token ids and exactly --new-tokens greedy tokens: stop tokens
-are switched off on our engine (`engine.stop_token_ids = []`) and HF gets min_new_tokens = max_new_tokens.
+Every request is a random prompt of --prompt-len token ids and exactly --new-tokens greedy tokens (random weights
+emit end-of-text at random): our engine gets ignore_eos=True and HF gets min_new_tokens = max_new_tokens.
 Each configuration is warmed up once, then timed --repeats times (median); time covers prefill + decode, with
 torch.cuda.synchronize() on both ends. Peak memory is torch.cuda.max_memory_allocated since that model loaded.
 
@@ -34,10 +34,11 @@ from pathlib import Path
 
 import torch
 
+from homegrown.bundle import load_bundle
 from homegrown.config import ModelConfig, ServeConfig, get_preset
 from homegrown.export.hf import export_hf
 from homegrown.model import Transformer
-from homegrown.serve.engine import Delta, Engine, GenerationParams, load_model_and_tokenizer
+from homegrown.serve.engine import Delta, Engine, GenerationParams
 from homegrown.tokenizer import train_tokenizer
 from homegrown.train.checkpoint import save_checkpoint
 
@@ -100,7 +101,8 @@ def run_engine(engine: Engine, prompts: list[list[int]], new_tokens: int) -> tup
     sync(engine.device)
     start = time.perf_counter()
     for i, prompt in enumerate(prompts):
-        engine.submit(prompt, [GenerationParams(max_tokens=new_tokens, temperature=0.0)], col.emit_for(i))
+        params = GenerationParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
+        engine.submit(prompt, [params], col.emit_for(i))
     if not col.done.wait(600):
         raise TimeoutError("engine did not finish within 600 s")
     sync(engine.device)
@@ -209,15 +211,14 @@ def main(argv: list[str] | None = None) -> None:
         for name in dtypes:
             dtype = DTYPES[name]
             reset_peak(device)
-            model, tokenizer = load_model_and_tokenizer(ckpt, device, dtype)
-            engine = Engine(model, tokenizer, ServeConfig(max_batch=args.batch, max_waiting=2 * args.batch)).start()
-            engine.stop_token_ids = []  # random weights emit end-of-text at random; every request runs full length
+            engine = Engine(load_bundle(ckpt, device, dtype),
+                            ServeConfig(max_batch=args.batch, max_waiting=2 * args.batch)).start()
             try:
                 for batch in (1, args.batch):
                     bench.measure("homegrown", name, batch, partial(run_engine, engine, prompts[:batch]))
             finally:
                 engine.stop(drain=False, timeout=60)
-            del engine, model
+            del engine
             if hf_dir is None:
                 continue
             reset_peak(device)

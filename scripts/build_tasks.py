@@ -28,6 +28,9 @@ ENTRY = re.compile(r"^(?:(?:exception|class|type|abstractmethod|classmethod|stat
                    r"(?P<name>[A-Za-z_][\w.]*)(?:\(.*\))?$")
 SECTION = re.compile(r"^\d+(?:\.\d+)+\.\s+(?P<title>.+)$")
 BOILERPLATE = re.compile(r"^(?:Return value: [^.]*\.\s*|Part of the (?:Stable ABI|Limited API)[^.]*\.\s*)+")
+REFERENCE_PAGE = re.compile(r"/(?:library|c-api)/")
+"""Python API entries are read only on reference pages: on a HOWTO or a What's New page a code line
+(`curses.noecho()`, `stdscr.refresh()`) followed by prose looks like a definition but is not one."""
 SENTENCE_END = re.compile(r"(?<=[a-z0-9)\]”’'\"])\.(?=\s+[A-Z]|$)")
 
 
@@ -46,8 +49,9 @@ def entries(page: dict) -> list[dict]:
     """(name, description) pairs: documented Python/C API names and Debian Handbook section titles."""
     lines = [ln.strip() for ln in page["text"].split("\n") if ln.strip()]
     found = []
+    reference = REFERENCE_PAGE.search(page["source"]) is not None
     for a, b in itertools.pairwise(lines):
-        m = ENTRY.match(a.removeprefix("- ")) if a.startswith("- ") == b.startswith("- ") else None
+        m = ENTRY.match(a.removeprefix("- ")) if reference and a.startswith("- ") == b.startswith("- ") else None
         if m and ("." in m["name"] or m["name"].startswith(("Py", "_Py"))):
             desc = first_sentence(b.removeprefix("- "))
             if usable(desc) and not ENTRY.match(desc):
@@ -141,8 +145,8 @@ def doc_qa(all_entries: list[dict], rng: random.Random, n: int = 85) -> list[dic
     for e in python:
         by_page[e["page"]].append(e)
     items = [{"id": f"qa-{i}", "context": f"Question: What is {e['name']} in Python?\nAnswer:",
-              "question": f"What is {e['name']} in Python?", "answer": " " + e["desc"], "page": e["page"],
-              "source": e["source"]}
+              "question": f"What is {e['name']} in Python? Answer in one sentence.", "answer": " " + e["desc"],
+              "page": e["page"], "source": e["source"]}
              for i, e in enumerate(round_robin(by_page, n, rng))]
     return split_dev(items, 5)
 
@@ -156,7 +160,7 @@ def doc_module(all_entries: list[dict], pages: list[dict], rng: random.Random, n
         if module and e["name"].startswith(module + "."):
             by_page[e["page"]].append({**e, "module": module, "short": e["name"][len(module) + 1:]})
     items = [{"id": f"module-{i}", "context": f"Question: Which Python module provides {e['short']}?\nAnswer:",
-              "question": f"Which Python module provides {e['short']}?",
+              "question": f"Which Python module provides {e['short']}? Answer with the module name only.",
               "answer": " " + e["module"], "pattern": rf"^\s*{re.escape(e['module'])}\b", "page": e["page"],
               "source": e["source"]}
              for i, e in enumerate(round_robin(by_page, n, rng))]

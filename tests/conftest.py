@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from homegrown.data.sources import iter_corpus
-from homegrown.pipeline import CORPUS_MARKER, SAMPLE_DIR, prepare_shards, prepare_tokenizer
+from homegrown.layout import MANIFEST
+from homegrown.pipeline import SAMPLE_DIR, prepare_shards, prepare_tokenizer
 
 TINY_VOCAB = 512
 
@@ -28,7 +29,7 @@ def write_corpus(out: Path, train_docs: int = 120, val_docs: int = 12) -> Path:
         with gzip.open(out / f"{split}.jsonl.gz", "wt", encoding="utf-8") as f:
             for record in itertools.islice(iter_corpus(SAMPLE_DIR, split), n):
                 f.write(json.dumps(record) + "\n")
-    (out / CORPUS_MARKER).write_text(json.dumps({"from": str(SAMPLE_DIR), "train": train_docs, "val": val_docs}))
+    (out / MANIFEST).write_text(json.dumps({"from": str(SAMPLE_DIR), "train": train_docs, "val": val_docs}))
     return out
 
 
@@ -78,3 +79,35 @@ def smollm2_gguf() -> Path:
 def cli():
     """Run the real `homegrown` console script in a child process, the way a user does."""
     return _run_cli
+
+
+CHATML_TEMPLATE = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+                   "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+                   "{% endif %}")
+"""ChatML as SmolLM2, Qwen and others use it (without SmolLM2's default system prompt)."""
+
+
+@pytest.fixture(scope="session")
+def chatml_dir(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model directory's tokenizer files for a ChatML model, as an import writes them: the tiny tokenizer plus
+    <|im_start|> / <|im_end|>, a ChatML template, and <|im_end|> as EOS and the one stop token."""
+    from tokenizers import Tokenizer
+
+    out = tmp_path_factory.mktemp("chatml")
+    tok = Tokenizer.from_file(str(tiny_run / "tokenizer.json"))
+    tok.add_special_tokens(["<|im_start|>", "<|im_end|>"])
+    tok.save(str(out / "tokenizer.json"))
+    start, end = tok.token_to_id("<|im_start|>"), tok.token_to_id("<|im_end|>")
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|im_start|>", "eos_token": "<|im_end|>",
+        "pad_token": "<|im_end|>", "add_bos_token": False, "chat_template": CHATML_TEMPLATE}))
+    (out / "generation_config.json").write_text(json.dumps({"bos_token_id": start, "eos_token_id": [end]}))
+    return out
+
+
+@pytest.fixture(scope="session")
+def smollm2_template(smollm2_gguf: Path) -> str:
+    """SmolLM2's own chat template, as its GGUF stores it (`tokenizer.chat_template`)."""
+    from gguf import GGUFReader
+
+    return GGUFReader(smollm2_gguf).fields["tokenizer.chat_template"].contents()

@@ -64,3 +64,33 @@ def test_run_end_to_end_then_rerun_skips_finished_stages(cli, tmp_path):
     mismatch = cli("pretrain", str(run), "--preset", "tiny", "--set", "model.n_layers=3")
     _assert_user_error(mismatch, "another model config")
     assert json.loads((run / "preset.json").read_text())["name"] == "tiny"
+
+
+def test_set_overrides_given_to_pretrain_stay_in_force_for_later_commands(cli, tiny_run, tmp_path):
+    """RUN/preset.json is read back whole: `sft RUN` and `report RUN` use the pretrain command's --set values."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("corpus", "tokenizer.json", "shards"):
+        (run / name).symlink_to(tiny_run / name)
+    overrides = ["train.threads=1", "train.max_steps=2", "train.eval_every=2", "train.ckpt_every=2",
+                 "sft.max_steps=3", "sft.eval_every=3", "sft.ckpt_every=3", "eval.tasks=doc_qa", "eval.max_items=2"]
+    done = cli("pretrain", str(run), "--preset", "tiny", *(f"--set={o}" for o in overrides))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((run / "preset.json").read_text())["sft"]["max_steps"] == 3
+
+    chats = tmp_path / "chat.jsonl"
+    chats.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"Question {i}?"},
+                                                      {"role": "assistant", "content": f"Answer {i}."}]}) + "\n"
+                             for i in range(40)))
+    tuned = cli("sft", str(run), "--data", str(chats))  # no --preset, no --set: the run's own
+    assert tuned.returncode == 0, tuned.stderr[-2000:]
+    assert [p.name for p in (run / "sft" / "ckpt").iterdir()] == ["step_3"]  # tiny's own sft.max_steps is 20
+
+    card = cli("report", str(run))
+    assert card.returncode == 0, card.stderr[-2000:]
+    report = json.loads((run / "report.json").read_text())
+    assert [(t["name"], t["items"]) for t in report["tasks"]] == [("doc_qa", 2)]
+    assert [m["name"] for m in report["models"]] == ["run/base", "run/sft"]
+
+    broken = cli("pretrain", str(run), "--set", "eval.nope=1")
+    _assert_user_error(broken, "eval has no field 'nope'")

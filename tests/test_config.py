@@ -1,6 +1,22 @@
+import json
+import re
+
 import pytest
 
-from homegrown.config import PRESET_NAMES, apply_overrides, get_preset
+from homegrown.config import (
+    PRESET_NAMES,
+    SECTIONS,
+    IngestConfig,
+    Preset,
+    ServeConfig,
+    apply_overrides,
+    field_docs,
+    field_help,
+    get_preset,
+    load_preset,
+    resolve_preset,
+    save_preset,
+)
 from homegrown.errors import HomegrownError
 from homegrown.model import count_params
 
@@ -37,3 +53,76 @@ def test_unknown_preset_lists_choices():
 def test_presets_are_independent_copies():
     get_preset("small").train.lr = 123.0
     assert get_preset("small").train.lr != 123.0
+
+
+def test_every_preset_round_trips_through_json(tmp_path):
+    for name in PRESET_NAMES:
+        preset = apply_overrides(get_preset(name), ["ingest.languages=en,fr", "serve.port=9001"])
+        assert Preset.from_dict(json.loads(json.dumps(preset.to_dict()))) == preset, name
+        assert load_preset(save_preset(preset, tmp_path / f"{name}.json")) == preset, name
+
+
+def test_set_reaches_every_section_and_nested_fields():
+    assert SECTIONS == ("model", "train", "data", "ingest", "sft", "distill", "eval", "serve")
+    p = apply_overrides(get_preset("tiny"), [
+        "model.n_layers=3", "train.lr=0.5", "data.mixture=web=1", "ingest.workers=2", "sft.max_steps=7",
+        "distill.alpha=0.25", "eval.max_items=3", "serve.max_batch=4", "ingest.filters.min_words=9",
+        "ingest.filters.disabled=line_punctuation, word_count"])
+    assert (p.model.n_layers, p.train.lr, p.data.mixture, p.ingest.workers, p.sft.max_steps) == (3, 0.5, "web=1", 2, 7)
+    assert (p.distill.alpha, p.eval.max_items, p.serve.max_batch, p.ingest.filters.min_words) == (0.25, 3, 4, 9)
+    assert p.ingest.filters.disabled == ["line_punctuation", "word_count"]
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("plan.gpu=H100", "unknown section 'plan'; sections: model, train"),
+    ("ingest.filters.nope=1", "ingest.filters has no field 'nope'; fields: min_words"),
+    ("ingest.nope.min_words=1", "ingest has no section 'nope'"),
+    ("ingest.filters=1", "ingest.filters is a section"),
+    ("serve.port=eighty", "bad value in override 'serve.port=eighty'"),
+    ("train.compile=maybe", "expected true/false"),
+])
+def test_bad_overrides_name_what_is_wrong(override, message):
+    with pytest.raises(HomegrownError, match=re.escape(message)):
+        apply_overrides(get_preset("tiny"), [override])
+
+
+def test_a_saved_preset_is_checked_whole(tmp_path):
+    path = tmp_path / "preset.json"
+    good = get_preset("tiny").to_dict()
+    for change, message in [
+        (lambda d: d.update(extra={}), "has unknown field extra"),
+        (lambda d: d["ingest"]["filters"].update(typo=1), "preset.json.ingest.filters has unknown field typo"),
+        (lambda d: d["train"].update(lr="fast"), "preset.json.train.lr must be a number, not 'fast'"),
+        (lambda d: d["ingest"].update(languages="en"), "ingest.languages must be a list of strings"),
+        (lambda d: d.pop("model"), "is incomplete"),
+    ]:
+        data = json.loads(json.dumps(good))
+        change(data)
+        path.write_text(json.dumps(data))
+        with pytest.raises(HomegrownError, match=re.escape(message)):
+            load_preset(path)
+    path.write_text("{not json")
+    with pytest.raises(HomegrownError, match="not valid JSON"):
+        load_preset(path)
+    older = json.loads(json.dumps(good))
+    del older["serve"], older["ingest"]  # written before these sections existed: they take their defaults
+    path.write_text(json.dumps(older))
+    assert load_preset(path) == get_preset("tiny")
+
+
+def test_resolve_preset_prefers_the_named_then_the_saved_then_the_default(tmp_path):
+    saved = save_preset(apply_overrides(get_preset("tiny"), ["train.lr=0.123"]), tmp_path / "preset.json")
+    assert resolve_preset(None, saved, [], "small").train.lr == 0.123  # read back whole, override kept
+    assert resolve_preset(None, saved, ["sft.lr=0.5"], "small").sft.lr == 0.5
+    assert resolve_preset("small", saved, [], "tiny").name == "small"
+    assert resolve_preset(None, tmp_path / "absent.json", [], "tiny") == get_preset("tiny")
+
+
+def test_field_docs_are_the_docstrings_under_the_fields():
+    docs = field_docs(IngestConfig)
+    assert docs["workers"] == "Processes working on input files in parallel; results do not depend on it."
+    assert "holdout_fraction" not in docs  # a field without a docstring has none
+    assert field_help(ServeConfig, "port", "TCP port.") == "TCP port."
+    assert field_help(ServeConfig, "max_n").startswith("Largest `n`")
+    with pytest.raises(KeyError, match="no field 'nope'"):
+        field_help(ServeConfig, "nope")

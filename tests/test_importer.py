@@ -12,15 +12,16 @@ import numpy as np
 import pytest
 import torch
 
+from homegrown.bundle import load_bundle
+from homegrown.chat_template import CHAT_TEMPLATE
 from homegrown.config import ModelConfig
 from homegrown.errors import HomegrownError
 from homegrown.export.gguf import export_gguf, permute_rope, unpermute_rope
-from homegrown.export.hf import CHAT_TEMPLATE
 from homegrown.generate import SamplingParams, stream_tokens
 from homegrown.importer import SUPPORTED_TYPES, end_of_turn_token, import_model
 from homegrown.model import Transformer
 from homegrown.tokenizer import load_tokenizer
-from homegrown.train.checkpoint import load_for_inference, load_model, save_checkpoint
+from homegrown.train.checkpoint import load_model, save_checkpoint
 
 Q = gguf.GGMLQuantizationType
 PROMPTS = [
@@ -37,7 +38,8 @@ CKPT_FILES = {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_c
 def smol(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory):
     """SmolLM2 imported once per session, and loaded for inference."""
     result = import_model(smollm2_gguf, tmp_path_factory.mktemp("smol") / "run")
-    model, tok = load_for_inference(result.run_dir)
+    bundle = load_bundle(result.run_dir)
+    model, tok = bundle.model, bundle.tokenizer
     return result, model, tok
 
 

@@ -44,6 +44,8 @@ def test_run_on_a_user_source_directory(tmp_path):
     assert summary.base_checkpoint.name == "step_6" and len(summary.samples) == 1
     assert summary.checkpoint == tmp_path / "run" / "sft" / "ckpt" / "step_4"  # chat data derived from the pages
     assert summary.report == tmp_path / "run" / "report.md" and "run/sft" in summary.report.read_text()
+    base = next(m for m in json.loads((tmp_path / "run" / "report.json").read_text())["models"] if m["stage"] == "base")
+    assert (summary.val_bpb, summary.val_loss) == (base["val"]["bpb"], base["val"]["loss"]), "one figure per claim"
 
 
 def test_run_skips_sft_when_no_conversation_fits_the_context(tmp_path):

@@ -1,6 +1,6 @@
 import pytest
 
-from homegrown.config import CHAT_SPECIAL_TOKENS
+from homegrown.chat_template import CHAT_SPECIAL_TOKENS
 from homegrown.errors import HomegrownError
 from homegrown.tokenizer import eot_id, load_tokenizer, train_tokenizer
 

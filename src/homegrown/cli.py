@@ -5,6 +5,7 @@ User errors (HomegrownError) print one line and exit 2; anything else is a bug a
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import typer
 
 from homegrown.config import (
     PRESET_NAMES,
+    SECTIONS,
     DataConfig,
     DistillConfig,
     IngestConfig,
@@ -22,8 +24,10 @@ from homegrown.config import (
     SynthConfig,
     apply_overrides,
     get_preset,
+    resolve_preset,
 )
 from homegrown.errors import HomegrownError
+from homegrown.layout import MANIFEST, SFT, RunLayout
 from homegrown.progress import console
 
 if TYPE_CHECKING:
@@ -38,11 +42,23 @@ app.add_typer(data_app, name="data")
 DEFAULT_PRESET = os.environ.get("HOMEGROWN_PRESET", "small")
 
 PresetOpt = Annotated[str, typer.Option("--preset", "-p", help=f"One of: {', '.join(PRESET_NAMES)}.")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a field: train.lr=1e-3, model.n_layers=4.")]
+RunPresetOpt = Annotated[str | None, typer.Option(
+    "--preset", "-p", help=f"One of: {', '.join(PRESET_NAMES)}; default: the run's own (RUN/preset.json), else "
+    f"{DEFAULT_PRESET}.", show_default=False)]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a field: train.lr=1e-3, model.n_layers=4, "
+                                                   "ingest.filters.min_words=20 (sections: " + ", ".join(SECTIONS)
+                                                   + ").")]
 
 
 def _preset(name: str, overrides: list[str] | None) -> Preset:
     return apply_overrides(get_preset(name), overrides or [])
+
+
+def _run_preset(run_dir: Path | None, name: str | None = None, overrides: list[str] | None = None,
+                default: str = DEFAULT_PRESET) -> Preset:
+    """The preset a command on `run_dir` works with: `--preset` when given, else the run's saved one read back
+    whole (so its `--set` overrides stay in force), else `default`; then this command's `--set` overrides."""
+    return resolve_preset(name, RunLayout(run_dir).preset if run_dir is not None else None, overrides, default)
 
 
 @app.command()
@@ -73,9 +89,11 @@ def run(
     console.print(f"run directory   {summary.run_dir}")
     console.print(f"base model      {summary.base_checkpoint}")
     console.print(f"chat model      {summary.checkpoint}")
-    console.print(f"loss curves     {summary.run_dir / 'loss_pretrain.png'}, {summary.run_dir / 'loss_sft.png'}")
-    console.print(f"metrics         {summary.run_dir / 'metrics.jsonl'}, {summary.run_dir / 'metrics_sft.jsonl'}")
-    console.print(f"val bits/byte   {summary.val_bpb:.3f}   (val loss {summary.val_loss:.3f} nats/token)")
+    paths = RunLayout(summary.run_dir)
+    console.print(f"loss curves     {paths.loss_png()}, {paths.loss_png(SFT)}")
+    console.print(f"metrics         {paths.metrics()}, {paths.metrics(SFT)}")
+    console.print(f"val bits/byte   {summary.val_bpb:.3f}   (base model, whole held-out split as in the report; "
+                  f"val loss {summary.val_loss:.3f} nats/token)")
     console.print(f"chat val loss   {summary.sft_val_loss:.3f} nats/token on held-out answers")
     console.print(f"report          {summary.report}")
     console.print(f"throughput      {summary.tokens_per_second:,.0f} tokens/s; total {summary.seconds / 60:.1f} min")
@@ -84,8 +102,8 @@ def run(
         from homegrown.serve.server import serve as serve_model
 
         console.rule("serving (Ctrl-C stops)")
-        serve_model(summary.checkpoint, ServeConfig(), api_key=os.environ.get("HOMEGROWN_API_KEY"),
-                    db_url=f"sqlite:///{Path(summary.run_dir).resolve() / 'conversations.sqlite'}",
+        serve_model(summary.checkpoint, cfg.serve, api_key=os.environ.get("HOMEGROWN_API_KEY"),
+                    db_url=f"sqlite:///{paths.conversations_db.resolve()}",
                     model_name=Path(summary.run_dir).name)
 
 
@@ -202,7 +220,7 @@ def data_audit(run_dir: Annotated[Path, typer.Argument(help="Run directory (or c
         for value, amount, share in report.shares(key):
             table.add_row(value, f"{amount:,}", f"{100 * share:.1f}%")
         console.print(table)
-    png = audit_chart(report, run_dir / "audit.png")
+    png = audit_chart(report, RunLayout(run_dir).audit_png)
     console.print(f"{report.documents:,} documents, {report.total:,} {report.unit}; chart {png}")
 
 
@@ -214,7 +232,7 @@ def data_forget(
     id_: Annotated[list[str] | None, typer.Option("--id", help="Manifest id (repeatable).")] = None,
 ) -> None:
     """Remove documents from the corpus and shards; list the checkpoints trained on them."""
-    from homegrown.data.provenance import forget
+    from homegrown.data.forget import forget
 
     result = forget(run_dir, urls=url or [], hashes=hash_ or [], ids=id_ or [])
     for doc in result.removed:
@@ -236,23 +254,25 @@ def data_forget(
 @data_app.command("mix")
 def data_mix(
     run_dir: Annotated[Path, typer.Argument(help="Run directory with corpus/ (tokenizer.json is trained if absent).")],
-    mixture: Annotated[str, typer.Option(help="Target token shares, e.g. web=0.6,licensed=0.4; empty: each "
-                                         "document once.")] = "",
-    max_repeat: Annotated[float, typer.Option(help="Most times a short source is repeated.")] =
-        DataConfig.mixture_max_repeat,
-    preset: PresetOpt = DEFAULT_PRESET,
+    mixture: Annotated[str | None, typer.Option(help="Target token shares, e.g. web=0.6,licensed=0.4; empty: each "
+                                                "document once. Default: the preset's data.mixture.")] = None,
+    max_repeat: Annotated[float | None, typer.Option(help="Most times a short source is repeated (default: the "
+                                                     "preset's data.mixture_max_repeat).")] = None,
+    preset: RunPresetOpt = None,
 ) -> None:
     """Pack RUN/corpus into RUN/shards, drawing the train split to the target token share per source."""
     from homegrown.data.mixture import pack_corpus
     from homegrown.pipeline import prepare_tokenizer
 
-    tok = run_dir / "tokenizer.json"
-    if not tok.exists():  # an existing tokenizer is kept: checkpoints of this run depend on it
-        prepare_tokenizer(run_dir / "corpus", get_preset(preset).model.vocab_size, tok)
-    stats, plan = pack_corpus(run_dir / "corpus", tok, run_dir / "shards", mixture, max_repeat)
+    paths, cfg = RunLayout(run_dir), _run_preset(run_dir, preset)
+    mixture = cfg.data.mixture if mixture is None else mixture
+    max_repeat = cfg.data.mixture_max_repeat if max_repeat is None else max_repeat
+    if not paths.tokenizer_done():  # an existing tokenizer is kept: checkpoints of this run depend on it
+        prepare_tokenizer(paths.corpus, cfg.model.vocab_size, paths.tokenizer)
+    stats, plan = pack_corpus(paths.corpus, paths.tokenizer, paths.shards, mixture, max_repeat)
     for split in ("train", "val"):
         console.print(f"{split}: {stats.documents[split]:,} documents, {stats.tokens[split]:,} tokens "
-                      f"-> {run_dir / 'shards'}")
+                      f"-> {paths.shards}")
     for name in sorted(plan.rate) if plan else []:
         console.print(f"{name:>20}  target {100 * plan.target.get(name, 0):5.1f}%  achieved "
                       f"{100 * plan.achieved[name]:5.1f}%  rate ×{plan.rate[name]:.2f}  "
@@ -262,30 +282,34 @@ def data_mix(
 @app.command()
 def pretrain(
     run_dir: Annotated[Path, typer.Argument(help="Run directory holding tokenizer.json and shards/.")],
-    preset: PresetOpt = DEFAULT_PRESET,
+    preset: RunPresetOpt = None,
     set_: SetOpt = None,
     init_from: Annotated[Path | None, typer.Option(
         help="Continue pretraining this checkpoint or run (e.g. an imported model) on RUN's corpus, with its "
              "tokenizer; RUN must be a new directory (or one this started).")] = None,
 ) -> None:
-    """Pretrain (or resume) on a run directory's packed shards.
+    """Pretrain (or resume) on a run directory's packed shards; the resolved preset is saved as RUN/preset.json.
 
     Under `torchrun --nproc_per_node=N --no-python homegrown pretrain RUN` the same command trains with FSDP2
     on N ranks; train.batch_size stays the global batch.
     """
+    from homegrown.pipeline import record_preset
     from homegrown.train import distributed
     from homegrown.train.loop import train
 
-    cfg = _preset(preset, set_)
+    cfg = _run_preset(run_dir, preset, set_)
     if init_from is not None:
         cfg.train.init_from = str(init_from)
+    env = distributed.init_distributed()
     if cfg.train.init_from:
         from homegrown.pipeline import continue_pretraining
 
         result = continue_pretraining(cfg, run_dir)
     else:
-        result = train(cfg.model, cfg.train, run_dir / "shards", run_dir, run_dir / "tokenizer.json")
-    env = distributed.init_distributed()
+        if env.is_main:
+            record_preset(cfg, run_dir)
+        paths = RunLayout(run_dir)
+        result = train(cfg.model, cfg.train, paths.shards, run_dir, paths.tokenizer)
     if env.is_main:
         console.print(f"checkpoint {result.final_checkpoint}  val bits/byte {result.final_val_bpb:.3f}")
     distributed.shutdown(env)
@@ -356,7 +380,7 @@ def data_docqa(
     from homegrown.posttrain.docqa import build_docqa
 
     done = build_docqa(corpus, out, _preset(preset, set_).sft)
-    counts = json.loads((done / "MANIFEST.json").read_text())["conversations"]
+    counts = json.loads((done / MANIFEST).read_text())["conversations"]
     console.print(f"{counts['train']:,} training and {counts['val']:,} held-out conversations in {done}")
 
 
@@ -372,15 +396,12 @@ def sft(
     set_: SetOpt = None,
 ) -> None:
     """Fine-tune a checkpoint on chat conversations (loss on assistant replies only) into RUN/sft/ckpt."""
-    import json
 
     from homegrown.posttrain.sft import default_run_dir
     from homegrown.posttrain.sft import sft as run_sft
 
     run_dir = out or default_run_dir(base)
-    saved = run_dir / "preset.json"
-    name = preset or (json.loads(saved.read_text())["name"] if saved.exists() else "small")
-    cfg = _preset(name, set_)
+    cfg = _run_preset(run_dir, preset, set_, default="small")
     result = run_sft(base, data, run_dir, cfg.sft, cfg.train, val=val, strict=strict)
     console.print(f"chat model {result.final_checkpoint}  held-out answer loss {result.final_val_loss:.3f} nats/token")
     console.print(f"next       homegrown chat {result.final_checkpoint}")
@@ -390,18 +411,21 @@ def sft(
 def distill(
     run_dir: Annotated[Path, typer.Argument(help="Student run directory holding tokenizer.json and shards/.")],
     teacher: Annotated[Path, typer.Option(help="Teacher checkpoint (or run dir) with the same tokenizer.")],
-    alpha: Annotated[float, typer.Option(help="Weight of the soft (teacher) term; 1-alpha on the hard labels.")] =
-        DistillConfig.alpha,
-    temperature: Annotated[float, typer.Option(help="Softening temperature T for both distributions.")] =
-        DistillConfig.temperature,
-    preset: PresetOpt = DEFAULT_PRESET,
+    alpha: Annotated[float | None, typer.Option(help="Weight of the soft (teacher) term; 1-alpha on the hard labels "
+                                                "(default: the preset's distill.alpha, "
+                                                f"{DistillConfig.alpha}).")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Softening temperature T for both distributions (default: "
+                                                      f"distill.temperature, {DistillConfig.temperature}).")] = None,
+    preset: RunPresetOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """Train the preset's (smaller) model on a run's shards against a teacher's logits, into RUN/distill/ckpt."""
     from homegrown.posttrain.distill import distill as run_distill
 
-    cfg = _preset(preset, set_)
-    result = run_distill(run_dir, teacher, cfg, DistillConfig(alpha=alpha, temperature=temperature))
+    cfg = _run_preset(run_dir, preset, set_)
+    given = {"alpha": alpha, "temperature": temperature}
+    result = run_distill(run_dir, teacher, cfg,
+                         dataclasses.replace(cfg.distill, **{k: v for k, v in given.items() if v is not None}))
     console.print(f"student {result.final_checkpoint}  val loss {result.final_val_loss:.3f}  "
                   f"val bits/byte {result.final_val_bpb:.3f}")
 
@@ -417,16 +441,16 @@ def generate(
     seed: Annotated[int | None, typer.Option(help="Same seed, same text.")] = None,
 ) -> None:
     """Continue a prompt with a trained model, streaming tokens as they come."""
+    from homegrown.bundle import load_bundle
     from homegrown.generate import SamplingParams, stream_tokens
-    from homegrown.tokenizer import eot_id
-    from homegrown.train.checkpoint import load_for_inference
 
-    model, tok = load_for_inference(checkpoint)
-    params = SamplingParams(max_tokens, temperature, top_k, top_p, seed, [eot_id(tok)])
+    bundle = load_bundle(checkpoint)
+    model, tok = bundle.model, bundle.tokenizer
+    params = SamplingParams(max_tokens, temperature, top_k, top_p, seed, bundle.stop_ids)
     ids: list[int] = []
     shown = ""
     sys.stdout.write(prompt)
-    for token in stream_tokens(model, tok.encode(prompt, add_special_tokens=False).ids, params):
+    for token in stream_tokens(model, bundle.text_prompt_ids(prompt), params):
         ids.append(token)
         text = tok.decode(ids)
         if not text.endswith("\ufffd"):
@@ -447,12 +471,11 @@ def chat(
     seed: int | None = None,
 ) -> None:
     """Terminal chat REPL using the chat template (answers well only after SFT; a base model rambles)."""
+    from homegrown.bundle import load_bundle
     from homegrown.generate import SamplingParams, stream_tokens
-    from homegrown.posttrain.chat import render_prompt
-    from homegrown.train.checkpoint import load_for_inference
 
-    model, tok = load_for_inference(checkpoint)
-    stops = [tok.token_to_id("<|end|>"), tok.token_to_id("<|endoftext|>")]
+    bundle = load_bundle(checkpoint)
+    model, tok = bundle.model, bundle.tokenizer
     messages = [{"role": "system", "content": system}] if system else []
     console.print("[dim]Type a message; an empty line or Ctrl-D quits.[/dim]")
     while True:
@@ -463,15 +486,15 @@ def chat(
         if not line:
             break
         messages.append({"role": "user", "content": line})
-        ids = tok.encode(render_prompt(messages), add_special_tokens=False).ids
+        ids = bundle.chat_prompt_ids(messages)
         budget = model.cfg.max_seq_len - max_tokens
         if len(ids) > budget:
             console.print(f"[yellow]conversation is longer than the {model.cfg.max_seq_len}-token context; "
                           "keeping only the latest message[/yellow]")
             messages = messages[:1] + messages[-1:] if system else messages[-1:]
-            ids = tok.encode(render_prompt(messages), add_special_tokens=False).ids[-budget:]
+            ids = bundle.chat_prompt_ids(messages)[-budget:]
         reply = tok.decode(list(stream_tokens(model, ids, SamplingParams(max_tokens, temperature, top_k, top_p,
-                                                                          seed, stops))))
+                                                                          seed, bundle.stop_ids))))
         print(f"model> {reply.strip()}")
         messages.append({"role": "assistant", "content": reply.strip()})
 
@@ -526,7 +549,15 @@ def import_(
 
 TasksOpt = Annotated[list[str] | None, typer.Option(
     "--tasks", help="Task name (data/tasks/NAME.jsonl) or JSONL path; repeatable. Default: the shipped suite.")]
-MaxItemsOpt = Annotated[int, typer.Option(help="Score only the first N test items of each task (0 = all).")]
+MaxItemsOpt = Annotated[int | None, typer.Option(help="Score only the first N test items of each task (0 = all; "
+                                                  "default: the first run's eval.max_items, else 0).")]
+
+
+def _eval_settings(run_dir: Path | None, tasks: list[str] | None, max_items: int | None) -> tuple[list[str], int, int]:
+    """Task names, items per task and batch size: the flags when given, else the run's saved eval section."""
+    cfg = _run_preset(run_dir).eval
+    names = tasks or [t.strip() for t in cfg.tasks.split(",") if t.strip()]
+    return names, cfg.max_items if max_items is None else max_items, cfg.batch_size
 
 
 @app.command("eval")
@@ -539,7 +570,7 @@ def eval_(
         help="Run these lm-eval-harness tasks instead (needs lm-eval); repeatable.")] = None,
     include_path: Annotated[Path | None, typer.Option(help="Directory of your own lm-eval task YAML files.")] = None,
     limit: Annotated[int | None, typer.Option(help="lm-eval: score only the first N items per task.")] = None,
-    max_items: MaxItemsOpt = 0,
+    max_items: MaxItemsOpt = None,
 ) -> None:
     """Score checkpoints: held-out bits/byte and the task suite (or lm-eval-harness tasks with --harness)."""
     import json
@@ -553,17 +584,19 @@ def eval_(
             from homegrown.eval.harness import run_harness
         except ModuleNotFoundError as e:
             raise HomegrownError(f"--harness needs lm-eval ({e}); install it with `pip install lm-eval`") from e
-        from homegrown.eval.suite import default_eval_dir, write_json
+        from homegrown.eval.suite import default_eval_dir
+        from homegrown.io import write_json_atomic
 
         for spec in specs:
             results = run_harness(spec.checkpoint, harness, include_path, limit)
-            path = write_json((out or default_eval_dir(spec)) / f"harness-{spec.checkpoint.name}.json", results)
+            path = write_json_atomic((out or default_eval_dir(spec)) / f"harness-{spec.checkpoint.name}.json", results)
             console.print(json.dumps(results, indent=2))
             console.print(f"wrote {path}")
         return
-    suite = load_tasks(tasks or [], max_items)
+    names, max_items, batch_size = _eval_settings(specs[0].run_dir, tasks, max_items)
+    suite = load_tasks(names, max_items)
     for spec in specs:
-        record = evaluate_model(spec, suite, eval_dir=out)
+        record = evaluate_model(spec, suite, eval_dir=out, batch_size=batch_size)
         console.print(f"{spec.name}: held-out bits/byte {record['val']['bpb']:.3f}; wrote {eval_file(spec, out)}")
 
 
@@ -578,7 +611,7 @@ def report(
     external_mode: Annotated[str, typer.Option(help="auto, completions (log-likelihoods) or chat.")] = "auto",
     api_key: Annotated[str, typer.Option(envvar="OPENAI_API_KEY", show_envvar=True,
                                          help="Key for the --external endpoints.")] = "",
-    max_items: MaxItemsOpt = 0,
+    max_items: MaxItemsOpt = None,
 ) -> None:
     """Report card: models side by side on held-out bits/byte and tasks, with chance levels and charts."""
     from homegrown.eval.report import ExternalSpec, build_report
@@ -588,41 +621,59 @@ def report(
     if len(urls) != len(names):
         raise HomegrownError("give one --external-model for each --external URL")
     first = find_models(models[0])[0]
-    md = build_report(models, out or first.run_dir or Path("report"), tasks or [],
+    task_names, max_items, batch_size = _eval_settings(first.run_dir, tasks, max_items)
+    md = build_report(models, out or first.run_dir or Path("report"), task_names,
                       [ExternalSpec(u, n, api_key, external_mode) for u, n in zip(urls, names, strict=True)],
-                      max_items=max_items)
+                      batch_size=batch_size, max_items=max_items)
     console.print(f"report          {md}")
 
 
 _SERVE_DEFAULTS = ServeConfig()
 
 
+def _serve_help(text: str, name: str) -> str:
+    return f"{text} Default: the run's serve.{name} (RUN/preset.json), else {getattr(_SERVE_DEFAULTS, name)}."
+
+
 @app.command()
 def serve(
     run_or_ckpt: Annotated[Path, typer.Argument(help="Run directory, ckpt/step_N, or an exported HF directory.")],
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = _SERVE_DEFAULTS.host,
-    port: Annotated[int, typer.Option(help="TCP port.")] = _SERVE_DEFAULTS.port,
+    host: Annotated[str | None, typer.Option(help=_serve_help("Interface to listen on.", "host"))] = None,
+    port: Annotated[int | None, typer.Option(help=_serve_help("TCP port; 0 = any free one (the banner shows it).",
+                                                              "port"))] = None,
     api_key: Annotated[str | None, typer.Option(envvar="HOMEGROWN_API_KEY", show_envvar=True,
                                                 help="Require 'Authorization: Bearer KEY' on /v1 and /api.")] = None,
-    max_batch: Annotated[int, typer.Option(help="Sequences decoded together (KV cache slots).")] = (
-        _SERVE_DEFAULTS.max_batch),
-    max_waiting: Annotated[int, typer.Option(help="Queued sequences before requests get 429.")] = (
-        _SERVE_DEFAULTS.max_waiting),
+    max_batch: Annotated[int | None, typer.Option(help=_serve_help("Sequences decoded together (KV cache slots).",
+                                                                   "max_batch"))] = None,
+    max_waiting: Annotated[int | None, typer.Option(help=_serve_help("Queued sequences before requests get 429.",
+                                                                     "max_waiting"))] = None,
     db_url: Annotated[str | None, typer.Option(help="Conversations database (SQLAlchemy URL); default: "
                                                     "sqlite:///<run dir>/conversations.sqlite.")] = None,
     model_name: Annotated[str | None, typer.Option(help="Model id clients send; default: the run dir's name.")] = (
         None),
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = _SERVE_DEFAULTS.device,
-    dtype: Annotated[str, typer.Option(help="Weights + KV cache: auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16.")] = (
-        _SERVE_DEFAULTS.dtype),
-    threads: Annotated[int, typer.Option(help="CPU threads for the model; 0 = all cores but one.")] = (
-        _SERVE_DEFAULTS.threads),
+    device: Annotated[str | None, typer.Option(help=_serve_help("auto, cpu or cuda.", "device"))] = None,
+    dtype: Annotated[str | None, typer.Option(help=_serve_help(
+        "Weights + KV cache: auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16.", "dtype"))] = None,
+    threads: Annotated[int | None, typer.Option(help=_serve_help("CPU threads for the model; 0 = all cores but one.",
+                                                                 "threads"))] = None,
+    max_body_bytes: Annotated[int | None, typer.Option(help=_serve_help("Larger request bodies get 413.",
+                                                                        "max_body_bytes"))] = None,
+    generation_config: Annotated[str | None, typer.Option(
+        help='Defaults for sampling fields a request leaves out, as JSON, e.g. \'{"ignore_eos": true, '
+             '"max_tokens": 200}\' (vLLM: --override-generation-config).')] = None,
 ) -> None:
     """Serve a model: OpenAI-compatible API at /v1, chat page at /, Prometheus metrics at /metrics."""
+    from homegrown.layout import run_dir_of
+    from homegrown.serve.protocol import parse_generation_defaults
     from homegrown.serve.server import serve as serve_model
 
-    cfg = ServeConfig(host=host, port=port, max_batch=max_batch, max_waiting=max_waiting, device=device,
-                      dtype=dtype, threads=threads)
+    if max_body_bytes is not None and max_body_bytes < 1:
+        raise HomegrownError(f"--max-body-bytes must be at least 1, got {max_body_bytes}")
+    given = {"host": host, "port": port, "max_batch": max_batch, "max_waiting": max_waiting, "device": device,
+             "dtype": dtype, "threads": threads, "max_body_bytes": max_body_bytes,
+             "generation_defaults": parse_generation_defaults(generation_config) if generation_config else None}
+    saved = _run_preset(run_dir_of(run_or_ckpt)).serve
+    cfg = dataclasses.replace(saved, **{k: v for k, v in given.items() if v is not None})
     serve_model(run_or_ckpt, cfg, api_key=api_key, db_url=db_url, model_name=model_name)
 
 

@@ -7,16 +7,20 @@ same code, and `--set section.field=value` overrides any single field.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
+import itertools
 import json
+import textwrap
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from homegrown.errors import HomegrownError
-
-CHAT_SPECIAL_TOKENS = ["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
-"""Reserved from the first tokenizer on, so base and chat models share one vocabulary (DESIGN: chat template)."""
+from homegrown.io import write_json_atomic
 
 
 @dataclass
@@ -231,6 +235,11 @@ class ServeConfig:
     default of 2 spinning threads starved it: 48 ms per token instead of 2.3 ms for the tiny model)."""
     drain_timeout_s: float = 60.0
     """On SIGTERM, in-flight requests get this long to finish before they are cut."""
+    max_body_bytes: int = 8 * 1024 * 1024
+    """Larger request bodies get 413 before they are read whole (a 1M-character stored message fits as UTF-8)."""
+    generation_defaults: dict[str, Any] = field(default_factory=dict)
+    """Sampling fields for requests that leave them out (`--generation-config`, like vLLM's
+    --override-generation-config): e.g. {"ignore_eos": true, "max_tokens": 200}."""
 
 
 @dataclass
@@ -342,14 +351,33 @@ class PlanConfig:
 
 @dataclass
 class Preset:
+    """Everything a run is configured by: a named starting point, its `--set` overrides applied.
+
+    Written whole to RUN/preset.json by the commands that create a run (`run`, `pretrain`) and read back whole
+    by every later command on it (`load_preset`), so an override given once stays in force for the run.
+    Each dataclass field is a section `--set section.field=value` reaches (nested: `ingest.filters.min_words`).
+    """
+
     name: str
     model: ModelConfig
     train: TrainConfig
     data: DataConfig = field(default_factory=DataConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
     description: str = ""
     trainable_on_cpu: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "preset") -> Preset:
+        """The inverse of `to_dict`, refusing unknown sections and fields and values of the wrong type by name.
+        A section or field the file lacks (written before it existed) takes its default."""
+        return _from_dict(cls, data, where)
 
 
 def _presets() -> dict[str, Preset]:
@@ -359,7 +387,7 @@ def _presets() -> dict[str, Preset]:
             ModelConfig(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=64),
             TrainConfig(batch_size=8, seq_len=64, max_steps=40, lr=3e-3, warmup_steps=5, eval_every=20,
                         eval_batches=2, ckpt_every=20, log_every=5, dtype="fp32"),
-            # 64-token rows: short answers, so whole replies (ending in <|end|>) fit
+            # 64-token rows: short answers, so whole replies (ending in the end-of-turn token) fit
             sft=SFTConfig(max_steps=20, batch_size=8, eval_every=10, eval_batches=2, ckpt_every=10, lr=3e-3,
                           max_answer_chars=100),
             eval=EvalConfig(max_items=20),
@@ -372,7 +400,7 @@ def _presets() -> dict[str, Preset]:
             ModelConfig(vocab_size=4096, d_model=192, n_layers=4, n_heads=3, n_kv_heads=3, max_seq_len=256),
             TrainConfig(batch_size=16, seq_len=256, max_steps=720, lr=5e-3, warmup_steps=30, eval_every=120,
                         eval_batches=8, ckpt_every=120, log_every=10),
-            # ~1.7 min on 2 cores; on a GPU, 60 steps already made 40/40 held-out answers end with <|end|>
+            # ~1.7 min on 2 cores; on a GPU, 60 steps already made 40/40 held-out answers end their turn
             sft=SFTConfig(max_steps=120, lr=1e-3, eval_every=40, ckpt_every=40),
             description="Default demo: about 10 minutes of training on 2 CPU cores, then 2 of chat tuning.",
         ),
@@ -437,6 +465,108 @@ def get_preset(name: str) -> Preset:
     return presets[name]
 
 
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of a config dataclass (the convention here), by field name.
+
+    Python keeps no attribute docstrings at run time, so they are read from the class's source: the CLI's
+    `--help` then says exactly what config.py says, from one place (as litgpt's CLI does through jsonargparse).
+    """
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    docs = {}
+    for node, after in itertools.pairwise(body):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def field_help(cls: type, name: str, extra: str = "") -> str:
+    """`--help` text for an option that sets `cls.name`: the field's docstring (or `extra` alone)."""
+    if name not in {f.name for f in dataclasses.fields(cls)}:
+        raise KeyError(f"{cls.__name__} has no field {name!r}")
+    return " ".join(part for part in (field_docs(cls).get(name, ""), extra) if part)
+
+
+SECTIONS = tuple(name for name, hint in typing.get_type_hints(Preset).items() if dataclasses.is_dataclass(hint))
+"""The preset's sections, in order: what `--set SECTION.FIELD=VALUE` can reach."""
+
+
+_JSON_TYPES: dict[Any, tuple[str, Any]] = {
+    bool: ("true or false", lambda v: isinstance(v, bool)),
+    int: ("whole number", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    float: ("number", lambda v: isinstance(v, int | float) and not isinstance(v, bool)),
+    str: ("string", lambda v: isinstance(v, str)),
+}
+
+
+def _check_value(value: Any, hint: Any, where: str) -> Any:
+    """`value` read from JSON, checked against the field's annotation (a whole number is a fine float).
+
+    `X | None` accepts null; annotations other than bool/int/float/str and lists of them pass unchecked."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None and len(options) < len(typing.get_args(hint)):
+            return None
+        return _check_value(value, options[0], where) if len(options) == 1 else value
+    if typing.get_origin(hint) is list and typing.get_args(hint) and typing.get_args(hint)[0] in _JSON_TYPES:
+        label, ok = _JSON_TYPES[typing.get_args(hint)[0]]
+        if isinstance(value, list) and all(ok(v) for v in value):
+            return list(value)
+        raise HomegrownError(f"{where} must be a list of {label}s, not {value!r}")
+    if hint not in _JSON_TYPES:
+        return value
+    label, ok = _JSON_TYPES[hint]
+    if not ok(value):
+        raise HomegrownError(f"{where} must be a {label}, not {value!r}")
+    return float(value) if hint is float else value
+
+
+def _from_dict(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise HomegrownError(f"{where} must be a JSON object, not {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise HomegrownError(f"{where} has unknown field{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+                             f"known: {', '.join(names)}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        kwargs[name] = (_from_dict(hint, value, f"{where}.{name}") if dataclasses.is_dataclass(hint)
+                        else _check_value(value, hint, f"{where}.{name}"))
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a required field (the preset's name, model or train) is missing
+        raise HomegrownError(f"{where} is incomplete: {e}") from e
+
+
+def save_preset(preset: Preset, path: Path) -> Path:
+    """Write the full resolved preset (atomically): what `load_preset` reads back unchanged."""
+    return write_json_atomic(path, preset.to_dict())
+
+
+def load_preset(path: Path) -> Preset:
+    """A preset saved by `save_preset`, read back whole; a clear error names whatever in it is wrong."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise HomegrownError(f"{path} is not valid JSON ({e}); fix it or remove it to use a named preset") from e
+    return Preset.from_dict(data, where=str(path))
+
+
+def resolve_preset(name: str | None, saved: Path | None, overrides: list[str] | None, default: str) -> Preset:
+    """The preset a command works with: the one `name`d on its command line; else the run's own, read back
+    whole from `saved` (RUN/preset.json) when it exists; else the preset called `default`. Then `overrides`."""
+    if name is not None:
+        preset = get_preset(name)
+    elif saved is not None and Path(saved).is_file():
+        preset = load_preset(saved)
+    else:
+        preset = get_preset(default)
+    return apply_overrides(preset, overrides or [])
+
+
 def _coerce(value: str, current: Any) -> Any:
     if isinstance(current, bool):
         if value.lower() in ("1", "true", "yes", "on"):
@@ -448,23 +578,39 @@ def _coerce(value: str, current: Any) -> Any:
         return int(value)
     if isinstance(current, float):
         return float(value)
+    if isinstance(current, list):
+        return [v.strip() for v in value.split(",") if v.strip()]
     return value
 
 
 def apply_overrides(preset: Preset, overrides: list[str]) -> Preset:
-    """Apply `section.field=value` strings (e.g. `train.lr=1e-3`, `model.n_layers=4`) to a preset in place."""
+    """Apply `section.field=value` strings (e.g. `train.lr=1e-3`, `model.n_layers=4`,
+    `ingest.filters.min_words=20`, `ingest.languages=en,fr`) to a preset in place."""
     for item in overrides:
         key, sep, value = item.partition("=")
-        section_name, dot, field_name = key.strip().partition(".")
-        if not sep or not dot or section_name not in ("model", "train", "data", "sft", "eval"):
-            raise HomegrownError(f"override {item!r} must look like model.FIELD=VALUE, train.FIELD=VALUE, "
-                                 "data.FIELD=VALUE, sft.FIELD=VALUE or eval.FIELD=VALUE")
-        section = getattr(preset, section_name)
-        if not hasattr(section, field_name):
-            names = ", ".join(f.name for f in dataclasses.fields(section))
-            raise HomegrownError(f"{section_name} has no field {field_name!r}; fields: {names}")
+        path = key.strip().split(".")
+        if not sep or len(path) < 2 or not all(path):
+            raise HomegrownError(f"override {item!r} must look like SECTION.FIELD=VALUE (e.g. train.lr=1e-3); "
+                                 f"sections: {', '.join(SECTIONS)}")
+        if path[0] not in SECTIONS:
+            raise HomegrownError(f"override {item!r}: unknown section {path[0]!r}; sections: {', '.join(SECTIONS)}")
+        section: Any = getattr(preset, path[0])
+        for depth, part in enumerate(path[1:-1], start=1):
+            inner = getattr(section, part, None)
+            if not dataclasses.is_dataclass(inner):
+                raise HomegrownError(f"override {item!r}: {'.'.join(path[:depth])} has no section {part!r}")
+            section = inner
+        owner, field_name = ".".join(path[:-1]), path[-1]
+        names = [f.name for f in dataclasses.fields(section)]
+        if field_name not in names:
+            raise HomegrownError(f"{owner} has no field {field_name!r}; fields: {', '.join(names)}")
+        current = getattr(section, field_name)
+        if dataclasses.is_dataclass(current):
+            fields = ", ".join(f.name for f in dataclasses.fields(current))
+            raise HomegrownError(f"override {item!r}: {owner}.{field_name} is a section; set one of its fields "
+                                 f"({owner}.{field_name}.FIELD): {fields}")
         try:
-            setattr(section, field_name, _coerce(value.strip(), getattr(section, field_name)))
+            setattr(section, field_name, _coerce(value.strip(), current))
         except ValueError as e:
             raise HomegrownError(f"bad value in override {item!r}: {e}") from e
     if preset.model.max_seq_len < preset.train.seq_len:

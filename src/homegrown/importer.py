@@ -33,11 +33,11 @@ from safetensors import safe_open
 from tokenizers import Tokenizer
 
 from homegrown.config import ModelConfig, Preset, get_preset
-from homegrown.data.provenance import write_json_atomic
 from homegrown.errors import HomegrownError
 from homegrown.export.gguf import hf_name, unpermute_rope
 from homegrown.export.hf import SHARD_INDEX, _from_hf_state, load_hf
 from homegrown.gguf_tokenizer import GGUFVocab, build_tokenizer
+from homegrown.io import write_json_atomic
 from homegrown.model import Transformer
 from homegrown.train.checkpoint import WEIGHTS, latest_checkpoint, save_checkpoint
 

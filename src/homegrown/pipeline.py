@@ -10,26 +10,26 @@ import json
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from homegrown.config import DataConfig, ModelConfig, Preset
+from homegrown.bundle import load_bundle
+from homegrown.chat_template import CHAT_FILES
+from homegrown.config import DataConfig, IngestConfig, ModelConfig, Preset, save_preset
 from homegrown.data.ingest import SourceSpec, ingest
 from homegrown.data.mixture import pack_corpus
-from homegrown.data.pack import INDEX_NAME
 from homegrown.data.sources import iter_corpus
 from homegrown.errors import HomegrownError
-from homegrown.eval.report import build_report
+from homegrown.eval.report import REPORT_JSON, build_report
 from homegrown.generate import SamplingParams, stream_tokens
+from homegrown.io import atomic_dir, write_bytes_atomic
+from homegrown.layout import MANIFEST, SAMPLE_DIR, SHARD_INDEX, RunLayout
 from homegrown.progress import console
-from homegrown.tokenizer import eot_id, load_tokenizer, train_tokenizer
-from homegrown.train.checkpoint import CHAT_METADATA, CONFIG, load_for_inference, resolve_checkpoint
+from homegrown.tokenizer import load_tokenizer, train_tokenizer
+from homegrown.train.checkpoint import CONFIG, TOKENIZER, check_same_config, resolve_checkpoint
 from homegrown.train.loop import TrainResult, train
-
-SAMPLE_DIR = Path(__file__).resolve().parents[2] / "data" / "sample"
-CORPUS_MARKER = "MANIFEST.json"
 
 
 @dataclass
@@ -37,6 +37,8 @@ class RunSummary:
     run_dir: Path
     checkpoint: Path
     val_bpb: float
+    """The base model's bits/byte on the whole held-out split, the figure report.md gives (not the last
+    training eval, which sees only a few batches)."""
     val_loss: float
     tokens_per_second: float
     seconds: float
@@ -49,28 +51,25 @@ class RunSummary:
     """report.md: base vs chat model on held-out bits/byte and the task suite (eval/report.py)."""
 
 
-def prepare_corpus(data: DataConfig, corpus_dir: Path) -> Path:
-    """The bundled sample (copied, so the run dir is self-contained) or an ingest of `source`."""
-    if (corpus_dir / CORPUS_MARKER).exists():
+def prepare_corpus(data: DataConfig, corpus_dir: Path, ingest_cfg: IngestConfig | None = None) -> Path:
+    """The bundled sample (copied, so the run dir is self-contained) or an ingest of `source` with `ingest_cfg`."""
+    if (corpus_dir / MANIFEST).exists():
         return corpus_dir
     if not data.source:
-        if not (SAMPLE_DIR / CORPUS_MARKER).exists():
+        if not (SAMPLE_DIR / MANIFEST).exists():
             raise HomegrownError(f"bundled corpus not found at {SAMPLE_DIR}; pass --source DIR or rebuild it with "
                                  "`bash scripts/build_sample.sh`")
-        tmp = corpus_dir.with_name(corpus_dir.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(SAMPLE_DIR, tmp)
-        shutil.rmtree(corpus_dir, ignore_errors=True)
-        tmp.rename(corpus_dir)
+        with atomic_dir(corpus_dir) as tmp:
+            shutil.copytree(SAMPLE_DIR, tmp, dirs_exist_ok=True)
         return corpus_dir
     path = Path(data.source)
     if not path.exists():
         raise HomegrownError(f"--source {data.source} does not exist")
     stats = ingest([SourceSpec(path=path, licence=data.source_licence, url_prefix=path.resolve().as_uri() + "/",
-                               glob=data.source_glob)], corpus_dir, opt_out=data.opt_out or None,
+                               glob=data.source_glob)], corpus_dir, cfg=ingest_cfg, opt_out=data.opt_out or None,
                    extractor=data.extractor)
     if not stats.train_pages:
-        (corpus_dir / CORPUS_MARKER).unlink()  # not a usable corpus: the next run ingests again
+        (corpus_dir / MANIFEST).unlink()  # not a usable corpus: the next run ingests again
         raise HomegrownError(f"no document of {path} survived ingest (rejected: {stats.rejected}); check "
                              f"data.source_glob={data.source_glob!r} or the source itself")
     return corpus_dir
@@ -92,7 +91,7 @@ def prepare_tokenizer(corpus_dir: Path, vocab_size: int, path: Path) -> Path:
 def prepare_shards(corpus_dir: Path, tokenizer_path: Path, shard_dir: Path, mixture: str = "",
                    max_repeat: float = DataConfig.mixture_max_repeat) -> Path:
     """Pack the corpus (drawn to the `mixture` token shares when given) unless matching shards exist."""
-    index = shard_dir / INDEX_NAME
+    index = shard_dir / SHARD_INDEX
     tok = load_tokenizer(tokenizer_path)
     if index.exists():
         packed = json.loads(index.read_text())
@@ -114,14 +113,12 @@ def adopt_tokenizer(ckpt: Path, run_dir: Path) -> Path:
 
     A run that already has another tokenizer is refused: its shards and checkpoints speak different ids.
     """
-    ours, theirs = run_dir / "tokenizer.json", ckpt / "tokenizer.json"
+    ours, theirs = RunLayout(run_dir).tokenizer, ckpt / TOKENIZER
     if ours.exists() and ours.read_bytes() != theirs.read_bytes():
         raise HomegrownError(f"{ours} is not the tokenizer of {ckpt}; continue pretraining in a new run directory")
-    for name in ("tokenizer.json", *CHAT_METADATA):
-        if (ckpt / name).is_file() and not (run_dir / name).exists():
-            tmp = run_dir / f".{name}.tmp"
-            shutil.copyfile(ckpt / name, tmp)
-            tmp.replace(run_dir / name)
+    for name in (TOKENIZER, *CHAT_FILES):
+        if (ckpt / name).is_file() and not (ours.parent / name).exists():
+            write_bytes_atomic(ours.parent / name, (ckpt / name).read_bytes())
     return ours
 
 
@@ -133,8 +130,9 @@ def continue_pretraining(preset: Preset, run_dir: Path, progress: bool = True) -
     to preset.json, and a second call resumes from the run's newest checkpoint like any pretraining run.
     """
     run_dir = Path(run_dir)
+    paths = RunLayout(run_dir)
     start = resolve_checkpoint(Path(preset.train.init_from))
-    if start.resolve().parent == (run_dir / "ckpt").resolve():
+    if start.resolve().parent == paths.ckpt_root().resolve():
         raise HomegrownError(f"{start} is in {run_dir}/ckpt, where continued pretraining writes its own checkpoints; "
                              f"pass a new run directory (e.g. {run_dir}-cpt) with --init-from {run_dir}")
     preset.model = ModelConfig.load(start / CONFIG)
@@ -143,10 +141,21 @@ def continue_pretraining(preset: Preset, run_dir: Path, progress: bool = True) -
                              f"({preset.model.max_seq_len} tokens)")
     run_dir.mkdir(parents=True, exist_ok=True)
     tok_path = adopt_tokenizer(start, run_dir)
-    (run_dir / "preset.json").write_text(json.dumps(asdict(preset), indent=2))
-    corpus = prepare_corpus(preset.data, run_dir / "corpus")
-    shards = prepare_shards(corpus, tok_path, run_dir / "shards", preset.data.mixture, preset.data.mixture_max_repeat)
+    record_preset(preset, run_dir)
+    corpus = prepare_corpus(preset.data, paths.corpus)
+    shards = prepare_shards(corpus, tok_path, paths.shards, preset.data.mixture, preset.data.mixture_max_repeat)
     return train(preset.model, preset.train, shards, run_dir, tok_path, init_from=start, progress=progress)
+def record_preset(preset: Preset, run_dir: Path) -> Path:
+    """Write RUN/preset.json, the run's full resolved preset that every later command on the run reads back.
+
+    A preset whose model differs from the run's pretrained checkpoints is refused first: training would refuse
+    it anyway, and the saved preset must stay the one those checkpoints were trained with.
+    """
+    paths = RunLayout(run_dir)
+    latest = paths.latest()
+    if latest is not None:
+        check_same_config(latest, preset.model)
+    return save_preset(preset, paths.preset)
 
 
 def run(preset: Preset, run_dir: Path, samples: int = 3, progress: bool = True) -> RunSummary:
@@ -156,22 +165,24 @@ def run(preset: Preset, run_dir: Path, samples: int = 3, progress: bool = True) 
                              "here, or a GPU cluster (see README: scaling)")
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "preset.json").write_text(json.dumps(asdict(preset), indent=2))
-    corpus = prepare_corpus(preset.data, run_dir / "corpus")
-    tok_path = prepare_tokenizer(corpus, preset.model.vocab_size, run_dir / "tokenizer.json")
-    shards = prepare_shards(corpus, tok_path, run_dir / "shards", preset.data.mixture, preset.data.mixture_max_repeat)
+    paths = RunLayout(run_dir)
+    record_preset(preset, run_dir)
+    corpus = prepare_corpus(preset.data, paths.corpus, preset.ingest)
+    tok_path = prepare_tokenizer(corpus, preset.model.vocab_size, paths.tokenizer)
+    shards = prepare_shards(corpus, tok_path, paths.shards, preset.data.mixture, preset.data.mixture_max_repeat)
     result: TrainResult = train(preset.model, preset.train, shards, run_dir, tok_path, progress=progress)
     chat = prepare_sft(preset, run_dir, result.final_checkpoint, progress=progress)
     tasks = [t.strip() for t in preset.eval.tasks.split(",") if t.strip()]
     report = build_report([run_dir], run_dir, tasks, batch_size=preset.eval.batch_size,
                           max_items=preset.eval.max_items)
-    summary = RunSummary(run_dir, chat.final_checkpoint if chat else result.final_checkpoint, result.final_val_bpb,
-                         result.final_val_loss, result.tokens_per_second, time.perf_counter() - t0,
+    base_val = next(m["val"] for m in json.loads((report.parent / REPORT_JSON).read_text())["models"]
+                    if Path(m["checkpoint"]) == Path(result.final_checkpoint))
+    summary = RunSummary(run_dir, chat.final_checkpoint if chat else result.final_checkpoint, base_val["bpb"],
+                         base_val["loss"], result.tokens_per_second, time.perf_counter() - t0,
                          base_checkpoint=result.final_checkpoint,
                          sft_val_loss=chat.final_val_loss if chat else float("nan"), report=report)
     if samples and chat:
-        summary.samples = chat_samples(chat.final_checkpoint, run_dir / "sft" / "data", samples)
+        summary.samples = chat_samples(chat.final_checkpoint, paths.sft_data, samples)
     return summary
 
 
@@ -188,8 +199,9 @@ def prepare_sft(preset: Preset, run_dir: Path, base: Path, progress: bool = True
 
     if preset.sft.max_steps <= 0:
         return None
-    data = build_docqa(run_dir / "corpus", run_dir / "sft" / "data", preset.sft)
-    counts = json.loads((data / "MANIFEST.json").read_text())["conversations"]
+    paths = RunLayout(run_dir)
+    data = build_docqa(paths.corpus, paths.sft_data, preset.sft)
+    counts = json.loads((data / MANIFEST).read_text())["conversations"]
     if not counts["train"]:
         console.print("no chat data could be derived from this corpus; skipping SFT (the base model is final; "
                       "give `homegrown sft` a chat JSONL, e.g. from `homegrown data synth`)")
@@ -205,18 +217,18 @@ def prepare_sft(preset: Preset, run_dir: Path, base: Path, progress: bool = True
 def chat_samples(checkpoint: Path, data: Path, n: int) -> list[tuple[str, str]]:
     """Greedy answers to the first `n` questions of `data`/val.jsonl (held out: never trained on), or of
     train.jsonl when the corpus had no val pages to ask about, as (question, answer)."""
-    from homegrown.posttrain.chat import read_chat_jsonl, render_prompt
+    from homegrown.posttrain.chat import read_chat_jsonl
 
     questions = data / "val.jsonl"
     if not questions.read_text().strip():
         questions = data / "train.jsonl"
-    model, tok = load_for_inference(checkpoint)
-    stops = [tok.token_to_id("<|end|>"), eot_id(tok)]
+    bundle = load_bundle(checkpoint)
+    model, tok = bundle.model, bundle.tokenizer
     out = []
     for conv in read_chat_jsonl(questions).conversations[:n]:
         question = next(m for m in conv if m["role"] == "user")
-        ids = tok.encode(render_prompt([question]), add_special_tokens=False).ids
+        ids = bundle.chat_prompt_ids([question])
         params = SamplingParams(max_tokens=min(80, model.cfg.max_seq_len - len(ids)), temperature=0.0,
-                                stop_token_ids=stops)
+                                stop_token_ids=bundle.stop_ids)
         out.append((question["content"], tok.decode(list(stream_tokens(model, ids, params)))))
     return out

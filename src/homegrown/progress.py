@@ -12,7 +12,9 @@ from types import TracebackType
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=not sys.stderr.isatty())
+"""Everything the CLI says goes here. Off a terminal (a log file, CI, a pipe) lines are never wrapped, whatever
+COLUMNS says: one record per line, so a long path cannot split a record that someone greps for."""
 
 
 def _fmt_eta(seconds: float) -> str:

@@ -6,16 +6,15 @@ the special tokens get the lowest ids so a chat model and its base model share o
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from homegrown.config import CHAT_SPECIAL_TOKENS
+from homegrown.chat_template import CHAT_SPECIAL_TOKENS, EOT
 from homegrown.errors import HomegrownError
-
-EOT = "<|endoftext|>"
+from homegrown.io import atomic_path
+from homegrown.layout import TOKENIZER
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, out_path: Path) -> Tokenizer:
@@ -35,18 +34,15 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_path: Path) -> To
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    tok.save(str(tmp))
-    os.replace(tmp, out_path)
+    with atomic_path(out_path) as tmp:
+        tok.save(str(tmp))
     return tok
 
 
 def load_tokenizer(path: Path) -> Tokenizer:
     path = Path(path)
     if path.is_dir():
-        path = path / "tokenizer.json"
+        path = path / TOKENIZER
     if not path.exists():
         raise HomegrownError(f"no tokenizer at {path}; train one with `homegrown run` or pass a run/checkpoint dir")
     return Tokenizer.from_file(str(path))

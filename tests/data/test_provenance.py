@@ -12,8 +12,9 @@ import pytest
 from crawl_kit import sample_docs, warc_bytes, write_site
 
 from homegrown.config import ModelConfig
+from homegrown.data.forget import FORGET_LOG, forget
 from homegrown.data.ingest import SourceSpec, ingest
-from homegrown.data.provenance import FORGET_LOG, MANIFEST_NAME, OptOut, audit, forget, iter_documents
+from homegrown.data.provenance import MANIFEST_NAME, OptOut, audit, iter_documents
 from homegrown.errors import HomegrownError
 from homegrown.model import Transformer
 from homegrown.pipeline import prepare_shards, prepare_tokenizer

@@ -9,18 +9,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
-import httpx
 import pytest
 import torch
 
@@ -29,6 +23,7 @@ from homegrown.data.recipes import RECIPES, SeedInputs, build_prompts, load_inpu
 from homegrown.data.synth import synthesize
 from homegrown.errors import HomegrownError
 from homegrown.model import Transformer
+from homegrown.serve.launch import launch
 from homegrown.train.checkpoint import save_checkpoint
 
 MODEL = "teacher-test"
@@ -222,28 +217,16 @@ def test_synth_cli(cli, teacher, tmp_path):
 def test_homegrown_serve_is_a_teacher(tiny_run, tmp_path):
     """The real `homegrown serve` (console script, loopback port, API key) answers as the teacher."""
     run = tmp_path / "teacher_run"
-    torch.manual_seed(0)  # untrained: noise text, which the free-text recipes accept as long as it is long enough
+    torch.manual_seed(0)  # untrained: noise text, which the free-text recipes accept as long as it is long enough,
+    # and with ignore_eos every reply is max_tokens long whatever the noise samples
     save_checkpoint(run / "ckpt", 1, Transformer(ModelConfig(vocab_size=512, d_model=32, n_layers=1, n_heads=2,
                                                              n_kv_heads=2, max_seq_len=512)),
                     tiny_run / "tokenizer.json")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "HOMEGROWN_API_KEY": "serve-key", "PYTHONUNBUFFERED": "1"}
-    log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("homegrown")), "serve",
-                             str(run), "--port", str(port), "--device", "cpu", "--threads", "1"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    env = {**os.environ, "HOMEGROWN_API_KEY": "serve-key"}
+    server = launch(run, "--device", "cpu", "--threads", "1", "--generation-config", '{"ignore_eos": true}',
+                    log=tmp_path / "serve.log", env=env)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        url = f"http://127.0.0.1:{port}/v1"
+        url = f"{server.base_url}/v1"
         cfg = _cfg(records=3, concurrency=2, max_tokens=40, temperature=1.0, timeout_s=60.0, max_retries=8)
         with pytest.raises(HomegrownError, match="OPENAI_API_KEY"):
             synthesize(url, "teacher_run", "textbook", tmp_path / "nokey.jsonl", cfg, api_key="wrong",
@@ -255,9 +238,7 @@ def test_homegrown_serve_is_a_teacher(tiny_run, tmp_path):
         again = synthesize(url, "teacher_run", "textbook", out, cfg, api_key="serve-key", progress=False)
         assert again.requests == 0 and again.cache_hits == 3
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
-        log.close()
+        server.stop()
 
 
 def test_combinatorial_seeds_give_distinct_reproducible_prompts():

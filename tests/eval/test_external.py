@@ -7,6 +7,7 @@ written here that computes echoed prompt log-probabilities with one plain forwar
 
 import json
 import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -16,20 +17,22 @@ import torch
 import uvicorn
 from fastapi import FastAPI
 
+from homegrown.bundle import load_bundle
 from homegrown.config import ModelConfig
 from homegrown.eval.external import EndpointModel
 from homegrown.eval.report import ExternalSpec, build_report
 from homegrown.eval.tasks import TASKS_DIR, LocalModel, evaluate_task, load_task
 from homegrown.model import Transformer
-from homegrown.serve.launch import free_port, launch
+from homegrown.serve.launch import launch
 from homegrown.tokenizer import eot_id
-from homegrown.train.checkpoint import load_for_inference, save_checkpoint
+from homegrown.train.checkpoint import save_checkpoint
 
 
 def echo_logprobs_app(ckpt: Path) -> FastAPI:
     """/v1/completions with echo + logprobs computed by one plain forward pass per prompt, plus the one greedy
     token asked for (which the client must leave out of the score)."""
-    model, tok = load_for_inference(ckpt)
+    bundle = load_bundle(ckpt)
+    model, tok = bundle.model, bundle.tokenizer
     app = FastAPI()
 
     @app.post("/v1/completions")
@@ -56,22 +59,24 @@ def echo_logprobs_app(ckpt: Path) -> FastAPI:
 
 @pytest.fixture(scope="module")
 def echo_server(eval_run):
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(echo_logprobs_app(eval_run / "ckpt" / "step_8"), host="127.0.0.1",
-                                           port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))  # bound here and handed to uvicorn: no window for another process to take it
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(echo_logprobs_app(eval_run / "ckpt" / "step_8"), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     while not server.started:
         time.sleep(0.05)
     yield f"http://127.0.0.1:{port}/v1"
     server.should_exit = True
     thread.join(timeout=30)
+    sock.close()
 
 
 def test_echoed_logprobs_score_multiple_choice_exactly_like_the_local_model(eval_run, echo_server, tmp_path):
     endpoint = EndpointModel(echo_server, "base-model")
     assert endpoint.mode == "completions" and endpoint.supports_loglikelihood
-    local_lm = LocalModel(*load_for_inference(eval_run / "ckpt" / "step_8"))
+    local_lm = LocalModel(load_bundle(eval_run / "ckpt" / "step_8"))
     # 0-shot items that fit the tiny model's 64-token window whole (a server would refuse longer prompts).
     _assert_same_multiple_choice_scores(endpoint, local_lm, tmp_path, max_tokens=60, n=30)
 
@@ -114,7 +119,7 @@ def test_homegrown_serve_scores_likelihood_exactly_like_the_checkpoint(chat_ckpt
     """The served model's echoed prompt log-probs and the in-process eval are one truth: same sums, same picks."""
     endpoint = EndpointModel(homegrown_server, "chat-model", api_key="eval-key")
     assert endpoint.mode == "completions" and endpoint.supports_loglikelihood
-    local_lm = LocalModel(*load_for_inference(chat_ckpt))
+    local_lm = LocalModel(load_bundle(chat_ckpt))
     pairs = [("The capital of France is", " Paris"), ("Water boils at", " 100 degrees Celsius."),
              ("Héllo wörld —", " ok 日本"), ("def main():", "\n    return 0"), ("A", " B"),
              ("Answer: ", "sys")]  # a trailing space moves to the continuation on both sides (lm-eval's rule)
@@ -129,14 +134,15 @@ def test_chat_mode_is_scored_by_generation_and_marked(chat_ckpt, homegrown_serve
     assert endpoint.mode == "chat" and not endpoint.supports_loglikelihood
     # Short 0-shot questions, so prompt + answer fit the tiny model's 64-token context on the server.
     shipped = [json.loads(line) for line in (TASKS_DIR / "doc_module.jsonl").read_text().splitlines()[1:]]
+    # A newline stop: the server is sent none (it would cut leading whitespace), the client cuts by our rule.
     header = {"task": {"name": "module_short", "type": "generation", "metric": "exact_match", "max_tokens": 8,
-                       "stop": []}}
+                       "stop": ["\n"]}}
     (tmp_path / "module_short.jsonl").write_text("\n".join(json.dumps(x) for x in [header, *shipped[5:17]]) + "\n")
     mc = [{"context": f"{a}+{b}=", "choices": [f" {a + b}", f" {a + b + 1}"], "answer": 0} for a, b in [(1, 2), (3, 4)]]
     (tmp_path / "sums.jsonl").write_text("\n".join(json.dumps(x) for x in mc) + "\n")
     task = load_task(tmp_path / "module_short.jsonl")
     remote = evaluate_task(task, endpoint)
-    local = evaluate_task(task, LocalModel(*load_for_inference(chat_ckpt), chat=True))
+    local = evaluate_task(task, LocalModel(load_bundle(chat_ckpt), chat=True))
     assert remote.mode == local.mode == "chat"
     # Same weights, same chat template, greedy decoding: the server says what the checkpoint says.
     assert [e["predicted"] for e in remote.examples] == [e["predicted"] for e in local.examples]

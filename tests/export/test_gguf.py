@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+from homegrown.chat_template import CHAT_TEMPLATE
 from homegrown.config import ModelConfig
 from homegrown.errors import HomegrownError
 from homegrown.export.gguf import GPT2_REGEX, export_gguf, permute_rope
-from homegrown.export.hf import CHAT_TEMPLATE
 from homegrown.model import Transformer
 from homegrown.tokenizer import load_tokenizer
 from homegrown.train.checkpoint import save_checkpoint

@@ -12,9 +12,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from homegrown.chat_template import CHAT_TEMPLATE
 from homegrown.config import ModelConfig
 from homegrown.errors import HomegrownError
-from homegrown.export.hf import CHAT_TEMPLATE, SHARD_INDEX, export_hf, load_hf
+from homegrown.export.hf import SHARD_INDEX, export_hf, load_hf
 from homegrown.generate import SamplingParams, stream_tokens
 from homegrown.model import Transformer
 from homegrown.tokenizer import load_tokenizer, train_tokenizer

@@ -1,13 +1,15 @@
 import json
+import shutil
 
-import jinja2
 import pytest
 import torch
+from tokenizers import Tokenizer
 
+from homegrown.chat_template import CHAT_TEMPLATE, TOKENIZER_CONFIG, read_chat_format
 from homegrown.config import ModelConfig
 from homegrown.errors import HomegrownError
 from homegrown.model import Transformer
-from homegrown.posttrain.chat import CHAT_TEMPLATE, encode_conversation, read_chat_jsonl, render_prompt
+from homegrown.posttrain.chat import TemplateNotPrefixStable, encode_conversation, read_chat_jsonl
 from homegrown.posttrain.sft import PackedChats
 from homegrown.tokenizer import load_tokenizer
 
@@ -15,17 +17,14 @@ MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "conten
             {"role": "assistant", "content": "It joins path parts."}, {"role": "user", "content": "Thanks!"}]
 
 
-@pytest.mark.parametrize("add_generation_prompt", [True, False])
-def test_python_and_jinja_templates_agree(add_generation_prompt):
-    jinja = jinja2.Environment().from_string(CHAT_TEMPLATE)
-    expected = jinja.render(messages=MESSAGES, add_generation_prompt=add_generation_prompt)
-    assert render_prompt(MESSAGES, add_generation_prompt) == expected
-    assert expected.endswith("<|assistant|>\n") == add_generation_prompt
+def _chat(directory, tok):
+    return read_chat_format(directory, tok)
 
 
-def test_unknown_role_is_a_user_error():
-    with pytest.raises(HomegrownError, match="unknown chat role"):
-        render_prompt([{"role": "tool", "content": "x"}])
+def test_unknown_role_is_refused_by_our_template(tiny_run):
+    tok = load_tokenizer(tiny_run / "tokenizer.json")
+    with pytest.raises(HomegrownError, match="roles must be system, user or assistant, got tool"):
+        _chat(tiny_run, tok).render([{"role": "tool", "content": "x"}])
 
 
 OTHER = [{"role": "user", "content": "How do I install a package on Debian?"},
@@ -34,13 +33,69 @@ OTHER = [{"role": "user", "content": "How do I install a package on Debian?"},
 
 def test_encoding_matches_the_template_and_masks_only_assistant_replies(tiny_run):
     tok = load_tokenizer(tiny_run / "tokenizer.json")
-    enc = encode_conversation(tok, MESSAGES)
-    assert enc.ids == tok.encode(render_prompt(MESSAGES, add_generation_prompt=False), add_special_tokens=False).ids
+    chat = _chat(tiny_run, tok)
+    enc = encode_conversation(tok, chat, MESSAGES)
+    assert enc.ids == tok.encode(chat.render(MESSAGES, add_generation_prompt=False), add_special_tokens=False).ids
     learned = tok.decode([i for i, m in zip(enc.ids, enc.mask, strict=True) if m], skip_special_tokens=False)
     assert learned == "It joins path parts.<|end|>"
     # the prompt a server sends ends exactly where the learned tokens begin
-    prompt = tok.encode(render_prompt(MESSAGES[:2]), add_special_tokens=False).ids
+    prompt = tok.encode(chat.render(MESSAGES[:2]), add_special_tokens=False).ids
     assert enc.ids[: len(prompt)] == prompt and enc.mask[len(prompt)] == 1 and not any(enc.mask[: len(prompt)])
+
+
+def test_our_template_masks_exactly_as_the_per_turn_encoding_did(tiny_run):
+    """Our format's ids and masks are unchanged from the hand-written per-turn encoder this replaced: each turn
+    is `<|role|>\n` (context) + content + <|end|> (learned for the assistant) + `\n` (context)."""
+    tok = load_tokenizer(tiny_run / "tokenizer.json")
+    chat = _chat(tiny_run, tok)
+    for messages in (MESSAGES, OTHER, MESSAGES[1:3] + OTHER):
+        ids, mask = [], []
+        for m in messages:
+            for text, learn in ((f"<|{m['role']}|>\n", 0), (m["content"] + "<|end|>", m["role"] == "assistant"),
+                                ("\n", 0)):
+                piece = tok.encode(text, add_special_tokens=False).ids
+                ids += piece
+                mask += [int(learn)] * len(piece)
+        enc = encode_conversation(tok, chat, messages)
+        assert (enc.ids, enc.mask) == (ids, mask)
+
+
+def test_chatml_masks_learn_the_reply_and_im_end(chatml_dir, tmp_path, smollm2_template):
+    """SmolLM2's own template (default system prompt included): reply + <|im_end|> learned, the rest context."""
+    shutil.copytree(chatml_dir, tmp_path / "m")
+    config = json.loads((tmp_path / "m" / TOKENIZER_CONFIG).read_text())
+    (tmp_path / "m" / TOKENIZER_CONFIG).write_text(json.dumps({**config, "chat_template": smollm2_template}))
+    tok = Tokenizer.from_file(str(tmp_path / "m" / "tokenizer.json"))
+    chat = read_chat_format(tmp_path / "m", tok)
+    messages = [*OTHER, {"role": "user", "content": "And on Fedora?"}, {"role": "assistant", "content": "dnf."}]
+    enc = encode_conversation(tok, chat, messages)
+    text = chat.render(messages, add_generation_prompt=False)
+    assert text.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
+    assert enc.ids == tok.encode(text, add_special_tokens=False).ids
+    runs, current = [], []
+    for i, m in zip(enc.ids, enc.mask, strict=True):
+        if m:
+            current.append(i)
+        elif current:
+            runs.append(tok.decode(current, skip_special_tokens=False))
+            current = []
+    assert runs == ["Run apt install followed by the package name.<|im_end|>", "dnf.<|im_end|>"]
+    prompt = tok.encode(chat.render(messages[:3]), add_special_tokens=False).ids
+    assert enc.mask[len(prompt) - 1] == 0 and enc.mask[len(prompt)] == 1
+
+
+def test_a_template_whose_prefixes_change_is_refused(tiny_run, tmp_path):
+    """A template that renders earlier turns differently once later ones exist (here: only the last assistant
+    turn keeps its text, as reasoning templates drop old thoughts) cannot give a reply's prompt: refused."""
+    shutil.copyfile(tiny_run / "tokenizer.json", tmp_path / "tokenizer.json")
+    template = CHAT_TEMPLATE.replace("message['content']", "(message['content'] if loop.last or "
+                                     "message['role'] != 'assistant' else '...')")
+    (tmp_path / TOKENIZER_CONFIG).write_text(json.dumps({"eos_token": "<|endoftext|>", "chat_template": template}))
+    tok = load_tokenizer(tmp_path)
+    chat = read_chat_format(tmp_path, tok)
+    encode_conversation(tok, chat, OTHER)  # one reply: nothing after it to change it
+    with pytest.raises(TemplateNotPrefixStable, match="does not render conversation prefixes as prefixes"):
+        encode_conversation(tok, chat, [*OTHER, *OTHER])
 
 
 def _tiny_model() -> Transformer:
@@ -50,7 +105,7 @@ def _tiny_model() -> Transformer:
 
 def test_loss_ignores_every_non_assistant_token(tiny_run):
     tok = load_tokenizer(tiny_run / "tokenizer.json")
-    packed = PackedChats(tok, [MESSAGES, OTHER, MESSAGES[1:3]], seq_len=127)
+    packed = PackedChats(tok, _chat(tiny_run, tok), [MESSAGES, OTHER, MESSAGES[1:3]], seq_len=127)
     x, y, mask, seg = packed.sample(2, 127, torch.Generator().manual_seed(0))
     assert 0 < mask.sum() < mask.numel()
     model = _tiny_model()
@@ -65,7 +120,8 @@ def test_loss_ignores_every_non_assistant_token(tiny_run):
 
 def test_packed_conversations_do_not_see_each_other(tiny_run):
     tok = load_tokenizer(tiny_run / "tokenizer.json")
-    first, second = encode_conversation(tok, MESSAGES), encode_conversation(tok, OTHER)
+    chat = _chat(tiny_run, tok)
+    first, second = encode_conversation(tok, chat, MESSAGES), encode_conversation(tok, chat, OTHER)
     row = torch.tensor([first.ids + second.ids])
     seg = torch.tensor([[0] * len(first.ids) + [1] * len(second.ids)])
     model = _tiny_model().eval()

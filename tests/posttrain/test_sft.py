@@ -2,12 +2,13 @@ import json
 
 import torch
 
+from homegrown.bundle import load_bundle
 from homegrown.config import apply_overrides, get_preset
 from homegrown.generate import SamplingParams, stream_tokens
-from homegrown.posttrain.chat import read_chat_jsonl, render_prompt
+from homegrown.posttrain.chat import read_chat_jsonl
 from homegrown.posttrain.docqa import build_docqa
 from homegrown.posttrain.sft import sft
-from homegrown.train.checkpoint import load_for_inference, resolve_checkpoint
+from homegrown.train.checkpoint import resolve_checkpoint
 
 TINY = ["train.threads=1", "train.dtype=fp32"]
 
@@ -17,11 +18,12 @@ def _metrics(path):
 
 
 def _ends_with_end(ckpt, questions) -> int:
-    model, tok = load_for_inference(ckpt)
-    end = tok.token_to_id("<|end|>")
+    bundle = load_bundle(ckpt)
+    model, end = bundle.model, bundle.chat.end_of_turn_id(bundle.tokenizer)
+    assert end == bundle.tokenizer.token_to_id("<|end|>")
     ended = 0
     for conv in questions:
-        ids = tok.encode(render_prompt([next(m for m in conv if m["role"] == "user")]), add_special_tokens=False).ids
+        ids = bundle.chat_prompt_ids([next(m for m in conv if m["role"] == "user")])
         params = SamplingParams(max_tokens=min(40, model.cfg.max_seq_len - len(ids)), temperature=0.0)
         ended += end in stream_tokens(model, ids, params)
     return ended

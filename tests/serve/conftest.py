@@ -8,6 +8,8 @@ process on a free loopback port, exactly as a user starts it.
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import shutil
 import signal
@@ -21,11 +23,12 @@ import torch
 
 from homegrown.config import ModelConfig, ServeConfig
 from homegrown.model import Transformer
-from homegrown.serve.launch import free_port, launch
+from homegrown.serve.launch import launch
 from homegrown.serve.server import run_dir_of
 from homegrown.train.checkpoint import save_checkpoint
 
 API_KEY = "test-key-123"
+_LOG_NUMBERS = itertools.count()
 SERVE_MODEL = ModelConfig(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=128)
 
 
@@ -41,10 +44,10 @@ def serve_run(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def engine(serve_run: Path) -> Iterator:
-    from homegrown.serve.engine import Engine, load_model_and_tokenizer
+    from homegrown.bundle import load_bundle
+    from homegrown.serve.engine import Engine
 
-    model, tok = load_model_and_tokenizer(serve_run, torch.device("cpu"))
-    eng = Engine(model, tok, ServeConfig(max_batch=8, max_waiting=64)).start()
+    eng = Engine(load_bundle(serve_run), ServeConfig(max_batch=8, max_waiting=64)).start()
     yield eng
     eng.stop(drain=False, timeout=30)
 
@@ -76,10 +79,31 @@ def start_server(source: Path, *args: str, api_key: str | None = API_KEY, timeou
     env.pop("HOMEGROWN_API_KEY", None)
     if api_key:
         env["HOMEGROWN_API_KEY"] = api_key
-    port, run = free_port(), run_dir_of(source)
-    srv = launch(source, "--device", "cpu", *args, log=run / f"serve-{port}.log", port=port, env=env,
+    run = run_dir_of(source)
+    srv = launch(source, "--device", "cpu", *args, log=run / f"serve-{next(_LOG_NUMBERS)}.log", env=env,
                  timeout=timeout)
     return Server(srv.base_url, api_key, run, source, srv.process, run.name, srv.log)
+
+
+FORCED_TOKEN = "a"
+"""What every reply of `defaults_server` is made of."""
+
+
+@pytest.fixture(scope="session")
+def defaults_server(serve_run: Path) -> Iterator[Server]:
+    """`homegrown serve` with server-side sampling defaults (--generation-config), for clients that cannot send
+    vLLM's extensions, such as the chat page: unless a request says otherwise, a reply runs to the end of the
+    context (ignore_eos) and is the token 'a' over and over (+100 bias), so what a client sees does not depend
+    on what the untrained model samples. Its own conversations database."""
+    from homegrown.tokenizer import load_tokenizer
+
+    forced = load_tokenizer(serve_run).token_to_id(FORCED_TOKEN)
+    config = json.dumps({"ignore_eos": True, "logit_bias": {str(forced): 100}})
+    srv = start_server(serve_run, "--generation-config", config,
+                       "--db-url", f"sqlite:///{serve_run / 'defaults-conversations.sqlite'}")
+    srv.ckpt = serve_run / "ckpt" / "step_1"
+    yield srv
+    srv.stop()
 
 
 @pytest.fixture(scope="session")

@@ -12,10 +12,10 @@ import openai
 import pytest
 import torch
 
+from homegrown.bundle import load_bundle
 from homegrown.eval.tasks import LocalModel
 from homegrown.serve.engine import Delta, Engine, GenerationParams
 from homegrown.tokenizer import eot_id
-from homegrown.train.checkpoint import load_for_inference
 from tests.serve.conftest import Server
 
 TEXT = "The quick brown fox jumps over the lazy dog, and the printing press changed Europe."
@@ -31,7 +31,8 @@ def client(server: Server) -> openai.OpenAI:
 def reference(server: Server):
     """log_softmax of the served checkpoint run in-process over <|endoftext|> + text: (token ids, log-probs of each
     token after the first, top log-prob at each position before the last, character offsets)."""
-    model, tok = load_for_inference(server.ckpt)
+    bundle = load_bundle(server.ckpt)
+    model, tok = bundle.model, bundle.tokenizer
 
     def run(text: str) -> tuple[list[int], list[float], list[float], list[int]]:
         enc = tok.encode(text, add_special_tokens=False)
@@ -112,8 +113,8 @@ def test_streamed_echo_carries_the_same_prompt_logprobs(client, server, referenc
 def test_prompts_sharing_a_cached_prefix_are_still_scored_whole(client, server, reference) -> None:
     """A running request, and the n choices of one, put a long shared prefix in the cache; a scored prompt must
     not copy it (a copied prefix has no logits)."""
-    long = client.completions.create(model=server.model, prompt=PREFIX + "Who built it?", max_tokens=60,
-                                     temperature=1.0, seed=3, stream=True)
+    long = client.completions.create(model=server.model, prompt=PREFIX + "Who built it?", temperature=1.0,
+                                     seed=3, stream=True, extra_body={"ignore_eos": True})  # to the end of context
     next(iter(long))  # it is running now
     reused = reused_tokens(server)
     texts = [PREFIX + "When was it built?", PREFIX + "Where?"]
@@ -133,7 +134,8 @@ def test_lm_eval_local_completions_reads_the_continuations_logprobs(server: Serv
     token_logprobs[ctxlen:-1], so the one generated token must have an entry even when it is a stop token."""
     from lm_eval.models.openai_completions import LocalCompletionsAPI
 
-    model, tok = load_for_inference(server.ckpt)
+    bundle = load_bundle(server.ckpt)
+    model, tok = bundle.model, bundle.tokenizer
     ctx, cont = tok.encode("The quick brown fox", add_special_tokens=False).ids, tok.encode(" jumps over").ids
     body = {"model": server.model, "prompt": [ctx + cont], "temperature": 0, "max_tokens": 1, "logprobs": 1,
             "seed": 1234, "echo": True}
@@ -145,7 +147,7 @@ def test_lm_eval_local_completions_reads_the_continuations_logprobs(server: Serv
     assert out["choices"][0]["finish_reason"] == ("stop" if stops_at_once else "length")
     assert len(out["choices"][0]["logprobs"]["tokens"]) == len(ctx) + len(cont) + 1
     [(total, greedy)] = LocalCompletionsAPI.parse_logprobs(out, ctxlens=[len(ctx)])
-    [(expected, expected_greedy)] = LocalModel(model, tok).score_tokens([(ctx, cont)])
+    [(expected, expected_greedy)] = LocalModel(bundle).score_tokens([(ctx, cont)])
     assert total == pytest.approx(expected, abs=1e-4) and greedy == expected_greedy
 
 
@@ -154,7 +156,8 @@ def test_engine_scores_the_prompt_instead_of_copying_a_running_prefix(engine: En
     eot = eot_id(engine.tokenizer)
     first, second = [eot, *prefix, *engine.encode("Who?")], [eot, *prefix, *engine.encode("When was it built?")]
     started, done = threading.Event(), threading.Event()
-    engine.submit(first, [GenerationParams(max_tokens=60, temperature=0.0)], lambda i, d: started.set())
+    engine.submit(first, [GenerationParams(max_tokens=60, temperature=0.0, ignore_eos=True)],
+                  lambda i, d: started.set())
     assert started.wait(30)
     got: list[Delta] = []
 

@@ -75,7 +75,7 @@ def test_batched_greedy_equals_single_sequence(engine: Engine) -> None:
 
 def test_seed_gives_same_text_whatever_shares_the_batch(engine: Engine) -> None:
     ids = engine.encode("Once upon a time")
-    params = dict(max_tokens=25, temperature=1.0, seed=1234)
+    params = dict(max_tokens=25, temperature=1.0, seed=1234, ignore_eos=True)
     alone = engine.generate(ids, [GenerationParams(**params)])[0]
     companions = [(engine.encode(p), [GenerationParams(max_tokens=40, temperature=1.0)]) for p in PROMPTS]
     crowded = run_concurrently(engine, [(ids, [GenerationParams(**params)]), *companions])[0][0]
@@ -86,50 +86,77 @@ def test_seed_gives_same_text_whatever_shares_the_batch(engine: Engine) -> None:
 
 def test_stop_string_cuts_text_before_it(engine: Engine) -> None:
     ids = engine.encode("The meaning of life is")
-    text = engine.generate(ids, [greedy(40)])[0][0]
+    text = engine.generate(ids, [greedy(40, ignore_eos=True)])[0][0]
     assert len(text) > 12, text
     stop = text[6:9]
-    cut = engine.generate(ids, [greedy(40, stop=["\u2603never", stop])])[0]
+    cut = engine.generate(ids, [greedy(40, ignore_eos=True, stop=["\u2603never", stop])])[0]
     assert cut[0] == text[: text.find(stop)]
     assert cut[3] == "stop"
 
 
 def test_stop_token_id_ends_generation_without_emitting_it(engine: Engine) -> None:
     ids = engine.encode("The meaning of life is")
-    tokens = engine.generate(ids, [greedy(40)])[0][1]
+    tokens = engine.generate(ids, [greedy(40, ignore_eos=True)])[0][1]
     stop_id = tokens[3]
-    out = engine.generate(ids, [greedy(40, stop_token_ids=[stop_id])])[0]
+    out = engine.generate(ids, [greedy(40, ignore_eos=True, stop_token_ids=[stop_id])])[0]
     assert out[1] == tokens[: tokens.index(stop_id)]
     assert out[3] == "stop"
 
 
 def test_max_tokens_gives_length_finish(engine: Engine) -> None:
     out = engine.generate(engine.encode("Hello"), [GenerationParams(max_tokens=7, temperature=1.0, seed=3,
-                                                                    stop_token_ids=[])])[0]
-    assert len(out[1]) <= 7
-    if len(out[1]) == 7:
-        assert out[3] == "length"
+                                                                    ignore_eos=True)])[0]
+    assert len(out[1]) == 7 and out[3] == "length"
+
+
+def test_min_tokens_masks_the_end_tokens_and_ignore_eos_outlives_them(engine: Engine) -> None:
+    """A +100 bias makes an end token certain at every step: it ends the reply at once, after exactly
+    min_tokens tokens, or (ignore_eos) never, the end tokens then being generated as ordinary tokens."""
+    ids = engine.encode("Hello")
+    end = engine.stop_token_ids[0]
+
+    def run(**kw) -> tuple:
+        return engine.generate(ids, [GenerationParams(max_tokens=9, temperature=1.0, seed=4, logit_bias={end: 100},
+                                                      **kw)])[0]
+
+    assert run()[1] == [] and run()[3] == "stop"
+    held = run(min_tokens=5)
+    assert len(held[1]) == 5 and end not in held[1] and held[3] == "stop"
+    ignored = run(ignore_eos=True)
+    assert ignored[1] == [end] * 9 and ignored[3] == "length"
+
+
+def test_logit_bias_is_added_before_sampling(engine: Engine) -> None:
+    ids = engine.encode("Hello")
+    plain = engine.generate(ids, [greedy(6, ignore_eos=True)])[0][1]
+    other = next(t for t in range(engine.model.cfg.vocab_size) if t not in plain and t not in engine.stop_token_ids)
+    forced = engine.generate(ids, [greedy(6, ignore_eos=True, logit_bias={other: 100})])[0][1]
+    assert forced == [other] * 6
+    banned = engine.generate(ids, [greedy(6, ignore_eos=True, logit_bias={plain[0]: -100})])[0][1]
+    assert banned[0] != plain[0]
 
 
 def test_penalties_change_the_output(engine: Engine) -> None:
     ids = engine.encode("the the the the")
-    plain = engine.generate(ids, [greedy(40)])[0][1]
-    penalised = engine.generate(ids, [greedy(40, frequency_penalty=2.0, presence_penalty=2.0)])[0][1]
+    plain = engine.generate(ids, [greedy(40, ignore_eos=True)])[0][1]
+    penalised = engine.generate(ids, [greedy(40, ignore_eos=True, frequency_penalty=2.0, presence_penalty=2.0)])[0][1]
     assert penalised != plain
     assert max(Counter(penalised).values()) <= max(Counter(plain).values())
 
 
 def test_n_choices_with_seeds_are_independent_and_reproducible(engine: Engine) -> None:
     ids = engine.encode("Once upon a time")
-    params = [GenerationParams(max_tokens=20, temperature=1.0, seed=10 + i) for i in range(3)]
+    params = [GenerationParams(max_tokens=20, temperature=1.0, seed=10 + i, ignore_eos=True) for i in range(3)]
     first = engine.generate(ids, params)
-    again = engine.generate(ids, [GenerationParams(max_tokens=20, temperature=1.0, seed=10 + i) for i in range(3)])
+    again = engine.generate(ids, [GenerationParams(max_tokens=20, temperature=1.0, seed=10 + i, ignore_eos=True)
+                                  for i in range(3)])
     assert [r[1] for r in first] == [r[1] for r in again]
     assert len({tuple(r[1]) for r in first}) > 1
 
 
 def test_logprobs_are_a_distribution(engine: Engine) -> None:
-    out = engine.generate(engine.encode("The quick brown"), [greedy(10, logprobs=True, top_logprobs=5)])[0]
+    out = engine.generate(engine.encode("The quick brown"), [greedy(10, logprobs=True, top_logprobs=5,
+                                                                    ignore_eos=True)])[0]
     _, tokens, lps, _ = out
     assert [lp.token_id for lp in lps] == tokens
     for lp in lps:
@@ -152,10 +179,9 @@ def test_context_length_is_enforced_with_both_numbers(engine: Engine) -> None:
 
 
 def test_full_queue_is_refused(serve_run) -> None:
-    from homegrown.serve.engine import load_model_and_tokenizer
+    from homegrown.bundle import load_bundle
 
-    model, tok = load_model_and_tokenizer(serve_run, torch.device("cpu"))
-    idle = Engine(model, tok, ServeConfig(max_batch=1, max_waiting=2))  # never started: nothing drains
+    idle = Engine(load_bundle(serve_run), ServeConfig(max_batch=1, max_waiting=2))  # never started: nothing drains
     idle.submit([5, 6], [greedy(4)], lambda i, d: None)
     with pytest.raises(EngineBusyError):
         idle.submit([5, 6], [greedy(4), greedy(4)], lambda i, d: None)
@@ -164,7 +190,7 @@ def test_full_queue_is_refused(serve_run) -> None:
 def test_abort_frees_the_slot(engine: Engine) -> None:
     seen = threading.Event()
     seqs = engine.submit(engine.encode("Hello"), [GenerationParams(max_tokens=100, temperature=1.0,
-                                                                   stop_token_ids=[])],
+                                                                   ignore_eos=True)],
                          lambda i, d: seen.set())
     assert seen.wait(30)
     engine.abort(seqs)
@@ -175,11 +201,11 @@ def test_abort_frees_the_slot(engine: Engine) -> None:
 
 
 def test_exported_hf_directory_serves_the_same_tokens(engine: Engine, serve_run, tmp_path) -> None:
+    from homegrown.bundle import load_bundle
     from homegrown.export.hf import export_hf
-    from homegrown.serve.engine import load_model_and_tokenizer
 
-    model, tok = load_model_and_tokenizer(export_hf(serve_run, tmp_path / "hf"), torch.device("cpu"))
-    hf_engine = Engine(model, tok, ServeConfig(max_batch=2)).start()
+    hf_engine = Engine(load_bundle(export_hf(serve_run, tmp_path / "hf")), ServeConfig(max_batch=2)).start()
+    assert hf_engine.stop_token_ids == engine.stop_token_ids
     try:
         ids = engine.encode("The quick brown fox")
         assert hf_engine.generate(ids, [greedy(20)])[0][1] == engine.generate(ids, [greedy(20)])[0][1]
@@ -188,17 +214,31 @@ def test_exported_hf_directory_serves_the_same_tokens(engine: Engine, serve_run,
 
 
 def test_shared_prompt_prefix_is_copied_not_recomputed(engine: Engine) -> None:
-    """A prompt starting like a running one reuses its cached prefix and still decodes exactly as alone."""
+    """A prompt starting like a running one reuses its cached prefix and still decodes exactly as alone.
+
+    Both are queued before the engine starts, so they join in one step: the first is prefilled (and running)
+    before the second, which copies its prefix; nothing depends on how fast either thread runs."""
     system = engine.encode("You are a helpful assistant who answers questions about the printing press.")
     first, second = system + engine.encode("Who?"), system + engine.encode("When was it built?")
-    started = threading.Event()
-    engine.submit(first, [greedy(60)], lambda i, d: started.set())
-    assert started.wait(30)
-    before = engine.reused_prompt_tokens
-    out = engine.generate(second, [greedy(20)])[0]
-    assert engine.reused_prompt_tokens - before >= len(system)
+    fresh = Engine(engine.model, engine.tokenizer, ServeConfig(max_batch=4))
+    fresh.submit(first, [greedy(60, ignore_eos=True)], lambda i, d: None)
+    done = threading.Event()
+    out: list[int] = []
+
+    def emit(_: int, delta) -> None:
+        out.extend(delta.token_ids)
+        if delta.finish_reason:
+            done.set()
+
+    fresh.submit(second, [greedy(20)], emit)
+    fresh.start()
+    try:
+        assert done.wait(60)
+    finally:
+        fresh.stop(drain=False, timeout=30)
+    assert fresh.reused_prompt_tokens >= len(system)
     ref = list(stream_tokens(engine.model, second, SamplingParams(20, 0.0, stop_token_ids=engine.stop_token_ids)))
-    assert out[1] == ref
+    assert out == ref
 
     before = engine.reused_prompt_tokens
     choices = engine.generate(second, [GenerationParams(max_tokens=5, temperature=1.0, seed=s) for s in range(3)])

@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
+from homegrown.bundle import load_bundle
 from homegrown.config import ServeConfig
 from homegrown.errors import HomegrownError
-from homegrown.serve.engine import Engine, GenerationParams, load_model_and_tokenizer, resolve_dtype
+from homegrown.serve.engine import Engine, GenerationParams, resolve_dtype
 
 PROMPTS = ["The quick brown fox", "In the beginning", "def main():\n    return"]
 MAX_TOKENS = 12
@@ -30,9 +31,9 @@ def test_resolve_dtype() -> None:
 def test_bf16_engine_matches_fp32_greedy(engine: Engine, serve_run) -> None:
     """`engine` (the shared fixture) is fp32; a bf16 one on the same checkpoint decodes the same greedy tokens,
     keeps its cache in bf16, and computes logprobs in fp32 from the bf16 logits."""
-    model, tok = load_model_and_tokenizer(serve_run, torch.device("cpu"), torch.bfloat16)
-    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
-    bf16 = Engine(model, tok, ServeConfig(max_batch=4)).start()
+    bundle = load_bundle(serve_run, torch.device("cpu"), torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 for p in bundle.model.parameters())
+    bf16 = Engine(bundle, ServeConfig(max_batch=4)).start()
     try:
         assert bf16.cache.k.dtype == bf16.cache.v.dtype == torch.bfloat16
         for prompt in PROMPTS:

@@ -25,41 +25,44 @@ def test_models_lists_the_served_model(client: openai.OpenAI, server: Server) ->
 
 
 def test_chat_completion_with_usage(client: openai.OpenAI, server: Server) -> None:
-    r = client.chat.completions.create(model=server.model, messages=CHAT, max_tokens=12, seed=1)
+    r = client.chat.completions.create(model=server.model, messages=CHAT, max_tokens=12, seed=1,
+                                       extra_body={"ignore_eos": True})
     assert r.object == "chat.completion" and r.model == server.model
     assert r.choices[0].message.role == "assistant"
-    assert r.choices[0].finish_reason in ("stop", "length")
-    assert r.usage.prompt_tokens > 5 and 0 < r.usage.completion_tokens <= 12
+    assert r.choices[0].finish_reason == "length"
+    assert r.usage.prompt_tokens > 5 and r.usage.completion_tokens == 12
     assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
 
 
 def test_seed_reproduces_text(client: openai.OpenAI, server: Server) -> None:
     def ask(seed: int) -> str:
         return client.chat.completions.create(model=server.model, messages=CHAT, max_tokens=20, seed=seed,
-                                              temperature=1.0).choices[0].message.content
+                                              temperature=1.0, extra_body={"ignore_eos": True}
+                                              ).choices[0].message.content
 
     assert ask(42) == ask(42)
     assert ask(42) != ask(43)
 
 
 def test_n_choices(client: openai.OpenAI, server: Server) -> None:
-    r = client.chat.completions.create(model=server.model, messages=CHAT, max_tokens=10, n=2, seed=5)
+    r = client.chat.completions.create(model=server.model, messages=CHAT, max_tokens=10, n=2, seed=5,
+                                       extra_body={"ignore_eos": True})
     assert [c.index for c in r.choices] == [0, 1]
     assert r.choices[0].message.content != r.choices[1].message.content
 
 
 def test_stop_string(client: openai.OpenAI, server: Server) -> None:
-    full = client.completions.create(model=server.model, prompt="The sea", max_tokens=30, temperature=0)
-    text = full.choices[0].text
+    kwargs = dict(model=server.model, prompt="The sea", max_tokens=30, temperature=0, extra_body={"ignore_eos": True})
+    text = client.completions.create(**kwargs).choices[0].text
     assert len(text) > 8
     stop = text[4:7]
-    cut = client.completions.create(model=server.model, prompt="The sea", max_tokens=30, temperature=0, stop=stop)
+    cut = client.completions.create(**kwargs, stop=stop)
     assert cut.choices[0].text == text[: text.find(stop)]
     assert cut.choices[0].finish_reason == "stop"
 
 
 def test_streaming_chat_matches_non_streaming(client: openai.OpenAI, server: Server) -> None:
-    kwargs = dict(model=server.model, messages=CHAT, max_tokens=16, temperature=0)
+    kwargs = dict(model=server.model, messages=CHAT, max_tokens=16, temperature=0, extra_body={"ignore_eos": True})
     whole = client.chat.completions.create(**kwargs).choices[0]
     chunks = list(client.chat.completions.create(**kwargs, stream=True, stream_options={"include_usage": True}))
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -104,3 +107,33 @@ def test_error_classes(client: openai.OpenAI, server: Server) -> None:
     bad = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         bad.models.list()
+
+
+def test_vllm_extensions_through_extra_body(client: openai.OpenAI, server: Server) -> None:
+    """min_tokens and ignore_eos travel in extra_body, as with vLLM; a +100 logit_bias on the end-of-turn token
+    makes the reply end at once unless they hold it off."""
+    from homegrown.tokenizer import load_tokenizer
+
+    end = str(load_tokenizer(server.run_dir).token_to_id("<|end|>"))
+    kwargs = dict(model=server.model, messages=CHAT, max_tokens=10, seed=1, logit_bias={end: 100})
+    assert client.chat.completions.create(**kwargs).usage.completion_tokens == 0
+    held = client.chat.completions.create(**kwargs, extra_body={"min_tokens": 4})
+    assert held.usage.completion_tokens == 4 and held.choices[0].finish_reason == "stop"
+    ignored = client.chat.completions.create(**kwargs, extra_body={"ignore_eos": True})
+    assert ignored.usage.completion_tokens == 10 and ignored.choices[0].finish_reason == "length"
+
+
+def test_unsupported_features_are_refused_not_ignored(client: openai.OpenAI, server: Server) -> None:
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    with pytest.raises(openai.BadRequestError, match="not supported") as e:
+        client.chat.completions.create(model=server.model, messages=CHAT, tools=[tool])
+    assert e.value.param == "tools"
+    with pytest.raises(openai.BadRequestError, match="not supported") as e:
+        client.chat.completions.create(model=server.model, messages=CHAT, response_format={"type": "json_object"})
+    assert e.value.param == "response_format"
+    with pytest.raises(openai.BadRequestError, match="Unrecognized request argument supplied: top_n") as e:
+        client.chat.completions.create(model=server.model, messages=CHAT, extra_body={"top_n": 3})
+    assert e.value.param == "top_n"
+    ok = client.chat.completions.create(model=server.model, messages=CHAT, max_tokens=2, user="someone",
+                                        response_format={"type": "text"}, store=False)
+    assert ok.choices[0].message.role == "assistant"

@@ -52,10 +52,11 @@ from homegrown.data.provenance import (
     file_digest,
     iter_jsonl_gz,
     text_sha256,
-    write_json_atomic,
 )
 from homegrown.data.sources import RawDoc, Skip, SourceSpec, iter_file, list_files
 from homegrown.errors import HomegrownError
+from homegrown.io import write_json_atomic
+from homegrown.layout import MANIFEST
 from homegrown.progress import StepProgress, console
 
 __all__ = ["IngestStats", "SourceSpec", "ingest", "ingest_parts", "merge", "split_of"]
@@ -381,7 +382,7 @@ def merge(
     rejected: Counter[str] = Counter()
     exact = ExactDedup()
     near = NearDedup(cfg.near_dedup_threshold, cfg.num_perm, cfg.ngram)
-    (out_dir / "MANIFEST.json").unlink(missing_ok=True)  # the corpus is incomplete until it is rewritten
+    (out_dir / MANIFEST).unlink(missing_ok=True)  # the corpus is incomplete until it is rewritten
     writers = {split: AtomicJsonlGz(out_dir / f"{split}.jsonl.gz") for split in ("train", "val")}
     manifest = AtomicJsonlGz(out_dir / MANIFEST_NAME)
     pii: Counter[str] = Counter()
@@ -463,7 +464,7 @@ def merge(
         "files": {name: file_digest(out_dir / name)
                   for name in ("train.jsonl.gz", "val.jsonl.gz", MANIFEST_NAME)},
     }
-    write_json_atomic(out_dir / "MANIFEST.json", meta)
+    write_json_atomic(out_dir / MANIFEST, meta)
     log.info("ingest: kept %d of %d documents (train %d, val %d) -> %s; rejected %s", stats.kept,
              stats.pages_read, stats.train_pages, stats.val_pages, out_dir, stats.rejected)
     return stats

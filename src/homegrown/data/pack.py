@@ -8,7 +8,6 @@ is how the model learns where a text ends. The index is written last: no index, 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +17,11 @@ import torch
 from tokenizers import Tokenizer
 
 from homegrown.errors import HomegrownError
+from homegrown.io import atomic_path, write_json_atomic
+from homegrown.layout import SHARD_INDEX
 from homegrown.tokenizer import encode_batch, eot_id, iter_batches
 
-INDEX_NAME = "index.json"
+INDEX_NAME = SHARD_INDEX
 
 
 @dataclass
@@ -63,9 +64,8 @@ class _ShardWriter:
         if not self.buffered:
             return
         name = f"{self.split}_{len(self.shards):05d}.bin"
-        tmp = self.out_dir / (name + ".tmp")
-        np.concatenate(self.buffer).tofile(tmp)
-        os.replace(tmp, self.out_dir / name)
+        with atomic_path(self.out_dir / name) as tmp:
+            np.concatenate(self.buffer).tofile(tmp)
         self.shards.append({"file": name, "tokens": self.buffered})
         self.buffer, self.buffered = [], 0
 
@@ -108,9 +108,7 @@ def pack(
         stats.tokens[split], stats.text_bytes[split], stats.documents[split] = n_tokens, n_bytes, n_docs
     if index_extra is not None:
         index.update(index_extra())
-    tmp = out_dir / (INDEX_NAME + ".tmp")
-    tmp.write_text(json.dumps(index, indent=2))
-    os.replace(tmp, out_dir / INDEX_NAME)
+    write_json_atomic(out_dir / INDEX_NAME, index)
     return stats
 
 

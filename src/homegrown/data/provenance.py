@@ -1,4 +1,4 @@
-"""Lineage of every kept document: the manifest, the opt-out list, the audit and `forget`.
+"""Lineage of every kept document: the manifest, the opt-out list and the audit (`forget` is data/forget.py).
 
 Copyright and privacy questions are about single documents ("was my page in it?", "remove it"), so
 every kept document has a manifest row next to the corpus (``manifest.jsonl.gz``, same order as the
@@ -19,7 +19,6 @@ already ingested, logging what it removed and which checkpoints saw them.
 
 from __future__ import annotations
 
-import datetime as dt
 import gzip
 import hashlib
 import io
@@ -32,9 +31,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from homegrown.errors import HomegrownError
+from homegrown.io import atomic_path, temp_sibling
+from homegrown.layout import MANIFEST, RunLayout
 
 MANIFEST_NAME = "manifest.jsonl.gz"
-FORGET_LOG = "forget_log.jsonl"
 SPLITS = ("train", "val")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -44,7 +44,7 @@ class AtomicJsonlGz:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self.tmp = temp_sibling(self.path)
         self._raw = self.tmp.open("wb")
         # mtime=0 and no file name in the header: the same records give the same bytes
         self._gz = gzip.GzipFile(filename="", mode="wb", fileobj=self._raw, compresslevel=6, mtime=0)
@@ -66,13 +66,6 @@ class AtomicJsonlGz:
     def abort(self) -> None:
         self.close()
         self.tmp.unlink(missing_ok=True)
-
-
-def write_json_atomic(path: Path, obj: dict) -> None:
-    """Write JSON to a temporary name, then rename: a reader sees the old file or the new one, never half."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: shards may share a directory
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def file_digest(path: Path) -> dict[str, int | str]:
@@ -168,9 +161,9 @@ class OptOut:
 def corpus_dir_of(run: Path) -> Path:
     """`RUN/corpus` for a run directory, or `run` itself when it is a corpus directory."""
     run = Path(run)
-    if (run / "corpus" / "MANIFEST.json").is_file():
-        return run / "corpus"
-    if (run / "MANIFEST.json").is_file():
+    if RunLayout(run).corpus_done():
+        return RunLayout(run).corpus
+    if (run / MANIFEST).is_file():
         return run
     raise HomegrownError(f"{run} holds no corpus (no MANIFEST.json in it or in {run}/corpus); ingest one first")
 
@@ -235,7 +228,7 @@ def audit(run: Path) -> Audit:
     Tokens are counted with `RUN/tokenizer.json` when there is one, so the shares are what training sees.
     """
     corpus = corpus_dir_of(run)
-    tok_path = corpus.parent / "tokenizer.json" if corpus != Path(run) else Path(run) / "tokenizer.json"
+    tok_path = RunLayout(run).tokenizer  # beside RUN/corpus, or inside a corpus directory given as `run`
     tok = None
     if tok_path.is_file():
         from homegrown.tokenizer import load_tokenizer
@@ -282,117 +275,7 @@ def audit_chart(report: Audit, path: Path) -> Path:
         ax.set_xlim(0, 100)
         ax.set_xlabel("%")
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
     return path
-
-
-# ---- forget ----
-
-
-@dataclass
-class ForgetResult:
-    """What `forget` removed and which checkpoints were trained on shards that contained it."""
-
-    removed: list[dict]
-    checkpoints: list[Path]
-    shards_repacked: bool
-    tokenizer_trained_on_it: bool
-
-
-def _checkpoints_after(run: Path, since: float) -> list[Path]:
-    """Every model under the run (ckpt/step_N, sft/, distill/, exports) whose weights were written since `since`.
-
-    All of them descend from training on the run's shards, so all of them saw what the shards held.
-    """
-    return [w.parent for w in sorted(run.glob("**/model.safetensors"))
-            if not any(part.startswith(".") for part in w.relative_to(run).parts) and w.stat().st_mtime >= since]
-
-
-def forget(run: Path, urls: Iterable[str] = (), hashes: Iterable[str] = (), ids: Iterable[str] = ()) -> ForgetResult:
-    """Remove documents (by exact URL, content sha256 or manifest id) from `run`'s corpus and shards.
-
-    The splits and the manifest are rewritten under temporary names and renamed together, MANIFEST.json
-    last. Packed shards are rebuilt from the new corpus with the run's tokenizer (and mixture). Every
-    checkpoint written after the shards were first packed (`packed_since` in the shard index survives
-    re-packs by forget) was trained on data that held the document: they are listed and logged in
-    ``forget_log.jsonl`` so a team knows what to retrain.
-    """
-    urls, hashes, ids = set(urls), {h.lower() for h in hashes}, set(ids)
-    if not (urls or hashes or ids):
-        raise HomegrownError("say what to forget: --url URL, --hash SHA256 or --id ID (repeatable)")
-    run = Path(run)
-    corpus = corpus_dir_of(run)
-    is_run = corpus != run
-    removed: list[dict] = []
-    writers = {split: AtomicJsonlGz(corpus / f"{split}.jsonl.gz") for split in SPLITS}
-    had_manifest = (corpus / MANIFEST_NAME).is_file()
-    manifest = AtomicJsonlGz(corpus / MANIFEST_NAME)
-    counts = {split: [0, 0] for split in SPLITS}  # pages, text bytes
-    try:
-        for record, row in iter_documents(corpus):
-            if row["source"] in urls or row["sha256"] in hashes or row["id"] in ids:
-                removed.append({k: row[k] for k in ("id", "source", "sha256", "split")})
-                continue
-            writers[row["split"]].write(record)
-            manifest.write(row)
-            counts[row["split"]][0] += 1
-            counts[row["split"]][1] += len(record["text"].encode("utf-8"))
-        if not removed:
-            raise HomegrownError("no document matches; check the URL, hash or id with `homegrown data audit`")
-        for w in writers.values():
-            w.close()
-        manifest.close()
-    except BaseException:
-        for w in [*writers.values(), manifest]:
-            w.abort()
-        raise
-    meta_path = corpus / "MANIFEST.json"
-    meta = json.loads(meta_path.read_text())
-    meta_path.unlink()  # the corpus is incomplete until MANIFEST.json is rewritten
-    for w in writers.values():
-        w.commit()
-    if had_manifest:
-        manifest.commit()
-    else:
-        manifest.abort()
-    for split in SPLITS:
-        meta[f"{split}_pages"], meta[f"{split}_text_bytes"] = counts[split]
-    meta["kept"] = counts["train"][0] + counts["val"][0]
-    meta["forgotten"] = meta.get("forgotten", 0) + len(removed)
-    names = [f"{s}.jsonl.gz" for s in SPLITS] + ([MANIFEST_NAME] if had_manifest else [])
-    meta["files"] = {name: file_digest(corpus / name) for name in names}
-    write_json_atomic(meta_path, meta)
-
-    checkpoints: list[Path] = []
-    repacked = tokenizer_used = False
-    if is_run:
-        index = run / "shards" / "index.json"
-        packed = json.loads(index.read_text()) if index.is_file() else {}
-        # shards re-packed by an earlier forget still descend from the first pack, which held this document
-        since = packed.get("packed_since", index.stat().st_mtime if index.is_file() else 0.0)
-        checkpoints = _checkpoints_after(run, since)
-        tokenizer_used = (run / "tokenizer.json").is_file()
-        if packed and tokenizer_used:
-            from homegrown.data.mixture import pack_corpus
-
-            mixture = packed.get("mixture") or {}
-            pack_corpus(corpus, run / "tokenizer.json", run / "shards", mixture=mixture.get("spec", ""),
-                        max_repeat=mixture.get("max_repeat", 1.0), packed_since=since)
-            repacked = True
-    entry = {
-        "time": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "request": {"urls": sorted(urls), "hashes": sorted(hashes), "ids": sorted(ids)},
-        "removed": removed,
-        "shards_repacked": repacked,
-        "checkpoints_trained_on_it": [str(p.relative_to(run)) for p in checkpoints],
-        "tokenizer_trained_on_it": tokenizer_used,
-    }
-    log = corpus / FORGET_LOG
-    old = log.read_text(encoding="utf-8") if log.is_file() else ""
-    tmp = log.with_name(log.name + ".tmp")
-    tmp.write_text(old + json.dumps(entry, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, log)
-    return ForgetResult(removed, checkpoints, repacked, tokenizer_used)

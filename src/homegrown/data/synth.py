@@ -32,6 +32,7 @@ from homegrown.config import SynthConfig
 from homegrown.data import dedup
 from homegrown.data.recipes import RECIPES, BadReply, Parsed, SeedInputs, build_prompts
 from homegrown.errors import HomegrownError
+from homegrown.io import atomic_open, write_json_atomic
 from homegrown.progress import StepProgress, console
 
 PRICES: dict[str, tuple[float, float]] = {
@@ -351,34 +352,28 @@ def synthesize(base_url: str, model: str, recipe_name: str, out: Path, cfg: Synt
     if existing is not None:
         for text in _existing_texts(existing):
             seen(text)
-    tmp = out.with_name(out.name + ".tmp")
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            for (seed, messages), (status, reply, parsed) in zip(prompts, results, strict=True):
-                if status == "budget":
-                    stats.skipped_for_budget += 1
+    with atomic_open(out) as f:
+        for (seed, messages), (status, reply, parsed) in zip(prompts, results, strict=True):
+            if status == "budget":
+                stats.skipped_for_budget += 1
+                continue
+            if status == "failed":
+                stats.failed_prompts += 1
+                stats.errors.append(str(parsed))
+                continue
+            key = cache_key(model, messages, teacher.params)
+            for conv in parsed:
+                if seen(_dedup_text(conv)):
+                    stats.duplicates_dropped += 1
                     continue
-                if status == "failed":
-                    stats.failed_prompts += 1
-                    stats.errors.append(str(parsed))
-                    continue
-                key = cache_key(model, messages, teacher.params)
-                for conv in parsed:
-                    if seen(_dedup_text(conv)):
-                        stats.duplicates_dropped += 1
-                        continue
-                    stats.records += 1
-                    # `text` and a unique `source` let `homegrown data ingest` take the file as a synthetic source
-                    text = "\n\n".join(m["content"] for m in conv if m["role"] != "system")
-                    source = f"synth://{recipe.name}/{key[:16]}/{stats.records}"
-                    f.write(json.dumps({"messages": conv, "text": text, "source": source, "teacher_model": model,
-                                        "recipe": recipe.name, "seed": seed, "grounded_in": seed.get("source"),
-                                        "teacher_url": base_url, "cache_key": key, "cached": reply.cached},
-                                       ensure_ascii=False) + "\n")
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, out)
+                stats.records += 1
+                # `text` and a unique `source` let `homegrown data ingest` take the file as a synthetic source
+                text = "\n\n".join(m["content"] for m in conv if m["role"] != "system")
+                source = f"synth://{recipe.name}/{key[:16]}/{stats.records}"
+                f.write(json.dumps({"messages": conv, "text": text, "source": source, "teacher_model": model,
+                                    "recipe": recipe.name, "seed": seed, "grounded_in": seed.get("source"),
+                                    "teacher_url": base_url, "cache_key": key, "cached": reply.cached},
+                                   ensure_ascii=False) + "\n")
     stats.stopped_by_budget = stats.skipped_for_budget > 0
     stats.estimated_cost_usd = None if price is None else round(budget.cost, 6)
     stats.errors = stats.errors[:20]
@@ -386,9 +381,7 @@ def synthesize(base_url: str, model: str, recipe_name: str, out: Path, cfg: Synt
                 "recipe": recipe.name, "recipe_description": recipe.description, "config": asdict(cfg),
                 "price_usd_per_million_tokens": price, **asdict(stats)}
     manifest_path = out.with_name(out.name + ".manifest.json")
-    tmp = manifest_path.with_name(manifest_path.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, manifest_path)
+    write_json_atomic(manifest_path, manifest)
     if stats.stopped_by_budget:
         console.print(f"budget reached: {stats.skipped_for_budget} prompts left for a re-run with a larger budget "
                       "(replies already received come from the cache for free)")

@@ -20,9 +20,9 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
+from homegrown.bundle import load_bundle
 from homegrown.errors import HomegrownError
 from homegrown.eval.tasks import LocalModel
-from homegrown.train.checkpoint import load_for_inference
 
 
 @register_model("homegrown")
@@ -31,11 +31,11 @@ class HomegrownLM(TemplateLM):
 
     def __init__(self, path: str, batch_size: int | str = 32, max_gen_toks: int = 64, **_: object) -> None:
         super().__init__()
-        model, tok = load_for_inference(Path(path))
+        bundle = load_bundle(Path(path))
         size = 32 if str(batch_size).startswith("auto") else int(batch_size)
-        self.local = LocalModel(model, tok, name=str(path), batch_size=size)
+        self.local = LocalModel(bundle, name=str(path), batch_size=size)
         self.max_gen_toks = int(max_gen_toks)
-        self.max_length = model.cfg.max_seq_len
+        self.max_length = bundle.config.max_seq_len
 
     @property
     def eot_token_id(self) -> int:
@@ -72,7 +72,9 @@ class HomegrownLM(TemplateLM):
             until = gen_kwargs.get("until") or [self.tok_decode([self.eot_token_id])]
             until = [until] if isinstance(until, str) else list(until)
             max_tokens = int(gen_kwargs.get("max_gen_toks", self.max_gen_toks))
-            out.append(self.local.generate([context], max_tokens, until)[0])
+            text = self.local.generate([context], max_tokens, until)[0]
+            # lm-eval's rule, not ours: a stop string cuts wherever it falls, leading whitespace included.
+            out.append(text[:min((i for s in until if s and (i := text.find(s)) >= 0), default=len(text))])
         return out
 
 

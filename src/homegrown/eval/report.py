@@ -9,7 +9,6 @@ Markdown shows for scripts and dashboards.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,8 +19,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from homegrown.eval.suite import evaluate_model, find_models, write_json
+from homegrown.eval.suite import evaluate_model, find_models
 from homegrown.eval.tasks import Task, load_tasks
+from homegrown.io import atomic_path, write_json_atomic, write_text_atomic
 from homegrown.progress import console
 
 REPORT_MD, REPORT_JSON = "report.md", "report.json"
@@ -39,10 +39,9 @@ class ExternalSpec:
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _metrics_rows(path: str | None) -> list[dict]:
@@ -161,7 +160,8 @@ def render_markdown(records: list[dict], tasks: list[Task], charts: dict[str, st
               "- **±** is one standard error over items; two models whose scores differ by less than about twice "
               "that are not distinguishable on this suite.",
               "- Multiple choice is scored by log-likelihood, as lm-eval-harness does: the choice with the highest "
-              "log-probability per character after the prompt wins (`acc_norm`). Generation is greedy; chat "
+              "log-probability per character after the prompt wins (`acc_norm`). Generation is greedy and a reply "
+              "ends at a stop string only after its first non-whitespace text (data/tasks/README.md); chat "
               "models get the questions as chat turns (marked *chat*); an endpoint that cannot return prompt "
               "log-probabilities answers multiple choice as a lettered question (marked *lettered*).",
               "- **Tokens trained** counts this stage only (a chat model's count is its fine-tuning tokens).", ""]
@@ -185,15 +185,13 @@ def build_report(paths: Sequence[Path], out_dir: Path, task_names: Sequence[str]
     loss_png = plot_losses(records, out_dir / LOSS_PNG)
     plot_tasks(records, tasks, out_dir / TASKS_PNG)
     charts = {"loss": LOSS_PNG if loss_png else None, "tasks": TASKS_PNG}
-    write_json(out_dir / REPORT_JSON, {
+    write_json_atomic(out_dir / REPORT_JSON, {
         "models": records,
         "tasks": [{"name": t.name, "kind": t.kind, "metric": t.metric, "items": len(t.items), "chance": t.chance,
                    "num_fewshot": t.num_fewshot, "file": str(t.path), "description": t.description}
                   for t in tasks],
         "charts": charts})
     md = out_dir / REPORT_MD
-    tmp = md.with_name(md.name + ".tmp")
-    tmp.write_text(render_markdown(records, tasks, charts), encoding="utf-8")
-    os.replace(tmp, md)
+    write_text_atomic(md, render_markdown(records, tasks, charts))
     console.print(f"report: {md}")
     return md

@@ -10,21 +10,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from homegrown import layout
+from homegrown.bundle import load_bundle
+from homegrown.chat_template import CHAT_FILES
 from homegrown.errors import HomegrownError
 from homegrown.eval.perplexity import evaluate_split
 from homegrown.eval.tasks import LocalModel, Task, evaluate_task
+from homegrown.io import write_json_atomic
 from homegrown.progress import console
 from homegrown.train import checkpoint as ck
 
-EVAL_FORMAT = "1"
+EVAL_FORMAT = "2"
 """Bumped whenever scoring or the record's fields change, so older cached results are recomputed."""
-POSTTRAIN_STAGES = ("sft", "distill")
-CHAT_STAGES = ("sft",)
+CHAT_STAGES = (layout.SFT,)
 """Stages whose models are asked generation questions through the chat template."""
 
 
@@ -46,21 +48,19 @@ class ModelSpec:
         """The training log that `train/loop.py` wrote for this stage (metrics.jsonl or metrics_<stage>.jsonl)."""
         if self.run_dir is None:
             return None
-        path = self.run_dir / ("metrics.jsonl" if self.stage == "base" else f"metrics_{self.stage}.jsonl")
+        path = layout.RunLayout(self.run_dir).metrics(self.stage)
         return path if path.exists() else None
 
 
 def _spec_for(ckpt: Path) -> ModelSpec:
-    """Name a checkpoint by where it sits: run/ckpt/step_N is the run's base model, run/<stage>/ckpt/step_N a
-    later stage (sft, distill …) of the same run; anything else is just a model directory."""
+    """Name a checkpoint by where it sits (homegrown.layout.locate): `run/base` for run/ckpt/step_N, `run/sft`
+    for run/sft/ckpt/step_N …; a checkpoint outside a run is just a model directory."""
     ckpt = ckpt.resolve()
-    if ckpt.parent.name != "ckpt":
+    place = layout.locate(ckpt)
+    if place is None:
         return ModelSpec(ckpt.name, ckpt, "model", None)
-    owner = ckpt.parent.parent
-    parent = owner.parent
-    if owner.name in POSTTRAIN_STAGES or (parent / "tokenizer.json").exists() or (parent / "ckpt").is_dir():
-        return ModelSpec(f"{parent.name}/{owner.name}", ckpt, owner.name, parent)
-    return ModelSpec(f"{owner.name}/base", ckpt, "base", owner)
+    run, stage = place
+    return ModelSpec(f"{run.root.name}/{stage}", ckpt, stage, run.root)
 
 
 def find_models(path: Path) -> list[ModelSpec]:
@@ -71,16 +71,10 @@ def find_models(path: Path) -> list[ModelSpec]:
         raise HomegrownError(f"{path} does not exist; pass a run directory or a checkpoint directory")
     if (path / ck.WEIGHTS).exists():
         return [_spec_for(path)]
-    if path.name == "ckpt" and ck.latest_checkpoint(path) is not None:
-        return [_spec_for(ck.latest_checkpoint(path))]
-    specs = []
-    base = ck.latest_checkpoint(path / "ckpt")
-    if base is not None:
-        specs.append(_spec_for(base))
-    for child in sorted(p for p in path.iterdir() if p.is_dir() and p.name != "ckpt"):
-        latest = ck.latest_checkpoint(child / "ckpt")
-        if latest is not None:
-            specs.append(_spec_for(latest))
+    if path.name == layout.CKPT and (latest := layout.latest_checkpoint(path)) is not None:
+        return [_spec_for(latest)]
+    run = layout.RunLayout(path)
+    specs = [_spec_for(ckpt) for stage in run.trained_stages() if (ckpt := run.latest(stage)) is not None]
     if not specs:
         raise HomegrownError(f"no checkpoints under {path}; train one with `homegrown run` or point at ckpt/step_N")
     return specs
@@ -88,11 +82,10 @@ def find_models(path: Path) -> list[ModelSpec]:
 
 def default_corpus(spec: ModelSpec) -> Path:
     """The run's own held-out split when it has one, else the bundled corpus's."""
-    from homegrown.pipeline import SAMPLE_DIR
-
-    if spec.run_dir is not None and (spec.run_dir / "corpus" / "val.jsonl.gz").exists():
-        return spec.run_dir / "corpus"
-    return SAMPLE_DIR
+    corpus = layout.RunLayout(spec.run_dir).corpus if spec.run_dir is not None else None
+    if corpus is not None and (corpus / "val.jsonl.gz").exists():
+        return corpus
+    return layout.SAMPLE_DIR
 
 
 def _sha256(path: Path) -> str:
@@ -106,12 +99,14 @@ def _sha256(path: Path) -> str:
 def fingerprint(spec: ModelSpec, tasks: list[Task], corpus: Path) -> dict[str, str]:
     return {"format": EVAL_FORMAT, "weights": _sha256(spec.checkpoint / ck.WEIGHTS),
             "corpus_val": _sha256(corpus / "val.jsonl.gz"), "chat": str(spec.chat),
+            "chat_format": ":".join(_sha256(spec.checkpoint / f) for f in CHAT_FILES
+                                    if (spec.checkpoint / f).is_file()),
             **{f"task:{t.name}": f"{_sha256(t.path)}:{len(t.items)}" for t in tasks}}
 
 
 def tokens_trained(ckpt: Path) -> int | None:
     """Tokens this stage trained on: tokens per step × step, from the checkpoint's train_info.json."""
-    info_path = ckpt / "train_info.json"
+    info_path = ckpt / ck.TRAIN_INFO
     if not info_path.exists() or not ckpt.name.startswith("step_"):
         return None
     info = json.loads(info_path.read_text())
@@ -119,17 +114,8 @@ def tokens_trained(ckpt: Path) -> int | None:
     return int(per_step) * int(ckpt.name.removeprefix("step_")) if per_step else None
 
 
-def write_json(path: Path, data: dict) -> Path:
-    """Temp name, then rename: a crash never leaves a half-written file that looks finished."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False))
-    os.replace(tmp, path)
-    return path
-
-
 def default_eval_dir(spec: ModelSpec) -> Path:
-    return (spec.run_dir or spec.checkpoint) / "eval"
+    return layout.RunLayout(spec.run_dir).eval_dir if spec.run_dir else spec.checkpoint / "eval"
 
 
 def eval_file(spec: ModelSpec, eval_dir: Path | None = None) -> Path:
@@ -150,11 +136,12 @@ def evaluate_model(spec: ModelSpec, tasks: list[Task], eval_dir: Path | None = N
             console.print(f"eval: reusing {out}")
             return cached
     t0 = time.perf_counter()
-    model, tok = ck.load_for_inference(spec.checkpoint)
+    bundle = load_bundle(spec.checkpoint)
+    model, tok = bundle.model, bundle.tokenizer
     console.print(f"eval: {spec.name} ({model.num_params():,} parameters) on {len(tasks)} tasks")
     val = evaluate_split(model, tok, corpus)
     console.print(f"  held-out bits/byte {val.bpb:.3f} over {val.bytes:,} bytes ({time.perf_counter() - t0:.0f} s)")
-    lm = LocalModel(model, tok, spec.name, batch_size=batch_size, chat=spec.chat)
+    lm = LocalModel(bundle, spec.name, batch_size=batch_size, chat=spec.chat)
     results = {}
     for task in tasks:
         t_task = time.perf_counter()
@@ -169,5 +156,5 @@ def evaluate_model(spec: ModelSpec, tasks: list[Task], eval_dir: Path | None = N
                       "bytes": val.bytes},
               "tasks": results, "metrics_file": str(spec.metrics_file) if spec.metrics_file else None,
               "seconds": time.perf_counter() - t0, "fingerprint": stamp}
-    write_json(out, record)
+    write_json_atomic(out, record)
     return record

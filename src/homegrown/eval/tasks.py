@@ -10,7 +10,8 @@ generation, the token budget and stop strings. Every other line is an item:
 `dev` items are only ever few-shot examples; `test` items are scored. Multiple choice picks the choice with
 the highest log-likelihood after the context, raw (`acc`) and divided by the choice's length in characters
 (`acc_norm`, lm-eval's definition: without it long choices lose just for having more tokens) and in UTF-8
-bytes (`acc_bytes`). Generation decodes greedily and scores exact match, SQuAD token F1 and an optional regex.
+bytes (`acc_bytes`). Generation decodes greedily, ends a reply at a stop string only once the reply has some
+non-whitespace text (`stop_index`), and scores exact match, SQuAD token F1 and an optional regex.
 A model only has to offer `loglikelihoods` and `generate` (the `ScoringModel` protocol), which is how our
 checkpoints, lm-eval and any OpenAI-compatible endpoint are scored by one piece of code.
 """
@@ -22,20 +23,18 @@ import random
 import re
 import string
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Protocol
 
 import torch
-from tokenizers import Tokenizer
 
+from homegrown.bundle import ModelBundle
 from homegrown.data.sources import numbered_json_lines
 from homegrown.errors import HomegrownError
 from homegrown.generate import SamplingParams, stream_tokens
-from homegrown.model import Transformer
-from homegrown.posttrain.chat import END, render_prompt
 from homegrown.tokenizer import eot_id
 
 TASKS_DIR = Path(__file__).resolve().parents[3] / "data" / "tasks"
@@ -243,21 +242,22 @@ class ScoringModel(Protocol):
         ...
 
     def generate(self, prompts: Sequence[Prompt], max_tokens: int, stop: Sequence[str]) -> list[str]:
+        """Greedy replies, each cut by `cut_at_stop` (stop strings count only after leading whitespace)."""
         ...
 
 
 class LocalModel:
-    """A homegrown checkpoint as a `ScoringModel`: batched log-likelihoods, greedy KV-cache generation."""
+    """A loaded model bundle as a `ScoringModel`: batched log-likelihoods, greedy KV-cache generation; chat
+    prompts go through the bundle's own template and stop at its stop tokens."""
 
     supports_loglikelihood = True
 
-    def __init__(self, model: Transformer, tok: Tokenizer, name: str = "model", batch_size: int = 32,
-                 chat: bool = False) -> None:
-        self.model, self.tok, self.name, self.batch_size, self.chat = model.eval(), tok, name, batch_size, chat
-        self.eot = eot_id(tok)
-        end = tok.token_to_id(END)
-        self.stop_ids = [self.eot] if end is None else [self.eot, end]
-        self.device = next(model.parameters()).device
+    def __init__(self, bundle: ModelBundle, name: str = "model", batch_size: int = 32, chat: bool = False) -> None:
+        self.bundle, self.name, self.batch_size, self.chat = bundle, name, batch_size, chat
+        self.model, self.tok = bundle.model.eval(), bundle.tokenizer
+        self.eot = eot_id(self.tok)
+        self.stop_ids = list(dict.fromkeys([self.eot, *bundle.stop_ids]))
+        self.device = next(self.model.parameters()).device
 
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False).ids
@@ -308,31 +308,54 @@ class LocalModel:
     def loglikelihoods(self, requests: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
         return self.score_tokens([self.encode_pair(c, x) for c, x in requests])
 
+    def prompt_ids(self, prompt: Prompt) -> list[int]:
+        """Text starts after <|endoftext|> like a training document; a chat starts bare, as SFT and the server
+        tokenize it."""
+        return [self.eot, *self.encode(prompt)] if isinstance(prompt, str) else self.bundle.chat_prompt_ids(prompt)
+
+    def greedy_tokens(self, ids: list[int], max_tokens: int) -> Iterator[int]:
+        """Greedy decoding with the KV cache, ending at one of the model's stop tokens (not yielded)."""
+        params = SamplingParams(max_tokens=max_tokens, temperature=0.0, stop_token_ids=self.stop_ids)
+        yield from stream_tokens(self.model, ids, params)
+
     def generate(self, prompts: Sequence[Prompt], max_tokens: int, stop: Sequence[str]) -> list[str]:
-        """Greedy continuation of each prompt (messages go through the chat template), cut at the first stop
-        string, <|end|> or <|endoftext|>; a long prompt loses its oldest tokens first."""
+        """Greedy continuation of each prompt (messages go through the model's chat template), cut by
+        `cut_at_stop` (a stop string counts only once the reply has some non-whitespace text); a long prompt loses
+        its oldest tokens first."""
         budget = min(max_tokens, self.model.cfg.max_seq_len - 1)
         outputs = []
         for prompt in prompts:
-            # Text starts after <|endoftext|> like a training document; a chat starts bare, as SFT and the
-            # server tokenize it.
-            ids = [self.eot, *self.encode(prompt)] if isinstance(prompt, str) else self.encode(render_prompt(prompt))
-            ids = ids[-(self.model.cfg.max_seq_len - budget):]
-            params = SamplingParams(max_tokens=budget, temperature=0.0, stop_token_ids=self.stop_ids)
+            ids = self.prompt_ids(prompt)[-(self.model.cfg.max_seq_len - budget):]
             generated: list[int] = []
             text = ""
-            for token in stream_tokens(self.model, ids, params):
+            for token in self.greedy_tokens(ids, budget):
                 generated.append(token)
                 text = self.tok.decode(generated)
-                if any(s in text for s in stop):
+                if stop_index(text, stop) is not None:
                     break
             outputs.append(cut_at_stop(text, stop).strip() if self.chat else cut_at_stop(text, stop))
         return outputs
 
 
+def stop_index(text: str, stop: Sequence[str]) -> int | None:
+    """Where a generated reply ends: the first occurrence of a stop string at or after the reply's first
+    non-whitespace character, None while there is none.
+
+    Leading whitespace never ends a reply: a model asked "...\nAnswer:" often starts its answer on a new line,
+    and cutting at that first newline would score every such model 0 (this suite's generation tasks did, for
+    every model, before this rule). lm-eval's `until` cuts at the first occurrence wherever it falls.
+    """
+    start = len(text) - len(text.lstrip())
+    if start == len(text):
+        return None
+    hits = [i for s in stop if s and (i := text.find(s, start)) >= 0]
+    return min(hits, default=None)
+
+
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
-    cut = min((text.find(s) for s in stop if s and s in text), default=len(text))
-    return text[:cut]
+    """The reply up to its stop (see `stop_index`), or all of it when no stop string ended it."""
+    end = stop_index(text, stop)
+    return text if end is None else text[:end]
 
 
 # ---- evaluation ----------------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ GPT-2 pre-tokenizer regex, which is the one `tokenizers`' ByteLevel(use_regex=Tr
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +18,14 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from homegrown.config import CHAT_SPECIAL_TOKENS, ModelConfig
+from homegrown.chat_template import EOT, ChatFormat, read_chat_format
+from homegrown.config import ModelConfig
 from homegrown.errors import HomegrownError
-from homegrown.export.hf import CHAT_TEMPLATE, END_TOKEN, EOT_TOKEN, _added_tokens, _special_id, to_hf_state
-from homegrown.train.checkpoint import CONFIG, WEIGHTS, resolve_checkpoint
+from homegrown.export.hf import to_hf_state
+from homegrown.io import atomic_path
+from homegrown.layout import BASE, locate
+from homegrown.tokenizer import load_tokenizer
+from homegrown.train.checkpoint import CONFIG, TOKENIZER, WEIGHTS, resolve_checkpoint
 
 OUTTYPES = {
     "f32": (gguf.GGMLQuantizationType.F32, gguf.LlamaFileType.ALL_F32),
@@ -114,14 +117,14 @@ def _encode(arr: np.ndarray, qtype: gguf.GGMLQuantizationType) -> tuple[np.ndarr
 
 
 def _tokenizer_fields(tokenizer_path: Path, vocab_size: int) -> dict[str, Any]:
-    """Tokens in id order, their types, merges and special ids from tokenizer.json (no `tokenizers` needed)."""
+    """Tokens in id order, their types and merges from tokenizer.json."""
     data = json.loads(tokenizer_path.read_text())
     model = data.get("model", {})
     pre = data.get("pre_tokenizer") or {}
     if model.get("type") != "BPE" or pre.get("type") != "ByteLevel" or not pre.get("use_regex", True):
         raise HomegrownError(f"{tokenizer_path} is not homegrown's byte-level BPE (GPT-2 regex); GGUF export "
                              "supports only that tokenizer")
-    added = _added_tokens(tokenizer_path)
+    added = {t["content"]: t["id"] for t in data.get("added_tokens", [])}
     by_id = {i: tok for tok, i in model["vocab"].items()} | {i: tok for tok, i in added.items()}
     if max(by_id) >= vocab_size:
         raise HomegrownError(f"{tokenizer_path} has token id {max(by_id)}, beyond the model's vocab_size "
@@ -133,30 +136,46 @@ def _tokenizer_fields(tokenizer_path: Path, vocab_size: int) -> dict[str, Any]:
             types.append(gguf.TokenType.UNUSED)
         else:
             tokens.append(by_id[i])
-            special = by_id[i] in added or by_id[i] in CHAT_SPECIAL_TOKENS
+            special = by_id[i] in added
             types.append(gguf.TokenType.CONTROL if special else gguf.TokenType.NORMAL)
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-    return {"tokens": tokens, "types": types, "merges": merges,
-            "eot": _special_id(added, EOT_TOKEN, tokenizer_path), "end": _special_id(added, END_TOKEN, tokenizer_path)}
+    return {"tokens": tokens, "types": types, "merges": merges}
+
+
+def _special_ids(chat: ChatFormat, ckpt: Path) -> dict[str, Any]:
+    """llama.cpp's BOS / EOS / EOT / pad ids and whether it prepends BOS, from the checkpoint's chat format.
+
+    EOS and EOT are the end-of-turn token, where a chat reply stops; every stop id is listed in eos_token_ids.
+    BOS is prepended when the model's plain text starts with it: an imported model says so (add_bos_token);
+    ours start text after <|endoftext|>, their BOS, as every training document does and as our completions
+    endpoint and eval prompt them.
+    """
+    tok = load_tokenizer(ckpt)
+    turn = chat.end_of_turn_id(tok)
+    if turn is None and not chat.stop_ids:
+        raise HomegrownError(f"{ckpt} names no stop token (generation_config.json eos_token_id); GGUF needs an EOS")
+    turn = turn if turn is not None else chat.stop_ids[0]
+    bos = chat.bos_id if chat.bos_id is not None else turn
+    return {"bos": bos, "eos": turn, "pad": bos, "eos_ids": list(dict.fromkeys([turn, *chat.stop_ids])),
+            "add_bos": chat.add_bos or chat.bos_token == EOT}
 
 
 def _model_name(ckpt: Path) -> str:
-    """general.name: runs/small/sft/ckpt/step_120 → homegrown-small-sft-step_120."""
-    parts = [ckpt.name]
-    parent = ckpt.parent
-    while parent.name in ("ckpt", "sft"):
-        if parent.name == "sft":
-            parts.insert(0, "sft")
-        parent = parent.parent
-    return "-".join(["homegrown", parent.name, *parts] if parent.name else ["homegrown", *parts])
+    """general.name: runs/small/sft/ckpt/step_120 → homegrown-small-sft-step_120 (runs/small/ckpt/step_120 →
+    homegrown-small-step_120); a checkpoint outside a run is named by its directory and parent."""
+    place = locate(ckpt)
+    if place is None:
+        return "-".join(["homegrown", ckpt.parent.name, ckpt.name] if ckpt.parent.name else ["homegrown", ckpt.name])
+    run, stage = place
+    return "-".join(["homegrown", run.root.name, *([] if stage == BASE else [stage]), ckpt.name])
 
 
 def export_gguf(ckpt: Path, out_file: Path, outtype: str = "f16") -> Path:
     """Write checkpoint (or run dir) `ckpt` as one GGUF file at `out_file`, atomically.
 
-    Token ids: BOS is <|endoftext|> and is prepended (every document follows one in training, and our
-    completions endpoint and eval start prompts with it); EOS and EOT are <|end|>, where a chat reply stops;
-    llama.cpp also ends generation at <|endoftext|>, which it recognises by name.
+    Token ids and the chat template come from the checkpoint's chat format (`_special_ids`); for our models BOS
+    is <|endoftext|> and is prepended, EOS and EOT are the end-of-turn token, and llama.cpp also ends generation
+    at <|endoftext|>, which it recognises by name.
     """
     if outtype not in OUTTYPES:
         raise HomegrownError(f"unknown GGUF outtype {outtype!r}; choose one of: {', '.join(OUTTYPES)}")
@@ -164,17 +183,25 @@ def export_gguf(ckpt: Path, out_file: Path, outtype: str = "f16") -> Path:
     out_file = Path(out_file)
     if out_file.is_dir():
         raise HomegrownError(f"{out_file} is a directory; GGUF export writes one file, e.g. {out_file}/model.gguf")
-    tokenizer_path = ckpt / "tokenizer.json"
+    tokenizer_path = ckpt / TOKENIZER
     if not tokenizer_path.exists():
-        raise HomegrownError(f"{ckpt} has no tokenizer.json; export a checkpoint written by homegrown training")
+        raise HomegrownError(f"{ckpt} has no {TOKENIZER}; export a checkpoint written by homegrown training")
     cfg = ModelConfig.load(ckpt / CONFIG)
     tok = _tokenizer_fields(tokenizer_path, cfg.vocab_size)
+    chat = read_chat_format(ckpt, load_tokenizer(ckpt))
+    ids = _special_ids(chat, ckpt)
     tensors = gguf_tensors(load_file(str(ckpt / WEIGHTS)), cfg)
     qtype, file_type = OUTTYPES[outtype]
 
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_file.with_name(f".{out_file.name}.tmp")
-    writer = gguf.GGUFWriter(str(tmp), "llama")
+    with atomic_path(out_file) as tmp:
+        _write_gguf(gguf.GGUFWriter(str(tmp), "llama"), ckpt, cfg, tok, chat, ids, tensors, qtype, file_type)
+    return out_file
+
+
+def _write_gguf(writer: gguf.GGUFWriter, ckpt: Path, cfg: ModelConfig, tok: dict[str, Any], chat: ChatFormat,
+                ids: dict[str, Any], tensors: dict[str, np.ndarray], qtype: gguf.GGMLQuantizationType,
+                file_type: gguf.LlamaFileType) -> None:
+    """Metadata, tokenizer and tensors of one GGUF file; the writer is closed even when a step fails."""
     try:
         writer.add_name(_model_name(ckpt))
         writer.add_context_length(cfg.max_seq_len)
@@ -194,17 +221,18 @@ def export_gguf(ckpt: Path, out_file: Path, outtype: str = "f16") -> Path:
         writer.add_token_list(tok["tokens"])
         writer.add_token_types(tok["types"])
         writer.add_token_merges(tok["merges"])
-        writer.add_bos_token_id(tok["eot"])
-        writer.add_eos_token_id(tok["end"])
-        writer.add_eot_token_id(tok["end"])
-        writer.add_pad_token_id(tok["eot"])
+        writer.add_bos_token_id(ids["bos"])
+        writer.add_eos_token_id(ids["eos"])
+        writer.add_eot_token_id(ids["eos"])
+        writer.add_pad_token_id(ids["pad"])
         # Ollama's own (Go) llama runner ignores tokenizer.ggml.pre: it reads the split regex itself (default:
         # Llama 3's) and its stop ids from eos_token_id plus eos_token_ids. llama.cpp ignores both keys.
         writer.add_string("tokenizer.ggml.pretokenizer", GPT2_REGEX)
-        writer.add_array("tokenizer.ggml.eos_token_ids", [tok["end"], tok["eot"]])
-        writer.add_add_bos_token(True)
+        writer.add_array("tokenizer.ggml.eos_token_ids", ids["eos_ids"])
+        writer.add_add_bos_token(ids["add_bos"])
         writer.add_add_eos_token(False)
-        writer.add_chat_template(CHAT_TEMPLATE)
+        if chat.template is not None:
+            writer.add_chat_template(chat.template.source)
 
         for name, arr in tensors.items():
             data, dtype = _encode(arr, qtype)
@@ -213,10 +241,5 @@ def export_gguf(ckpt: Path, out_file: Path, outtype: str = "f16") -> Path:
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
+    finally:
         writer.close()
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, out_file)
-    return out_file

@@ -3,13 +3,13 @@
 Our model fuses q/k/v and gate/up into single matmuls (model.py explains why); Llama keeps them apart, so
 export splits rows and import concatenates them. RoPE already uses the rotate-half layout HF applies to
 `q_proj`/`k_proj`, so no head permutation is needed. Nothing here imports `transformers`: exporting must work
-on a machine that only has homegrown's run-time dependencies.
+on a machine that only has homegrown's run-time dependencies. The tokenizer files carry the checkpoint's own chat
+format (chat_template.py), whoever made the model.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -18,28 +18,18 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from homegrown.chat_template import ChatFormat, read_chat_format, write_chat_format
 from homegrown.config import ModelConfig
 from homegrown.errors import HomegrownError
+from homegrown.io import atomic_dir
 from homegrown.model import Transformer
-from homegrown.posttrain.chat import CHAT_TEMPLATE
-from homegrown.train.checkpoint import CONFIG, WEIGHTS, resolve_checkpoint
+from homegrown.tokenizer import load_tokenizer
+from homegrown.train.checkpoint import CONFIG, TOKENIZER, WEIGHTS, resolve_checkpoint
 
-EOT_TOKEN = "<|endoftext|>"
-END_TOKEN = "<|end|>"
 SHARD_INDEX = "model.safetensors.index.json"
+HF_TOKENIZER = "tokenizer.json"
+"""transformers' file name (a fast tokenizer), which our checkpoints happen to share."""
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
-
-
-def _special_id(vocab: dict[str, int], token: str, tokenizer_path: Path) -> int:
-    if token not in vocab:
-        raise HomegrownError(f"{tokenizer_path} has no {token} token; it was not made by homegrown")
-    return vocab[token]
-
-
-def _added_tokens(tokenizer_path: Path) -> dict[str, int]:
-    """Special-token ids straight from tokenizer.json, so export needs neither `tokenizers` nor the model."""
-    data = json.loads(tokenizer_path.read_text())
-    return {t["content"]: t["id"] for t in data.get("added_tokens", [])}
 
 
 def hf_config(cfg: ModelConfig, dtype: torch.dtype, bos_id: int, eos_id: int) -> dict[str, Any]:
@@ -101,64 +91,55 @@ def to_hf_state(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, t
     return out
 
 
-def _prepare_out_dir(out_dir: Path) -> Path:
-    """Temporary sibling of `out_dir`; refuses to later replace a non-empty directory that is not an export."""
+def _check_out_dir(out_dir: Path) -> None:
+    """Refuse to replace a non-empty directory that is not an export (the export replaces `out_dir` whole)."""
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / CONFIG).exists():
         raise HomegrownError(f"{out_dir} exists and does not look like a model export; choose an empty or new "
                              "directory")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    return tmp
 
 
 def export_hf(ckpt: Path, out_dir: Path) -> Path:
     """Write checkpoint (or run dir) `ckpt` as a transformers Llama directory at `out_dir`, atomically.
 
-    The result loads with `AutoModelForCausalLM` / `AutoTokenizer` and serves with vLLM; the chat template and
-    a generation config that stops at `<|end|>` travel with it so chat works without extra flags.
+    The result loads with `AutoModelForCausalLM` / `AutoTokenizer` and serves with vLLM; the model's own chat
+    template and a generation config that stops at its stop tokens (EOS and end of turn) travel with it, so chat
+    works without extra flags.
     """
     ckpt = resolve_checkpoint(Path(ckpt))
     out_dir = Path(out_dir)
-    tokenizer_path = ckpt / "tokenizer.json"
+    tokenizer_path = ckpt / TOKENIZER
     if not tokenizer_path.exists():
-        raise HomegrownError(f"{ckpt} has no tokenizer.json; export a checkpoint written by homegrown training")
+        raise HomegrownError(f"{ckpt} has no {TOKENIZER}; export a checkpoint written by homegrown training")
     cfg = ModelConfig.load(ckpt / CONFIG)
     state = load_file(str(ckpt / WEIGHTS))
-    vocab = _added_tokens(tokenizer_path)
-    eot = _special_id(vocab, EOT_TOKEN, tokenizer_path)
-    end = _special_id(vocab, END_TOKEN, tokenizer_path)
+    tok = load_tokenizer(tokenizer_path)
+    chat = read_chat_format(ckpt, tok)
+    eos_id = tok.token_to_id(chat.eos_token) if chat.eos_token else None
+    eos_id = eos_id if eos_id is not None else (chat.stop_ids[0] if chat.stop_ids else None)
+    pad = chat.template.special_tokens.get("pad_token") if chat.template else None
+    pad = pad or chat.eos_token
 
-    tmp = _prepare_out_dir(out_dir)
+    _check_out_dir(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        _write_hf(tmp, cfg, state, tokenizer_path, chat, eos_id, pad)
+    return out_dir
+
+
+def _write_hf(tmp: Path, cfg: ModelConfig, state: dict[str, torch.Tensor], tokenizer_path: Path,
+              chat: ChatFormat, eos_id: int | None, pad: str | None) -> None:
+    """The files of a transformers Llama directory, into the (temporary) directory `tmp`."""
     hf_state = to_hf_state(state, cfg)
     save_file(hf_state, str(tmp / WEIGHTS), metadata={"format": "pt"})
-    config = hf_config(cfg, state["embed_tokens.weight"].dtype, bos_id=eot, eos_id=eot)
+    config = hf_config(cfg, state["embed_tokens.weight"].dtype, bos_id=chat.bos_id, eos_id=eos_id)
     (tmp / CONFIG).write_text(json.dumps(config, indent=2))
-    shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
-    # PreTrainedTokenizerFast (not LlamaTokenizerFast) so no BOS is prepended: ids match our tokenizer's.
-    tokenizer_config = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": EOT_TOKEN,
-        "eos_token": EOT_TOKEN,
-        "pad_token": EOT_TOKEN,
-        "add_bos_token": False,
-        "add_eos_token": False,
-        "clean_up_tokenization_spaces": False,
-        "model_max_length": cfg.max_seq_len,
-        "chat_template": CHAT_TEMPLATE,
-    }
-    (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
-    special_map = {"bos_token": EOT_TOKEN, "eos_token": EOT_TOKEN, "pad_token": EOT_TOKEN}
+    shutil.copyfile(tokenizer_path, tmp / HF_TOKENIZER)
+    # PreTrainedTokenizerFast (not LlamaTokenizerFast), so BOS is prepended only if the model's add_bos_token says.
+    write_chat_format(tmp, chat,
+                      tokenizer_extra={"tokenizer_class": "PreTrainedTokenizerFast", "pad_token": pad,
+                                       "clean_up_tokenization_spaces": False, "model_max_length": cfg.max_seq_len},
+                      generation_extra={"pad_token_id": eos_id})
+    special_map = {"bos_token": chat.bos_token, "eos_token": chat.eos_token, "pad_token": pad}
     (tmp / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2))
-    # Both ids stop generation: <|endoftext|> ends a document, <|end|> ends a chat turn.
-    generation_config = {"bos_token_id": eot, "eos_token_id": [eot, end], "pad_token_id": eot}
-    (tmp / "generation_config.json").write_text(json.dumps(generation_config, indent=2))
-
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.rename(tmp, out_dir)
-    return out_dir
 
 
 def _rope_theta(config: dict[str, Any]) -> float:

@@ -1,87 +1,91 @@
-"""The chat template of DESIGN.md, in one place: the CLI chat, the server and the HF export all render with it.
+"""Chat data for training: OpenAI-style conversations read and checked, then tokenized along the model's own
+chat template with a loss mask.
 
-Roles are marked by reserved special tokens, each turn closed by <|end|>, so a model learns turn boundaries
-as single tokens and a server stops generation on exactly one id.
+The template is whatever the model carries (chat_template.py renders it as transformers does), so the mask cannot
+be written per format. It is derived by rendering prefixes, as TRL and transformers' assistant masks do: the text
+the template adds between "conversation so far + generation prompt" and "conversation so far + this reply" is
+what the model generates for that reply. Of it, the reply up to and including the end-of-turn token is learned;
+anything the template writes after that (a newline before the next turn) is context, as it is at inference,
+where generation stops at the end-of-turn token.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from homegrown.config import CHAT_SPECIAL_TOKENS
+from homegrown.chat_template import CHAT_SPECIAL_TOKENS, ChatFormat
 from homegrown.data.sources import numbered_json_lines
 from homegrown.errors import HomegrownError
 
 ROLES = ("system", "user", "assistant")
-END = "<|end|>"
-
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
-    "{{ raise_exception('roles must be system, user or assistant, got ' + message['role']) }}"
-    "{% endif %}"
-    "{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
-)
-"""Jinja version of our chat format, for `apply_chat_template` and OpenAI-style servers such as vLLM:
-each turn is `<|role|>\\n{content}<|end|>\\n`, and the generation prompt is `<|assistant|>\\n`."""
-
-
-def render_turn(role: str, content: str) -> str:
-    if role not in ROLES:
-        raise HomegrownError(f"unknown chat role {role!r}; expected one of {', '.join(ROLES)}")
-    return f"<|{role}|>\n{content}{END}\n"
-
-
-def render_prompt(messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-    """Messages in OpenAI shape ({"role", "content"}) → the text the model sees, ready for the reply."""
-    text = "".join(render_turn(m["role"], m["content"]) for m in messages)
-    return text + "<|assistant|>\n" if add_generation_prompt else text
-
 
 RESERVED_MARKERS = tuple(CHAT_SPECIAL_TOKENS)
-"""Text that would forge a turn boundary if it appeared inside a message."""
+"""Text that would forge a turn boundary in our format if it appeared inside a message."""
 
 
 @dataclass
 class EncodedChat:
     """Token ids of one rendered conversation and, per token, 1 if the model must learn to produce it.
 
-    The mask covers each assistant reply and its closing <|end|> — what a chat model generates after the
-    `<|assistant|>\\n` prompt — and nothing else: system and user text, role markers and newlines are context.
+    The mask covers each assistant reply and its end-of-turn token — what a chat model generates after the
+    generation prompt — and nothing else: system and user text, role markers and separators are context.
     """
 
     ids: list[int]
     mask: list[int]
 
 
-def encode_conversation(tok: Tokenizer, messages: list[dict[str, str]]) -> EncodedChat:
-    """Conversation → ids + loss mask, tokenized piece by piece along the template.
+class TemplateNotPrefixStable(HomegrownError):
+    """The template renders a conversation's start differently once later turns follow, so the prompt a reply
+    is generated after never appears in training: no mask derived from it would be right."""
 
-    Special tokens split the text anyway, so the pieces concatenate to exactly the ids of `render_prompt`;
-    encoding the assistant body on its own makes the mask boundary exact without offset arithmetic.
+
+def _reply_spans(chat: ChatFormat, tok: Tokenizer, messages: Sequence[Mapping[str, str]],
+                 text: str) -> list[tuple[int, int]]:
+    """Character spans of `text` (the whole rendering) the model must learn: each reply + its end of turn."""
+    stops = [s for s in (tok.id_to_token(i) for i in chat.stop_ids) if s]
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        prompt = chat.render(messages[:i], add_generation_prompt=True)
+        upto = chat.render(messages[:i + 1], add_generation_prompt=False)
+        if not (upto.startswith(prompt) and text.startswith(upto)):
+            raise TemplateNotPrefixStable(
+                f"the model's chat template does not render conversation prefixes as prefixes (at message {i + 1}, "
+                "an assistant reply): a reply's prompt would differ between training and chat, so SFT cannot "
+                "mask it. Use a model whose template only appends per turn")
+        start, end = len(prompt), len(upto)
+        content_at = upto.find(m["content"], start)
+        after = start if content_at < 0 else content_at + len(m["content"])
+        ends = [at + len(s) for s in stops if (at := upto.find(s, after, end)) >= 0]
+        spans.append((start, min(ends, default=end)))
+    return spans
+
+
+def encode_conversation(tok: Tokenizer, chat: ChatFormat, messages: Sequence[Mapping[str, str]]) -> EncodedChat:
+    """Conversation → the ids of its rendering (no generation prompt) + the loss mask of its replies.
+
+    The whole text is tokenized once, so ids are exactly what the model sees at inference; a token is learned
+    when it starts inside a reply span (offsets from `tokenizers`). A token that straddles a span's start would
+    mix prompt and reply, and is refused.
     """
-    ids: list[int] = []
-    mask: list[int] = []
-
-    def add(text: str, learn: int) -> None:
-        piece = tok.encode(text, add_special_tokens=False).ids
-        ids.extend(piece)
-        mask.extend([learn] * len(piece))
-
-    for m in messages:
-        role = m["role"]
-        if role not in ROLES:
-            raise HomegrownError(f"unknown chat role {role!r}; expected one of {', '.join(ROLES)}")
-        learn = int(role == "assistant")
-        add(f"<|{role}|>\n", 0)
-        add(m["content"] + END, learn)
-        add("\n", 0)
-    return EncodedChat(ids, mask)
+    text = chat.render(messages, add_generation_prompt=False)
+    spans = _reply_spans(chat, tok, messages, text)
+    enc = tok.encode(text, add_special_tokens=False)
+    mask = [0] * len(enc.ids)
+    for k, (t_start, t_end) in enumerate(enc.offsets):
+        for s_start, s_end in spans:
+            if t_start < s_start < t_end:
+                raise HomegrownError(f"a token of the chat rendering spans the end of a prompt and the start of its "
+                                     f"reply ({text[t_start:t_end]!r}); SFT masks cannot be cut there")
+            if s_start <= t_start < s_end:
+                mask[k] = 1
+    return EncodedChat(list(enc.ids), mask)
 
 
 def message_problem(messages: object) -> str | None:

@@ -3,27 +3,28 @@
 A hard label says only which token came next; the teacher's distribution also says which others were
 plausible and how much, which is more signal per token (Hinton et al., 2015). The loss mixes both:
 α·T²·KL(teacher_T ‖ student_T) + (1−α)·CE, T² keeping the soft term's gradient scale independent of T.
-Both models must share one tokenizer, since the KL compares them id by id.
+Both models must share one tokenizer, since the KL compares them id by id; the student's checkpoints carry the
+teacher's tokenizer files, chat format included, because it learns to answer the way the teacher does.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from homegrown import layout
+from homegrown.bundle import load_bundle
 from homegrown.config import DistillConfig, ModelConfig, Preset
 from homegrown.errors import HomegrownError
+from homegrown.io import write_json_atomic
 from homegrown.model import Transformer, cross_entropy
 from homegrown.posttrain.sft import base_checkpoint
 from homegrown.progress import console
 from homegrown.tokenizer import load_tokenizer
 from homegrown.train import checkpoint as ck
 from homegrown.train.loop import Batch, LossFn, TrainResult, train
-
-DISTILL_SUBDIR = "distill"
 
 
 def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
@@ -78,18 +79,16 @@ def distill(run_dir: Path, teacher_path: Path, preset: Preset, cfg: DistillConfi
     Resumes like any training run; metrics go to metrics_distill.jsonl, validation is plain held-out loss, so
     it compares directly with a student trained without the teacher.
     """
-    run_dir = Path(run_dir)
-    tokenizer_path = run_dir / "tokenizer.json"
+    run = layout.RunLayout(run_dir)
+    tokenizer_path = run.tokenizer
     teacher_ckpt = base_checkpoint(teacher_path)
     teacher_cfg = ModelConfig.load(teacher_ckpt / ck.CONFIG)
     check_same_tokenizer(teacher_ckpt, tokenizer_path, preset.model, teacher_cfg)
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    teacher = ck.load_model(teacher_ckpt, device).eval().requires_grad_(False)
+    teacher = load_bundle(teacher_ckpt, device).model.requires_grad_(False)
     console.print(f"distill: teacher {teacher_ckpt} ({teacher.num_params():,} parameters), α={cfg.alpha}, "
                   f"T={cfg.temperature}")
-    (run_dir / DISTILL_SUBDIR).mkdir(parents=True, exist_ok=True)
-    (run_dir / DISTILL_SUBDIR / "teacher.json").write_text(
-        json.dumps({"teacher": str(teacher_ckpt), "alpha": cfg.alpha, "temperature": cfg.temperature}, indent=2))
-    return train(preset.model, preset.train, run_dir / "shards", run_dir, tokenizer_path,
-                 ckpt_subdir=f"{DISTILL_SUBDIR}/ckpt", progress=progress, label="distill",
-                 loss_fn=distill_loss(teacher, cfg))
+    write_json_atomic(run.stage_dir(layout.DISTILL) / "teacher.json",
+                      {"teacher": str(teacher_ckpt), "alpha": cfg.alpha, "temperature": cfg.temperature})
+    return train(preset.model, preset.train, run.shards, run.root, tokenizer_path, stage=layout.DISTILL,
+                 progress=progress, loss_fn=distill_loss(teacher, cfg))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -20,6 +19,8 @@ from pathlib import Path
 
 from homegrown.config import SFTConfig
 from homegrown.data.sources import iter_corpus
+from homegrown.io import atomic_open, write_json_atomic
+from homegrown.layout import MANIFEST
 from homegrown.posttrain.chat import message_problem
 
 _QUALIFIERS = r"(?:(?:class|exception|coroutine|abstractmethod|classmethod|staticmethod|awaitable|async|method|" \
@@ -186,24 +187,18 @@ def conversations(records: Iterable[dict], cfg: SFTConfig) -> Iterator[dict]:
 
 
 def _write_jsonl(path: Path, rows: Iterable[dict]) -> dict[str, int]:
-    tmp = path.with_name(path.name + ".tmp")
     kinds: dict[str, int] = {}
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                kinds[row["kind"]] = kinds.get(row["kind"], 0) + 1
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
+    with atomic_open(path) as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            kinds[row["kind"]] = kinds.get(row["kind"], 0) + 1
     return kinds
 
 
 def build_docqa(corpus_dir: Path, out_dir: Path, cfg: SFTConfig) -> Path:
     """Write `train.jsonl` and `val.jsonl` (from the corpus' val pages) into `out_dir`, MANIFEST.json last."""
     out_dir = Path(out_dir)
-    marker = out_dir / "MANIFEST.json"
+    marker = out_dir / MANIFEST
     if marker.exists():
         return out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -217,7 +212,5 @@ def build_docqa(corpus_dir: Path, out_dir: Path, cfg: SFTConfig) -> Path:
                 "conversations": stats.conversations, "kinds": stats.kinds,
                 "rule": "answers are the opening sentences of the documented text; val questions come only from "
                         "the corpus' val pages"}
-    tmp = marker.with_name(marker.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, marker)
+    write_json_atomic(marker, manifest)
     return out_dir

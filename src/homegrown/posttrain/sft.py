@@ -20,17 +20,18 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
+from homegrown import layout
+from homegrown.bundle import load_chat_format
+from homegrown.chat_template import ChatFormat
 from homegrown.config import ModelConfig, SFTConfig, TrainConfig
 from homegrown.data.pack import token_byte_lengths
 from homegrown.errors import HomegrownError
 from homegrown.model import Transformer
 from homegrown.posttrain.chat import EncodedChat, encode_conversation, read_chat_jsonl
 from homegrown.progress import console
-from homegrown.tokenizer import eot_id, load_tokenizer
 from homegrown.train import checkpoint as ck
 from homegrown.train.loop import TrainResult, train
 
-SFT_SUBDIR = "sft"
 VAL_EVERY = 20
 """Without --val, one conversation in VAL_EVERY (chosen by content hash) is held out for validation."""
 
@@ -49,13 +50,14 @@ class NoChatFits(HomegrownError):
 class PackedChats:
     """Tokenized conversations that pack into rows of `seq_len + 1` tokens with loss masks and segment ids."""
 
-    def __init__(self, tok: Tokenizer, conversations: list[list[dict[str, str]]], seq_len: int) -> None:
+    def __init__(self, tok: Tokenizer, chat: ChatFormat, conversations: list[list[dict[str, str]]],
+                 seq_len: int) -> None:
         self.row_len = seq_len + 1
-        self.pad = eot_id(tok)
+        self.pad = chat.stop_ids[0] if chat.stop_ids else 0  # any id: padding is neither attended nor learned
         self.items: list[EncodedChat] = []
         truncated = dropped = 0
         for messages in conversations:
-            enc, cut = self._fit(tok, messages)
+            enc, cut = self._fit(tok, chat, messages)
             if enc is None:
                 dropped += 1
                 continue
@@ -66,13 +68,14 @@ class PackedChats:
             raise NoChatFits(f"no conversation has a whole assistant reply within {seq_len} tokens; "
                                  "use shorter conversations or a model with a longer context")
 
-    def _fit(self, tok: Tokenizer, messages: list[dict[str, str]]) -> tuple[EncodedChat | None, bool]:
-        """The conversation, or its longest prefix ending with an assistant turn, that fits in a row; and
-        whether it was cut. Cutting inside a reply would teach answers that never reach <|end|>, so it never is.
+    def _fit(self, tok: Tokenizer, chat: ChatFormat,
+             messages: list[dict[str, str]]) -> tuple[EncodedChat | None, bool]:
+        """The conversation, or its longest prefix ending with an assistant turn, that fits in a row; and whether
+        it was cut. Cutting inside a reply would teach answers that never reach the end of turn, so it never is.
         """
         for end in range(len(messages), 0, -1):
             if messages[end - 1]["role"] == "assistant":
-                enc = encode_conversation(tok, messages[:end])
+                enc = encode_conversation(tok, chat, messages[:end])
                 if len(enc.ids) <= self.row_len:
                     return enc, end < len(messages)
         return None, False
@@ -177,8 +180,9 @@ def sft_train_config(train_cfg: TrainConfig, sft_cfg: SFTConfig, model_cfg: Mode
 def base_checkpoint(path: Path) -> Path:
     """The checkpoint SFT starts from: a run dir means its pretrained model (`ckpt/`), not an earlier SFT."""
     path = Path(path)
-    if not (path / ck.WEIGHTS).exists() and (path / "ckpt").is_dir():
-        return ck.resolve_checkpoint(path / "ckpt")
+    base_root = layout.RunLayout(path).ckpt_root()
+    if not (path / ck.WEIGHTS).exists() and base_root.is_dir():
+        return ck.resolve_checkpoint(base_root)
     return ck.resolve_checkpoint(path)
 
 
@@ -186,8 +190,9 @@ def default_run_dir(base: Path) -> Path:
     """Where SFT of `base` writes: the run dir itself, or the run dir holding `RUN/ckpt/step_N`."""
     base = Path(base)
     if (base / ck.WEIGHTS).exists():
-        if base.parent.name == "ckpt":
-            return base.parents[1]
+        place = layout.locate(base)
+        if place is not None:
+            return place[0].root
         raise HomegrownError(f"{base} is a checkpoint outside a run directory; pass --out RUN_DIR for the SFT run")
     return base
 
@@ -201,7 +206,7 @@ def sft(base: Path, data: Path, run_dir: Path, sft_cfg: SFTConfig, train_cfg: Tr
     """
     ckpt = base_checkpoint(base)
     model_cfg = ModelConfig.load(ckpt / ck.CONFIG)
-    tok = load_tokenizer(ckpt)
+    tok, chat = load_chat_format(ckpt)
     chats = read_chat_jsonl(data, strict)
     _report_problems(chats.problems)
     if val is not None:
@@ -213,8 +218,8 @@ def sft(base: Path, data: Path, run_dir: Path, sft_cfg: SFTConfig, train_cfg: Tr
         val_convs = [c for c in chats.conversations if _held_out(c)] or chats.conversations[:1]
         console.print(f"no --val file: holding out {len(val_convs)} of {len(chats.conversations)} conversations")
     cfg = sft_train_config(train_cfg, sft_cfg, model_cfg)
-    train_data = PackedChats(tok, train_convs, cfg.seq_len)
-    val_data = PackedChats(tok, val_convs, cfg.seq_len)
+    train_data = PackedChats(tok, chat, train_convs, cfg.seq_len)
+    val_data = PackedChats(tok, chat, val_convs, cfg.seq_len)
     s = train_data.stats
     console.print(f"sft: {s.conversations:,} training conversations ({s.truncated} cut to their first turns and "
                   f"{s.dropped} dropped to fit {cfg.seq_len} tokens), {val_data.stats.conversations:,} held out")
@@ -223,6 +228,6 @@ def sft(base: Path, data: Path, run_dir: Path, sft_cfg: SFTConfig, train_cfg: Tr
     def eval_fn(model: Transformer) -> tuple[float, float]:
         return assistant_loss(model, val_data, byte_lengths, cfg.batch_size, cfg.eval_batches)
 
-    return train(model_cfg, cfg, None, run_dir, ckpt / "tokenizer.json", init_from=ckpt,
-                 batch_source=train_data.sample, ckpt_subdir=f"{SFT_SUBDIR}/ckpt", progress=progress, label="sft",
+    return train(model_cfg, cfg, None, run_dir, ckpt / ck.TOKENIZER, init_from=ckpt,
+                 batch_source=train_data.sample, stage=layout.SFT, progress=progress,
                  eval_fn=eval_fn)

@@ -2,7 +2,8 @@
 
 Every answer that is not a success has OpenAI's error shape `{"error": {"message", "type", "param", "code"}}`
 with a 4xx status the `openai` client maps to its exception classes (400 BadRequestError, 401
-AuthenticationError, 404 NotFoundError, 429 RateLimitError); FastAPI's 422 for a bad body becomes a 400.
+AuthenticationError, 404 NotFoundError, 429 RateLimitError); FastAPI's 422 for a bad body becomes a 400, a
+field we do not take is named in it (protocol.py), and a body over the size cap is a 413 (body_limit.py).
 Streaming follows OpenAI's Server-Sent Events byte for byte: `data: <json>\\n\\n` chunks, the role in the first
 delta, the finish reason on each choice's last chunk, an optional usage chunk with empty `choices`, then
 `data: [DONE]`.
@@ -19,7 +20,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
 
+from homegrown.config import ServeConfig
 from homegrown.errors import HomegrownError
-from homegrown.posttrain.chat import render_prompt
+from homegrown.serve.body_limit import BodySizeLimit
 from homegrown.serve.engine import (
     ContextLengthError,
     Delta,
@@ -43,14 +45,20 @@ from homegrown.serve.engine import (
     TokenLogprob,
 )
 from homegrown.serve.metrics import ServeMetrics
-from homegrown.serve.protocol import ChatCompletionRequest, CompletionRequest, _Sampling, error_json
+from homegrown.serve.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    _Sampling,
+    error_json,
+    unsupported_message,
+    with_defaults,
+)
 from homegrown.tokenizer import EOT
 
 log = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).parent / "web"
 DISCONNECT_POLL_S = 0.5
-
 
 class APIError(Exception):
     """An error to answer in OpenAI's shape."""
@@ -60,16 +68,20 @@ class APIError(Exception):
         super().__init__(message)
         self.status, self.message, self.kind, self.param, self.code = status, message, kind, param, code
 
-
 @dataclass
 class ServerState:
-    """What the handlers share: the engine once loaded, and whether the server is draining for shutdown."""
+    """What the handlers share (as app.state.server): the configuration, the engine once loaded, and whether
+    the server is draining for shutdown."""
 
     model_name: str
+    load_engine: Callable[[], Engine]
+    created: int = 0
+    api_key: str | None = None
+    generation_defaults: dict[str, Any] = field(default_factory=dict)
+    on_load_failure: Callable[[], None] | None = None
     engine: Engine | None = None
     load_error: str | None = None
     draining: bool = False
-    created: int = 0
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -80,12 +92,20 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, e: RequestValidationError) -> JSONResponse:
         errors = e.errors()
-        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        # A field we do not take is the most useful thing to name, whatever else is wrong.
+        extra = [err for err in errors if err.get("type") == "extra_forbidden"]
+        first = (extra or errors or [{"loc": (), "msg": "invalid request"}])[0]
         loc = [str(p) for p in first.get("loc", ()) if p != "body"]
         param = ".".join(loc) or None
-        if first.get("type") == "json_invalid":
+        kind = first.get("type")
+        if kind == "json_invalid":
             return error_json(400, f"the request body is not valid JSON ({first.get('msg')}); send a JSON object",
                               code="invalid_json")
+        if kind == "extra_forbidden" and param:
+            return error_json(400, unsupported_message(param), param=param, code="unsupported_parameter")
+        if kind == "invalid_unicode":
+            return error_json(400, str(first.get("msg")), param=(first.get("ctx") or {}).get("param"),
+                              code="invalid_unicode")
         message = f"{param}: {first.get('msg')}" if param else str(first.get("msg"))
         return error_json(400, message, param=param, code="invalid_value")
 
@@ -108,7 +128,6 @@ def _install_error_handlers(app: FastAPI) -> None:
         log.exception("unhandled error")
         return error_json(500, f"internal error: {type(e).__name__}", "server_error")
 
-
 class _Collector:
     """Receives deltas from the engine thread and hands them to the request's event loop, in order."""
 
@@ -124,6 +143,7 @@ class _Collector:
 
 def _params(req: _Sampling, max_tokens: int | None, logprobs: bool, top_logprobs: int) -> list[GenerationParams]:
     top_k = req.top_k if req.top_k and req.top_k > 0 else 0
+    bias = req.token_bias()
     return [GenerationParams(
         max_tokens=max_tokens,  # type: ignore[arg-type]  # None = rest of the context, resolved by the engine
         temperature=1.0 if req.temperature is None else req.temperature,
@@ -131,8 +151,19 @@ def _params(req: _Sampling, max_tokens: int | None, logprobs: bool, top_logprobs
         seed=None if req.seed is None else req.seed + i,
         stop_token_ids=list(req.stop_token_ids or []), stop=req.stops(),
         presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
+        logit_bias=dict(bias), min_tokens=req.min_tokens, ignore_eos=req.ignore_eos,
         logprobs=logprobs, top_logprobs=top_logprobs,
     ) for i in range(req.n)]
+
+
+def _check_token_ids(engine: Engine, req: _Sampling) -> None:
+    """Token ids the request names must exist in this model's vocabulary (the logits' width)."""
+    vocab = engine.model.cfg.vocab_size
+    for param, ids in (("logit_bias", req.token_bias()), ("stop_token_ids", req.stop_token_ids or [])):
+        outside = [t for t in ids if t >= vocab]
+        if outside:
+            raise APIError(400, f"{param}: token id {outside[0]} is outside this model's vocabulary [0, {vocab})",
+                           param=param)
 
 
 def _chat_logprobs(engine: Engine, lps: list[TokenLogprob]) -> dict[str, Any]:
@@ -206,280 +237,325 @@ def _sse(data: dict[str, Any] | str) -> bytes:
     return f"data: {body}\n\n".encode()
 
 
-def create_app(load_engine: Callable[[], Engine], *, api_key: str | None, model_name: str,
-               store: Any | None = None, metrics: ServeMetrics | None = None,
-               web_dir: Path | None = WEB_DIR, on_load_failure: Callable[[], None] | None = None) -> FastAPI:
-    """The whole server: /v1 API, /health, /metrics, the conversations API and the chat page.
+def _state(request: Request) -> ServerState:
+    return request.app.state.server
 
-    `load_engine` runs in a thread at startup, so /health answers 503 while weights load; `store` is a
-    ConversationStore for the page's /api/conversations (None leaves the page without saved conversations).
-    """
-    metrics = metrics or ServeMetrics()
-    state = ServerState(model_name=model_name, created=int(time.time()))
+async def require_key(request: Request) -> None:
+    """Every /v1 and /api route: the server's key as 'Authorization: Bearer KEY', when it has one."""
+    api_key = _state(request).api_key
+    if api_key is None:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+        raise APIError(401, "Incorrect or missing API key. Send it as 'Authorization: Bearer <key>'.",
+                       param=None, code="invalid_api_key")
 
-    def load() -> None:
-        try:
-            state.engine = load_engine().start()
-        except Exception as e:  # reported by /health and by serve(), which then exits
-            log.exception("loading the model failed")
-            state.load_error = str(e) or type(e).__name__
-            if on_load_failure is not None:
-                on_load_failure()
 
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        loader = threading.Thread(target=load, name="homegrown-load", daemon=True)
-        loader.start()
-        yield
-        state.draining = True
-        await run_in_threadpool(loader.join)
-        if state.engine is not None:
-            await run_in_threadpool(state.engine.stop, True)
+def _ready(state: ServerState) -> Engine:
+    if state.draining:
+        raise APIError(503, "the server is shutting down; retry against another instance", "server_error",
+                       code="shutting_down")
+    if state.engine is None:
+        raise APIError(503, state.load_error or "the model is still loading; retry in a few seconds",
+                       "server_error", code="model_loading")
+    return state.engine
 
-    app = FastAPI(title="homegrown", version="0.1.0", lifespan=lifespan,
-                  description="OpenAI-compatible API of a homegrown model.")
-    app.state.server = state
-    app.state.metrics = metrics
-    _install_error_handlers(app)
 
-    async def require_key(request: Request) -> None:
-        if api_key is None:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
-            raise APIError(401, "Incorrect or missing API key. Send it as 'Authorization: Bearer <key>'.",
-                           param=None, code="invalid_api_key")
+def _check_model(state: ServerState, name: str) -> None:
+    if name != state.model_name:
+        raise APIError(404, f"The model `{name}` does not exist; this server serves `{state.model_name}` "
+                            "(see GET /v1/models).", param="model", code="model_not_found")
 
-    def ready() -> Engine:
-        if state.draining:
-            raise APIError(503, "the server is shutting down; retry against another instance", "server_error",
-                           code="shutting_down")
-        if state.engine is None:
-            raise APIError(503, state.load_error or "the model is still loading; retry in a few seconds",
-                           "server_error", code="model_loading")
-        return state.engine
 
-    def check_model(name: str) -> None:
-        if name != model_name:
-            raise APIError(404, f"The model `{name}` does not exist; this server serves `{model_name}` "
-                                "(see GET /v1/models).", param="model", code="model_not_found")
+def _model_card(state: ServerState, engine: Engine) -> dict[str, Any]:
+    return {"id": state.model_name, "object": "model", "created": state.created, "owned_by": "homegrown",
+            "max_model_len": engine.max_len}
 
-    def model_card(engine: Engine) -> dict[str, Any]:
-        return {"id": model_name, "object": "model", "created": state.created, "owned_by": "homegrown",
-                "max_model_len": engine.max_len}
 
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
+def _start(engine: Engine, prompts: list[list[int]], params_for: Callable[[], list[GenerationParams]],
+           collector: _Collector) -> list[Sequence]:
+    if len(prompts) * len(params_for()) > engine.cfg.max_n:
+        raise APIError(400, f"n × prompts must be at most {engine.cfg.max_n}", param="n")
+    for ids in prompts:  # check every prompt before queueing any
+        first = params_for()[0]
+        budget = engine.resolve_max_tokens(len(ids), first.max_tokens)
+        if first.min_tokens > budget:
+            raise APIError(400, f"min_tokens ({first.min_tokens}) must not exceed max_tokens ({budget})",
+                           param="min_tokens")
+    seqs: list[Sequence] = []
+    try:
+        for p, ids in enumerate(prompts):
+            params = params_for()
+            seqs += engine.submit(ids, params, collector.emitter(p * len(params)))
+    except BaseException:
+        engine.abort(seqs)
+        raise
+    return seqs
 
-    @v1.get("/models")
-    async def list_models() -> dict[str, Any]:
-        return {"object": "list", "data": [model_card(ready())]}
 
-    @v1.get("/models/{model}")
-    async def get_model(model: str) -> dict[str, Any]:
-        engine = ready()
-        check_model(model)
-        return model_card(engine)
-
-    def start(engine: Engine, prompts: list[list[int]], params_for: Callable[[], list[GenerationParams]],
-              collector: _Collector) -> list[Sequence]:
-        if len(prompts) * len(params_for()) > engine.cfg.max_n:
-            raise APIError(400, f"n × prompts must be at most {engine.cfg.max_n}", param="n")
-        for ids in prompts:  # check every prompt before queueing any
-            engine.resolve_max_tokens(len(ids), params_for()[0].max_tokens)
-        seqs: list[Sequence] = []
-        try:
-            for p, ids in enumerate(prompts):
-                params = params_for()
-                seqs += engine.submit(ids, params, collector.emitter(p * len(params)))
-        except BaseException:
+async def _collect(request: Request, engine: Engine, seqs: list[Sequence],
+                   collector: _Collector) -> list[tuple[str, list[TokenLogprob], str, int, list | None]]:
+    """Wait for every choice, freeing the slots if the client goes away first."""
+    out = [["", [], None, 0, None] for _ in seqs]
+    pending = len(seqs)
+    try:
+        while pending:
+            try:
+                index, delta = await asyncio.wait_for(collector.queue.get(), DISCONNECT_POLL_S)
+            except TimeoutError:
+                if await request.is_disconnected():
+                    return []
+                continue
+            r = out[index]
+            r[0] += delta.text
+            r[1].extend(delta.logprobs)
+            if delta.prompt_logprobs is not None:
+                r[4] = delta.prompt_logprobs
+            if delta.finish_reason:
+                r[2], r[3] = delta.finish_reason, delta.completion_tokens
+                pending -= 1
+    finally:
+        if pending:
             engine.abort(seqs)
-            raise
-        return seqs
+    return [tuple(r) for r in out]
 
-    async def collect(request: Request, engine: Engine, seqs: list[Sequence],
-                      collector: _Collector) -> list[tuple[str, list[TokenLogprob], str, int, list | None]]:
-        """Wait for every choice, freeing the slots if the client goes away first."""
-        out = [["", [], None, 0, None] for _ in seqs]
-        pending = len(seqs)
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def _stream(engine: Engine, seqs: list[Sequence], collector: _Collector, chunk: Callable[..., dict[str, Any]],
+            first: list[dict[str, Any]] | None, choice: Callable[[int, Delta], dict[str, Any] | None],
+            prompt_tokens: int, include_usage: bool) -> StreamingResponse:
+    """`choice` turns a delta into a chunk's choice, or None for nothing to send."""
+
+    async def events() -> AsyncIterator[bytes]:
+        pending, completion_tokens = len(seqs), 0
         try:
+            if first:
+                yield _sse(chunk(first))
             while pending:
-                try:
-                    index, delta = await asyncio.wait_for(collector.queue.get(), DISCONNECT_POLL_S)
-                except TimeoutError:
-                    if await request.is_disconnected():
-                        return []
-                    continue
-                r = out[index]
-                r[0] += delta.text
-                r[1].extend(delta.logprobs)
-                if delta.prompt_logprobs is not None:
-                    r[4] = delta.prompt_logprobs
+                index, delta = await collector.queue.get()
                 if delta.finish_reason:
-                    r[2], r[3] = delta.finish_reason, delta.completion_tokens
                     pending -= 1
+                    completion_tokens += delta.completion_tokens
+                body = choice(index, delta)
+                if body is not None:
+                    yield _sse(chunk([body]))
+            if include_usage:
+                yield _sse(chunk([], usage=_usage(prompt_tokens, completion_tokens)))
+            yield _sse("[DONE]")
         finally:
             if pending:
                 engine.abort(seqs)
-        return [tuple(r) for r in out]
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens}
 
-    def stream(engine: Engine, seqs: list[Sequence], collector: _Collector, chunk: Callable[..., dict[str, Any]],
-               first: list[dict[str, Any]] | None, choice: Callable[[int, Delta], dict[str, Any] | None],
-               prompt_tokens: int, include_usage: bool) -> StreamingResponse:
-        """`choice` turns a delta into a chunk's choice, or None for nothing to send."""
+v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
+"""The OpenAI API. Handlers are plain functions of the request: what they share lives in app.state."""
 
-        async def events() -> AsyncIterator[bytes]:
-            pending, completion_tokens = len(seqs), 0
-            try:
-                if first:
-                    yield _sse(chunk(first))
-                while pending:
-                    index, delta = await collector.queue.get()
-                    if delta.finish_reason:
-                        pending -= 1
-                        completion_tokens += delta.completion_tokens
-                    body = choice(index, delta)
-                    if body is not None:
-                        yield _sse(chunk([body]))
-                if include_usage:
-                    yield _sse(chunk([], usage=usage(prompt_tokens, completion_tokens)))
-                yield _sse("[DONE]")
-            finally:
-                if pending:
-                    engine.abort(seqs)
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    @v1.post("/chat/completions")
-    async def chat_completions(req: ChatCompletionRequest, request: Request) -> Any:
-        engine = ready()
-        check_model(req.model)
-        if req.top_logprobs and not req.logprobs:
-            raise APIError(400, "top_logprobs requires logprobs=true", param="top_logprobs")
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                    for m in req.messages]
-        ids = engine.encode(render_prompt(messages))
-        max_tokens = req.max_completion_tokens or req.max_tokens
-        collector = _Collector()
-        seqs = start(engine, [ids], lambda: _params(req, max_tokens, req.logprobs, req.top_logprobs or 0),
-                     collector)
-        rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+@v1.get("/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    state = _state(request)
+    return {"object": "list", "data": [_model_card(state, _ready(state))]}
 
-        if req.stream:
-            chunk = _chunk_maker(rid, "chat.completion.chunk", created, model_name, include_usage)
 
-            def choice(index: int, delta: Delta) -> dict[str, Any] | None:
-                if not delta.text and not delta.finish_reason:
-                    return None
-                lp = _chat_logprobs(engine, delta.logprobs) if req.logprobs else None
-                return {"index": index, "delta": {"content": delta.text} if delta.text else {},
-                        "logprobs": lp, "finish_reason": delta.finish_reason}
+@v1.get("/models/{model}")
+async def get_model(model: str, request: Request) -> dict[str, Any]:
+    state = _state(request)
+    engine = _ready(state)
+    _check_model(state, model)
+    return _model_card(state, engine)
 
-            first = [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                      "finish_reason": None} for i in range(len(seqs))]
-            return stream(engine, seqs, collector, chunk, first, choice, len(ids), include_usage)
 
-        results = await collect(request, engine, seqs, collector)
-        choices = [{"index": i, "message": {"role": "assistant", "content": text, "refusal": None},
-                    "logprobs": _chat_logprobs(engine, lps) if req.logprobs else None, "finish_reason": reason}
-                   for i, (text, lps, reason, _, _) in enumerate(results)]
-        return {"id": rid, "object": "chat.completion", "created": created, "model": model_name,
-                "system_fingerprint": None, "choices": choices,
-                "usage": usage(len(ids), sum(r[3] for r in results))}
+@v1.post("/chat/completions")
+async def chat_completions(req: ChatCompletionRequest, request: Request) -> Any:
+    state = _state(request)
+    engine = _ready(state)
+    _check_model(state, req.model)
+    req = with_defaults(req, state.generation_defaults)
+    _check_token_ids(engine, req)
+    if req.top_logprobs and not req.logprobs:
+        raise APIError(400, "top_logprobs requires logprobs=true", param="top_logprobs")
+    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                for m in req.messages]
+    ids = engine.bundle.chat_prompt_ids(messages)
+    max_tokens = req.max_completion_tokens or req.max_tokens
+    collector = _Collector()
+    seqs = _start(engine, [ids], lambda: _params(req, max_tokens, req.logprobs, req.top_logprobs or 0),
+                 collector)
+    rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
-    @v1.post("/completions")
-    async def completions(req: CompletionRequest, request: Request) -> Any:
-        engine = ready()
-        check_model(req.model)
-        if req.max_tokens == 0 and not req.echo:
-            raise APIError(400, "max_tokens=0 generates nothing; it is only allowed with echo=true (the prompt alone, "
-                                "with its log-probs)", param="max_tokens")
-        if isinstance(req.prompt, str) or (req.prompt and all(isinstance(p, int) for p in req.prompt)):
-            raw: list[str | list[int]] = [req.prompt]  # type: ignore[list-item]
-        else:
-            raw = list(req.prompt)
-        if not raw:
-            raise APIError(400, "prompt is an empty list; send a string or a list of strings", param="prompt")
-        prompts, echo_texts, prompt_offsets = zip(*(_completion_prompt(engine, p) for p in raw), strict=True)
-        want_lp = req.logprobs is not None
-        score = req.echo and want_lp  # the prompt's own log-probs, computed once per prompt (by its first choice)
+    if req.stream:
+        chunk = _chunk_maker(rid, "chat.completion.chunk", created, state.model_name, include_usage)
 
-        def params_for() -> list[GenerationParams]:
-            params = _params(req, req.max_tokens, want_lp, req.logprobs or 0)
-            for p in params:
-                p.stop_token_logprob = True
-            if score:
-                params[0].prompt_logprobs = req.logprobs
-            return params
+        def choice(index: int, delta: Delta) -> dict[str, Any] | None:
+            if not delta.text and not delta.finish_reason:
+                return None
+            lp = _chat_logprobs(engine, delta.logprobs) if req.logprobs else None
+            return {"index": index, "delta": {"content": delta.text} if delta.text else {},
+                    "logprobs": lp, "finish_reason": delta.finish_reason}
 
-        collector = _Collector()
-        seqs = start(engine, list(prompts), params_for, collector)
-        rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-        prompt_tokens = sum(len(p) for p in prompts)
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        first = [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                  "finish_reason": None} for i in range(len(seqs))]
+        return _stream(engine, seqs, collector, chunk, first, choice, len(ids), include_usage)
 
-        def echo_logprobs(p: int, lps: list[TokenLogprob | None] | None, then: dict[str, Any]) -> dict[str, Any]:
-            return _echo_logprobs(engine, prompts[p], prompt_offsets[p], lps, then)
+    results = await _collect(request, engine, seqs, collector)
+    choices = [{"index": i, "message": {"role": "assistant", "content": text, "refusal": None},
+                "logprobs": _chat_logprobs(engine, lps) if req.logprobs else None, "finish_reason": reason}
+               for i, (text, lps, reason, _, _) in enumerate(results)]
+    return {"id": rid, "object": "chat.completion", "created": created, "model": state.model_name,
+            "system_fingerprint": None, "choices": choices,
+            "usage": _usage(len(ids), sum(r[3] for r in results))}
 
-        if req.stream:
-            offsets = [len(echo_texts[i // req.n]) if req.echo else 0 for i in range(len(seqs))]
-            scored: dict[int, list[TokenLogprob | None]] = {}
-            # Echo without log-probs goes out at once; with them it rides on each choice's first chunk (as vLLM).
-            echoed = [not score] * len(seqs)
 
-            chunk = _chunk_maker(rid, "text_completion", created, model_name, include_usage)
+@v1.post("/completions")
+async def completions(req: CompletionRequest, request: Request) -> Any:
+    state = _state(request)
+    engine = _ready(state)
+    _check_model(state, req.model)
+    req = with_defaults(req, state.generation_defaults)
+    _check_token_ids(engine, req)
+    if req.max_tokens == 0 and not req.echo:
+        raise APIError(400, "max_tokens=0 generates nothing; it is only allowed with echo=true (the prompt alone, "
+                            "with its log-probs)", param="max_tokens")
+    if isinstance(req.prompt, str) or (req.prompt and all(isinstance(p, int) for p in req.prompt)):
+        raw: list[str | list[int]] = [req.prompt]  # type: ignore[list-item]
+    else:
+        raw = list(req.prompt)
+    if not raw:
+        raise APIError(400, "prompt is an empty list; send a string or a list of strings", param="prompt")
+    prompts, echo_texts, prompt_offsets = zip(*(_completion_prompt(engine, p) for p in raw), strict=True)
+    want_lp = req.logprobs is not None
+    score = req.echo and want_lp  # the prompt's own log-probs, computed once per prompt (by its first choice)
 
-            def choice(index: int, delta: Delta) -> dict[str, Any] | None:
-                p = index // req.n
-                if delta.prompt_logprobs is not None:
-                    scored[p] = delta.prompt_logprobs
-                if not delta.text and not delta.finish_reason:
-                    return None
-                text = delta.text
-                lp = _completion_logprobs(engine, delta.logprobs, offsets[index]) if want_lp else None
-                offsets[index] += len(delta.text)
-                if not echoed[index]:
-                    echoed[index] = True
-                    text = echo_texts[p] + text
-                    lp = echo_logprobs(p, scored.get(p), lp)
-                return {"index": index, "text": text, "logprobs": lp, "finish_reason": delta.finish_reason}
+    def params_for() -> list[GenerationParams]:
+        params = _params(req, req.max_tokens, want_lp, req.logprobs or 0)
+        for p in params:
+            p.stop_token_logprob = True
+        if score:
+            params[0].prompt_logprobs = req.logprobs
+        return params
 
-            first = None
-            if req.echo and not score:
-                first = [{"index": i, "text": echo_texts[i // req.n], "logprobs": None, "finish_reason": None}
-                         for i in range(len(seqs))]
-            return stream(engine, seqs, collector, chunk, first, choice, prompt_tokens, include_usage)
+    collector = _Collector()
+    seqs = _start(engine, list(prompts), params_for, collector)
+    rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+    prompt_tokens = sum(len(p) for p in prompts)
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
-        results = await collect(request, engine, seqs, collector)
-        choices = []
-        for i, (text, lps, reason, _, _) in enumerate(results):
-            p = i // req.n
-            prefix = echo_texts[p] if req.echo else ""
-            lp = _completion_logprobs(engine, lps, len(prefix)) if want_lp else None
-            if score:
-                lp = echo_logprobs(p, results[p * req.n][4], lp)
-            choices.append({"index": i, "text": prefix + text, "finish_reason": reason, "logprobs": lp})
-        return {"id": rid, "object": "text_completion", "created": created, "model": model_name,
-                "system_fingerprint": None, "choices": choices,
-                "usage": usage(prompt_tokens, sum(r[3] for r in results))}
+    def echo_logprobs(p: int, lps: list[TokenLogprob | None] | None, then: dict[str, Any]) -> dict[str, Any]:
+        return _echo_logprobs(engine, prompts[p], prompt_offsets[p], lps, then)
 
-    @app.get("/health")
-    async def health() -> Response:
-        if state.engine is None or state.draining:
-            reason = "draining" if state.draining else ("load failed: " + state.load_error
-                                                        if state.load_error else "loading")
-            return error_json(503, f"not ready ({reason})", "server_error", code="not_ready")
-        return JSONResponse({"status": "ok", "model": model_name})
+    if req.stream:
+        offsets = [len(echo_texts[i // req.n]) if req.echo else 0 for i in range(len(seqs))]
+        scored: dict[int, list[TokenLogprob | None]] = {}
+        # Echo without log-probs goes out at once; with them it rides on each choice's first chunk (as vLLM).
+        echoed = [not score] * len(seqs)
 
-    @app.get("/metrics")
-    async def prometheus() -> Response:
-        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        chunk = _chunk_maker(rid, "text_completion", created, state.model_name, include_usage)
 
+        def choice(index: int, delta: Delta) -> dict[str, Any] | None:
+            p = index // req.n
+            if delta.prompt_logprobs is not None:
+                scored[p] = delta.prompt_logprobs
+            if not delta.text and not delta.finish_reason:
+                return None
+            text = delta.text
+            lp = _completion_logprobs(engine, delta.logprobs, offsets[index]) if want_lp else None
+            offsets[index] += len(delta.text)
+            if not echoed[index]:
+                echoed[index] = True
+                text = echo_texts[p] + text
+                lp = echo_logprobs(p, scored.get(p), lp)
+            return {"index": index, "text": text, "logprobs": lp, "finish_reason": delta.finish_reason}
+
+        first = None
+        if req.echo and not score:
+            first = [{"index": i, "text": echo_texts[i // req.n], "logprobs": None, "finish_reason": None}
+                     for i in range(len(seqs))]
+        return _stream(engine, seqs, collector, chunk, first, choice, prompt_tokens, include_usage)
+
+    results = await _collect(request, engine, seqs, collector)
+    choices = []
+    for i, (text, lps, reason, _, _) in enumerate(results):
+        p = i // req.n
+        prefix = echo_texts[p] if req.echo else ""
+        lp = _completion_logprobs(engine, lps, len(prefix)) if want_lp else None
+        if score:
+            lp = echo_logprobs(p, results[p * req.n][4], lp)
+        choices.append({"index": i, "text": prefix + text, "finish_reason": reason, "logprobs": lp})
+    return {"id": rid, "object": "text_completion", "created": created, "model": state.model_name,
+            "system_fingerprint": None, "choices": choices,
+            "usage": _usage(prompt_tokens, sum(r[3] for r in results))}
+
+
+ops = APIRouter()
+"""Health and metrics: open, for load balancers and Prometheus."""
+
+
+@ops.get("/health")
+async def health(request: Request) -> Response:
+    state = _state(request)
+    if state.engine is None or state.draining:
+        reason = "draining" if state.draining else ("load failed: " + state.load_error
+                                                    if state.load_error else "loading")
+        return error_json(503, f"not ready ({reason})", "server_error", code="not_ready")
+    return JSONResponse({"status": "ok", "model": state.model_name})
+
+
+@ops.get("/metrics")
+async def prometheus(request: Request) -> Response:
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _load(state: ServerState) -> None:
+    try:
+        state.engine = state.load_engine().start()
+    except Exception as e:  # reported by /health and by serve(), which then exits
+        log.exception("loading the model failed")
+        state.load_error = str(e) or type(e).__name__
+        if state.on_load_failure is not None:
+            state.on_load_failure()
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Weights load in a thread, so /health answers 503 meanwhile; at shutdown, running sequences finish."""
+    state: ServerState = app.state.server
+    loader = threading.Thread(target=_load, args=(state,), name="homegrown-load", daemon=True)
+    loader.start()
+    yield
+    state.draining = True
+    await run_in_threadpool(loader.join)
+    if state.engine is not None:
+        await run_in_threadpool(state.engine.stop, True)
+
+
+def create_app(load_engine: Callable[[], Engine], *, api_key: str | None, model_name: str,
+               store: Any | None = None, metrics: ServeMetrics | None = None,
+               web_dir: Path | None = WEB_DIR, on_load_failure: Callable[[], None] | None = None,
+               generation_defaults: dict[str, Any] | None = None,
+               max_body_bytes: int = ServeConfig.max_body_bytes) -> FastAPI:
+    """The whole server: /v1 API, /health, /metrics, the conversations API and the chat page.
+
+    `load_engine` runs in a thread at startup, so /health answers 503 while weights load; `store` is a
+    ConversationStore for the page's /api/conversations (None leaves the page without saved conversations);
+    `generation_defaults` (protocol.parse_generation_defaults) fill sampling fields a request leaves out;
+    bodies over `max_body_bytes` get 413 before they are read.
+    """
+    app = FastAPI(title="homegrown", version="0.1.0", lifespan=_lifespan,
+                  description="OpenAI-compatible API of a homegrown model.")
+    app.state.server = ServerState(model_name=model_name, created=int(time.time()), api_key=api_key,
+                                   generation_defaults=dict(generation_defaults or {}), load_engine=load_engine,
+                                   on_load_failure=on_load_failure)
+    app.state.metrics = metrics or ServeMetrics()
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    _install_error_handlers(app)
     app.include_router(v1)
+    app.include_router(ops)
     if store is not None:
         from homegrown.serve.conversations import build_router
 

@@ -19,7 +19,7 @@ from pydantic.json_schema import SkipJsonSchema
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
-from homegrown.serve.protocol import error_json
+from homegrown.serve.protocol import error_json, find_invalid_unicode, invalid_unicode_message
 from homegrown.serve.store import Conversation, ConversationNotFound, ConversationStore, Message
 
 MAX_TITLE = 200
@@ -87,6 +87,9 @@ async def _parse(request: Request, schema: type[_Body]) -> _Body:
         raise _BadRequest(f"the request body is not valid JSON ({e}); send a JSON object") from e
     if not isinstance(data, dict):
         raise _BadRequest(f"the request body must be a JSON object, got {type(data).__name__}")
+    bad = find_invalid_unicode(data)
+    if bad is not None:
+        raise _BadRequest(invalid_unicode_message(bad), bad)
     try:
         return schema.model_validate(data)
     except ValidationError as e:

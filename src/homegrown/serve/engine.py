@@ -15,15 +15,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer
 
+from homegrown.bundle import ModelBundle
 from homegrown.config import ServeConfig
 from homegrown.errors import HomegrownError
 from homegrown.generate import SamplingParams, sample_next
-from homegrown.model import KVCache, Transformer
+from homegrown.model import KVCache
 from homegrown.serve.batched import forward_rows, move_slot
 from homegrown.serve.metrics import ServeMetrics
 
@@ -31,8 +30,6 @@ log = logging.getLogger(__name__)
 
 MIN_SHARED_PREFIX = 16
 """Joiners sharing at least this many prompt tokens with an earlier joiner wait one forward to copy them."""
-STOP_TOKENS = ("<|endoftext|>", "<|end|>")
-"""End of a document and end of a chat turn: generation stops at either unless the request says otherwise."""
 
 
 class ContextLengthError(HomegrownError):
@@ -46,12 +43,19 @@ class EngineBusyError(HomegrownError):
 @dataclass
 class GenerationParams(SamplingParams):
     """Per-sequence sampling: `SamplingParams` (temperature, top-k, top-p, seed, stop ids) plus what the
-    OpenAI API adds. Penalties follow OpenAI's definition: logit -= frequency·count + presence·[count > 0]."""
+    OpenAI API adds. Penalties follow OpenAI's definition: logit -= frequency·count + presence·[count > 0];
+    `logit_bias` is added to the logits first. `min_tokens` and `ignore_eos` are vLLM's, with its meaning."""
 
     temperature: float = 1.0
     stop: list[str] = field(default_factory=list)
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    min_tokens: int = 0
+    """Until this many tokens were generated, stop tokens cannot be sampled and stop strings are not looked for
+    (text generated before then is never cut)."""
+    ignore_eos: bool = False
+    """Do not stop at the model's end tokens (STOP_TOKENS); explicit `stop_token_ids` still stop, as in vLLM."""
     logprobs: bool = False
     top_logprobs: int = 0
     stop_token_logprob: bool = False
@@ -74,6 +78,11 @@ class GenerationParams(SamplingParams):
                 raise HomegrownError(f"{name} must be between 0 and 20, got {getattr(self, name)}")
         if any(not s for s in self.stop):
             raise HomegrownError("stop strings must not be empty")
+        if not 0 <= self.min_tokens <= max(self.max_tokens, 0):
+            raise HomegrownError(f"min_tokens must be between 0 and max_tokens ({self.max_tokens}), "
+                                 f"got {self.min_tokens}")
+        if any(not -100 <= b <= 100 for b in self.logit_bias.values()):
+            raise HomegrownError("logit_bias values must be between -100 and 100")
 
 
 @dataclass
@@ -114,7 +123,15 @@ class Sequence:
             self.generator.seed()
         penalised = params.presence_penalty != 0 or params.frequency_penalty != 0
         self.counts = torch.zeros(1, vocab_size, device=device) if penalised else None
+        self.bias: tuple[torch.Tensor, torch.Tensor] | None = None
+        if params.logit_bias:
+            self.bias = (torch.tensor(list(params.logit_bias), dtype=torch.long, device=device),
+                         torch.tensor(list(params.logit_bias.values()), dtype=torch.float32, device=device))
         self.stop_ids = set(params.stop_token_ids)
+        self.held_off: torch.Tensor | None = None  # the stop ids, masked while min_tokens is not reached
+        if params.min_tokens and self.stop_ids:
+            self.held_off = torch.tensor(sorted(self.stop_ids), dtype=torch.long, device=device)
+        self.stop_from = 0  # characters of text before which stop strings are not looked for (min_tokens)
         self.out_ids: list[int] = []
         self.unsent_ids: list[int] = []
         self.unsent_logprobs: list[TokenLogprob] = []
@@ -129,17 +146,19 @@ class Sequence:
 class Engine:
     """Owns the model, the slot cache and the stepping thread; `submit` is safe to call from any thread."""
 
-    def __init__(self, model: Transformer, tokenizer: Tokenizer, cfg: ServeConfig | None = None,
+    def __init__(self, bundle: ModelBundle, cfg: ServeConfig | None = None,
                  metrics: ServeMetrics | None = None) -> None:
         self.cfg = cfg or ServeConfig()
         if self.cfg.max_batch < 1:
             raise HomegrownError(f"max_batch must be at least 1, got {self.cfg.max_batch}")
-        self.model, self.tokenizer, self.metrics = model, tokenizer, metrics
+        self.bundle, self.model, self.tokenizer, self.metrics = bundle, bundle.model, bundle.tokenizer, metrics
+        model = bundle.model
         weight = next(model.parameters())
         self.device = weight.device
         self.max_len = model.cfg.max_seq_len
         self.cache = KVCache.allocate(model.cfg, self.cfg.max_batch, dtype=weight.dtype, device=self.device)
-        self.stop_token_ids = [i for i in (tokenizer.token_to_id(t) for t in STOP_TOKENS) if i is not None]
+        self.stop_token_ids = bundle.stop_ids
+        """The model's EOS and end-of-turn: generation stops at either unless the request says otherwise."""
         self._waiting: deque[Sequence] = deque()
         self._running: list[Sequence] = []
         self._cond = threading.Condition()
@@ -200,10 +219,11 @@ class Engine:
         on the engine thread. Raises before queueing anything if a request cannot be served."""
         for p in params:
             p.max_tokens = self.resolve_max_tokens(len(prompt_ids), p.max_tokens)
-            p.stop_token_ids = list(dict.fromkeys([*p.stop_token_ids, *self.stop_token_ids]))
+            if not p.ignore_eos:
+                p.stop_token_ids = list(dict.fromkeys([*p.stop_token_ids, *self.stop_token_ids]))
             p.validate()
             vocab = self.model.cfg.vocab_size
-            if any(not 0 <= t < vocab for t in (*prompt_ids, *p.stop_token_ids)):
+            if any(not 0 <= t < vocab for t in (*prompt_ids, *p.stop_token_ids, *p.logit_bias)):
                 raise HomegrownError(f"token ids must be in [0, {vocab})")
         seqs = [Sequence(i, list(prompt_ids), p, emit, self.device, self.model.cfg.vocab_size)
                 for i, p in enumerate(params)]
@@ -380,10 +400,8 @@ class Engine:
                 finished.append(seq)
                 continue
             sampled += 1
-            row_logits = logits[row: row + 1]
-            if seq.counts is not None:
-                row_logits = row_logits - p.frequency_penalty * seq.counts - p.presence_penalty * (seq.counts > 0)
-            if p.temperature == 0 and seq.counts is None:
+            row_logits, adjusted = self._adjust(seq, logits[row: row + 1])
+            if p.temperature == 0 and not adjusted:
                 token = argmax[row]
             else:
                 token = int(sample_next(row_logits, p, seq.generator))
@@ -407,21 +425,39 @@ class Engine:
             self.metrics.tokens_generated(sampled)
         self._remove(finished)
 
+    def _adjust(self, seq: Sequence, row_logits: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """One sequence's logits as its request shapes them: bias, penalties, stop tokens held off until
+        min_tokens. Returns them and whether anything changed (else the batch's argmax stands)."""
+        p, adjusted = seq.params, False
+        if seq.bias is not None:
+            row_logits = row_logits.index_add(1, seq.bias[0], seq.bias[1][None])
+            adjusted = True
+        if seq.counts is not None:
+            row_logits = row_logits - p.frequency_penalty * seq.counts - p.presence_penalty * (seq.counts > 0)
+            adjusted = True
+        if seq.held_off is not None and len(seq.out_ids) < p.min_tokens:
+            row_logits = row_logits.index_fill(1, seq.held_off, float("-inf"))
+            adjusted = True
+        return row_logits, adjusted
+
     def _emit_text(self, seq: Sequence, final: bool) -> bool:
         """Send the text that is certain, holding back an incomplete UTF-8 character and any tail that could
         still become a stop string. Returns True when the sequence is finished (stop string or max_tokens)."""
         text = self.tokenizer.decode(seq.out_ids)
-        hits = [i for i in (text.find(s) for s in seq.params.stop) if i >= 0]
+        safe = len(text.rstrip("\ufffd"))
+        protected = len(seq.out_ids) <= seq.params.min_tokens
+        if protected:
+            seq.stop_from = safe
+        hits = [] if protected else [i for i in (text.find(s, seq.stop_from) for s in seq.params.stop) if i >= 0]
         if hits:
             self._finish(seq, "stop", text[: min(hits)])
             return True
         if final:
             self._finish(seq, "length", text)
             return True
-        safe = len(text.rstrip("\ufffd"))
         hold = 0
-        for stop in seq.params.stop:
-            for k in range(min(len(stop) - 1, safe), hold, -1):
+        for stop in [] if protected else seq.params.stop:
+            for k in range(min(len(stop) - 1, safe - seq.stop_from), hold, -1):
                 if text[safe - k: safe] == stop[:k]:
                     hold = k
                     break
@@ -507,23 +543,3 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name not in SERVE_DTYPES:
         raise HomegrownError(f"unknown serve dtype {name!r}; use auto, fp32 or bf16")
     return SERVE_DTYPES[name]
-
-
-def load_model_and_tokenizer(path: Path, device: torch.device,
-                             dtype: torch.dtype | None = None) -> tuple[Transformer, Tokenizer]:
-    """A homegrown run/checkpoint directory, or a transformers Llama directory (e.g. from `homegrown export`).
-
-    Weights are cast to `dtype` (None: as stored) while moving to `device`; the engine allocates its KV cache
-    in the same dtype.
-    """
-    from homegrown.export.hf import load_hf
-    from homegrown.tokenizer import load_tokenizer
-    from homegrown.train.checkpoint import load_for_inference
-
-    path = Path(path)
-    if not path.exists():
-        raise HomegrownError(f"{path} does not exist; pass a run directory, ckpt/step_N or an exported HF directory")
-    config = path / "config.json"
-    if config.exists() and '"model_type"' in config.read_text():
-        return load_hf(path).to(device=device, dtype=dtype).prepare_for_inference(), load_tokenizer(path)
-    return load_for_inference(path, device, dtype)

@@ -8,6 +8,7 @@ own start-and-poll loop; this is the one copy.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -21,9 +22,13 @@ import httpx
 
 from homegrown.errors import HomegrownError
 
+BANNER_URL = re.compile(r"OpenAI base_url\s+(http://\S+?)/v1\b")
+"""The line of `homegrown serve`'s banner that says where it listens, printed once the port is bound."""
+
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on right now (the OS picks it)."""
+    """A port nothing listens on right now (the OS picks it). Another process may take it before the caller
+    binds it; `launch` does not use this (the server binds port 0 itself)."""
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
@@ -58,22 +63,26 @@ def launch(source: Path, *args: str, log: Path, host: str = "127.0.0.1", port: i
            env: Mapping[str, str] | None = None, timeout: float = 120) -> ServerProcess:
     """`homegrown serve SOURCE --host HOST --port PORT ARGS…`, returned once GET /health is 200.
 
-    Output goes to the file `log` (not a pipe: nobody reads a pipe while the caller works, and a full one
-    blocks the server). `env` replaces the environment (default: this process's). If the server exits or is
-    not healthy within `timeout` seconds, it is killed and the error carries the end of its log.
+    Without `port` the server binds port 0, so the OS gives it a free port that nobody can take in between; its
+    address is read back from the banner in its log. Output goes to the file `log` (not a pipe: nobody reads a
+    pipe while the caller works, and a full one blocks the server). `env` replaces the environment (default:
+    this process's). If the server exits or is not healthy within `timeout` seconds, it is killed and the error
+    carries the end of its log.
     """
-    port = port or free_port(host)
-    command = [*homegrown_command(), "serve", str(source), "--host", host, "--port", str(port), *args]
+    command = [*homegrown_command(), "serve", str(source), "--host", host, "--port", str(port or 0), *args]
     with Path(log).open("w") as out:
         proc = subprocess.Popen(command, env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"},
                                 stdout=out, stderr=subprocess.STDOUT, text=True)
-    base = f"http://{host}:{port}"
+    base: str | None = None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise HomegrownError(f"homegrown serve exited with {proc.returncode}:\n{Path(log).read_text()[-4000:]}")
+        if base is None:
+            found = BANNER_URL.search(Path(log).read_text())
+            base = found.group(1) if found else None
         try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+            if base is not None and httpx.get(f"{base}/health", timeout=2).status_code == 200:
                 return ServerProcess(base, proc, Path(log))
         except httpx.TransportError:
             pass

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import signal
+import socket
 from pathlib import Path
 from types import FrameType
 
@@ -19,6 +20,7 @@ import uvicorn
 
 from homegrown.config import ServeConfig
 from homegrown.errors import HomegrownError
+from homegrown.layout import RunLayout, run_dir_of
 from homegrown.progress import console
 from homegrown.serve.api import ServerState, create_app
 from homegrown.serve.metrics import ServeMetrics
@@ -29,17 +31,6 @@ log = logging.getLogger(__name__)
 def is_hf_dir(path: Path) -> bool:
     config = Path(path) / "config.json"
     return config.is_file() and "model_type" in json.loads(config.read_text())
-
-
-def run_dir_of(path: Path) -> Path:
-    """The run directory a served path belongs to (where the conversations database goes by default):
-    `run/ckpt/step_N` → `run`, `run/ckpt` → `run`, `run` → `run`, an exported HF directory → itself."""
-    path = Path(path).resolve()
-    if path.name.startswith("step_") and path.parent.name == "ckpt":
-        return path.parent.parent
-    if path.name == "ckpt":
-        return path.parent
-    return path
 
 
 def check_source(path: Path) -> None:
@@ -64,21 +55,41 @@ class _DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before the model loads: port 0 lets the OS pick a free port, which the
+    banner then shows (launch.py reads it back, so no test or script has to guess a free port and race for it)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise HomegrownError(f"cannot resolve --host {host!r} ({e})") from e
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        raise HomegrownError(f"cannot listen on {host}:{port} ({e.strerror}); pick another --port, or 0 for any "
+                             "free one") from e
+    return sock
+
+
 def _drained(sig: int, frame: FrameType | None) -> None:
     """uvicorn re-raises the signal it shut down on; after a completed drain that is a normal exit."""
 
 
 def serve(source: Path, cfg: ServeConfig | None = None, *, api_key: str | None = None, db_url: str | None = None,
           model_name: str | None = None) -> None:
-    from homegrown.serve.engine import Engine, load_model_and_tokenizer, resolve_device, resolve_dtype
+    from homegrown.bundle import load_bundle
+    from homegrown.serve.engine import Engine, resolve_device, resolve_dtype
     from homegrown.serve.store import ConversationStore
 
     cfg = cfg or ServeConfig()
     source = Path(source)
     check_source(source)
-    run_dir = run_dir_of(source)
+    run_dir = run_dir_of(source)  # the conversations database goes there by default
     model_name = model_name or run_dir.name
-    store = ConversationStore(db_url or f"sqlite:///{run_dir / 'conversations.sqlite'}")
+    store = ConversationStore(db_url or f"sqlite:///{RunLayout(run_dir).conversations_db}")
     metrics = ServeMetrics()
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)  # before binding the port: a bad --dtype fails here
@@ -86,8 +97,7 @@ def serve(source: Path, cfg: ServeConfig | None = None, *, api_key: str | None =
         torch.set_num_threads(cfg.threads or max(1, len(os.sched_getaffinity(0)) - 1))
 
     def load() -> Engine:
-        model, tokenizer = load_model_and_tokenizer(source, device, dtype)
-        return Engine(model, tokenizer, cfg, metrics)
+        return Engine(load_bundle(source, device, dtype), cfg, metrics)
 
     server: _DrainingServer | None = None
 
@@ -96,20 +106,24 @@ def serve(source: Path, cfg: ServeConfig | None = None, *, api_key: str | None =
             server.should_exit = True
 
     app = create_app(load, api_key=api_key or None, model_name=model_name, store=store, metrics=metrics,
-                     on_load_failure=stop_server)
+                     on_load_failure=stop_server, generation_defaults=cfg.generation_defaults,
+                     max_body_bytes=cfg.max_body_bytes)
+    sock = bind(cfg.host, cfg.port)
     config = uvicorn.Config(app, host=cfg.host, port=cfg.port, timeout_graceful_shutdown=int(cfg.drain_timeout_s),
                             log_level="info", access_log=False)
     server = _DrainingServer(config, app.state.server)
-    url = f"http://{cfg.host}:{cfg.port}"
+    host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
+    url = f"http://{host}:{sock.getsockname()[1]}"
     console.print(f"serving [bold]{model_name}[/bold] from {source}")
     console.print(f"chat page       {url}/")
     console.print(f"OpenAI base_url {url}/v1   (API key {'required' if api_key else 'not required'})")
     console.print(f"metrics         {url}/metrics")
     previous = signal.signal(signal.SIGTERM, _drained)
     try:
-        server.run()
+        server.run(sockets=[sock])
     finally:
         signal.signal(signal.SIGTERM, previous)
+        sock.close()
     state: ServerState = app.state.server
     if state.load_error:
         raise HomegrownError(f"could not load {source}: {state.load_error}")

@@ -1,18 +1,17 @@
 """Checkpoints in the DESIGN.md format, written so a crash can never leave a half checkpoint that looks whole.
 
-`ckpt/step_N/` holds model.safetensors + config.json + tokenizer.json (everything needed to serve or
-export) and what only resume needs: trainer_state.pt (step, RNG, world size) and `dcp/`, the model and
-optimizer state as a `torch.distributed.checkpoint` — sharded per rank, and re-sharded on load, so a run
-saved by 2 ranks resumes on 1 or 8, or without torchrun at all. The directory is assembled under a
-temporary name and renamed into place, which is atomic on POSIX filesystems.
+`ckpt/step_N/` holds model.safetensors + config.json + tokenizer.json + the chat format as Hugging Face files
+(tokenizer_config.json, generation_config.json) — everything needed to serve or export — and what only resume
+needs: trainer_state.pt (step, RNG, world size) and `dcp/`, the model and optimizer state as a
+`torch.distributed.checkpoint` — sharded per rank, and re-sharded on load, so a run saved by 2 ranks resumes on
+1 or 8, or without torchrun at all. The directory is assembled under a temporary name and renamed into place,
+which is atomic on POSIX filesystems.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
-import re
 import shutil
 import warnings
 from collections.abc import Iterator
@@ -22,23 +21,24 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
-from tokenizers import Tokenizer
 
+from homegrown import layout
+from homegrown.chat_template import copy_tokenizer_files
 from homegrown.config import ModelConfig
 from homegrown.errors import HomegrownError
+from homegrown.io import atomic_path, finish_dir, start_dir, temp_dir_of
+from homegrown.layout import latest_checkpoint, list_checkpoints
 from homegrown.model import Transformer
-from homegrown.tokenizer import load_tokenizer
 from homegrown.train import distributed
 from homegrown.train.distributed import DistEnv
 
-STEP_DIR = re.compile(r"^step_(\d+)$")
+# What a checkpoint directory holds; these names are the checkpoint's own, spelled only here.
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+TOKENIZER = layout.TOKENIZER
+TRAIN_INFO = "train_info.json"
 TRAINER_STATE = "trainer_state.pt"
 SHARDED = "dcp"
-CHAT_METADATA = ("tokenizer_config.json", "generation_config.json")
-"""Hugging Face files beside a tokenizer.json that carry a model's chat template and stop ids (imported models
-have them); every checkpoint written with that tokenizer gets copies, so fine-tuning keeps the model's template."""
 
 
 def weights_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
@@ -53,12 +53,8 @@ def save_checkpoint(ckpt_root: Path, step: int, model: Transformer, tokenizer_pa
                     trainer_state: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
                     keep: int = 0) -> Path:
     """Write `ckpt_root/step_<step>` atomically; prune to the newest `keep` checkpoints when keep > 0."""
-    ckpt_root = Path(ckpt_root)
-    ckpt_root.mkdir(parents=True, exist_ok=True)
-    final = ckpt_root / f"step_{step}"
-    tmp = ckpt_root / f".step_{step}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    final = layout.step_dir(ckpt_root, step)
+    tmp = start_dir(final)
     save_file(weights_state_dict(model), str(tmp / WEIGHTS), metadata={"format": "pt", "step": str(step)})
     _finish(tmp, final, model.cfg, tokenizer_path, trainer_state, extra, keep)
     return final
@@ -68,17 +64,12 @@ def _finish(tmp: Path, final: Path, cfg: ModelConfig, tokenizer_path: Path, trai
             extra: dict[str, Any] | None, keep: int) -> None:
     """Add what serving and resume need beside the weights, then rename into place and prune old ones."""
     (tmp / CONFIG).write_text(json.dumps(asdict(cfg), indent=2))
-    shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
-    for name in CHAT_METADATA:
-        if (Path(tokenizer_path).parent / name).is_file():
-            shutil.copyfile(Path(tokenizer_path).parent / name, tmp / name)
+    copy_tokenizer_files(tokenizer_path, tmp)
     if extra:
-        (tmp / "train_info.json").write_text(json.dumps(extra, indent=2))
+        (tmp / TRAIN_INFO).write_text(json.dumps(extra, indent=2))
     if trainer_state is not None:
         torch.save(trainer_state, tmp / TRAINER_STATE)
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(tmp, final)
+    finish_dir(tmp, final)
     if keep > 0:
         for old in list_checkpoints(final.parent)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
@@ -115,12 +106,8 @@ def save_training_checkpoint(ckpt_root: Path, step: int, model: torch.nn.Module,
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    ckpt_root = Path(ckpt_root)
-    final, tmp = ckpt_root / f"step_{step}", ckpt_root / f".step_{step}.tmp"
-    if env.is_main:
-        ckpt_root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+    final = layout.step_dir(ckpt_root, step)
+    tmp = start_dir(final) if env.is_main else temp_dir_of(final)
     distributed.barrier(env)
     model_state, optim_state = get_state_dict(model, optimizers)
     with _single_process_ok():
@@ -158,7 +145,7 @@ def resolve_dcp_checkpoint(path: Path) -> Path:
     path = Path(path)
     if (path / SHARDED).is_dir():
         return path
-    for root in (path, path / "ckpt"):
+    for root in (path, layout.RunLayout(path).ckpt_root()):
         found = [p for p in list_checkpoints(root) if (p / SHARDED).is_dir()]
         if found:
             return found[-1]
@@ -179,24 +166,9 @@ def consolidate(ckpt: Path) -> Path:
     with _single_process_ok():
         dcp.load(state, checkpoint_id=ckpt / SHARDED, no_dist=True)
     model.load_state_dict(state["model"])
-    tmp = ckpt / f".{WEIGHTS}.tmp"
-    save_file(weights_state_dict(model), str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, ckpt / WEIGHTS)
+    with atomic_path(ckpt / WEIGHTS) as tmp:
+        save_file(weights_state_dict(model), str(tmp), metadata={"format": "pt"})
     return ckpt / WEIGHTS
-
-
-def list_checkpoints(ckpt_root: Path) -> list[Path]:
-    """Finished checkpoints, oldest first (temporary directories are ignored by name)."""
-    ckpt_root = Path(ckpt_root)
-    if not ckpt_root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in ckpt_root.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()]
-    return [p for _, p in sorted(found)]
-
-
-def latest_checkpoint(ckpt_root: Path) -> Path | None:
-    ckpts = list_checkpoints(ckpt_root)
-    return ckpts[-1] if ckpts else None
 
 
 def resolve_checkpoint(path: Path) -> Path:
@@ -208,10 +180,9 @@ def resolve_checkpoint(path: Path) -> Path:
     path = Path(path)
     if (path / WEIGHTS).exists():
         return path
-    for root in (path, path / "sft" / "ckpt", path / "ckpt"):
-        latest = latest_checkpoint(root)
-        if latest is not None:
-            return latest
+    latest = latest_checkpoint(path) or layout.RunLayout(path).final_checkpoint()
+    if latest is not None:
+        return latest
     raise HomegrownError(f"no checkpoint found at {path}; pass a run directory or a ckpt/step_N directory")
 
 
@@ -222,16 +193,6 @@ def load_model(path: Path, device: str | torch.device = "cpu") -> Transformer:
     model = Transformer(cfg)
     load_weights(model, ckpt / WEIGHTS)
     return model.to(device)
-
-
-def load_for_inference(path: Path, device: str | torch.device = "cpu",
-                       dtype: torch.dtype | None = None) -> tuple[Transformer, Tokenizer]:
-    """Model (in its inference layout) and tokenizer of the newest checkpoint at `path`: what samplers need.
-
-    Weights are read on the CPU and cast to `dtype` (None: as stored) while moving to `device`, so a bf16
-    GPU copy never holds an fp32 one beside it."""
-    ckpt = resolve_checkpoint(path)
-    return load_model(ckpt).to(device=device, dtype=dtype).prepare_for_inference(), load_tokenizer(ckpt)
 
 
 def load_weights(model: Transformer, weights_path: Path) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -21,10 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from homegrown import layout
 from homegrown.config import ModelConfig, TrainConfig
 from homegrown.data.pack import TokenShards, token_byte_lengths
 from homegrown.errors import HomegrownError
 from homegrown.eval.perplexity import evaluate
+from homegrown.io import write_text_atomic
 from homegrown.model import Transformer, count_params
 from homegrown.progress import StepProgress, console
 from homegrown.tokenizer import load_tokenizer
@@ -161,16 +162,14 @@ def _truncate_metrics(path: Path, after_step: int) -> None:
     if not path.exists():
         return
     kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= after_step]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 def train(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path | None, run_dir: Path, tokenizer_path: Path,
-          init_from: Path | None = None, batch_source: BatchSource | None = None, ckpt_subdir: str = "ckpt",
-          progress: bool = True, label: str = "pretrain", loss_fn: LossFn = lm_loss,
-          eval_fn: EvalFn | None = None) -> TrainResult:
-    """Train (or resume) in `run_dir/<ckpt_subdir>`, starting from `init_from` weights when given.
+          init_from: Path | None = None, batch_source: BatchSource | None = None, stage: str = layout.BASE,
+          progress: bool = True, loss_fn: LossFn = lm_loss, eval_fn: EvalFn | None = None) -> TrainResult:
+    """Train (or resume) `stage` of `run_dir` (its checkpoints, metrics and loss curve as homegrown.layout
+    places them), starting from `init_from` weights when given.
 
     Resumes automatically when that checkpoint directory already holds a checkpoint. Returns the final one.
     `shard_dir` may be None when both `batch_source` and `eval_fn` are given.
@@ -178,8 +177,9 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path | None, run_
     """
     env = distributed.init_distributed()
     run_dir = Path(run_dir)
-    ckpt_root = run_dir / ckpt_subdir
-    metrics_path = run_dir / f"metrics_{label}.jsonl" if label != "pretrain" else run_dir / "metrics.jsonl"
+    run = layout.RunLayout(run_dir)
+    ckpt_root, metrics_path = run.ckpt_root(stage), run.metrics(stage)
+    label = "pretrain" if stage == layout.BASE else stage
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
@@ -277,7 +277,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path | None, run_
                 raise HomegrownError(
                     f"loss became {loss_sum} at step {step}; lower train.lr and rerun with a new --out")
             if step < cfg.grad_dump_steps:
-                _dump_gradients(model, run_dir / "grads" / f"step_{step + 1}.safetensors", env)
+                _dump_gradients(model, run.grads(step + 1), env)
             grad_norm = _clip_gradients(model, cfg.grad_clip)
             for opt in optimizers:
                 opt.step()
@@ -303,7 +303,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path | None, run_
             if done % cfg.ckpt_every == 0 or done == cfg.max_steps:
                 final = save(done)
                 if env.is_main:
-                    plot_loss_curve(metrics_path, run_dir / f"loss_{label}.png", title=f"{label} — {run_dir.name}")
+                    plot_loss_curve(metrics_path, run.loss_png(stage), title=f"{label} — {run_dir.name}")
     if final is None:
         raise HomegrownError(f"{label} ran no steps (max_steps={cfg.max_steps})")
     if not env.is_main:

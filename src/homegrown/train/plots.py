@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+
+from homegrown.io import atomic_path
 
 
 def plot_loss_curve(metrics_path: Path, out_png: Path, title: str = "") -> Path:
@@ -31,8 +32,7 @@ def plot_loss_curve(metrics_path: Path, out_png: Path, title: str = "") -> Path:
     ax.legend(loc="upper right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = Path(out_png).with_suffix(".tmp.png")
-    fig.savefig(tmp)
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
-    os.replace(tmp, out_png)
     return Path(out_png)
