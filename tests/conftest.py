@@ -9,6 +9,7 @@ import gzip
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -111,3 +112,28 @@ def smollm2_template(smollm2_gguf: Path) -> str:
     from gguf import GGUFReader
 
     return GGUFReader(smollm2_gguf).fields["tokenizer.chat_template"].contents()
+
+
+@pytest.fixture(scope="session")
+def smol_run(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2-135M-Instruct imported once per session by `homegrown import`'s own function, shared by every test
+    on the real model. Read-only: a test that trains or evaluates into a run works on `linked_run(smol_run, …)`."""
+    from homegrown.importer import import_model
+
+    return import_model(smollm2_gguf, tmp_path_factory.mktemp("smol") / "run").run_dir
+
+
+def linked_run(run: Path, out: Path) -> Path:
+    """A run directory with the same files as `run`, hard-linked (copied across file systems): a test can write
+    its own stages into it without touching the shared one or copying half a gigabyte of weights."""
+    for src in run.rglob("*"):
+        dst = out / src.relative_to(run)
+        if src.is_dir():
+            dst.mkdir(parents=True, exist_ok=True)
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copyfile(src, dst)
+    return out

@@ -58,9 +58,9 @@ class ModelBundle:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
     def text_prompt_ids(self, text: str) -> list[int]:
-        """A plain-text prompt's ids: BOS first when the model's tokenizer adds one (`add_bos_token`)."""
-        bos = [self.bos_id] if self.add_bos and self.bos_id is not None else []
-        return bos + self.encode(text)
+        """A plain-text prompt's ids: the model's text BOS first when it has one (`ChatFormat.text_bos_id`)."""
+        bos = self.chat.text_bos_id
+        return ([] if bos is None else [bos]) + self.encode(text)
 
     def render_chat(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> str:
         return self.chat.render(messages, add_generation_prompt)

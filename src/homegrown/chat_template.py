@@ -151,6 +151,13 @@ class ChatFormat:
     bos_id: int | None = None
     add_bos: bool = False
 
+    @property
+    def text_bos_id(self) -> int | None:
+        """The id a plain-text prompt (completions, generate, eval contexts) starts with, None when text starts
+        bare. BOS when the tokenizer adds one (`add_bos_token`, as Llama's do); for our models <|endoftext|>,
+        which starts every training document; SmolLM2 and other models that add none get none."""
+        return self.bos_id if self.add_bos or self.bos_token == EOT else None
+
     def render(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> str:
         if self.template is None:
             raise HomegrownError("this model has no chat template (a base model); use plain-text generation, or "
@@ -236,8 +243,12 @@ def read_chat_format(directory: Path, tok: Tokenizer) -> ChatFormat:
     if any(not isinstance(i, int) or not 0 <= i < vocab for i in stop_ids):
         raise HomegrownError(f"{directory}: stop token ids {list(stop_ids)} are not all ids of its tokenizer")
     bos_id = generation.get("bos_token_id", tok.token_to_id(bos) if bos is not None else None)
+    add_bos = bool(config.get("add_bos_token", False))
+    if (add_bos or bos == EOT) and not (isinstance(bos_id, int) and 0 <= bos_id < vocab):
+        raise HomegrownError(f"{directory}: plain text starts with BOS (add_bos_token) but its BOS id {bos_id!r} is "
+                             "not a token of its tokenizer; set bos_token / bos_token_id to one")
     return ChatFormat(ChatTemplate(source, tokens) if source is not None else None, stop_ids,
-                      bos_token=bos, eos_token=eos, bos_id=bos_id, add_bos=bool(config.get("add_bos_token", False)))
+                      bos_token=bos, eos_token=eos, bos_id=bos_id, add_bos=add_bos)
 
 
 def write_chat_format(directory: Path, chat: ChatFormat, tokenizer_extra: Mapping[str, Any] | None = None,

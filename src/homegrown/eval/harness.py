@@ -49,9 +49,10 @@ class HomegrownLM(TemplateLM):
 
     def _loglikelihood_tokens(self, requests: list, disable_tqdm: bool = False, **kwargs: object
                               ) -> list[tuple[float, bool]]:
-        """Every context starts after <|endoftext|>, as in `LocalModel.encode_pair` and in training."""
-        eot = self.local.eot
-        pairs = [(ctx if ctx[:1] == [eot] else [eot, *ctx], cont) for _, ctx, cont in requests]
+        """Every context starts after the model's text BOS (ours: <|endoftext|>), as in `LocalModel.encode_pair`;
+        lm-eval already put end of text before an empty one."""
+        prefix = self.local.prefix
+        pairs = [(ctx if not prefix or ctx[:1] == prefix else [*prefix, *ctx], cont) for _, ctx, cont in requests]
         results = self.local.score_tokens(pairs)
         for (key, _, _), result in zip(requests, results, strict=True):
             self.cache_hook.add_partial("loglikelihood", key, result)

@@ -22,6 +22,10 @@ from homegrown.errors import HomegrownError
 from homegrown.model import Transformer
 from homegrown.tokenizer import encode_batch, eot_id, iter_batches
 
+LOGITS_BUDGET = 1 << 28
+"""Logits held at once when scoring a split (1 GiB in fp32): whole-context windows of a large-vocabulary model
+(SmolLM2: 8,192 × 49,152 per window) go one at a time instead of sixteen (26 GB)."""
+
 
 @dataclass
 class SplitScore:
@@ -88,4 +92,6 @@ def evaluate_split(model: Transformer, tok: Tokenizer, corpus_dir: Path, split: 
             ids.append(eot)
     lengths = torch.from_numpy(token_byte_lengths(tok))
     device = next(model.parameters()).device
-    return _score(model, _windows(np.asarray(ids), batch, seq_len or model.cfg.max_seq_len), lengths, device, None)
+    seq_len = seq_len or model.cfg.max_seq_len
+    batch = max(1, min(batch, LOGITS_BUDGET // (seq_len * model.cfg.vocab_size)))
+    return _score(model, _windows(np.asarray(ids), batch, seq_len), lengths, device, None)

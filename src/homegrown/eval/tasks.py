@@ -32,10 +32,10 @@ from typing import Protocol
 import torch
 
 from homegrown.bundle import ModelBundle
+from homegrown.chat_template import EOT
 from homegrown.data.sources import numbered_json_lines
 from homegrown.errors import HomegrownError
 from homegrown.generate import SamplingParams, stream_tokens
-from homegrown.tokenizer import eot_id
 
 TASKS_DIR = Path(__file__).resolve().parents[3] / "data" / "tasks"
 KINDS = ("multiple_choice", "generation")
@@ -255,8 +255,13 @@ class LocalModel:
     def __init__(self, bundle: ModelBundle, name: str = "model", batch_size: int = 32, chat: bool = False) -> None:
         self.bundle, self.name, self.batch_size, self.chat = bundle, name, batch_size, chat
         self.model, self.tok = bundle.model.eval(), bundle.tokenizer
-        self.eot = eot_id(self.tok)
-        self.stop_ids = list(dict.fromkeys([self.eot, *bundle.stop_ids]))
+        bos, eot = bundle.chat.text_bos_id, self.tok.token_to_id(EOT)
+        self.prefix = [] if bos is None else [bos]
+        """What every plain-text context starts with: the model's text BOS (ours: <|endoftext|>), or nothing."""
+        self.eot = next((i for i in (eot, *bundle.stop_ids, bos) if i is not None), 0)
+        """End of text (lm-eval's eot_token_id): <|endoftext|> when the vocabulary has it, else EOS; it also
+        stands before an empty context of a model whose text has no BOS, as lm-eval's prefix token does."""
+        self.stop_ids = list(dict.fromkeys([*([] if eot is None else [eot]), *bundle.stop_ids]))
         self.device = next(self.model.parameters()).device
 
     def encode(self, text: str) -> list[int]:
@@ -264,13 +269,14 @@ class LocalModel:
 
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         """lm-eval's rule: trailing spaces move to the continuation; the continuation is what the whole string
-        adds after the context's tokens. Every context starts after <|endoftext|>, as documents do in training."""
+        adds after the context's tokens. Every context starts after the model's text BOS (ours: <|endoftext|>, as
+        documents do in training); an empty one without a BOS after end of text, so every token is scored."""
         spaces = len(context) - len(context.rstrip())
         if spaces:
             context, continuation = context[:-spaces], context[-spaces:] + continuation
         whole = self.encode(context + continuation)
         ctx = self.encode(context)
-        return [self.eot, *ctx], whole[len(ctx):]
+        return [*self.prefix, *ctx] or [self.eot], whole[len(ctx):]
 
     @torch.inference_mode()
     def score_tokens(self, pairs: Sequence[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
@@ -309,9 +315,11 @@ class LocalModel:
         return self.score_tokens([self.encode_pair(c, x) for c, x in requests])
 
     def prompt_ids(self, prompt: Prompt) -> list[int]:
-        """Text starts after <|endoftext|> like a training document; a chat starts bare, as SFT and the server
-        tokenize it."""
-        return [self.eot, *self.encode(prompt)] if isinstance(prompt, str) else self.bundle.chat_prompt_ids(prompt)
+        """Text starts as the model's plain text does (after its BOS, if any: ours, like a training document,
+        after <|endoftext|>); a chat goes through the model's template, as SFT and the server tokenize it."""
+        if isinstance(prompt, str):
+            return self.bundle.text_prompt_ids(prompt)
+        return self.bundle.chat_prompt_ids(prompt)
 
     def greedy_tokens(self, ids: list[int], max_tokens: int) -> Iterator[int]:
         """Greedy decoding with the KV cache, ending at one of the model's stop tokens (not yielded)."""

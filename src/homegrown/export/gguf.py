@@ -3,8 +3,9 @@
 The tensors come from `export/hf.py`'s Llama state dict (fused q/k/v and gate/up already split), renamed to
 llama.cpp's names. Our RoPE rotates halves (HF layout); llama.cpp's `llama` architecture rotates adjacent pairs,
 so q and k rows are permuted within each head exactly as llama.cpp's `convert_hf_to_gguf.py` (`LlamaModel.permute`)
-does — k with the KV-head count. The byte-level BPE tokenizer goes in as llama.cpp's "gpt2" model with the
-GPT-2 pre-tokenizer regex, which is the one `tokenizers`' ByteLevel(use_regex=True) applies.
+does — k with the KV-head count. The byte-level BPE tokenizer goes in as llama.cpp's "gpt2" model under the
+name of its pre-tokenizer: "gpt-2" for ours (the regex `tokenizers`' ByteLevel(use_regex=True) applies), the one
+an imported model came with for it ("smollm" for SmolLM2), so `homegrown import` of the file gives the same ids.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ import gguf
 import numpy as np
 import torch
 from safetensors.torch import load_file
+from tokenizers import Tokenizer, models
 
-from homegrown.chat_template import EOT, ChatFormat, read_chat_format
+from homegrown.chat_template import ChatFormat, read_chat_format
 from homegrown.config import ModelConfig
 from homegrown.errors import HomegrownError
 from homegrown.export.hf import to_hf_state
+from homegrown.gguf_tokenizer import SUPPORTED_PRE, _pre_tokenizer
 from homegrown.io import atomic_path
 from homegrown.layout import BASE, locate
 from homegrown.tokenizer import load_tokenizer
@@ -46,6 +49,7 @@ _LAYER_NAMES = {
 }
 GPT2_REGEX = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 """The split `tokenizers`' ByteLevel(use_regex=True) applies; llama.cpp knows it as pre-tokenizer "gpt-2"."""
+GPT2_PRE = ("gpt-2", "gpt2")
 
 _TOP_NAMES = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
 
@@ -116,15 +120,31 @@ def _encode(arr: np.ndarray, qtype: gguf.GGMLQuantizationType) -> tuple[np.ndarr
         return arr.astype(np.float16), gguf.GGMLQuantizationType.F16
 
 
+def _pre_tokenizer_name(pre_tokenizer: dict[str, Any] | None) -> str | None:
+    """llama.cpp's name (`tokenizer.ggml.pre`) for a tokenizer.json pre-tokenizer: the first name whose split the
+    GGUF importer rebuilds as exactly this one (gguf_tokenizer), so an imported model goes back out under the name
+    it came with (SmolLM2: smollm) and ours as gpt-2. None for a split llama.cpp would not reproduce."""
+    for name in SUPPORTED_PRE:
+        probe = Tokenizer(models.BPE())
+        probe.pre_tokenizer = _pre_tokenizer(name)
+        if json.loads(probe.to_str())["pre_tokenizer"] == pre_tokenizer:
+            return name
+    return None
+
+
 def _tokenizer_fields(tokenizer_path: Path, vocab_size: int) -> dict[str, Any]:
-    """Tokens in id order, their types and merges from tokenizer.json."""
+    """Tokens in id order, their types, merges and llama.cpp's pre-tokenizer name from tokenizer.json.
+
+    Special added tokens are CONTROL (matched whole, not printed) and other added tokens USER_DEFINED (matched
+    whole, printed), as the GGUF importer and llama.cpp read them."""
     data = json.loads(tokenizer_path.read_text())
     model = data.get("model", {})
-    pre = data.get("pre_tokenizer") or {}
-    if model.get("type") != "BPE" or pre.get("type") != "ByteLevel" or not pre.get("use_regex", True):
-        raise HomegrownError(f"{tokenizer_path} is not homegrown's byte-level BPE (GPT-2 regex); GGUF export "
-                             "supports only that tokenizer")
+    pre = _pre_tokenizer_name(data.get("pre_tokenizer"))
+    if model.get("type") != "BPE" or pre is None:
+        raise HomegrownError(f"{tokenizer_path} is not a byte-level BPE tokenizer with a pre-tokenizer llama.cpp "
+                             f"knows ({', '.join(SUPPORTED_PRE)}); GGUF export supports only those")
     added = {t["content"]: t["id"] for t in data.get("added_tokens", [])}
+    special = {t["content"] for t in data.get("added_tokens", []) if t.get("special", True)}
     by_id = {i: tok for tok, i in model["vocab"].items()} | {i: tok for tok, i in added.items()}
     if max(by_id) >= vocab_size:
         raise HomegrownError(f"{tokenizer_path} has token id {max(by_id)}, beyond the model's vocab_size "
@@ -136,19 +156,19 @@ def _tokenizer_fields(tokenizer_path: Path, vocab_size: int) -> dict[str, Any]:
             types.append(gguf.TokenType.UNUSED)
         else:
             tokens.append(by_id[i])
-            special = by_id[i] in added
-            types.append(gguf.TokenType.CONTROL if special else gguf.TokenType.NORMAL)
+            types.append(gguf.TokenType.NORMAL if by_id[i] not in added else
+                         gguf.TokenType.CONTROL if by_id[i] in special else gguf.TokenType.USER_DEFINED)
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-    return {"tokens": tokens, "types": types, "merges": merges}
+    return {"tokens": tokens, "types": types, "merges": merges, "pre": pre}
 
 
 def _special_ids(chat: ChatFormat, ckpt: Path) -> dict[str, Any]:
     """llama.cpp's BOS / EOS / EOT / pad ids and whether it prepends BOS, from the checkpoint's chat format.
 
     EOS and EOT are the end-of-turn token, where a chat reply stops; every stop id is listed in eos_token_ids.
-    BOS is prepended when the model's plain text starts with it: an imported model says so (add_bos_token);
-    ours start text after <|endoftext|>, their BOS, as every training document does and as our completions
-    endpoint and eval prompt them.
+    BOS is prepended when the model's plain text starts with it (`ChatFormat.text_bos_id`): an imported model
+    says so (add_bos_token); ours start text after <|endoftext|>, their BOS, as every training document does and
+    as our completions endpoint and eval prompt them. Pad and unknown are the model's own when it names them.
     """
     tok = load_tokenizer(ckpt)
     turn = chat.end_of_turn_id(tok)
@@ -156,8 +176,10 @@ def _special_ids(chat: ChatFormat, ckpt: Path) -> dict[str, Any]:
         raise HomegrownError(f"{ckpt} names no stop token (generation_config.json eos_token_id); GGUF needs an EOS")
     turn = turn if turn is not None else chat.stop_ids[0]
     bos = chat.bos_id if chat.bos_id is not None else turn
-    return {"bos": bos, "eos": turn, "pad": bos, "eos_ids": list(dict.fromkeys([turn, *chat.stop_ids])),
-            "add_bos": chat.add_bos or chat.bos_token == EOT}
+    named = chat.template.special_tokens if chat.template is not None else {}
+    pad, unk = (tok.token_to_id(named[key]) if key in named else None for key in ("pad_token", "unk_token"))
+    return {"bos": bos, "eos": turn, "pad": bos if pad is None else pad, "unk": unk,
+            "eos_ids": list(dict.fromkeys([turn, *chat.stop_ids])), "add_bos": chat.text_bos_id is not None}
 
 
 def _model_name(ckpt: Path) -> str:
@@ -217,7 +239,7 @@ def _write_gguf(writer: gguf.GGUFWriter, ckpt: Path, cfg: ModelConfig, tok: dict
         writer.add_file_type(file_type)
 
         writer.add_tokenizer_model("gpt2")
-        writer.add_tokenizer_pre("gpt-2")
+        writer.add_tokenizer_pre(tok["pre"])
         writer.add_token_list(tok["tokens"])
         writer.add_token_types(tok["types"])
         writer.add_token_merges(tok["merges"])
@@ -225,9 +247,13 @@ def _write_gguf(writer: gguf.GGUFWriter, ckpt: Path, cfg: ModelConfig, tok: dict
         writer.add_eos_token_id(ids["eos"])
         writer.add_eot_token_id(ids["eos"])
         writer.add_pad_token_id(ids["pad"])
+        if ids["unk"] is not None:
+            writer.add_unk_token_id(ids["unk"])
         # Ollama's own (Go) llama runner ignores tokenizer.ggml.pre: it reads the split regex itself (default:
-        # Llama 3's) and its stop ids from eos_token_id plus eos_token_ids. llama.cpp ignores both keys.
-        writer.add_string("tokenizer.ggml.pretokenizer", GPT2_REGEX)
+        # Llama 3's) and its stop ids from eos_token_id plus eos_token_ids. llama.cpp ignores both keys. A split
+        # in two stages (smollm: digits first) is no single regex, so only GPT-2's is written.
+        if tok["pre"] in GPT2_PRE:
+            writer.add_string("tokenizer.ggml.pretokenizer", GPT2_REGEX)
         writer.add_array("tokenizer.ggml.eos_token_ids", ids["eos_ids"])
         writer.add_add_bos_token(ids["add_bos"])
         writer.add_add_eos_token(False)

@@ -27,6 +27,12 @@ RESERVED_MARKERS = tuple(CHAT_SPECIAL_TOKENS)
 """Text that would forge a turn boundary in our format if it appeared inside a message."""
 
 
+def reserved_markers(tok: Tokenizer) -> tuple[str, ...]:
+    """A model's special tokens: inside a message each would tokenize as the token itself and forge a turn
+    boundary or a role (ours: <|user|>, <|end|> …; ChatML: <|im_start|>, <|im_end|>)."""
+    return tuple(t.content for t in tok.get_added_tokens_decoder().values() if t.special)
+
+
 @dataclass
 class EncodedChat:
     """Token ids of one rendered conversation and, per token, 1 if the model must learn to produce it.
@@ -88,8 +94,9 @@ def encode_conversation(tok: Tokenizer, chat: ChatFormat, messages: Sequence[Map
     return EncodedChat(list(enc.ids), mask)
 
 
-def message_problem(messages: object) -> str | None:
-    """Why `messages` is not a trainable OpenAI-style conversation, or None when it is."""
+def message_problem(messages: object, reserved: Sequence[str] = RESERVED_MARKERS) -> str | None:
+    """Why `messages` is not a trainable OpenAI-style conversation (for a model whose special tokens are
+    `reserved`), or None when it is."""
     if not isinstance(messages, list) or not messages:
         return 'expected a non-empty "messages" list'
     for i, m in enumerate(messages, 1):
@@ -103,7 +110,7 @@ def message_problem(messages: object) -> str | None:
             return f'message {i} ({m["role"]}) needs "content" as a string, got {type(m.get("content")).__name__}'
         if not m["content"].strip():
             return f"message {i} ({m['role']}) has empty content"
-        marker = next((x for x in RESERVED_MARKERS if x in m["content"]), None)
+        marker = next((x for x in reserved if x in m["content"]), None)
         if marker:
             return f"message {i} ({m['role']}) contains the reserved marker {marker}"
     if not any(m["role"] == "assistant" for m in messages):
@@ -119,8 +126,9 @@ class ChatFile:
     problems: list[str]
 
 
-def read_chat_jsonl(path: Path, strict: bool = False) -> ChatFile:
-    """Read OpenAI `{"messages": [...]}` lines; bad lines are reported by number and skipped (or fatal if strict)."""
+def read_chat_jsonl(path: Path, strict: bool = False, reserved: Sequence[str] = RESERVED_MARKERS) -> ChatFile:
+    """Read OpenAI `{"messages": [...]}` lines; bad lines are reported by number and skipped (or fatal if strict).
+    A message holding one of the `reserved` markers (the model's special tokens) is a bad line."""
     path = Path(path)
     if not path.is_file():
         raise HomegrownError(f"chat data {path} does not exist; pass a JSONL file of {{\"messages\": [...]}} lines")
@@ -130,7 +138,7 @@ def read_chat_jsonl(path: Path, strict: bool = False) -> ChatFile:
             if err is not None:
                 problem = f"not valid JSON ({err.msg})"
             else:
-                problem = (message_problem(record.get("messages")) if isinstance(record, dict)
+                problem = (message_problem(record.get("messages"), reserved) if isinstance(record, dict)
                            else 'expected an object with a "messages" list')
             if problem is None:
                 result.conversations.append([{"role": m["role"], "content": m["content"]}

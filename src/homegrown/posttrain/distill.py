@@ -9,6 +9,7 @@ teacher's tokenizer files, chat format included, because it learns to answer the
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -70,11 +71,38 @@ def check_same_tokenizer(teacher_ckpt: Path, tokenizer_path: Path, student: Mode
             "token ids, so train the student run with the teacher's tokenizer.json")
 
 
+def prepare_student_run(run_dir: Path, teacher_ckpt: Path, preset: Preset) -> Preset:
+    """Give a new student run what distillation reads: the teacher's tokenizer (and chat files) as the run's, a
+    corpus (the bundled one unless `data.source` says otherwise) and shards packed with that tokenizer.
+
+    A run that already has a tokenizer keeps it (check_same_tokenizer then refuses a mismatch); a student that
+    adopts the teacher's tokenizer gets its vocabulary size, since the preset's described a BPE this run will never
+    train. The preset is recorded, so later commands on the run (eval, chat, serve) read the same model back.
+    """
+    from homegrown.pipeline import adopt_tokenizer, prepare_corpus, prepare_shards, record_preset
+
+    run = layout.RunLayout(run_dir)
+    if not run.tokenizer_done():
+        teacher_vocab = ModelConfig.load(teacher_ckpt / ck.CONFIG).vocab_size
+        if preset.model.vocab_size != teacher_vocab:
+            console.print(f"distill: the student takes the teacher's tokenizer, so model.vocab_size "
+                          f"{preset.model.vocab_size} → {teacher_vocab}")
+            preset.model = replace(preset.model, vocab_size=teacher_vocab)
+        run.root.mkdir(parents=True, exist_ok=True)
+        adopt_tokenizer(teacher_ckpt, run.root)
+    if run.latest(layout.DISTILL) is None:
+        record_preset(preset, run.root)
+    corpus = prepare_corpus(preset.data, run.corpus, preset.ingest)
+    prepare_shards(corpus, run.tokenizer, run.shards, preset.data.mixture, preset.data.mixture_max_repeat)
+    return preset
+
+
 def distill(run_dir: Path, teacher_path: Path, preset: Preset, cfg: DistillConfig,
             progress: bool = True) -> TrainResult:
     """Train `preset`'s model in `run_dir/distill/ckpt` on the run's shards, matching the teacher's logits.
 
-    A run directory as `teacher_path` means its pretrained model (`ckpt/`), not its chat model.
+    A run directory as `teacher_path` means its pretrained model (`ckpt/`), not its chat model. A run without
+    shards is prepared first (`prepare_student_run`): the teacher's tokenizer, a corpus, shards.
 
     Resumes like any training run; metrics go to metrics_distill.jsonl, validation is plain held-out loss, so
     it compares directly with a student trained without the teacher.
@@ -82,6 +110,8 @@ def distill(run_dir: Path, teacher_path: Path, preset: Preset, cfg: DistillConfi
     run = layout.RunLayout(run_dir)
     tokenizer_path = run.tokenizer
     teacher_ckpt = base_checkpoint(teacher_path)
+    if not run.shards_done():
+        preset = prepare_student_run(run_dir, teacher_ckpt, preset)
     teacher_cfg = ModelConfig.load(teacher_ckpt / ck.CONFIG)
     check_same_tokenizer(teacher_ckpt, tokenizer_path, preset.model, teacher_cfg)
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")

@@ -27,7 +27,7 @@ from homegrown.config import ModelConfig, SFTConfig, TrainConfig
 from homegrown.data.pack import token_byte_lengths
 from homegrown.errors import HomegrownError
 from homegrown.model import Transformer
-from homegrown.posttrain.chat import EncodedChat, encode_conversation, read_chat_jsonl
+from homegrown.posttrain.chat import EncodedChat, encode_conversation, read_chat_jsonl, reserved_markers
 from homegrown.progress import console
 from homegrown.train import checkpoint as ck
 from homegrown.train.loop import TrainResult, train
@@ -207,10 +207,11 @@ def sft(base: Path, data: Path, run_dir: Path, sft_cfg: SFTConfig, train_cfg: Tr
     ckpt = base_checkpoint(base)
     model_cfg = ModelConfig.load(ckpt / ck.CONFIG)
     tok, chat = load_chat_format(ckpt)
-    chats = read_chat_jsonl(data, strict)
+    reserved = reserved_markers(tok)
+    chats = read_chat_jsonl(data, strict, reserved)
     _report_problems(chats.problems)
     if val is not None:
-        val_file = read_chat_jsonl(val, strict)
+        val_file = read_chat_jsonl(val, strict, reserved)
         _report_problems(val_file.problems)
         train_convs, val_convs = chats.conversations, val_file.conversations
     else:

@@ -53,7 +53,6 @@ from homegrown.serve.protocol import (
     unsupported_message,
     with_defaults,
 )
-from homegrown.tokenizer import EOT
 
 log = logging.getLogger(__name__)
 
@@ -188,16 +187,17 @@ def _completion_logprobs(engine: Engine, lps: list[TokenLogprob], offset: int) -
 def _completion_prompt(engine: Engine, prompt: str | list[int]) -> tuple[list[int], str, list[int]]:
     """A /v1/completions prompt's token ids, echo text and each token's character offset in that text.
 
-    Text starts after <|endoftext|>, as every training document and the in-process eval (`LocalModel`) do, the
-    way vLLM starts a Llama prompt with BOS; echoed, that token is '' at offset 0 with a null log-prob. Token ids
-    are taken as they are.
+    Text starts the way the model's plain text does (`ChatFormat.text_bos_id`): after its BOS when its tokenizer
+    adds one, as vLLM starts a Llama prompt — for our models <|endoftext|>, as every training document and the
+    in-process eval (`LocalModel`) do — and bare for a model that adds none (SmolLM2). Echoed, that BOS is '' at
+    offset 0 with a null log-prob. Token ids are taken as they are.
     """
     if isinstance(prompt, str):
         enc = engine.tokenizer.encode(prompt, add_special_tokens=False)
         ids, offsets = list(enc.ids), [start for start, _ in enc.offsets]
-        eot = engine.tokenizer.token_to_id(EOT)
-        if eot is not None and ids[:1] != [eot]:
-            ids, offsets = [eot, *ids], [0, *offsets]
+        bos = engine.bundle.chat.text_bos_id
+        if bos is not None and ids[:1] != [bos]:
+            ids, offsets = [bos, *ids], [0, *offsets]
         return ids, prompt, offsets
     ids, offsets, at = list(prompt), [], 0
     for token in ids:

@@ -190,8 +190,8 @@ class CompletionRequest(_Sampling):
     _unsupported = {**_Sampling._unsupported, "suffix": ("",), "best_of": (1,)}
     prompt: str | list[str] | list[TokenId] | list[list[TokenId]] = Field(
         description="A string, a list of strings (one completion each), a list of token ids or a list of such "
-                    "lists (as lm-eval's local-completions sends). Text starts after <|endoftext|>; ids are "
-                    "taken as they are.")
+                    "lists (as lm-eval's local-completions sends). Text starts after the model's BOS when "
+                    "its tokenizer adds one (<|endoftext|> for homegrown's own models); ids are taken as they are.")
     max_tokens: int | None = Field(None, ge=0, le=MAX_TOKENS_LIMIT,
                                    description="0 with echo: the prompt alone (with its log-probs), nothing generated.")
     logprobs: int | None = Field(None, ge=0, le=5, description="With echo, the prompt's tokens get them too (the "
