@@ -220,7 +220,10 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     max_batch: int = 32
-    """Sequences decoded together; the KV cache is preallocated for this many × the model's context."""
+    """Sequences decoded together; the KV cache is preallocated for this many × `max_model_len` tokens."""
+    max_model_len: int = 0
+    """Longest prompt + reply of one sequence (vLLM's --max-model-len); 0 = the model's whole context. An
+    imported 8K-context model at max_batch 32 would otherwise preallocate a 12 GB fp32 cache (SmolLM2-135M)."""
     max_waiting: int = 256
     """Sequences queued for a free slot; beyond this a request gets 429 instead of waiting unboundedly."""
     max_n: int = 16

@@ -10,7 +10,9 @@ from collections import Counter
 import pytest
 import torch
 
+from homegrown.bundle import load_bundle
 from homegrown.config import ServeConfig
+from homegrown.errors import HomegrownError
 from homegrown.generate import SamplingParams, stream_tokens
 from homegrown.model import KVCache
 from homegrown.serve.batched import forward_rows
@@ -179,7 +181,7 @@ def test_context_length_is_enforced_with_both_numbers(engine: Engine) -> None:
 
 
 def test_full_queue_is_refused(serve_run) -> None:
-    from homegrown.bundle import load_bundle
+
 
     idle = Engine(load_bundle(serve_run), ServeConfig(max_batch=1, max_waiting=2))  # never started: nothing drains
     idle.submit([5, 6], [greedy(4)], lambda i, d: None)
@@ -201,7 +203,7 @@ def test_abort_frees_the_slot(engine: Engine) -> None:
 
 
 def test_exported_hf_directory_serves_the_same_tokens(engine: Engine, serve_run, tmp_path) -> None:
-    from homegrown.bundle import load_bundle
+
     from homegrown.export.hf import export_hf
 
     hf_engine = Engine(load_bundle(export_hf(serve_run, tmp_path / "hf")), ServeConfig(max_batch=2)).start()
@@ -245,3 +247,13 @@ def test_shared_prompt_prefix_is_copied_not_recomputed(engine: Engine) -> None:
     assert engine.reused_prompt_tokens - before >= 2 * (len(second) - 1)
     alone = [engine.generate(second, [GenerationParams(max_tokens=5, temperature=1.0, seed=s)])[0] for s in range(3)]
     assert [c[1] for c in choices] == [a[1] for a in alone]
+
+
+def test_max_model_len_bounds_the_cache_and_the_context(serve_run):
+    bundle = load_bundle(serve_run)
+    short = Engine(bundle, ServeConfig(max_batch=2, max_model_len=32))
+    assert short.cache.k.shape[3] == 32 and short.max_len == 32
+    with pytest.raises(ContextLengthError, match="maximum context length is 32 tokens"):
+        short.submit(list(range(1, 21)), [GenerationParams(max_tokens=20)], lambda *_: None)
+    with pytest.raises(HomegrownError, match=r"max_model_len 999 is outside 1\.\.128"):
+        Engine(bundle, ServeConfig(max_model_len=999))

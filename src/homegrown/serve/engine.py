@@ -155,8 +155,13 @@ class Engine:
         model = bundle.model
         weight = next(model.parameters())
         self.device = weight.device
-        self.max_len = model.cfg.max_seq_len
-        self.cache = KVCache.allocate(model.cfg, self.cfg.max_batch, dtype=weight.dtype, device=self.device)
+        context = model.cfg.max_seq_len
+        if not 0 <= self.cfg.max_model_len <= context:
+            raise HomegrownError(f"max_model_len {self.cfg.max_model_len} is outside 1..{context}, the model's "
+                                 "context (0 = all of it)")
+        self.max_len = self.cfg.max_model_len or context
+        self.cache = KVCache.allocate(model.cfg, self.cfg.max_batch, self.max_len, dtype=weight.dtype,
+                                      device=self.device)
         self.stop_token_ids = bundle.stop_ids
         """The model's EOS and end-of-turn: generation stops at either unless the request says otherwise."""
         self._waiting: deque[Sequence] = deque()
