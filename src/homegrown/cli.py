@@ -648,8 +648,10 @@ def serve(
     max_waiting: Annotated[int | None, typer.Option(help=_serve_help("Queued sequences before requests get 429.",
                                                                      "max_waiting"))] = None,
     max_model_len: Annotated[int | None, typer.Option(help=_serve_help(
-        "Longest prompt + reply per sequence; the KV cache holds max-batch × this (0 = the model's context).",
-        "max_model_len"))] = None,
+        "Context per sequence (prompt + reply); 0 = the model's own.", "max_model_len"))] = None,
+    kv_cache_gib: Annotated[float | None, typer.Option(help=_serve_help(
+        "Most memory the KV cache may take; fewer slots than --max-batch when they would not fit.",
+        "kv_cache_gib"))] = None,
     db_url: Annotated[str | None, typer.Option(help="Conversations database (SQLAlchemy URL); default: "
                                                     "sqlite:///<run dir>/conversations.sqlite.")] = None,
     model_name: Annotated[str | None, typer.Option(help="Model id clients send; default: the run dir's name.")] = (
@@ -673,7 +675,7 @@ def serve(
     if max_body_bytes is not None and max_body_bytes < 1:
         raise HomegrownError(f"--max-body-bytes must be at least 1, got {max_body_bytes}")
     given = {"host": host, "port": port, "max_batch": max_batch, "max_waiting": max_waiting,
-             "max_model_len": max_model_len, "device": device,
+             "max_model_len": max_model_len, "kv_cache_gib": kv_cache_gib, "device": device,
              "dtype": dtype, "threads": threads, "max_body_bytes": max_body_bytes,
              "generation_defaults": parse_generation_defaults(generation_config) if generation_config else None}
     saved = _run_preset(run_dir_of(run_or_ckpt)).serve

@@ -222,8 +222,11 @@ class ServeConfig:
     max_batch: int = 32
     """Sequences decoded together; the KV cache is preallocated for this many × `max_model_len` tokens."""
     max_model_len: int = 0
-    """Longest prompt + reply of one sequence (vLLM's --max-model-len); 0 = the model's whole context. An
-    imported 8K-context model at max_batch 32 would otherwise preallocate a 12 GB fp32 cache (SmolLM2-135M)."""
+    """Context served per sequence (prompt + reply), as vLLM's --max-model-len; 0 = the model's own (SmolLM2:
+    8,192, whose fp32 KV cache is 377 MB per sequence)."""
+    kv_cache_gib: float = 4.0
+    """Most memory the preallocated KV cache may take: fewer than `max_batch` slots are made when they would
+    not fit (said at start), and a model whose one sequence does not fit is refused with what to lower."""
     max_waiting: int = 256
     """Sequences queued for a free slot; beyond this a request gets 429 instead of waiting unboundedly."""
     max_n: int = 16

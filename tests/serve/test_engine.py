@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from homegrown.bundle import load_bundle
-from homegrown.config import ServeConfig
+from homegrown.config import ModelConfig, ServeConfig
 from homegrown.errors import HomegrownError
 from homegrown.generate import SamplingParams, stream_tokens
 from homegrown.model import KVCache
@@ -255,5 +255,17 @@ def test_max_model_len_bounds_the_cache_and_the_context(serve_run):
     assert short.cache.k.shape[3] == 32 and short.max_len == 32
     with pytest.raises(ContextLengthError, match="maximum context length is 32 tokens"):
         short.submit(list(range(1, 21)), [GenerationParams(max_tokens=20)], lambda *_: None)
-    with pytest.raises(HomegrownError, match=r"max_model_len 999 is outside 1\.\.128"):
-        Engine(bundle, ServeConfig(max_model_len=999))
+def test_kv_cache_fits_its_budget() -> None:
+    """SmolLM2's shape: 30 layers × 3 KV heads × 64 dims × 8,192 tokens is 377 MB per slot in fp32, so the default
+    4 GiB holds 11 slots, not max_batch's 32 (12 GB); a shorter max_model_len gives all 32; one slot over the
+    budget is a clear error."""
+    from homegrown.serve.engine import kv_cache_shape
+
+    smol = ModelConfig(vocab_size=49152, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3, max_seq_len=8192)
+    assert kv_cache_shape(smol, ServeConfig(), torch.float32) == (8192, 11)
+    assert kv_cache_shape(smol, ServeConfig(max_model_len=2048), torch.float32) == (2048, 32)
+    assert kv_cache_shape(smol, ServeConfig(), torch.bfloat16) == (8192, 22)
+    with pytest.raises(HomegrownError, match="over the model's context of 8192 tokens"):
+        kv_cache_shape(smol, ServeConfig(max_model_len=99999), torch.float32)
+    with pytest.raises(HomegrownError, match="lower --max-model-len or raise --kv-cache-gib"):
+        kv_cache_shape(smol, ServeConfig(kv_cache_gib=0.25), torch.float32)

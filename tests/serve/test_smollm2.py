@@ -19,13 +19,15 @@ from homegrown.serve.launch import ServerProcess, launch
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 MODEL = "smollm2"
+MAX_LEN = 1024
+"""Served context: a KV cache of 4 × 1,024 tokens (47 MB per slot) instead of 11 × 8,192 (4 GiB)."""
 
 
 @pytest.fixture(scope="module")
 def smol_server(smol_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     tmp = tmp_path_factory.mktemp("smol_serve")
     srv = launch(smol_run, "--device", "cpu", "--model-name", MODEL, "--db-url", f"sqlite:///{tmp / 'c.sqlite'}",
-                 log=tmp / "serve.log", timeout=300)
+                 "--max-model-len", str(MAX_LEN), "--max-batch", "4", log=tmp / "serve.log", timeout=300)
     yield srv
     srv.stop()
 
@@ -78,3 +80,10 @@ def test_empty_completion_prompt_is_a_clear_400(client: openai.OpenAI) -> None:
     """Without a BOS to start from, an empty prompt has no token to continue: a 400 naming it, not a 500."""
     with pytest.raises(openai.BadRequestError, match="prompt is empty"):
         client.completions.create(model=MODEL, prompt="", max_tokens=4)
+
+
+def test_served_context_is_max_model_len(client: openai.OpenAI) -> None:
+    assert client.models.retrieve(MODEL).model_extra["max_model_len"] == MAX_LEN
+    with pytest.raises(openai.BadRequestError, match=f"maximum context length is {MAX_LEN} tokens"):
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Paris " * MAX_LEN}],
+                                       max_tokens=4)

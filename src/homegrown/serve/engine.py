@@ -2,8 +2,9 @@
 
 Requests join and leave between decode steps, so a short reply never waits for a long one and the batch stays
 full under load; that is what makes a small model cheap to serve. The KV cache is preallocated once for
-`max_batch` slots × the model's context; running sequences occupy slots 0..B-1 (a finished sequence's slot is
-refilled by moving the last one down), so a step reads the cache as a plain slice. Each sequence samples with
+`max_batch` slots × `max_model_len` tokens (fewer slots when they would not fit in `kv_cache_gib`); running
+sequences occupy slots 0..B-1 (a finished sequence's slot is refilled by moving the last one down), so a step
+reads the cache as a plain slice. Each sequence samples with
 its own `torch.Generator`, so a seed gives the same text whatever else shares the batch.
 """
 
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from homegrown.bundle import ModelBundle
-from homegrown.config import ServeConfig
+from homegrown.config import ModelConfig, ServeConfig
 from homegrown.errors import HomegrownError
 from homegrown.generate import SamplingParams, sample_next
 from homegrown.model import KVCache
@@ -143,6 +144,25 @@ class Sequence:
         self.last_token_at: float | None = None
 
 
+def kv_cache_shape(model: ModelConfig, cfg: ServeConfig, dtype: torch.dtype) -> tuple[int, int]:
+    """(tokens per slot, slots) of the preallocated KV cache: `max_model_len` (else the model's context) tokens,
+    and `max_batch` slots or as many as fit in `kv_cache_gib`."""
+    if cfg.max_model_len < 0 or cfg.kv_cache_gib <= 0:
+        raise HomegrownError(f"max_model_len must be ≥ 0 and kv_cache_gib > 0, got {cfg.max_model_len} and "
+                             f"{cfg.kv_cache_gib}")
+    if cfg.max_model_len > model.max_seq_len:
+        raise HomegrownError(f"max_model_len {cfg.max_model_len} is over the model's context of {model.max_seq_len} "
+                             "tokens; 0 serves all of it")
+    max_len = cfg.max_model_len or model.max_seq_len
+    element = torch.empty((), dtype=dtype).element_size()
+    per_slot = 2 * model.n_layers * model.n_kv_heads * model.head_dim * max_len * element
+    slots = min(cfg.max_batch, int(cfg.kv_cache_gib * 2**30 // per_slot))
+    if slots < 1:
+        raise HomegrownError(f"one sequence of {max_len} tokens needs {per_slot / 2**30:.2f} GiB of KV cache, over "
+                             f"kv_cache_gib={cfg.kv_cache_gib:g}; lower --max-model-len or raise --kv-cache-gib")
+    return max_len, slots
+
+
 class Engine:
     """Owns the model, the slot cache and the stepping thread; `submit` is safe to call from any thread."""
 
@@ -155,13 +175,12 @@ class Engine:
         model = bundle.model
         weight = next(model.parameters())
         self.device = weight.device
-        context = model.cfg.max_seq_len
-        if not 0 <= self.cfg.max_model_len <= context:
-            raise HomegrownError(f"max_model_len {self.cfg.max_model_len} is outside 1..{context}, the model's "
-                                 "context (0 = all of it)")
-        self.max_len = self.cfg.max_model_len or context
-        self.cache = KVCache.allocate(model.cfg, self.cfg.max_batch, self.max_len, dtype=weight.dtype,
-                                      device=self.device)
+        self.max_len, slots = kv_cache_shape(model.cfg, self.cfg, weight.dtype)
+        if slots < self.cfg.max_batch:
+            log.warning("KV cache: %d slots of %d tokens instead of max_batch=%d, to stay within kv_cache_gib=%g",
+                        slots, self.max_len, self.cfg.max_batch, self.cfg.kv_cache_gib)
+            self.cfg = replace(self.cfg, max_batch=slots)
+        self.cache = KVCache.allocate(model.cfg, slots, self.max_len, dtype=weight.dtype, device=self.device)
         self.stop_token_ids = bundle.stop_ids
         """The model's EOS and end-of-turn: generation stops at either unless the request says otherwise."""
         self._waiting: deque[Sequence] = deque()
