@@ -260,6 +260,21 @@ def audit(run: Path) -> Audit:
     return Audit("tokens" if tok is not None else "characters", total, docs, by)
 
 
+def print_audit(report: Audit) -> None:
+    """One table per breakdown (source, licence, language): amount and share, largest first."""
+    from rich.table import Table
+
+    from homegrown.progress import console
+
+    for key in report.by:
+        table = Table(title=f"{report.unit} by {key}")
+        for col in (key, report.unit, "share"):
+            table.add_column(col, justify="left" if col == key else "right")
+        for value, amount, share in report.shares(key):
+            table.add_row(value, f"{amount:,}", f"{100 * share:.1f}%")
+        console.print(table)
+
+
 def audit_chart(report: Audit, path: Path) -> Path:
     """A PNG with one horizontal bar chart per breakdown (source, licence, language), shares in percent."""
     import matplotlib
