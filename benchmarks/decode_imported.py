@@ -120,8 +120,9 @@ def llama_cpp_runner(gguf: Path, prompt: list[int], threads: int, n_ctx: int) ->
 
     def run(new_tokens: int) -> tuple[float, list[list[int]]]:
         out: list[int] = []
+        llm.reset()  # forget the last run's tokens, so that the prompt is computed again as on the other sides
         start = time.perf_counter()
-        for token in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
+        for token in llm.generate(prompt, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
             out.append(token)
             if len(out) == new_tokens:
                 break
@@ -170,6 +171,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per configuration (median)")
     parser.add_argument("--threads", type=int, default=0, help="torch / llama.cpp threads (0 = the usable cores)")
     parser.add_argument("--llama-site", type=Path, help="a site-packages holding llama_cpp (an optional side install)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="also time our engine with bf16 weights (not the same precision as the others)")
     args = parser.parse_args(argv)
     if args.run is None and args.gguf is None:
         args.gguf = DEFAULT_GGUF
@@ -197,21 +200,30 @@ def main(argv: list[str] | None = None) -> None:
               f"[loaded at t+{time.perf_counter() - started:.0f}s]", flush=True)
 
         llama = None
-        if args.gguf is not None:
+        if args.gguf is None:
+            print("llama.cpp: skipped (it needs the GGUF file: pass --gguf)")
+        else:
             try:
                 llama = llama_cpp_runner(args.gguf, prompt, threads, len(prompt) + args.new_tokens + 8)
-            except ImportError:
-                print("llama.cpp: llama_cpp is not importable (pass --llama-site); skipped")
+            except ImportError as e:
+                if args.llama_site is not None:
+                    sys.exit(f"llama_cpp is not importable from {args.llama_site}: {e}")
+                print("llama.cpp: skipped (llama_cpp is not importable; pass --llama-site)")
 
-        engine = Engine(bundle, ServeConfig(max_batch=args.batch, max_waiting=2 * args.batch)).start()
+        serve_cfg = ServeConfig(max_batch=args.batch, max_waiting=2 * args.batch)
+        engines = {"homegrown": Engine(bundle, serve_cfg).start()}
+        if args.bf16:
+            engines["homegrown bf16"] = Engine(load_bundle(run_dir, torch.device("cpu"), torch.bfloat16),
+                                               serve_cfg).start()
         try:
-            one = measure("decode", {"homegrown": engine_runner(engine, prompt, 1),
+            one = measure("decode", {**{name: engine_runner(e, prompt, 1) for name, e in engines.items()},
                                      "transformers": hf_runner(hf, prompt, 1),
                                      **({"llama.cpp": llama} if llama else {})}, 1, args)
-            many = measure("decode", {"homegrown": engine_runner(engine, prompt, args.batch),
+            many = measure("decode", {**{name: engine_runner(e, prompt, args.batch) for name, e in engines.items()},
                                       "transformers": hf_runner(hf, prompt, args.batch)}, args.batch, args)
         finally:
-            engine.stop(drain=False, timeout=60)
+            for e in engines.values():
+                e.stop(drain=False, timeout=60)
 
     ours, theirs = one["homegrown"][1][0], one["transformers"][1][0]
     reply = next((i for i, t in enumerate(ours) if t in bundle.stop_ids), len(ours))
@@ -220,6 +232,10 @@ def main(argv: list[str] | None = None) -> None:
     for batch, rows in ((1, one), (args.batch, many)):
         ratio = rows["homegrown"][0] / rows["transformers"][0]
         print(f"{batch:5d} {rows['homegrown'][0]:10.1f} {rows['transformers'][0]:13.1f} {ratio:7.2f}x")
+    if args.bf16:
+        for batch, rows in ((1, one), (args.batch, many)):
+            print(f"homegrown bf16 weights batch {batch}: {rows['homegrown bf16'][0]:.1f} tok/s, "
+                  f"{rows['homegrown bf16'][0] / rows['transformers'][0]:.2f}x transformers fp32")
     if "llama.cpp" in one:
         print(f"llama.cpp (Q4_1 weights as shipped) batch 1: {one['llama.cpp'][0]:.1f} tok/s; "
               f"homegrown/llama.cpp {one['homegrown'][0] / one['llama.cpp'][0]:.2f}x")
