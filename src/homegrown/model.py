@@ -295,19 +295,22 @@ class Transformer(nn.Module):
         return F.linear(x, self.lm_head.weight)
 
     def prepare_for_inference(self) -> Transformer:
-        """Switch to eval mode and, on CPU, store every Linear weight column-major (same shape and values).
+        """Switch to eval mode and, on CPU, store every fp32 Linear weight column-major (same shape and values).
 
         Batch-1 decode is mostly x · Wᵀ matmuls, and MKL's fp32 GEMM runs them faster when W is column-major: the
         `small` model's 25 per-token matmuls take 2.8 ms row-major and 1.7 ms column-major on the 2-core AMD
-        EPYC dev box (batches up to 256 are no slower). Only for inference: training would pay a transpose per
-        gradient to keep the parameter's layout. `weights_state_dict` makes contiguous copies, so saving and
-        export are unaffected.
+        EPYC dev box (batches up to 256 are no slower). bf16 weights stay row-major: their matmuls go to oneDNN,
+        which is slower on the transposed layout (SmolLM2-135M's batch-1 serving step took 1.12-1.17× as long
+        column-major on a 2-core Xeon with AMX; at 16 sequences the two layouts were level). Only for inference:
+        training would pay a transpose per gradient to keep the parameter's layout. `weights_state_dict` makes
+        contiguous copies, so saving and export are unaffected.
         """
         self.eval()
         with torch.no_grad():
             for module in self.modules():
                 weight = module.weight if isinstance(module, nn.Linear) else None
-                if weight is not None and weight.device.type == "cpu" and weight.is_contiguous():
+                if (weight is not None and weight.device.type == "cpu" and weight.dtype == torch.float32
+                        and weight.is_contiguous()):
                     weight.data = weight.data.t().contiguous().t()
         return self
 
