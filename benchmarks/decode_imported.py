@@ -236,6 +236,9 @@ def main(argv: list[str] | None = None) -> None:
         for batch, rows in ((1, one), (args.batch, many)):
             print(f"homegrown bf16 weights batch {batch}: {rows['homegrown bf16'][0]:.1f} tok/s, "
                   f"{rows['homegrown bf16'][0] / rows['transformers'][0]:.2f}x transformers fp32")
+        low = one["homegrown bf16"][1][0]
+        agree = next((i for i, (a, b) in enumerate(zip(low[:reply], ours, strict=False)) if a != b), reply)
+        print(f"greedy batch-1 tokens of bf16 identical to fp32: {agree}/{reply}")
     if "llama.cpp" in one:
         print(f"llama.cpp (Q4_1 weights as shipped) batch 1: {one['llama.cpp'][0]:.1f} tok/s; "
               f"homegrown/llama.cpp {one['homegrown'][0] / one['llama.cpp'][0]:.2f}x")
