@@ -7,6 +7,8 @@ Both sides run the same fp32 weights, in one process, on the same number of thre
 * transformers: `generate()` on the same GGUF loaded by its own loader (`from_pretrained(dir, gguf_file=...)`,
   which dequantizes through `gguf` as our importer does), or on our `export --format hf` copy when only a run
   directory is given;
+* with --bf16, our engine again on bf16 weights (a different precision, so a separate row: what lower-precision
+  weights buy when decode is bound by reading the weights);
 * llama.cpp (optional, only with --llama-site or when `llama_cpp` is importable): the GGUF as shipped, i.e. on
   its Q4_1 weights rather than fp32, batch 1 only (its Python binding decodes one sequence).
 
@@ -19,8 +21,9 @@ burst of load from other processes hits both alike. The batch-1 greedy tokens of
 compared token by token up to the model's end of turn (past it, transformers' min_new_tokens forbids the end
 token that our ignore_eos lets through, so the two must part there).
 
-    make smollm2 && PYTHONPATH=src .venv/bin/python benchmarks/decode_imported.py
-    PYTHONPATH=src .venv/bin/python benchmarks/decode_imported.py --run runs/smol --threads 2 --new-tokens 128
+    make smollm2 && PYTHONPATH=src .venv/bin/python benchmarks/decode_imported.py           # ~2-3 min on 2 cores
+    PYTHONPATH=src .venv/bin/python benchmarks/decode_imported.py --run runs/smol --new-tokens 128 --bf16
+    PYTHONPATH=src .venv/bin/python benchmarks/decode_imported.py --llama-site /path/to/site-packages
 """
 
 from __future__ import annotations
