@@ -213,7 +213,9 @@ def main(argv: list[str] | None = None) -> None:
                     sys.exit(f"llama_cpp is not importable from {args.llama_site}: {e}")
                 print("llama.cpp: skipped (llama_cpp is not importable; pass --llama-site)")
 
-        serve_cfg = ServeConfig(max_batch=args.batch, max_waiting=2 * args.batch)
+        # The KV cache for what the run needs (`serve --max-model-len`), not 16 × the model's 8,192 tokens.
+        serve_cfg = ServeConfig(max_batch=args.batch, max_waiting=2 * args.batch,
+                                max_model_len=len(prompt) + args.new_tokens)
         engines = {"homegrown": Engine(bundle, serve_cfg).start()}
         if args.bf16:
             engines["homegrown bf16"] = Engine(load_bundle(run_dir, torch.device("cpu"), torch.bfloat16),
