@@ -145,8 +145,8 @@ def doc_qa(all_entries: list[dict], rng: random.Random, n: int = 85) -> list[dic
     for e in python:
         by_page[e["page"]].append(e)
     items = [{"id": f"qa-{i}", "context": f"Question: What is {e['name']} in Python?\nAnswer:",
-              "question": f"What is {e['name']} in Python? Answer in one sentence.", "answer": " " + e["desc"], "page": e["page"],
-              "source": e["source"]}
+              "question": f"What is {e['name']} in Python? Answer in one sentence.", "answer": " " + e["desc"],
+              "page": e["page"], "source": e["source"]}
              for i, e in enumerate(round_robin(by_page, n, rng))]
     return split_dev(items, 5)
 

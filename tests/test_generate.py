@@ -3,7 +3,7 @@ import torch
 
 from homegrown.config import ModelConfig
 from homegrown.errors import HomegrownError
-from homegrown.generate import SamplingParams, sample_next, stream_tokens
+from homegrown.generate import SamplingParams, sample_next, stream_text, stream_tokens
 from homegrown.model import Transformer
 
 
@@ -51,3 +51,31 @@ def test_context_overflow_names_both_numbers(model):
         list(stream_tokens(model, [1] * 60, SamplingParams(max_tokens=10)))
     with pytest.raises(HomegrownError, match="top_p"):
         list(stream_tokens(model, [1], SamplingParams(top_p=0)))
+
+
+
+def _byte_char(b: int) -> str:
+    """GPT-2's byte → printable character map, which byte-level BPE vocabularies are written in."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    return chr(b) if b in printable else chr(256 + sorted(set(range(256)) - set(printable)).index(b))
+
+
+def test_stream_text_holds_back_a_split_character_until_it_is_whole(model):
+    """A byte-level tokenizer whose 64 tokens include the two bytes of "é" (0xC3 0xA9): streamed pieces never
+    end inside a character, and together they are the text decoded up to its last whole character."""
+    from tokenizers import Tokenizer, decoders, models
+
+    chars = [_byte_char(b) for b in [*range(ord("A"), ord("A") + 62), 0xC3, 0xA9]]
+    tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(chars)}, merges=[]))
+    tok.decoder = decoders.ByteLevel()
+    assert tok.decode([62, 63]) == "é" and tok.decode([0, 62]).endswith("\ufffd")
+    split = 0
+    for seed in range(8):
+        params = SamplingParams(max_tokens=40, temperature=3.0, seed=seed)
+        ids = list(stream_tokens(model, [1, 2], params))
+        pieces = list(stream_text(model, tok, [1, 2], params))
+        whole = [k for k in range(len(ids) + 1) if not tok.decode(ids[:k]).endswith("\ufffd")]
+        assert "".join(pieces) == tok.decode(ids[:whole[-1]])
+        assert not any(p.endswith("\ufffd") for p in pieces)
+        split += len(whole) < len(ids) + 1  # some prefix ended inside a character and was held back
+    assert split  # the property was exercised, not vacuous

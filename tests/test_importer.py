@@ -18,7 +18,7 @@ from homegrown.config import ModelConfig
 from homegrown.errors import HomegrownError
 from homegrown.export.gguf import export_gguf, permute_rope, unpermute_rope
 from homegrown.generate import SamplingParams, stream_tokens
-from homegrown.importer import SUPPORTED_TYPES, import_model
+from homegrown.importer import SUPPORTED_TYPES, end_of_turn_token, import_model
 from homegrown.model import Transformer
 from homegrown.tokenizer import load_tokenizer
 from homegrown.train.checkpoint import load_model, save_checkpoint
@@ -63,6 +63,17 @@ def test_smollm2_logits_match_transformers(smol, smol_reference) -> None:
             assert (ours - theirs).abs().max().item() < 1e-3, prompt
 
 
+@pytest.fixture
+def one_thread():
+    """Batch-1 decode is dispatch-bound; on a shared 2-core machine two spinning torch threads made each step ~10×
+    slower (1.3 s instead of 0.13 s here), one thread keeps the 128 steps at ~17 s there."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("one_thread")
 def test_smollm2_greedy_tokens_match_transformers(smol, smol_reference) -> None:
     """64 greedy tokens from our decode path vs transformers' forward with its KV cache, argmax each step."""
     _, model, tok = smol
@@ -111,6 +122,22 @@ def test_smollm2_checkpoint_holds_the_model_bundle(smol, smol_reference, smollm2
         assert (result.run_dir / name).read_bytes() == (result.checkpoint / name).read_bytes()
 
 
+@pytest.mark.parametrize(("template", "expected"), [
+    (CHAT_TEMPLATE, "<|end|>"),
+    ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}", "<|im_end|>"),
+    ("{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+     "{{ m['content'] | trim }}<|eot_id|>{% endfor %}", "<|eot_id|>"),
+    ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }} {{ eos_token }}{% endfor %}", "<|endoftext|>"),
+    ("{% for m in messages %}{{ m['content'] }}\n{% endfor %}", None),
+    ("{{ raise_exception('no') }}", None),
+])
+def test_end_of_turn_token_is_read_from_the_template(tiny_run: Path, template: str, expected: str | None) -> None:
+    tok = load_tokenizer(tiny_run / "tokenizer.json")
+    tok.add_special_tokens(["<|im_start|>", "<|im_end|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"])
+    config = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"}
+    assert end_of_turn_token(template, tok, config) == expected
+
+
 # --- transformers directories -------------------------------------------------------------------------------------
 
 
@@ -156,6 +183,17 @@ def test_transformers_directory_without_safetensors_is_refused(tmp_path: Path, t
     (src / "tokenizer.json").write_bytes((tiny_run / "tokenizer.json").read_bytes())
     (src / "tokenizer_config.json").write_text("{}")
     with pytest.raises(HomegrownError, match="only safetensors"):
+        import_model(src, tmp_path / "run")
+
+
+def test_transformers_directory_of_another_architecture_is_named(tmp_path: Path, tiny_run: Path) -> None:
+    src = tmp_path / "hf"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps({"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}))
+    (src / "model.safetensors").write_bytes(b"")
+    (src / "tokenizer.json").write_bytes((tiny_run / "tokenizer.json").read_bytes())
+    (src / "tokenizer_config.json").write_text("{}")
+    with pytest.raises(HomegrownError, match="'qwen2' model; only Llama-architecture"):
         import_model(src, tmp_path / "run")
 
 

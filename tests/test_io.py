@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from homegrown.io import atomic_dir, atomic_open, atomic_path, write_bytes_atomic, write_json_atomic, write_text_atomic
+from homegrown.io import (
+    atomic_dir,
+    atomic_open,
+    atomic_path,
+    remove_stale_temps,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 
 def _names(directory: Path) -> list[str]:
@@ -61,3 +69,13 @@ def test_a_directory_appears_whole_or_not_at_all(tmp_path: Path) -> None:
     with atomic_dir(final) as tmp:
         (tmp / "other").write_text("3")
     assert _names(final) == ["other"]  # replaced, not merged
+
+
+def test_remove_stale_temps_clears_what_killed_writers_left_and_nothing_else(tmp_path):
+    target = tmp_path / "part[1].jsonl.gz"
+    stale = [tmp_path / ".part[1].jsonl.gz.123.tmp", tmp_path / ".part[1].jsonl.gz.456.tmp"]
+    others = [tmp_path / ".part[2].jsonl.gz.123.tmp", tmp_path / "part[1].jsonl.gz.pre", target]
+    for p in stale + others:
+        p.write_text("x")
+    remove_stale_temps(target)
+    assert [p.exists() for p in stale] == [False, False] and all(p.exists() for p in others)

@@ -2,7 +2,7 @@ import torch
 import torch.nn.functional as F
 
 from homegrown.config import ModelConfig
-from homegrown.model import KVCache, Transformer, count_params, cross_entropy
+from homegrown.model import KVCache, Transformer, count_params, cross_entropy, linear
 
 
 def _model(**kw) -> Transformer:
@@ -87,6 +87,22 @@ def test_decode_path_matches_forward_with_cache():
         got = [model.decode(idx[:, :12], cache)]
         got += [model.decode(idx[:, i:i + 1], cache) for i in range(12, 20)]
     torch.testing.assert_close(torch.stack(got, dim=1), full[:, 11:], atol=1e-5, rtol=1e-5)
+
+
+def test_bf16_decode_one_row_through_gemv_matches_forward():
+    """A one-row bf16 step takes `linear`'s torch.mv route; it must agree with forward's F.linear (bf16 rounding)."""
+    model = _model().to(torch.bfloat16)
+    idx = torch.randint(0, 97, (1, 20))
+    with torch.no_grad():
+        full = model(idx).float()
+        model.prepare_for_inference()
+        assert model.layers[0].mlp.gate_up.weight.is_contiguous()  # bf16 stays row-major
+        cache = KVCache.allocate(model.cfg, 1, dtype=torch.bfloat16)
+        got = [model.decode(idx[:, :12], cache)]
+        got += [model.decode(idx[:, i:i + 1], cache) for i in range(12, 20)]
+        x, w = torch.randn(1, 1, 64, dtype=torch.bfloat16), model.layers[0].mlp.down_proj.weight
+        torch.testing.assert_close(linear(x, w), F.linear(x, w), atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(torch.stack(got, dim=1).float(), full[:, 11:], atol=1e-2, rtol=0)
 
 
 def test_activation_checkpointing_gives_the_same_gradients():

@@ -1,5 +1,7 @@
-"""`homegrown` command line: one sub-command per stage. Parses arguments into configs, calls the stage.
+"""`homegrown` command line: a table of sub-commands, each parsing its options and calling one stage function.
 
+Option help comes from the docstrings under the config fields the options set (config.field_help), so the CLI
+says what config.py says. What a command prints lives with the stage that produced it (`print_*` functions).
 User errors (HomegrownError) print one line and exit 2; anything else is a bug and keeps its traceback.
 """
 
@@ -9,7 +11,7 @@ import dataclasses
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -19,27 +21,36 @@ from homegrown.config import (
     DataConfig,
     DistillConfig,
     IngestConfig,
+    PlanConfig,
     Preset,
     ServeConfig,
     SynthConfig,
     apply_overrides,
+    field_help,
     get_preset,
     resolve_preset,
 )
 from homegrown.errors import HomegrownError
-from homegrown.layout import MANIFEST, SFT, RunLayout
+from homegrown.layout import MANIFEST, RunLayout, run_dir_of
 from homegrown.progress import console
-
-if TYPE_CHECKING:
-    from homegrown.data.ingest import IngestStats
 
 app = typer.Typer(help="Own the whole LLM stack: data → tokenizer → pretrain → sample → export.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Corpus building: ingest a crawl, merge shards, audit, forget, mix.",
                        no_args_is_help=True)
+checkpoint_app = typer.Typer(help="Checkpoint tools.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+app.add_typer(checkpoint_app, name="checkpoint")
 
 DEFAULT_PRESET = os.environ.get("HOMEGROWN_PRESET", "small")
+
+
+def _opt(cls: type, name: str, extra: str = "") -> Any:
+    """An option that sets config field `cls.name`, its help the field's docstring (then `extra`)."""
+    return typer.Option(help=field_help(cls, name, extra))
+
+
+# ---- options shared by several commands ----
 
 PresetOpt = Annotated[str, typer.Option("--preset", "-p", help=f"One of: {', '.join(PRESET_NAMES)}.")]
 RunPresetOpt = Annotated[str | None, typer.Option(
@@ -48,6 +59,16 @@ RunPresetOpt = Annotated[str | None, typer.Option(
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a field: train.lr=1e-3, model.n_layers=4, "
                                                    "ingest.filters.min_words=20 (sections: " + ", ".join(SECTIONS)
                                                    + ").")]
+CheckpointArg = Annotated[Path, typer.Argument(help="Run directory or ckpt/step_N.")]
+ModelsArg = Annotated[list[Path], typer.Argument(help="Run directories (every model in them) or ckpt/step_N.")]
+TasksOpt = Annotated[list[str] | None, typer.Option(
+    "--tasks", help="Task name (data/tasks/NAME.jsonl) or JSONL path; repeatable. Default: the shipped suite.")]
+MaxItemsOpt = Annotated[int | None, typer.Option(help="Score only the first N test items of each task (0 = all; "
+                                                  "default: the first run's eval.max_items, else 0).")]
+OptOutOpt = Annotated[Path | None, typer.Option(help="Opt-out list: domains, URL prefixes, sha256s.")]
+HoldoutOpt = Annotated[float, _opt(IngestConfig, "holdout_fraction", "Fraction of pages held out.")]
+NearOpt = Annotated[float, _opt(IngestConfig, "near_dedup_threshold")]
+NoProgressOpt = Annotated[bool, typer.Option(help="Plain log lines even on a terminal.")]
 
 
 def _preset(name: str, overrides: list[str] | None) -> Preset:
@@ -59,6 +80,14 @@ def _run_preset(run_dir: Path | None, name: str | None = None, overrides: list[s
     """The preset a command on `run_dir` works with: `--preset` when given, else the run's saved one read back
     whole (so its `--set` overrides stay in force), else `default`; then this command's `--set` overrides."""
     return resolve_preset(name, RunLayout(run_dir).preset if run_dir is not None else None, overrides, default)
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    """The options a user actually gave (None = left out, so the saved preset's value stands)."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+# ---- the whole pipeline ----
 
 
 @app.command()
@@ -73,58 +102,32 @@ def run(
         show_default=False)] = None,
 ) -> None:
     """The whole pipeline on a preset: corpus → tokenizer → shards → pretrain → chat SFT → samples."""
-    from rich.markup import escape
-
+    from homegrown.pipeline import print_summary
     from homegrown.pipeline import run as run_pipeline
 
     cfg = _preset(preset, set_)
     if source:
         cfg.data.source = source
     summary = run_pipeline(cfg, out or Path("runs") / preset, samples=samples)
-    console.rule("samples")
-    for prompt, text in summary.samples:
-        console.print(f"[bold]user>[/bold] {escape(prompt)}\n[bold]model>[/bold] {escape(text)}", highlight=False)
-        console.print()
-    console.rule("done")
-    console.print(f"run directory   {summary.run_dir}")
-    console.print(f"base model      {summary.base_checkpoint}")
-    console.print(f"chat model      {summary.checkpoint}")
-    paths = RunLayout(summary.run_dir)
-    console.print(f"loss curves     {paths.loss_png()}, {paths.loss_png(SFT)}")
-    console.print(f"metrics         {paths.metrics()}, {paths.metrics(SFT)}")
-    console.print(f"val bits/byte   {summary.val_bpb:.3f}   (base model, whole held-out split as in the report; "
-                  f"val loss {summary.val_loss:.3f} nats/token)")
-    console.print(f"chat val loss   {summary.sft_val_loss:.3f} nats/token on held-out answers")
-    console.print(f"report          {summary.report}")
-    console.print(f"throughput      {summary.tokens_per_second:,.0f} tokens/s; total {summary.seconds / 60:.1f} min")
-    console.print(f"next            homegrown chat {summary.checkpoint}")
+    print_summary(summary)
     if serve_ or (serve_ is None and sys.stdin.isatty() and sys.stdout.isatty()):
         from homegrown.serve.server import serve as serve_model
 
         console.rule("serving (Ctrl-C stops)")
         serve_model(summary.checkpoint, cfg.serve, api_key=os.environ.get("HOMEGROWN_API_KEY"),
-                    db_url=f"sqlite:///{paths.conversations_db.resolve()}",
+                    db_url=f"sqlite:///{RunLayout(summary.run_dir).conversations_db.resolve()}",
                     model_name=Path(summary.run_dir).name)
 
 
 @app.command()
 def presets() -> None:
     """List the presets with their exact parameter counts."""
-    from rich.table import Table
+    from homegrown.plan import print_presets
 
-    from homegrown.model import count_params
+    print_presets()
 
-    table = Table()
-    for name in ("preset", "params", "layers", "d_model", "heads/kv", "vocab", "seq"):
-        table.add_column(name, no_wrap=True, justify="left" if name == "preset" else "right")
-    for preset_name in PRESET_NAMES:
-        p = get_preset(preset_name)
-        m = p.model
-        table.add_row(preset_name, f"{count_params(m):,}", str(m.n_layers), str(m.d_model),
-                      f"{m.n_heads}/{m.n_kv_heads}", f"{m.vocab_size:,}", str(p.train.seq_len))
-    console.print(table)
-    for preset_name in PRESET_NAMES:
-        console.print(f"[bold]{preset_name}[/bold]: {get_preset(preset_name).description}")
+
+# ---- data ----
 
 
 @data_app.command("ingest")
@@ -140,24 +143,20 @@ def data_ingest(
     text_field: Annotated[str, typer.Option(help="JSONL field / Parquet column with the text.")] = "text",
     sources_file: Annotated[Path | None, typer.Option(help="JSON list of sources, each {path, licence, "
                                                       "url_prefix, glob, exclude, name, text_field}.")] = None,
-    workers: Annotated[int, typer.Option(help="Processes on this machine.")] = IngestConfig.workers,
+    workers: Annotated[int, _opt(IngestConfig, "workers")] = IngestConfig.workers,
     shard: Annotated[str, typer.Option(help="Only slice i/n of the files (parts only; then `data merge`).")] = "",
-    opt_out: Annotated[Path | None, typer.Option(help="Opt-out list: domains, URL prefixes, sha256s.")] = None,
-    holdout: Annotated[float, typer.Option(help="Fraction of pages held out.")] = IngestConfig.holdout_fraction,
-    language: Annotated[list[str] | None, typer.Option(help="Keep only these languages (repeatable).")] = None,
-    near_threshold: Annotated[float, typer.Option(help="MinHash Jaccard threshold for near-duplicates.")] =
-        IngestConfig.near_dedup_threshold,
-    extractor: Annotated[str, typer.Option(help="HTML extractor: trafilatura or resiliparse.")] =
-        DataConfig.extractor,
-    keep_parts: Annotated[bool, typer.Option(help="Keep OUT/parts/ to re-merge later.")] = IngestConfig.keep_parts,
-    pii_kinds: Annotated[str, typer.Option(help="PII kinds to replace, comma-separated; '' = none.")] =
-        IngestConfig.pii_kinds,
-    pii_private_ips: Annotated[bool, typer.Option(help="Also replace private and documentation IP addresses.")] =
-        IngestConfig.pii_private_ips,
-    no_progress: Annotated[bool, typer.Option(help="Plain log lines even on a terminal.")] = False,
+    opt_out: OptOutOpt = None,
+    holdout: HoldoutOpt = IngestConfig.holdout_fraction,
+    language: Annotated[list[str] | None, _opt(IngestConfig, "languages", "Repeatable.")] = None,
+    near_threshold: NearOpt = IngestConfig.near_dedup_threshold,
+    extractor: Annotated[str, _opt(DataConfig, "extractor")] = DataConfig.extractor,
+    keep_parts: Annotated[bool, _opt(IngestConfig, "keep_parts")] = IngestConfig.keep_parts,
+    pii_kinds: Annotated[str, _opt(IngestConfig, "pii_kinds")] = IngestConfig.pii_kinds,
+    pii_private_ips: Annotated[bool, _opt(IngestConfig, "pii_private_ips")] = IngestConfig.pii_private_ips,
+    no_progress: NoProgressOpt = False,
 ) -> None:
     """Crawl → extract → language → quality rules → PII scrub → exact+near dedup → corpus with a manifest."""
-    from homegrown.data.ingest import ingest, ingest_parts, parse_shard, sources_from
+    from homegrown.data.ingest import ingest, ingest_parts, parse_shard, print_stats, sources_from
 
     specs = sources_from(sources or [], sources_file, licence=licence, url_prefix=url_prefix, glob=glob,
                          exclude=exclude or [], name=name, text_field=text_field)
@@ -169,57 +168,32 @@ def data_ingest(
         console.print(f"shard {shard}: {done} files processed into {out / 'parts'}; when every shard is done: "
                       f"homegrown data merge {out}")
         return
-    _print_ingest(ingest(specs, out, cfg=cfg, opt_out=opt_out, extractor=extractor, progress=not no_progress), out)
-
-
-def _print_ingest(stats: IngestStats, out: Path) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"ingest → {out}")
-    for col in ("source", "licence", "files", "read", "kept", "text MB"):
-        table.add_column(col, justify="left" if col in ("source", "licence") else "right")
-    for s in stats.per_source:
-        table.add_row(s.name, s.licence, str(s.files), f"{s.pages_read:,}", f"{s.kept:,}", f"{s.text_bytes / 1e6:.2f}")
-    console.print(table)
-    console.print(f"kept {stats.kept:,} of {stats.pages_read:,} (train {stats.train_pages:,}, val {stats.val_pages:,})")
-    console.print("rejected: " + (", ".join(f"{k} {v:,}" for k, v in stats.rejected.items()) or "none"))
-    console.print("PII replaced: " + (", ".join(f"{k} {v:,}" for k, v in stats.pii.items()) or "none"))
-    if stats.notes:
-        console.print("altered: " + ", ".join(f"{k} {v:,}" for k, v in stats.notes.items()))
+    print_stats(ingest(specs, out, cfg=cfg, opt_out=opt_out, extractor=extractor, progress=not no_progress), out)
 
 
 @data_app.command("merge")
 def data_merge(
     out: Annotated[Path, typer.Argument(help="Corpus directory whose parts/ the shards wrote.")],
     parts: Annotated[list[Path] | None, typer.Option(help="More parts/ directories (other machines).")] = None,
-    opt_out: Annotated[Path | None, typer.Option(help="Opt-out list: domains, URL prefixes, sha256s.")] = None,
-    holdout: Annotated[float, typer.Option(help="Fraction of pages held out.")] = IngestConfig.holdout_fraction,
-    near_threshold: Annotated[float, typer.Option(help="MinHash Jaccard threshold for near-duplicates.")] =
-        IngestConfig.near_dedup_threshold,
-    no_progress: Annotated[bool, typer.Option(help="Plain log lines even on a terminal.")] = False,
+    opt_out: OptOutOpt = None,
+    holdout: HoldoutOpt = IngestConfig.holdout_fraction,
+    near_threshold: NearOpt = IngestConfig.near_dedup_threshold,
+    no_progress: NoProgressOpt = False,
 ) -> None:
     """Combine the parts of every `--shard` with cross-shard exact and near dedup into one corpus."""
-    from homegrown.data.ingest import merge
+    from homegrown.data.ingest import merge, print_stats
 
     cfg = IngestConfig(holdout_fraction=holdout, near_dedup_threshold=near_threshold)
-    _print_ingest(merge(out, cfg, opt_out=opt_out, extra_parts=parts or [], progress=not no_progress), out)
+    print_stats(merge(out, cfg, opt_out=opt_out, extra_parts=parts or [], progress=not no_progress), out)
 
 
 @data_app.command("audit")
 def data_audit(run_dir: Annotated[Path, typer.Argument(help="Run directory (or corpus directory).")]) -> None:
     """Token share (characters before a tokenizer exists) by source, licence and language; table + PNG."""
-    from rich.table import Table
-
-    from homegrown.data.provenance import audit, audit_chart
+    from homegrown.data.provenance import audit, audit_chart, print_audit
 
     report = audit(run_dir)
-    for key in report.by:
-        table = Table(title=f"{report.unit} by {key}")
-        for col in (key, report.unit, "share"):
-            table.add_column(col, justify="left" if col == key else "right")
-        for value, amount, share in report.shares(key):
-            table.add_row(value, f"{amount:,}", f"{100 * share:.1f}%")
-        console.print(table)
+    print_audit(report)
     png = audit_chart(report, RunLayout(run_dir).audit_png)
     console.print(f"{report.documents:,} documents, {report.total:,} {report.unit}; chart {png}")
 
@@ -232,101 +206,29 @@ def data_forget(
     id_: Annotated[list[str] | None, typer.Option("--id", help="Manifest id (repeatable).")] = None,
 ) -> None:
     """Remove documents from the corpus and shards; list the checkpoints trained on them."""
-    from homegrown.data.forget import forget
+    from homegrown.data.forget import forget, print_result
 
-    result = forget(run_dir, urls=url or [], hashes=hash_ or [], ids=id_ or [])
-    for doc in result.removed:
-        console.print(f"removed {doc['id']}  {doc['source']}  ({doc['split']})", highlight=False)
-    if result.shards_repacked:
-        console.print("shards re-packed without it")
-    if result.checkpoints:
-        console.print("trained on data containing it — retrain or retire:")
-        for path in result.checkpoints:
-            console.print(f"  {path}")
-    else:
-        console.print("no checkpoint was trained on it")
-    if result.tokenizer_trained_on_it:
-        console.print("tokenizer.json was trained on a corpus containing it (its merges hold no text, it is kept)")
-    console.print("so a re-ingest leaves it out too, add to the opt-out list: "
-                  + ", ".join(f"sha256: {doc['sha256']}" for doc in result.removed), highlight=False)
+    print_result(forget(run_dir, urls=url or [], hashes=hash_ or [], ids=id_ or []))
 
 
 @data_app.command("mix")
 def data_mix(
     run_dir: Annotated[Path, typer.Argument(help="Run directory with corpus/ (tokenizer.json is trained if absent).")],
-    mixture: Annotated[str | None, typer.Option(help="Target token shares, e.g. web=0.6,licensed=0.4; empty: each "
-                                                "document once. Default: the preset's data.mixture.")] = None,
-    max_repeat: Annotated[float | None, typer.Option(help="Most times a short source is repeated (default: the "
-                                                     "preset's data.mixture_max_repeat).")] = None,
+    mixture: Annotated[str | None, _opt(DataConfig, "mixture", "Default: the preset's data.mixture.")] = None,
+    max_repeat: Annotated[float | None, _opt(DataConfig, "mixture_max_repeat",
+                                             "Default: the preset's data.mixture_max_repeat.")] = None,
     preset: RunPresetOpt = None,
 ) -> None:
     """Pack RUN/corpus into RUN/shards, drawing the train split to the target token share per source."""
-    from homegrown.data.mixture import pack_corpus
+    from homegrown.data.mixture import pack_corpus, print_packing
     from homegrown.pipeline import prepare_tokenizer
 
     paths, cfg = RunLayout(run_dir), _run_preset(run_dir, preset)
-    mixture = cfg.data.mixture if mixture is None else mixture
-    max_repeat = cfg.data.mixture_max_repeat if max_repeat is None else max_repeat
+    data = dataclasses.replace(cfg.data, **_given(mixture=mixture, mixture_max_repeat=max_repeat))
     if not paths.tokenizer_done():  # an existing tokenizer is kept: checkpoints of this run depend on it
         prepare_tokenizer(paths.corpus, cfg.model.vocab_size, paths.tokenizer)
-    stats, plan = pack_corpus(paths.corpus, paths.tokenizer, paths.shards, mixture, max_repeat)
-    for split in ("train", "val"):
-        console.print(f"{split}: {stats.documents[split]:,} documents, {stats.tokens[split]:,} tokens "
-                      f"-> {paths.shards}")
-    for name in sorted(plan.rate) if plan else []:
-        console.print(f"{name:>20}  target {100 * plan.target.get(name, 0):5.1f}%  achieved "
-                      f"{100 * plan.achieved[name]:5.1f}%  rate ×{plan.rate[name]:.2f}  "
-                      f"{plan.emitted[name]:,} tokens")
-
-
-@app.command()
-def pretrain(
-    run_dir: Annotated[Path, typer.Argument(help="Run directory holding tokenizer.json and shards/.")],
-    preset: RunPresetOpt = None,
-    set_: SetOpt = None,
-    init_from: Annotated[Path | None, typer.Option(
-        help="Continue pretraining this checkpoint or run (e.g. an imported model) on RUN's corpus, with its "
-             "tokenizer; RUN must be a new directory (or one this started).")] = None,
-) -> None:
-    """Pretrain (or resume) on a run directory's packed shards; the resolved preset is saved as RUN/preset.json.
-
-    Under `torchrun --nproc_per_node=N --no-python homegrown pretrain RUN` the same command trains with FSDP2
-    on N ranks; train.batch_size stays the global batch.
-    """
-    from homegrown.pipeline import record_preset
-    from homegrown.train import distributed
-    from homegrown.train.loop import train
-
-    cfg = _run_preset(run_dir, preset, set_)
-    if init_from is not None:
-        cfg.train.init_from = str(init_from)
-    env = distributed.init_distributed()
-    if cfg.train.init_from:
-        from homegrown.pipeline import continue_pretraining
-
-        result = continue_pretraining(cfg, run_dir)
-    else:
-        if env.is_main:
-            record_preset(cfg, run_dir)
-        paths = RunLayout(run_dir)
-        result = train(cfg.model, cfg.train, paths.shards, run_dir, paths.tokenizer)
-    if env.is_main:
-        console.print(f"checkpoint {result.final_checkpoint}  val bits/byte {result.final_val_bpb:.3f}")
-    distributed.shutdown(env)
-
-
-checkpoint_app = typer.Typer(help="Checkpoint tools.", no_args_is_help=True)
-app.add_typer(checkpoint_app, name="checkpoint")
-
-
-@checkpoint_app.command("consolidate")
-def checkpoint_consolidate(
-    checkpoint: Annotated[Path, typer.Argument(help="Run directory or ckpt/step_N with a dcp/ directory.")],
-) -> None:
-    """Write model.safetensors from a sharded (DCP) checkpoint, for export and serving."""
-    from homegrown.train.checkpoint import consolidate, resolve_dcp_checkpoint
-
-    console.print(f"wrote {consolidate(resolve_dcp_checkpoint(checkpoint))}")
+    stats, plan = pack_corpus(paths.corpus, paths.tokenizer, paths.shards, data.mixture, data.mixture_max_repeat)
+    print_packing(stats, plan, paths.shards)
 
 
 @data_app.command("synth")
@@ -335,36 +237,28 @@ def data_synth(
     teacher_model: Annotated[str, typer.Option(help="Model name at that endpoint (e.g. gpt-4o).")],
     recipe: Annotated[str, typer.Option(help="textbook, story, qa or conversation.")],
     out: Annotated[Path, typer.Option(help="Chat JSONL to write (plus .manifest.json and .cache.sqlite).")],
-    records: Annotated[int, typer.Option(help="Prompts to send (seed combinations).")] = SynthConfig.records,
-    max_tokens_budget: Annotated[int, typer.Option(help="Cap on prompt+completion tokens of new requests "
-                                                   "(0 = none).")] = SynthConfig.max_tokens_budget,
-    max_cost: Annotated[float, typer.Option(help="Cap on estimated USD (known models only; 0 = none).")] =
-        SynthConfig.max_cost_usd,
-    concurrency: Annotated[int, typer.Option(help="Requests in flight.")] = SynthConfig.concurrency,
+    records: Annotated[int, _opt(SynthConfig, "records")] = SynthConfig.records,
+    max_tokens_budget: Annotated[int, _opt(SynthConfig, "max_tokens_budget")] = SynthConfig.max_tokens_budget,
+    max_cost: Annotated[float, _opt(SynthConfig, "max_cost_usd")] = SynthConfig.max_cost_usd,
+    concurrency: Annotated[int, _opt(SynthConfig, "concurrency", "Requests in flight.")] = SynthConfig.concurrency,
     topics: Annotated[Path | None, typer.Option(help="Topics, one per line (textbook, conversation).")] = None,
     source: Annotated[Path | None, typer.Option(help="Corpus dir or JSONL whose documents ground qa.")] = None,
     existing: Annotated[Path | None, typer.Option(help="JSONL of data already owned: duplicates dropped.")] = None,
     cache: Annotated[Path | None, typer.Option(help="SQLite cache (default OUT.cache.sqlite).")] = None,
-    temperature: float = SynthConfig.temperature,
-    max_tokens: Annotated[int, typer.Option(help="Per reply.")] = SynthConfig.max_tokens,
-    seed: Annotated[int, typer.Option(help="Shuffles seed combinations; same seed, same prompts.")] =
-        SynthConfig.seed,
+    temperature: Annotated[float, _opt(SynthConfig, "temperature")] = SynthConfig.temperature,
+    max_tokens: Annotated[int, _opt(SynthConfig, "max_tokens")] = SynthConfig.max_tokens,
+    seed: Annotated[int, _opt(SynthConfig, "seed")] = SynthConfig.seed,
 ) -> None:
     """Generate chat data with a teacher model (key from HOMEGROWN_TEACHER_KEY or OPENAI_API_KEY)."""
     from homegrown.data.recipes import RECIPES, load_inputs
-    from homegrown.data.synth import synthesize
+    from homegrown.data.synth import print_stats, synthesize
 
     if recipe not in RECIPES:
         raise HomegrownError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
     cfg = SynthConfig(records=records, max_tokens_budget=max_tokens_budget, max_cost_usd=max_cost,
                       concurrency=concurrency, temperature=temperature, max_tokens=max_tokens, seed=seed)
-    stats = synthesize(teacher_url, teacher_model, recipe, out, cfg, inputs=load_inputs(RECIPES[recipe], topics,
-                       source), cache_path=cache, existing=existing)
-    cost = "unknown (no list price)" if stats.estimated_cost_usd is None else f"${stats.estimated_cost_usd:.4f}"
-    console.print(f"{stats.records} records → {out}; {stats.requests} requests ({stats.retries} retries), "
-                  f"{stats.cache_hits} from cache, {stats.prompt_tokens + stats.completion_tokens:,} tokens, "
-                  f"est. cost {cost}; {stats.duplicates_dropped} duplicates and {stats.failed_prompts} failed "
-                  "prompts dropped")
+    print_stats(synthesize(teacher_url, teacher_model, recipe, out, cfg, inputs=load_inputs(RECIPES[recipe], topics,
+                source), cache_path=cache, existing=existing), out)
 
 
 @data_app.command("docqa")
@@ -384,6 +278,41 @@ def data_docqa(
     console.print(f"{counts['train']:,} training and {counts['val']:,} held-out conversations in {done}")
 
 
+# ---- training ----
+
+
+@app.command()
+def pretrain(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory holding tokenizer.json and shards/.")],
+    preset: RunPresetOpt = None,
+    set_: SetOpt = None,
+    init_from: Annotated[Path | None, typer.Option(
+        help="Continue pretraining this checkpoint or run (e.g. an imported model) on RUN's corpus, with its "
+             "tokenizer; RUN must be a new directory (or one this started).")] = None,
+) -> None:
+    """Pretrain (or resume) on a run directory's packed shards; the resolved preset is saved as RUN/preset.json.
+
+    Under `torchrun --nproc_per_node=N --no-python homegrown pretrain RUN` the same command trains with FSDP2
+    on N ranks; train.batch_size stays the global batch.
+    """
+    from homegrown.pipeline import pretrain as run_pretrain
+
+    cfg = _run_preset(run_dir, preset, set_)
+    if init_from is not None:
+        cfg.train.init_from = str(init_from)
+    run_pretrain(cfg, run_dir)
+
+
+@checkpoint_app.command("consolidate")
+def checkpoint_consolidate(
+    checkpoint: Annotated[Path, typer.Argument(help="Run directory or ckpt/step_N with a dcp/ directory.")],
+) -> None:
+    """Write model.safetensors from a sharded (DCP) checkpoint, for export and serving."""
+    from homegrown.train.checkpoint import consolidate, resolve_dcp_checkpoint
+
+    console.print(f"wrote {consolidate(resolve_dcp_checkpoint(checkpoint))}")
+
+
 @app.command()
 def sft(
     base: Annotated[Path, typer.Argument(help="Run directory (its pretrained ckpt/) or a ckpt/step_N to start from.")],
@@ -396,7 +325,6 @@ def sft(
     set_: SetOpt = None,
 ) -> None:
     """Fine-tune a checkpoint on chat conversations (loss on assistant replies only) into RUN/sft/ckpt."""
-
     from homegrown.posttrain.sft import default_run_dir
     from homegrown.posttrain.sft import sft as run_sft
 
@@ -411,11 +339,11 @@ def sft(
 def distill(
     run_dir: Annotated[Path, typer.Argument(help="Student run directory holding tokenizer.json and shards/.")],
     teacher: Annotated[Path, typer.Option(help="Teacher checkpoint (or run dir) with the same tokenizer.")],
-    alpha: Annotated[float | None, typer.Option(help="Weight of the soft (teacher) term; 1-alpha on the hard labels "
-                                                "(default: the preset's distill.alpha, "
-                                                f"{DistillConfig.alpha}).")] = None,
-    temperature: Annotated[float | None, typer.Option(help="Softening temperature T for both distributions (default: "
-                                                      f"distill.temperature, {DistillConfig.temperature}).")] = None,
+    alpha: Annotated[float | None, _opt(DistillConfig, "alpha", "Default: the preset's distill.alpha, "
+                                        f"{DistillConfig.alpha}.")] = None,
+    temperature: Annotated[float | None, _opt(DistillConfig, "temperature", "Softening temperature T for both "
+                                              "distributions (default: the preset's distill.temperature, "
+                                              f"{DistillConfig.temperature}).")] = None,
     preset: RunPresetOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -423,16 +351,18 @@ def distill(
     from homegrown.posttrain.distill import distill as run_distill
 
     cfg = _run_preset(run_dir, preset, set_)
-    given = {"alpha": alpha, "temperature": temperature}
     result = run_distill(run_dir, teacher, cfg,
-                         dataclasses.replace(cfg.distill, **{k: v for k, v in given.items() if v is not None}))
+                         dataclasses.replace(cfg.distill, **_given(alpha=alpha, temperature=temperature)))
     console.print(f"student {result.final_checkpoint}  val loss {result.final_val_loss:.3f}  "
                   f"val bits/byte {result.final_val_bpb:.3f}")
 
 
+# ---- using a model ----
+
+
 @app.command()
 def generate(
-    checkpoint: Annotated[Path, typer.Argument(help="Run directory or ckpt/step_N.")],
+    checkpoint: CheckpointArg,
     prompt: Annotated[str, typer.Argument(help="Text to continue.")],
     max_tokens: int = 100,
     temperature: float = 0.8,
@@ -441,28 +371,15 @@ def generate(
     seed: Annotated[int | None, typer.Option(help="Same seed, same text.")] = None,
 ) -> None:
     """Continue a prompt with a trained model, streaming tokens as they come."""
-    from homegrown.bundle import load_bundle
-    from homegrown.generate import SamplingParams, stream_tokens
+    from homegrown.generate import SamplingParams
+    from homegrown.repl import continue_prompt
 
-    bundle = load_bundle(checkpoint)
-    model, tok = bundle.model, bundle.tokenizer
-    params = SamplingParams(max_tokens, temperature, top_k, top_p, seed, bundle.stop_ids)
-    ids: list[int] = []
-    shown = ""
-    sys.stdout.write(prompt)
-    for token in stream_tokens(model, bundle.text_prompt_ids(prompt), params):
-        ids.append(token)
-        text = tok.decode(ids)
-        if not text.endswith("\ufffd"):
-            sys.stdout.write(text[len(shown):])
-            sys.stdout.flush()
-            shown = text
-    sys.stdout.write("\n")
+    continue_prompt(checkpoint, prompt, SamplingParams(max_tokens, temperature, top_k, top_p, seed))
 
 
 @app.command()
 def chat(
-    checkpoint: Annotated[Path, typer.Argument(help="Run directory or ckpt/step_N.")],
+    checkpoint: CheckpointArg,
     system: Annotated[str, typer.Option(help="System prompt.")] = "You are a helpful assistant.",
     max_tokens: int = 200,
     temperature: float = 0.7,
@@ -471,37 +388,15 @@ def chat(
     seed: int | None = None,
 ) -> None:
     """Terminal chat REPL using the chat template (answers well only after SFT; a base model rambles)."""
-    from homegrown.bundle import load_bundle
-    from homegrown.generate import SamplingParams, stream_tokens
+    from homegrown.generate import SamplingParams
+    from homegrown.repl import chat as chat_repl
 
-    bundle = load_bundle(checkpoint)
-    model, tok = bundle.model, bundle.tokenizer
-    messages = [{"role": "system", "content": system}] if system else []
-    console.print("[dim]Type a message; an empty line or Ctrl-D quits.[/dim]")
-    while True:
-        try:
-            line = input("you> ").strip()
-        except EOFError:
-            break
-        if not line:
-            break
-        messages.append({"role": "user", "content": line})
-        ids = bundle.chat_prompt_ids(messages)
-        budget = model.cfg.max_seq_len - max_tokens
-        if len(ids) > budget:
-            console.print(f"[yellow]conversation is longer than the {model.cfg.max_seq_len}-token context; "
-                          "keeping only the latest message[/yellow]")
-            messages = messages[:1] + messages[-1:] if system else messages[-1:]
-            ids = bundle.chat_prompt_ids(messages)[-budget:]
-        reply = tok.decode(list(stream_tokens(model, ids, SamplingParams(max_tokens, temperature, top_k, top_p,
-                                                                          seed, bundle.stop_ids))))
-        print(f"model> {reply.strip()}")
-        messages.append({"role": "assistant", "content": reply.strip()})
+    chat_repl(checkpoint, system, SamplingParams(max_tokens, temperature, top_k, top_p, seed))
 
 
 @app.command()
 def export(
-    checkpoint: Annotated[Path, typer.Argument(help="Run directory or ckpt/step_N.")],
+    checkpoint: CheckpointArg,
     out: Annotated[Path, typer.Option(help="Output directory (hf) or .gguf file (gguf).")],
     format: Annotated[str, typer.Option("--format", help="hf (transformers Llama) or gguf (llama.cpp / Ollama).")]
         = "hf",
@@ -547,10 +442,7 @@ def import_(
     console.print(f"next            homegrown chat {r.run_dir}", highlight=False)
 
 
-TasksOpt = Annotated[list[str] | None, typer.Option(
-    "--tasks", help="Task name (data/tasks/NAME.jsonl) or JSONL path; repeatable. Default: the shipped suite.")]
-MaxItemsOpt = Annotated[int | None, typer.Option(help="Score only the first N test items of each task (0 = all; "
-                                                  "default: the first run's eval.max_items, else 0).")]
+# ---- evaluation ----
 
 
 def _eval_settings(run_dir: Path | None, tasks: list[str] | None, max_items: int | None) -> tuple[list[str], int, int]:
@@ -562,7 +454,7 @@ def _eval_settings(run_dir: Path | None, tasks: list[str] | None, max_items: int
 
 @app.command("eval")
 def eval_(
-    models: Annotated[list[Path], typer.Argument(help="Run directories (every model in them) or ckpt/step_N.")],
+    models: ModelsArg,
     tasks: TasksOpt = None,
     out: Annotated[Path | None, typer.Option(help="Directory for the <stage>-step_N.json files "
                                                   "(default: <run>/eval).")] = None,
@@ -573,25 +465,16 @@ def eval_(
     max_items: MaxItemsOpt = None,
 ) -> None:
     """Score checkpoints: held-out bits/byte and the task suite (or lm-eval-harness tasks with --harness)."""
-    import json
-
     from homegrown.eval.suite import eval_file, evaluate_model, find_models
     from homegrown.eval.tasks import load_tasks
 
     specs = [spec for m in models for spec in find_models(m)]
     if harness:
         try:
-            from homegrown.eval.harness import run_harness
+            from homegrown.eval.harness import harness_for_models
         except ModuleNotFoundError as e:
             raise HomegrownError(f"--harness needs lm-eval ({e}); install it with `pip install lm-eval`") from e
-        from homegrown.eval.suite import default_eval_dir
-        from homegrown.io import write_json_atomic
-
-        for spec in specs:
-            results = run_harness(spec.checkpoint, harness, include_path, limit)
-            path = write_json_atomic((out or default_eval_dir(spec)) / f"harness-{spec.checkpoint.name}.json", results)
-            console.print(json.dumps(results, indent=2))
-            console.print(f"wrote {path}")
+        harness_for_models(specs, harness, include_path, limit, out)
         return
     names, max_items, batch_size = _eval_settings(specs[0].run_dir, tasks, max_items)
     suite = load_tasks(names, max_items)
@@ -602,7 +485,7 @@ def eval_(
 
 @app.command()
 def report(
-    models: Annotated[list[Path], typer.Argument(help="Run directories (every model in them) or ckpt/step_N.")],
+    models: ModelsArg,
     out: Annotated[Path | None, typer.Option(help="Where report.md/.json/.png go (default: the first run).")] = None,
     tasks: TasksOpt = None,
     external: Annotated[list[str] | None, typer.Option(
@@ -628,58 +511,47 @@ def report(
     console.print(f"report          {md}")
 
 
-_SERVE_DEFAULTS = ServeConfig()
+# ---- serving and planning ----
 
 
-def _serve_help(text: str, name: str) -> str:
-    return f"{text} Default: the run's serve.{name} (RUN/preset.json), else {getattr(_SERVE_DEFAULTS, name)}."
+def _serve_opt(name: str, text: str = "") -> Any:
+    """An option that overrides the run's saved serve.NAME (RUN/preset.json) for this server."""
+    return _opt(ServeConfig, name, f"{text} Default: the run's serve.{name} (RUN/preset.json), else "
+                f"{getattr(ServeConfig(), name)}.".strip())
 
 
 @app.command()
 def serve(
     run_or_ckpt: Annotated[Path, typer.Argument(help="Run directory, ckpt/step_N, or an exported HF directory.")],
-    host: Annotated[str | None, typer.Option(help=_serve_help("Interface to listen on.", "host"))] = None,
-    port: Annotated[int | None, typer.Option(help=_serve_help("TCP port; 0 = any free one (the banner shows it).",
-                                                              "port"))] = None,
+    host: Annotated[str | None, _serve_opt("host", "Interface to listen on.")] = None,
+    port: Annotated[int | None, _serve_opt("port", "TCP port; 0 = any free one (the banner shows it).")] = None,
     api_key: Annotated[str | None, typer.Option(envvar="HOMEGROWN_API_KEY", show_envvar=True,
                                                 help="Require 'Authorization: Bearer KEY' on /v1 and /api.")] = None,
-    max_batch: Annotated[int | None, typer.Option(help=_serve_help("Sequences decoded together (KV cache slots).",
-                                                                   "max_batch"))] = None,
-    max_waiting: Annotated[int | None, typer.Option(help=_serve_help("Queued sequences before requests get 429.",
-                                                                     "max_waiting"))] = None,
-    max_model_len: Annotated[int | None, typer.Option(help=_serve_help(
-        "Context per sequence (prompt + reply); 0 = the model's own.", "max_model_len"))] = None,
-    kv_cache_gib: Annotated[float | None, typer.Option(help=_serve_help(
-        "Most memory the KV cache may take; fewer slots than --max-batch when they would not fit.",
-        "kv_cache_gib"))] = None,
+    max_batch: Annotated[int | None, _serve_opt("max_batch")] = None,
+    max_waiting: Annotated[int | None, _serve_opt("max_waiting")] = None,
+    max_model_len: Annotated[int | None, _serve_opt("max_model_len")] = None,
+    kv_cache_gib: Annotated[float | None, _serve_opt("kv_cache_gib")] = None,
     db_url: Annotated[str | None, typer.Option(help="Conversations database (SQLAlchemy URL); default: "
                                                     "sqlite:///<run dir>/conversations.sqlite.")] = None,
     model_name: Annotated[str | None, typer.Option(help="Model id clients send; default: the run dir's name.")] = (
         None),
-    device: Annotated[str | None, typer.Option(help=_serve_help("auto, cpu or cuda.", "device"))] = None,
-    dtype: Annotated[str | None, typer.Option(help=_serve_help(
-        "Weights + KV cache: auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16.", "dtype"))] = None,
-    threads: Annotated[int | None, typer.Option(help=_serve_help("CPU threads for the model; 0 = all cores but one.",
-                                                                 "threads"))] = None,
-    max_body_bytes: Annotated[int | None, typer.Option(help=_serve_help("Larger request bodies get 413.",
-                                                                        "max_body_bytes"))] = None,
-    generation_config: Annotated[str | None, typer.Option(
-        help='Defaults for sampling fields a request leaves out, as JSON, e.g. \'{"ignore_eos": true, '
-             '"max_tokens": 200}\' (vLLM: --override-generation-config).')] = None,
+    device: Annotated[str | None, _serve_opt("device")] = None,
+    dtype: Annotated[str | None, _serve_opt("dtype")] = None,
+    threads: Annotated[int | None, _serve_opt("threads")] = None,
+    max_body_bytes: Annotated[int | None, _serve_opt("max_body_bytes")] = None,
+    generation_config: Annotated[str | None, _opt(ServeConfig, "generation_defaults")] = None,
 ) -> None:
     """Serve a model: OpenAI-compatible API at /v1, chat page at /, Prometheus metrics at /metrics."""
-    from homegrown.layout import run_dir_of
     from homegrown.serve.protocol import parse_generation_defaults
     from homegrown.serve.server import serve as serve_model
 
     if max_body_bytes is not None and max_body_bytes < 1:
         raise HomegrownError(f"--max-body-bytes must be at least 1, got {max_body_bytes}")
-    given = {"host": host, "port": port, "max_batch": max_batch, "max_waiting": max_waiting,
-             "max_model_len": max_model_len, "kv_cache_gib": kv_cache_gib, "device": device,
-             "dtype": dtype, "threads": threads, "max_body_bytes": max_body_bytes,
-             "generation_defaults": parse_generation_defaults(generation_config) if generation_config else None}
-    saved = _run_preset(run_dir_of(run_or_ckpt)).serve
-    cfg = dataclasses.replace(saved, **{k: v for k, v in given.items() if v is not None})
+    given = _given(host=host, port=port, max_batch=max_batch, max_waiting=max_waiting, max_model_len=max_model_len,
+                   kv_cache_gib=kv_cache_gib, device=device, dtype=dtype, threads=threads,
+                   max_body_bytes=max_body_bytes,
+                   generation_defaults=parse_generation_defaults(generation_config) if generation_config else None)
+    cfg = dataclasses.replace(_run_preset(run_dir_of(run_or_ckpt)).serve, **given)
     serve_model(run_or_ckpt, cfg, api_key=api_key, db_url=db_url, model_name=model_name)
 
 
@@ -694,30 +566,26 @@ def plan(
     seq_len: Annotated[int | None, typer.Option(help="Training sequence length.")] = None,
     ffn: Annotated[int | None, typer.Option(help="SwiGLU hidden size; default: Llama's 8/3·d rule.")] = None,
     tied: Annotated[bool | None, typer.Option("--tied/--untied", help="Tie embedding and head.")] = None,
-    gpu: Annotated[str | None, typer.Option(help="H100, H200, A100-80GB, A100-40GB, B200, MI300X.")] = None,
-    gpus: Annotated[int | None, typer.Option(help="GPUs in the cluster; default: fewest that fit and finish.")] = None,
-    tokens: Annotated[float | None, typer.Option(help="Training tokens; default: Chinchilla 20/param.")] = None,
-    mfu: Annotated[float | None, typer.Option(help="Assumed model FLOPs utilisation.")] = None,
-    tflops: Annotated[float | None, typer.Option(help="Achieved per-GPU hardware TFLOP/s instead of --mfu.")] = None,
-    price_per_gpu_hour: Annotated[float | None, typer.Option(help="Dollars per GPU-hour.")] = None,
-    tp: Annotated[int | None, typer.Option(help="Tensor-parallel size (default: search).")] = None,
-    pp: Annotated[int | None, typer.Option(help="Pipeline-parallel size (default: search).")] = None,
-    recompute: Annotated[str | None, typer.Option(help="auto, none, selective or full.")] = None,
-    sharding: Annotated[str | None, typer.Option(help="fsdp (ZeRO-3), zero1 or none (DDP).")] = None,
-    activations: Annotated[str | None, typer.Option(help="korthikanti or model (homegrown's block).")] = None,
-    micro_batch: Annotated[int | None, typer.Option(help="Sequences per GPU per micro-step.")] = None,
-    max_days: Annotated[float | None, typer.Option(help="Deadline used to size the cluster.")] = None,
+    gpu: Annotated[str | None, _opt(PlanConfig, "gpu")] = None,
+    gpus: Annotated[int | None, _opt(PlanConfig, "gpus")] = None,
+    tokens: Annotated[float | None, _opt(PlanConfig, "tokens")] = None,
+    mfu: Annotated[float | None, _opt(PlanConfig, "mfu")] = None,
+    tflops: Annotated[float | None, _opt(PlanConfig, "achieved_tflops")] = None,
+    price_per_gpu_hour: Annotated[float | None, _opt(PlanConfig, "price_per_gpu_hour", "Dollars per GPU-hour.")] = None,
+    tp: Annotated[int | None, _opt(PlanConfig, "tp")] = None,
+    pp: Annotated[int | None, _opt(PlanConfig, "pp")] = None,
+    recompute: Annotated[str | None, _opt(PlanConfig, "recompute")] = None,
+    sharding: Annotated[str | None, _opt(PlanConfig, "sharding")] = None,
+    activations: Annotated[str | None, _opt(PlanConfig, "activations")] = None,
+    micro_batch: Annotated[int | None, _opt(PlanConfig, "micro_batch", "Sequences per GPU per micro-step.")] = None,
+    max_days: Annotated[float | None, _opt(PlanConfig, "max_days", "Deadline used to size the cluster.")] = None,
     measure: Annotated[bool, typer.Option(help="Measure MFU by training a proxy model on this machine.")] = False,
     proxy: Annotated[str, typer.Option(help="Preset trained by --measure (default: small on CPU).")] = "",
-    measure_seconds: Annotated[float | None, typer.Option(help="How long --measure trains the proxy.")] = None,
+    measure_seconds: Annotated[float | None, _opt(PlanConfig, "measure_seconds")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON on stdout.")] = False,
 ) -> None:
     """Size a training run: parameters, FLOPs, memory per GPU, parallel layout, days and cost on a cluster."""
-    import json
-
-    from rich.console import Console
-
-    from homegrown.plan import build_plan, render
+    from homegrown.plan import print_plan
 
     shape = {"n_layers": layers, "d_model": d_model, "n_heads": heads, "n_kv_heads": kv_heads,
              "vocab_size": vocab, "max_seq_len": seq_len, "ffn_hidden": ffn, "tie_embeddings": tied}
@@ -725,13 +593,7 @@ def plan(
                 "price_per_gpu_hour": price_per_gpu_hour, "tp": tp, "pp": pp, "recompute": recompute,
                 "sharding": sharding, "activations": activations, "micro_batch": micro_batch, "max_days": max_days,
                 "measure_seconds": measure_seconds}
-    if measure:
-        console.print(f"measuring training throughput of {proxy or 'a proxy model'} on this machine …")
-    result = build_plan(preset, shape, settings, measure, proxy)
-    if as_json:
-        print(json.dumps(result.to_dict(), indent=2))
-    else:
-        render(result, Console(width=max(120, Console().width)))
+    print_plan(preset, shape, settings, measure, proxy, as_json)
 
 
 def main() -> None:

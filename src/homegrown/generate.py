@@ -86,3 +86,16 @@ def stream_tokens(model: Transformer, prompt_ids: list[int], params: SamplingPar
 def generate_text(model: Transformer, tok: Tokenizer, prompt: str, params: SamplingParams) -> str:
     ids = tok.encode(prompt, add_special_tokens=False).ids
     return tok.decode(list(stream_tokens(model, ids, params)))
+
+
+def stream_text(model: Transformer, tok: Tokenizer, prompt_ids: list[int], params: SamplingParams) -> Iterator[str]:
+    """Yield the text of `stream_tokens` as it grows; a piece that ends inside a multi-byte character (a
+    replacement character at the end) is held back until the character is whole."""
+    ids: list[int] = []
+    shown = ""
+    for token in stream_tokens(model, prompt_ids, params):
+        ids.append(token)
+        text = tok.decode(ids)
+        if not text.endswith("\ufffd"):
+            yield text[len(shown):]
+            shown = text

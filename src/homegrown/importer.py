@@ -14,36 +14,32 @@ architecture, scaled RoPE, experts, an unlisted tensor type) fails naming what w
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import gguf
 import numpy as np
 import torch
-from jinja2.exceptions import TemplateError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from safetensors import safe_open
 from tokenizers import Tokenizer
 
-from homegrown.config import ModelConfig, Preset, get_preset
+from homegrown.chat_template import GENERATION_CONFIG, TOKENIZER_CONFIG, ChatTemplate
+from homegrown.config import ModelConfig, get_preset, save_preset
 from homegrown.errors import HomegrownError
 from homegrown.export.gguf import hf_name, unpermute_rope
 from homegrown.export.hf import SHARD_INDEX, _from_hf_state, load_hf
 from homegrown.gguf_tokenizer import GGUFVocab, build_tokenizer
-from homegrown.io import write_json_atomic
+from homegrown.io import atomic_path, write_json_atomic
+from homegrown.layout import TOKENIZER, RunLayout
 from homegrown.model import Transformer
-from homegrown.train.checkpoint import WEIGHTS, latest_checkpoint, save_checkpoint
+from homegrown.train.checkpoint import WEIGHTS, save_checkpoint
 
 Q = gguf.GGMLQuantizationType
 SUPPORTED_TYPES = (Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q4_K, Q.Q6_K)
-TOKENIZER_CONFIG = "tokenizer_config.json"
-GENERATION_CONFIG = "generation_config.json"
 IMPORT_INFO = "import.json"
 
 
@@ -83,7 +79,7 @@ def import_model(src: Path, out_run: Path) -> ImportResult:
     src, out_run = Path(src), Path(out_run)
     if not src.exists():
         raise HomegrownError(f"{src} does not exist; pass a .gguf file or a transformers model directory")
-    existing = latest_checkpoint(out_run / "ckpt")
+    existing = RunLayout(out_run).latest()
     if existing is not None:
         raise HomegrownError(f"{out_run} already holds a model ({existing}); import into a new --out directory")
     if src.is_dir():
@@ -226,7 +222,7 @@ def _token_text(value: Any) -> Any:
 
 
 def _read_hf_dir(src: Path) -> _Loaded:
-    for required in ("config.json", "tokenizer.json", TOKENIZER_CONFIG):
+    for required in ("config.json", TOKENIZER, TOKENIZER_CONFIG):
         if not (src / required).is_file():
             raise HomegrownError(f"{src} has no {required}; a transformers model directory needs config.json, "
                                  f"safetensors weights, tokenizer.json and {TOKENIZER_CONFIG}")
@@ -241,6 +237,9 @@ def _read_hf_dir(src: Path) -> _Loaded:
     except KeyError as e:
         raise HomegrownError(f"{src / 'config.json'} has no {e.args[0]}; it is not a complete Llama config") from e
     tokenizer = Tokenizer.from_file(str(src / "tokenizer.json"))
+    if tokenizer.get_vocab_size() > model.cfg.vocab_size:
+        raise HomegrownError(f"{src / 'tokenizer.json'} has {tokenizer.get_vocab_size()} tokens but the model only "
+                             f"{model.cfg.vocab_size} embeddings; the tokenizer does not belong to this model")
     raw = json.loads((src / TOKENIZER_CONFIG).read_text())
     tokenizer_config = {k: _token_text(v) for k, v in raw.items() if k != "added_tokens_decoder"}
     template_file = src / "chat_template.jinja"  # transformers ≥ 4.43 saves the template beside, not inside
@@ -282,21 +281,15 @@ def end_of_turn_token(template: str, tokenizer: Tokenizer, tokenizer_config: dic
     """The special token a chat template closes an assistant turn with (`<|im_end|>` for ChatML, `<|eot_id|>` for
     Llama 3, `<|end|>` for ours), found by rendering a two-turn conversation and reading what follows the reply.
 
-    None when the template does not render without transformers' extras or puts no special token there.
+    None when the template does not parse or render, or puts no special token there. (`ChatFormat.end_of_turn_id`
+    answers the same question for a model whose stop ids are already known; here they are being worked out.)
     """
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-
-    def raise_exception(message: str) -> None:
-        raise TemplateError(message)
-
-    env.globals["raise_exception"] = raise_exception
     reply = "homegrown-reply-marker"
     messages = [{"role": "user", "content": "homegrown-question"}, {"role": "assistant", "content": reply}]
+    tokens = {k: tokenizer_config.get(k) or "" for k in ("bos_token", "eos_token")}
     try:
-        text = env.from_string(template).render(messages=messages, add_generation_prompt=False,
-                                                bos_token=tokenizer_config.get("bos_token") or "",
-                                                eos_token=tokenizer_config.get("eos_token") or "")
-    except TemplateError:
+        text = ChatTemplate(template, tokens).render(messages, add_generation_prompt=False)
+    except HomegrownError:
         return None
     after = text[text.find(reply) + len(reply):] if reply in text else ""
     specials = [t.content for t in tokenizer.get_added_tokens_decoder().values() if t.special]
@@ -328,23 +321,21 @@ def _sha256(path: Path) -> str:
 def _write_run(loaded: _Loaded, src: Path, fmt: str, out_run: Path) -> ImportResult:
     """Tokenizer files at the run's top level, preset.json and import.json, then the checkpoint (written last,
     atomically: a run with ckpt/step_0 is a finished import)."""
-    out_run.mkdir(parents=True, exist_ok=True)
-    tmp = out_run / ".tokenizer.json.tmp"
-    loaded.tokenizer.save(str(tmp))
-    os.replace(tmp, out_run / "tokenizer.json")
-    write_json_atomic(out_run / TOKENIZER_CONFIG, loaded.tokenizer_config)
-    write_json_atomic(out_run / GENERATION_CONFIG, loaded.generation_config)
+    paths = RunLayout(out_run)
+    with atomic_path(paths.tokenizer) as tmp:
+        loaded.tokenizer.save(str(tmp))
+    write_json_atomic(paths.root / TOKENIZER_CONFIG, loaded.tokenizer_config)
+    write_json_atomic(paths.root / GENERATION_CONFIG, loaded.generation_config)
     cfg = loaded.model.cfg
     base = get_preset("small")
-    preset = Preset(name=base.name, model=cfg, train=base.train, data=base.data, sft=base.sft, eval=base.eval,
-                    description=f"imported from {src}; training settings of the {base.name} preset")
-    write_json_atomic(out_run / "preset.json", dataclasses.asdict(preset))
+    save_preset(replace(base, model=cfg, description=f"imported from {src}; training settings of the {base.name} "
+                        "preset"), paths.preset)
     info = {"source": str(src.resolve()), "format": fmt, "architecture": loaded.architecture,
             "tensor_types": loaded.tensor_types}
     if fmt == "gguf":
         info["sha256"] = _sha256(src)
-    write_json_atomic(out_run / IMPORT_INFO, info)
-    ckpt = save_checkpoint(out_run / "ckpt", 0, loaded.model, out_run / "tokenizer.json")
+    write_json_atomic(paths.root / IMPORT_INFO, info)
+    ckpt = save_checkpoint(paths.ckpt_root(), 0, loaded.model, paths.tokenizer)
     return ImportResult(out_run, ckpt, fmt, loaded.architecture, loaded.model.num_params(), loaded.tensor_types,
                         loaded.tokenizer.get_vocab_size(), "chat_template" in loaded.tokenizer_config,
                         {loaded.tokenizer.id_to_token(i): i for i in loaded.generation_config["eos_token_id"]}, cfg)

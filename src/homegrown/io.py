@@ -11,6 +11,7 @@ A leaf module: it imports nothing from homegrown.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -23,6 +24,16 @@ def temp_sibling(path: Path) -> Path:
     """The temporary name `path` is written under before it is renamed into place."""
     path = Path(path)
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Delete temporary siblings of `path` left by killed writers (any PID).
+
+    Only for a caller that is the sole writer of `path` (an ingest part has one owner): a live writer's
+    temporary file would be pulled from under it. Resumed runs call it so a kill leaves no litter behind."""
+    path = Path(path)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

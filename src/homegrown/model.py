@@ -115,6 +115,19 @@ def segment_layout(segments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return idx - seg_start, mask.unsqueeze(1)
 
 
+def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x · Wᵀ for the generation paths (`Transformer.decode`, the serving engine's `forward_rows`).
+
+    A single bf16 row on CPU goes through `torch.mv`, PyTorch's own bf16 GEMV (fp32 accumulation), which streams
+    the weights at memory speed; `F.linear` sends it to oneDNN, whose one-row bf16 GEMM took ~1.4× as long for
+    SmolLM2-135M's whole step on a 2-core Xeon. Batch-1 decode of a model too large for the caches is exactly
+    that: every weight read once per token for one row. Everything else is `F.linear`.
+    """
+    if weight.dtype == torch.bfloat16 and weight.device.type == "cpu" and x.numel() == x.shape[-1]:
+        return torch.mv(weight, x.reshape(-1)).view(*x.shape[:-1], weight.shape[0])
+    return F.linear(x, weight)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -279,35 +292,38 @@ class Transformer(nn.Module):
         for i, layer in enumerate(self.layers):
             attn, mlp = layer.self_attn, layer.mlp
             h = F.rms_norm(x, (d,), layer.input_layernorm.weight, cfg.norm_eps)
-            heads = F.linear(h, attn.qkv.weight).view(b, t, n_qk + cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)
+            heads = linear(h, attn.qkv.weight).view(b, t, n_qk + cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)
             qk = apply_rope(heads[:, :n_qk], cos, sin)
             keys, values = cache.k[i, :b], cache.v[i, :b]
             keys[:, :, start:start + t] = qk[:, n_q:]
             values[:, :, start:start + t] = heads[:, n_qk:]
             y = F.scaled_dot_product_attention(qk[:, :n_q], keys[:, :, :start + t], values[:, :, :start + t],
                                                attn_mask=mask, enable_gqa=n_q != cfg.n_kv_heads)
-            x = x + F.linear(y.transpose(1, 2).reshape(b, t, d), attn.o_proj.weight)
+            x = x + linear(y.transpose(1, 2).reshape(b, t, d), attn.o_proj.weight)
             h = F.rms_norm(x, (d,), layer.post_attention_layernorm.weight, cfg.norm_eps)
-            gate, up = F.linear(h, mlp.gate_up.weight).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(gate).mul_(up), mlp.down_proj.weight)
+            gate, up = linear(h, mlp.gate_up.weight).chunk(2, dim=-1)
+            x = x + linear(F.silu(gate).mul_(up), mlp.down_proj.weight)
         cache.pos += t
         x = F.rms_norm(x[:, -1], (d,), self.norm.weight, cfg.norm_eps)
-        return F.linear(x, self.lm_head.weight)
+        return linear(x, self.lm_head.weight)
 
     def prepare_for_inference(self) -> Transformer:
-        """Switch to eval mode and, on CPU, store every Linear weight column-major (same shape and values).
+        """Switch to eval mode and, on CPU, store every fp32 Linear weight column-major (same shape and values).
 
         Batch-1 decode is mostly x · Wᵀ matmuls, and MKL's fp32 GEMM runs them faster when W is column-major: the
         `small` model's 25 per-token matmuls take 2.8 ms row-major and 1.7 ms column-major on the 2-core AMD
-        EPYC dev box (batches up to 256 are no slower). Only for inference: training would pay a transpose per
-        gradient to keep the parameter's layout. `weights_state_dict` makes contiguous copies, so saving and
-        export are unaffected.
+        EPYC dev box (batches up to 256 are no slower). bf16 weights stay row-major: their matmuls go to oneDNN,
+        which is slower on the transposed layout (SmolLM2-135M's batch-1 serving step took 1.12-1.17× as long
+        column-major on a 2-core Xeon with AMX; at 16 sequences the two layouts were level). Only for inference:
+        training would pay a transpose per gradient to keep the parameter's layout. `weights_state_dict` makes
+        contiguous copies, so saving and export are unaffected.
         """
         self.eval()
         with torch.no_grad():
             for module in self.modules():
                 weight = module.weight if isinstance(module, nn.Linear) else None
-                if weight is not None and weight.device.type == "cpu" and weight.is_contiguous():
+                if (weight is not None and weight.device.type == "cpu" and weight.dtype == torch.float32
+                        and weight.is_contiguous()):
                     weight.data = weight.data.t().contiguous().t()
         return self
 

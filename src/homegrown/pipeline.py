@@ -25,7 +25,7 @@ from homegrown.errors import HomegrownError
 from homegrown.eval.report import REPORT_JSON, build_report
 from homegrown.generate import SamplingParams, stream_tokens
 from homegrown.io import atomic_dir, write_bytes_atomic
-from homegrown.layout import MANIFEST, SAMPLE_DIR, SHARD_INDEX, RunLayout
+from homegrown.layout import MANIFEST, SAMPLE_DIR, SFT, SHARD_INDEX, RunLayout
 from homegrown.progress import console
 from homegrown.tokenizer import load_tokenizer, train_tokenizer
 from homegrown.train.checkpoint import CONFIG, TOKENIZER, check_same_config, resolve_checkpoint
@@ -49,6 +49,29 @@ class RunSummary:
     """Loss on the assistant tokens of held-out conversations."""
     report: Path | None = None
     """report.md: base vs chat model on held-out bits/byte and the task suite (eval/report.py)."""
+
+
+def print_summary(summary: RunSummary) -> None:
+    """What `homegrown run` ends with: the sampled answers, then where everything went and the figures."""
+    from rich.markup import escape
+
+    console.rule("samples")
+    for prompt, text in summary.samples:
+        console.print(f"[bold]user>[/bold] {escape(prompt)}\n[bold]model>[/bold] {escape(text)}", highlight=False)
+        console.print()
+    console.rule("done")
+    paths = RunLayout(summary.run_dir)
+    console.print(f"run directory   {summary.run_dir}")
+    console.print(f"base model      {summary.base_checkpoint}")
+    console.print(f"chat model      {summary.checkpoint}")
+    console.print(f"loss curves     {paths.loss_png()}, {paths.loss_png(SFT)}")
+    console.print(f"metrics         {paths.metrics()}, {paths.metrics(SFT)}")
+    console.print(f"val bits/byte   {summary.val_bpb:.3f}   (base model, whole held-out split as in the report; "
+                  f"val loss {summary.val_loss:.3f} nats/token)")
+    console.print(f"chat val loss   {summary.sft_val_loss:.3f} nats/token on held-out answers")
+    console.print(f"report          {summary.report}")
+    console.print(f"throughput      {summary.tokens_per_second:,.0f} tokens/s; total {summary.seconds / 60:.1f} min")
+    console.print(f"next            homegrown chat {summary.checkpoint}")
 
 
 def prepare_corpus(data: DataConfig, corpus_dir: Path, ingest_cfg: IngestConfig | None = None) -> Path:
@@ -142,9 +165,30 @@ def continue_pretraining(preset: Preset, run_dir: Path, progress: bool = True) -
     run_dir.mkdir(parents=True, exist_ok=True)
     tok_path = adopt_tokenizer(start, run_dir)
     record_preset(preset, run_dir)
-    corpus = prepare_corpus(preset.data, paths.corpus)
+    corpus = prepare_corpus(preset.data, paths.corpus, preset.ingest)
     shards = prepare_shards(corpus, tok_path, paths.shards, preset.data.mixture, preset.data.mixture_max_repeat)
     return train(preset.model, preset.train, shards, run_dir, tok_path, init_from=start, progress=progress)
+
+
+def pretrain(preset: Preset, run_dir: Path) -> TrainResult:
+    """`homegrown pretrain`: record the preset and train on the run's shards (or continue pretraining the model at
+    `train.init_from`), resuming from the newest checkpoint; every rank of a torchrun job calls it."""
+    from homegrown.train import distributed
+
+    env = distributed.init_distributed()
+    if preset.train.init_from:
+        result = continue_pretraining(preset, run_dir)
+    else:
+        if env.is_main:
+            record_preset(preset, run_dir)
+        paths = RunLayout(run_dir)
+        result = train(preset.model, preset.train, paths.shards, run_dir, paths.tokenizer)
+    if env.is_main:
+        console.print(f"checkpoint {result.final_checkpoint}  val bits/byte {result.final_val_bpb:.3f}")
+    distributed.shutdown(env)
+    return result
+
+
 def record_preset(preset: Preset, run_dir: Path) -> Path:
     """Write RUN/preset.json, the run's full resolved preset that every later command on the run reads back.
 

@@ -662,3 +662,43 @@ def build_plan(preset: str | None, shape: dict[str, int | bool | None], settings
         measurement = measure(proxy, plan_cfg.measure_seconds)
         plan_cfg.mfu = min(1.0, measurement.mfu)
     return make_plan(cfg, plan_cfg, name, seq, measurement)
+
+
+def print_presets() -> None:
+    """`homegrown presets`: every preset's shape with its exact parameter count, then what each is for."""
+    from rich.table import Table
+
+    from homegrown.config import PRESET_NAMES, get_preset
+    from homegrown.model import count_params
+    from homegrown.progress import console
+
+    table = Table()
+    for name in ("preset", "params", "layers", "d_model", "heads/kv", "vocab", "seq"):
+        table.add_column(name, no_wrap=True, justify="left" if name == "preset" else "right")
+    for preset_name in PRESET_NAMES:
+        p = get_preset(preset_name)
+        m = p.model
+        table.add_row(preset_name, f"{count_params(m):,}", str(m.n_layers), str(m.d_model),
+                      f"{m.n_heads}/{m.n_kv_heads}", f"{m.vocab_size:,}", str(p.train.seq_len))
+    console.print(table)
+    for preset_name in PRESET_NAMES:
+        console.print(f"[bold]{preset_name}[/bold]: {get_preset(preset_name).description}")
+
+
+def print_plan(preset: str | None, shape: dict[str, int | bool | None], settings: dict[str, object],
+               measure_here: bool = False, proxy: str = "", as_json: bool = False) -> Plan:
+    """`homegrown plan`: build the plan, then print it as JSON on stdout or as tables at least 120 columns wide."""
+    import json
+
+    from rich.console import Console
+
+    from homegrown.progress import console
+
+    if measure_here:
+        console.print(f"measuring training throughput of {proxy or 'a proxy model'} on this machine …")
+    plan = build_plan(preset, shape, settings, measure_here, proxy)
+    if as_json:
+        print(json.dumps(plan.to_dict(), indent=2))
+    else:
+        render(plan, Console(width=max(120, Console().width)))
+    return plan

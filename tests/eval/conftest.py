@@ -10,9 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from tokenizers import Tokenizer
 
-from homegrown.config import get_preset
-from homegrown.eval.tasks import TASKS_DIR
+from homegrown.bundle import ModelBundle
+from homegrown.chat_template import our_chat_format
+from homegrown.config import ModelConfig, get_preset
+from homegrown.eval.tasks import TASKS_DIR, LocalModel
+from homegrown.model import Transformer
 from homegrown.train.loop import train
 
 
@@ -54,3 +58,19 @@ def small_suite(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
         dst.write_text("\n".join([lines[0], *dev, *tests]) + "\n", encoding="utf-8")
         paths.append(dst)
     return paths
+
+
+def scripted_lm(tok: Tokenizer, transitions: dict[int, int]) -> LocalModel:
+    """A model whose greedy next token is a fixed function of the current token: blocks that add nothing (zero
+    output projections), each scripted token's embedding a basis vector, and an output head that maps basis
+    vector k to its successor. Greedy decoding then follows `transitions` exactly, whatever the prompt."""
+    model = Transformer(ModelConfig(vocab_size=tok.get_vocab_size(), d_model=16, n_layers=1, n_heads=2,
+                                    n_kv_heads=1, max_seq_len=48, tie_embeddings=False))
+    with torch.no_grad():
+        for p in (model.embed_tokens.weight, model.lm_head.weight, model.layers[0].self_attn.o_proj.weight,
+                  model.layers[0].mlp.down_proj.weight):
+            p.zero_()
+        for k, (src, dst) in enumerate(transitions.items()):
+            model.embed_tokens.weight[src, k] = 1.0
+            model.lm_head.weight[dst, k] = 10.0
+    return LocalModel(ModelBundle(model, model.cfg, tok, our_chat_format(tok), Path("scripted")), batch_size=2)

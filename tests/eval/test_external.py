@@ -134,8 +134,9 @@ def test_chat_mode_is_scored_by_generation_and_marked(chat_ckpt, homegrown_serve
     assert endpoint.mode == "chat" and not endpoint.supports_loglikelihood
     # Short 0-shot questions, so prompt + answer fit the tiny model's 64-token context on the server.
     shipped = [json.loads(line) for line in (TASKS_DIR / "doc_module.jsonl").read_text().splitlines()[1:]]
+    # A newline stop: the server is sent none (it would cut leading whitespace), the client cuts by our rule.
     header = {"task": {"name": "module_short", "type": "generation", "metric": "exact_match", "max_tokens": 8,
-                       "stop": []}}
+                       "stop": ["\n"]}}
     (tmp_path / "module_short.jsonl").write_text("\n".join(json.dumps(x) for x in [header, *shipped[5:17]]) + "\n")
     mc = [{"context": f"{a}+{b}=", "choices": [f" {a + b}", f" {a + b + 1}"], "answer": 0} for a, b in [(1, 2), (3, 4)]]
     (tmp_path / "sums.jsonl").write_text("\n".join(json.dumps(x) for x in mc) + "\n")

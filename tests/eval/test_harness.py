@@ -13,6 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from homegrown.bundle import load_bundle
 from homegrown.eval.harness import HomegrownLM, run_harness
 from homegrown.eval.tasks import LocalModel, evaluate_task, load_task
+from tests.eval.conftest import scripted_lm
 
 HERE = Path(__file__).parent / "harness_task"
 
@@ -69,3 +70,22 @@ def test_cli_eval_harness_writes_lm_evals_results(cli, eval_run, task_dir, tmp_p
     assert 0 <= results["homegrown_doc_entry_sample"]["acc_norm,none"] <= 1
     bad = cli("eval", str(eval_run / "ckpt"), "--harness", "no_such_task", "--include-path", str(task_dir), env=env)
     assert bad.returncode == 2 and "lm-eval knows no task no_such_task" in bad.stderr
+
+
+def test_generate_until_keeps_lm_evals_rule_a_stop_cuts_even_leading_whitespace(eval_run):
+    """Our suite lets a reply start on a new line; lm-eval's `until` does not, and the harness must score the way
+    lm-eval does. The scripted model answers "\\nx\\nx…" whatever the prompt."""
+    from lm_eval.api.instance import Instance
+
+    lm = HomegrownLM(str(eval_run / "ckpt" / "step_8"))
+    tok = lm.local.tok
+    [newline], [word] = tok.encode("\n", add_special_tokens=False).ids, tok.encode("x", add_special_tokens=False).ids
+    context = "Answer:"
+    lm.local = scripted_lm(tok, {lm.local.encode(context)[-1]: newline, newline: word, word: newline})
+    assert lm.local.generate([context], 6, ["\n"]) == ["\nx"]
+
+    def req(until: list[str]) -> Instance:
+        return Instance(request_type="generate_until", doc={}, arguments=(context, {"until": until,
+                                                                                  "max_gen_toks": 6}), idx=0)
+
+    assert lm.generate_until([req(["\n"]), req(["Q"])]) == ["", "\nx\nx\nx"]

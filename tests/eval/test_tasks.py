@@ -1,5 +1,8 @@
 import json
 import math
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,20 +14,24 @@ from homegrown.config import ModelConfig
 from homegrown.data.sources import iter_corpus
 from homegrown.errors import HomegrownError
 from homegrown.eval.tasks import (
+    TASKS_DIR,
     LocalModel,
     build_messages,
     build_prompt,
+    cut_at_stop,
     evaluate_task,
     fewshot_examples,
     load_task,
     load_tasks,
     pick_choice,
     score_generation,
+    stop_index,
     token_f1,
 )
 from homegrown.model import Transformer
 from homegrown.pipeline import SAMPLE_DIR
 from homegrown.tokenizer import load_tokenizer
+from tests.eval.conftest import scripted_lm
 
 
 @pytest.fixture(scope="module")
@@ -201,3 +208,51 @@ def test_shipped_suite_is_built_from_held_out_pages_only():
         assert 0 < task.chance < 0.5
         pages = {it["source"] for it in task.items + task.dev}
         assert pages <= val_pages and not pages & train_pages, task.name
+    for task in (t for t in tasks if t.name in ("doc_qa", "doc_module")):
+        # API entries come from reference pages only: a HOWTO's code line followed by prose is no definition.
+        assert all(re.search(r"docs\.python\.org/[\d.]+/(library|c-api)/", it["source"])
+                   for it in task.items + task.dev), task.name
+
+
+@pytest.mark.parametrize(("text", "stop", "want"), [
+    ("\n\nReturn the size.\nMore text", ["\n"], "\n\nReturn the size."),
+    (" sys\n", ["\n"], " sys"),
+    ("\n \n\t", ["\n"], "\n \n\t"),
+    ("\nQuestion: next one", ["Question:"], "\n"),
+    ("\n\nsys.argv\n\nQuestion:", ["Question:", "\n\n"], "\n\nsys.argv"),
+    ("no stop here", ["\n", ""], "no stop here"),
+    ("", ["\n"], ""),
+])
+def test_a_stop_string_ends_a_reply_only_after_its_first_non_whitespace_text(text, stop, want):
+    assert cut_at_stop(text, stop) == want
+    assert (stop_index(text, stop) is None) == (want == text)
+
+
+def test_a_reply_that_starts_on_a_new_line_is_kept_to_the_next_newline(tiny_run, tmp_path):
+    tok = load_tokenizer(tiny_run / "tokenizer.json")
+    [newline], [word] = tok.encode("\n", add_special_tokens=False).ids, tok.encode("x", add_special_tokens=False).ids
+    prompt = "Question: What is x?\nAnswer:"
+    last = tok.encode(prompt, add_special_tokens=False).ids[-1]
+    lm = scripted_lm(tok, {last: newline, newline: word, word: newline})
+    assert lm.generate([prompt], 8, []) == ["\nx\nx\nx\nx"]
+    assert lm.generate([prompt], 8, ["\n"]) == ["\nx"]
+    task = load_task(write_task(tmp_path / "g.jsonl", {"type": "generation", "metric": "exact_match",
+                                                        "max_tokens": 8, "stop": ["\n"]},
+                                [{"context": prompt, "answer": " x"}]))
+    result = evaluate_task(task, lm)
+    assert result.examples[0]["predicted"] == "\nx" and result.metrics == {"exact_match": 1.0, "f1": 1.0}
+    silent = scripted_lm(tok, {last: newline, newline: newline})
+    assert silent.generate([prompt], 5, ["\n"]) == ["\n" * 5]
+    assert evaluate_task(task, silent).score == 0.0
+
+
+def test_shipped_suite_is_exactly_what_the_build_script_writes(tmp_path):
+    """No item is edited by hand: the files equal a fresh deterministic build from the held-out pages."""
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, str(root / "scripts" / "build_tasks.py"), "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    shipped = sorted(p.name for p in TASKS_DIR.glob("*.jsonl"))
+    assert sorted(p.name for p in tmp_path.glob("*.jsonl")) == shipped
+    for name in shipped:
+        assert (tmp_path / name).read_bytes() == (TASKS_DIR / name).read_bytes(), name

@@ -10,6 +10,7 @@ from collections import Counter
 import pytest
 import torch
 
+from homegrown.bundle import load_bundle
 from homegrown.config import ModelConfig, ServeConfig
 from homegrown.errors import HomegrownError
 from homegrown.generate import SamplingParams, stream_tokens
@@ -180,7 +181,7 @@ def test_context_length_is_enforced_with_both_numbers(engine: Engine) -> None:
 
 
 def test_full_queue_is_refused(serve_run) -> None:
-    from homegrown.bundle import load_bundle
+
 
     idle = Engine(load_bundle(serve_run), ServeConfig(max_batch=1, max_waiting=2))  # never started: nothing drains
     idle.submit([5, 6], [greedy(4)], lambda i, d: None)
@@ -202,7 +203,7 @@ def test_abort_frees_the_slot(engine: Engine) -> None:
 
 
 def test_exported_hf_directory_serves_the_same_tokens(engine: Engine, serve_run, tmp_path) -> None:
-    from homegrown.bundle import load_bundle
+
     from homegrown.export.hf import export_hf
 
     hf_engine = Engine(load_bundle(export_hf(serve_run, tmp_path / "hf")), ServeConfig(max_batch=2)).start()
@@ -221,7 +222,7 @@ def test_shared_prompt_prefix_is_copied_not_recomputed(engine: Engine) -> None:
     before the second, which copies its prefix; nothing depends on how fast either thread runs."""
     system = engine.encode("You are a helpful assistant who answers questions about the printing press.")
     first, second = system + engine.encode("Who?"), system + engine.encode("When was it built?")
-    fresh = Engine(engine.model, engine.tokenizer, ServeConfig(max_batch=4))
+    fresh = Engine(engine.bundle, ServeConfig(max_batch=4))
     fresh.submit(first, [greedy(60, ignore_eos=True)], lambda i, d: None)
     done = threading.Event()
     out: list[int] = []
@@ -248,6 +249,12 @@ def test_shared_prompt_prefix_is_copied_not_recomputed(engine: Engine) -> None:
     assert [c[1] for c in choices] == [a[1] for a in alone]
 
 
+def test_max_model_len_bounds_the_cache_and_the_context(serve_run):
+    bundle = load_bundle(serve_run)
+    short = Engine(bundle, ServeConfig(max_batch=2, max_model_len=32))
+    assert short.cache.k.shape[3] == 32 and short.max_len == 32
+    with pytest.raises(ContextLengthError, match="maximum context length is 32 tokens"):
+        short.submit(list(range(1, 21)), [GenerationParams(max_tokens=20)], lambda *_: None)
 def test_kv_cache_fits_its_budget() -> None:
     """SmolLM2's shape: 30 layers × 3 KV heads × 64 dims × 8,192 tokens is 377 MB per slot in fp32, so the default
     4 GiB holds 11 slots, not max_batch's 32 (12 GB); a shorter max_model_len gives all 32; one slot over the
@@ -257,6 +264,8 @@ def test_kv_cache_fits_its_budget() -> None:
     smol = ModelConfig(vocab_size=49152, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3, max_seq_len=8192)
     assert kv_cache_shape(smol, ServeConfig(), torch.float32) == (8192, 11)
     assert kv_cache_shape(smol, ServeConfig(max_model_len=2048), torch.float32) == (2048, 32)
-    assert kv_cache_shape(smol, ServeConfig(max_model_len=99999), torch.bfloat16) == (8192, 22)
+    assert kv_cache_shape(smol, ServeConfig(), torch.bfloat16) == (8192, 22)
+    with pytest.raises(HomegrownError, match="over the model's context of 8192 tokens"):
+        kv_cache_shape(smol, ServeConfig(max_model_len=99999), torch.float32)
     with pytest.raises(HomegrownError, match="lower --max-model-len or raise --kv-cache-gib"):
         kv_cache_shape(smol, ServeConfig(kv_cache_gib=0.25), torch.float32)

@@ -60,7 +60,12 @@ def _assert_same_grads(a: Path, b: Path, steps: range) -> None:
         ga, gb = (load_file(str(run / "grads" / f"step_{step}.safetensors")) for run in (a, b))
         assert ga.keys() == gb.keys()
         for name in ga:
-            torch.testing.assert_close(gb[name], ga[name], rtol=1e-4, atol=1e-7, msg=f"step {step} {name}")
+            # Summation order differs (two half-batch sums all-reduced vs one sum), so an element that nearly
+            # cancels can differ by fp32 rounding of the terms' scale, not its own: atol follows the tensor's scale.
+            # A real bug (a wrong slice of the batch, no averaging over ranks) is off by tens of percent.
+            scale = float(ga[name].abs().max())
+            torch.testing.assert_close(gb[name], ga[name], rtol=1e-4, atol=1e-4 * scale,
+                                       msg=lambda m, s=step, n=name: f"step {s} {n}: {m}")
 
 
 @pytest.fixture(scope="module")

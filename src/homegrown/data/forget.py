@@ -24,6 +24,7 @@ from homegrown.data.provenance import (
 from homegrown.errors import HomegrownError
 from homegrown.io import write_json_atomic, write_text_atomic
 from homegrown.layout import MANIFEST, RunLayout
+from homegrown.progress import console
 from homegrown.train.checkpoint import WEIGHTS
 
 FORGET_LOG = "forget_log.jsonl"
@@ -130,3 +131,21 @@ def forget(run: Path, urls: Iterable[str] = (), hashes: Iterable[str] = (), ids:
     old = log.read_text(encoding="utf-8") if log.is_file() else ""
     write_text_atomic(log, old + json.dumps(entry, ensure_ascii=False) + "\n")
     return ForgetResult(removed, checkpoints, repacked, tokenizer_used)
+
+
+def print_result(result: ForgetResult) -> None:
+    """What was removed, what was trained on it, and the opt-out lines that keep it out of a re-ingest."""
+    for doc in result.removed:
+        console.print(f"removed {doc['id']}  {doc['source']}  ({doc['split']})", highlight=False)
+    if result.shards_repacked:
+        console.print("shards re-packed without it")
+    if result.checkpoints:
+        console.print("trained on data containing it — retrain or retire:")
+        for path in result.checkpoints:
+            console.print(f"  {path}")
+    else:
+        console.print("no checkpoint was trained on it")
+    if result.tokenizer_trained_on_it:
+        console.print("tokenizer.json was trained on a corpus containing it (its merges hold no text, it is kept)")
+    console.print("so a re-ingest leaves it out too, add to the opt-out list: "
+                  + ", ".join(f"sha256: {doc['sha256']}" for doc in result.removed), highlight=False)

@@ -509,6 +509,23 @@ def sources_from(paths: Sequence[Path], sources_file: Path | None = None, **comm
     return specs
 
 
+def print_stats(stats: IngestStats, out: Path) -> None:
+    """The per-source table and the counts `homegrown data ingest` and `data merge` end with."""
+    from rich.table import Table
+
+    table = Table(title=f"ingest → {out}")
+    for col in ("source", "licence", "files", "read", "kept", "text MB"):
+        table.add_column(col, justify="left" if col in ("source", "licence") else "right")
+    for s in stats.per_source:
+        table.add_row(s.name, s.licence, str(s.files), f"{s.pages_read:,}", f"{s.kept:,}", f"{s.text_bytes / 1e6:.2f}")
+    console.print(table)
+    console.print(f"kept {stats.kept:,} of {stats.pages_read:,} (train {stats.train_pages:,}, val {stats.val_pages:,})")
+    console.print("rejected: " + (", ".join(f"{k} {v:,}" for k, v in stats.rejected.items()) or "none"))
+    console.print("PII replaced: " + (", ".join(f"{k} {v:,}" for k, v in stats.pii.items()) or "none"))
+    if stats.notes:
+        console.print("altered: " + ", ".join(f"{k} {v:,}" for k, v in stats.notes.items()))
+
+
 def ingest(
     sources: Sequence[SourceSpec],
     out_dir: Path,

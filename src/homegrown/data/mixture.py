@@ -126,3 +126,15 @@ def pack_corpus(corpus: Path, tokenizer_path: Path, shard_dir: Path, mixture: st
     stats = pack({"train": mixed_texts(corpus, tok, plan), "val": val}, tok, shard_dir,
                  index_extra=lambda: {**extra, "mixture": plan.to_json(mixture, max_repeat)})
     return stats, plan
+
+
+def print_packing(stats: PackStats, plan: MixturePlan | None, shard_dir: Path) -> None:
+    """Documents and tokens per split, then each source's target and achieved share (`homegrown data mix`)."""
+    from homegrown.progress import console
+
+    for split in ("train", "val"):
+        console.print(f"{split}: {stats.documents[split]:,} documents, {stats.tokens[split]:,} tokens -> {shard_dir}")
+    for name in sorted(plan.rate) if plan else []:
+        console.print(f"{name:>20}  target {100 * plan.target.get(name, 0):5.1f}%  achieved "
+                      f"{100 * plan.achieved[name]:5.1f}%  rate ×{plan.rate[name]:.2f}  "
+                      f"{plan.emitted[name]:,} tokens")

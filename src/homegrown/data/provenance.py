@@ -31,7 +31,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from homegrown.errors import HomegrownError
-from homegrown.io import atomic_path, temp_sibling
+from homegrown.io import atomic_path, remove_stale_temps, temp_sibling
 from homegrown.layout import MANIFEST, RunLayout
 
 MANIFEST_NAME = "manifest.jsonl.gz"
@@ -44,6 +44,7 @@ class AtomicJsonlGz:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        remove_stale_temps(self.path)  # this writer owns the file: what a killed run left is garbage
         self.tmp = temp_sibling(self.path)
         self._raw = self.tmp.open("wb")
         # mtime=0 and no file name in the header: the same records give the same bytes
@@ -257,6 +258,21 @@ def audit(run: Path) -> Audit:
             flush()
     flush()
     return Audit("tokens" if tok is not None else "characters", total, docs, by)
+
+
+def print_audit(report: Audit) -> None:
+    """One table per breakdown (source, licence, language): amount and share, largest first."""
+    from rich.table import Table
+
+    from homegrown.progress import console
+
+    for key in report.by:
+        table = Table(title=f"{report.unit} by {key}")
+        for col in (key, report.unit, "share"):
+            table.add_column(col, justify="left" if col == key else "right")
+        for value, amount, share in report.shares(key):
+            table.add_row(value, f"{amount:,}", f"{100 * share:.1f}%")
+        console.print(table)
 
 
 def audit_chart(report: Audit, path: Path) -> Path:

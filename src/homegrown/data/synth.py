@@ -386,3 +386,12 @@ def synthesize(base_url: str, model: str, recipe_name: str, out: Path, cfg: Synt
         console.print(f"budget reached: {stats.skipped_for_budget} prompts left for a re-run with a larger budget "
                       "(replies already received come from the cache for free)")
     return stats
+
+
+def print_stats(stats: SynthStats, out: Path) -> None:
+    """One line: records written, requests and retries, cache hits, tokens, estimated cost, what was dropped."""
+    cost = "unknown (no list price)" if stats.estimated_cost_usd is None else f"${stats.estimated_cost_usd:.4f}"
+    console.print(f"{stats.records} records → {out}; {stats.requests} requests ({stats.retries} retries), "
+                  f"{stats.cache_hits} from cache, {stats.prompt_tokens + stats.completion_tokens:,} tokens, "
+                  f"est. cost {cost}; {stats.duplicates_dropped} duplicates and {stats.failed_prompts} failed "
+                  "prompts dropped")

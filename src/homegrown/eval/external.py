@@ -17,7 +17,7 @@ from dataclasses import asdict
 from urllib.parse import urlparse
 
 from homegrown.errors import HomegrownError
-from homegrown.eval.tasks import Prompt, Task, evaluate_task
+from homegrown.eval.tasks import Prompt, Task, cut_at_stop, evaluate_task
 from homegrown.progress import console
 
 MODES = ("auto", "completions", "chat")
@@ -87,16 +87,20 @@ class EndpointModel:
         return out
 
     def generate(self, prompts: Sequence[Prompt], max_tokens: int, stop: Sequence[str]) -> list[str]:
+        """Greedy replies cut by `cut_at_stop`, as for our checkpoints. A server cuts at a stop string wherever it
+        falls, so only stop strings that cannot match inside the reply's leading whitespace are sent to it; the
+        rest are applied here."""
+        server_stop = [s for s in stop if s and not s[0].isspace()] or None
         replies = []
         for prompt in prompts:
             if isinstance(prompt, str):
                 resp = self._call(self.client.completions.create, prompt=prompt, max_tokens=max_tokens,
-                                  temperature=0, stop=list(stop) or None)
-                replies.append(resp.choices[0].text or "")
+                                  temperature=0, stop=server_stop)
+                replies.append(cut_at_stop(resp.choices[0].text or "", stop))
             else:
                 resp = self._call(self.client.chat.completions.create, messages=prompt, max_tokens=max_tokens,
-                                  temperature=0, stop=list(stop) or None)
-                replies.append((resp.choices[0].message.content or "").strip())
+                                  temperature=0, stop=server_stop)
+                replies.append(cut_at_stop(resp.choices[0].message.content or "", stop).strip())
         return replies
 
 

@@ -22,6 +22,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from homegrown.bundle import load_bundle
 from homegrown.errors import HomegrownError
+from homegrown.eval.suite import ModelSpec
 from homegrown.eval.tasks import LocalModel
 
 
@@ -73,7 +74,9 @@ class HomegrownLM(TemplateLM):
             until = gen_kwargs.get("until") or [self.tok_decode([self.eot_token_id])]
             until = [until] if isinstance(until, str) else list(until)
             max_tokens = int(gen_kwargs.get("max_gen_toks", self.max_gen_toks))
-            out.append(self.local.generate([context], max_tokens, until)[0])
+            text = self.local.generate([context], max_tokens, until)[0]
+            # lm-eval's rule, not ours: a stop string cuts wherever it falls, leading whitespace included.
+            out.append(text[:min((i for s in until if s and (i := text.find(s)) >= 0), default=len(text))])
         return out
 
 
@@ -98,3 +101,21 @@ def run_harness(checkpoint: Path, tasks: Sequence[str], include_path: Path | Non
     if out is None:
         raise HomegrownError("lm-eval returned no results")
     return json.loads(json.dumps(out["results"], default=str))
+
+
+def harness_for_models(specs: Sequence[ModelSpec], tasks: Sequence[str], include_path: Path | None = None,
+                       limit: int | None = None, out: Path | None = None) -> list[Path]:
+    """`homegrown eval --harness`: lm-eval's results for each model, printed and written to
+    `out` (default: the run's eval/) as harness-<checkpoint>.json."""
+    from homegrown.eval.suite import default_eval_dir
+    from homegrown.io import write_json_atomic
+    from homegrown.progress import console
+
+    written = []
+    for spec in specs:
+        results = run_harness(spec.checkpoint, tasks, include_path, limit)
+        path = write_json_atomic((out or default_eval_dir(spec)) / f"harness-{spec.checkpoint.name}.json", results)
+        console.print(json.dumps(results, indent=2))
+        console.print(f"wrote {path}")
+        written.append(path)
+    return written

@@ -160,7 +160,8 @@ def render_markdown(records: list[dict], tasks: list[Task], charts: dict[str, st
               "- **±** is one standard error over items; two models whose scores differ by less than about twice "
               "that are not distinguishable on this suite.",
               "- Multiple choice is scored by log-likelihood, as lm-eval-harness does: the choice with the highest "
-              "log-probability per character after the prompt wins (`acc_norm`). Generation is greedy; chat "
+              "log-probability per character after the prompt wins (`acc_norm`). Generation is greedy and a reply "
+              "ends at a stop string only after its first non-whitespace text (data/tasks/README.md); chat "
               "models get the questions as chat turns (marked *chat*); an endpoint that cannot return prompt "
               "log-probabilities answers multiple choice as a lettered question (marked *lettered*).",
               "- **Tokens trained** counts this stage only (a chat model's count is its fine-tuning tokens).", ""]

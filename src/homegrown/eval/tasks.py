@@ -10,7 +10,8 @@ generation, the token budget and stop strings. Every other line is an item:
 `dev` items are only ever few-shot examples; `test` items are scored. Multiple choice picks the choice with
 the highest log-likelihood after the context, raw (`acc`) and divided by the choice's length in characters
 (`acc_norm`, lm-eval's definition: without it long choices lose just for having more tokens) and in UTF-8
-bytes (`acc_bytes`). Generation decodes greedily and scores exact match, SQuAD token F1 and an optional regex.
+bytes (`acc_bytes`). Generation decodes greedily, ends a reply at a stop string only once the reply has some
+non-whitespace text (`stop_index`), and scores exact match, SQuAD token F1 and an optional regex.
 A model only has to offer `loglikelihoods` and `generate` (the `ScoringModel` protocol), which is how our
 checkpoints, lm-eval and any OpenAI-compatible endpoint are scored by one piece of code.
 """
@@ -241,6 +242,7 @@ class ScoringModel(Protocol):
         ...
 
     def generate(self, prompts: Sequence[Prompt], max_tokens: int, stop: Sequence[str]) -> list[str]:
+        """Greedy replies, each cut by `cut_at_stop` (stop strings count only after leading whitespace)."""
         ...
 
 

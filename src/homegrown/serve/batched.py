@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from homegrown.model import KVCache, Transformer, apply_rope
+from homegrown.model import KVCache, Transformer, apply_rope, linear
 
 
 def forward_rows(model: Transformer, cache: KVCache, idx: torch.Tensor, starts: torch.Tensor,
@@ -42,7 +42,7 @@ def forward_rows(model: Transformer, cache: KVCache, idx: torch.Tensor, starts: 
     for i, layer in enumerate(model.layers):
         attn, mlp = layer.self_attn, layer.mlp
         h = F.rms_norm(x, (d,), layer.input_layernorm.weight, cfg.norm_eps)
-        heads = F.linear(h, attn.qkv.weight).view(b, t, n_qk + n_kv, cfg.head_dim).transpose(1, 2)
+        heads = linear(h, attn.qkv.weight).view(b, t, n_qk + n_kv, cfg.head_dim).transpose(1, 2)
         qk = apply_rope(heads[:, :n_qk], cos, sin)
         layer_k, layer_v = cache.k[i], cache.v[i]
         layer_k[rows, :, positions] = qk[:, n_q:].transpose(1, 2).to(layer_k.dtype)
@@ -50,16 +50,16 @@ def forward_rows(model: Transformer, cache: KVCache, idx: torch.Tensor, starts: 
         keys = layer_k[first_slot:first_slot + b, :, :span]
         values = layer_v[first_slot:first_slot + b, :, :span]
         y = F.scaled_dot_product_attention(qk[:, :n_q], keys, values, attn_mask=mask, enable_gqa=n_q != n_kv)
-        x = x + F.linear(y.transpose(1, 2).reshape(b, t, d), attn.o_proj.weight)
+        x = x + linear(y.transpose(1, 2).reshape(b, t, d), attn.o_proj.weight)
         h = F.rms_norm(x, (d,), layer.post_attention_layernorm.weight, cfg.norm_eps)
-        gate, up = F.linear(h, mlp.gate_up.weight).chunk(2, dim=-1)
-        x = x + F.linear(F.silu(gate).mul_(up), mlp.down_proj.weight)
+        gate, up = linear(h, mlp.gate_up.weight).chunk(2, dim=-1)
+        x = x + linear(F.silu(gate).mul_(up), mlp.down_proj.weight)
     h = F.rms_norm(x[torch.arange(b, device=device), last], (d,), model.norm.weight, cfg.norm_eps)
-    logits = F.linear(h, model.lm_head.weight)
+    logits = linear(h, model.lm_head.weight)
     if every_position is None:
         return logits
     h = F.rms_norm(x[every_position], (d,), model.norm.weight, cfg.norm_eps)
-    return logits, F.linear(h, model.lm_head.weight)
+    return logits, linear(h, model.lm_head.weight)
 
 
 def move_slot(cache: KVCache, src: int, dst: int, length: int) -> None:

@@ -150,7 +150,10 @@ def kv_cache_shape(model: ModelConfig, cfg: ServeConfig, dtype: torch.dtype) -> 
     if cfg.max_model_len < 0 or cfg.kv_cache_gib <= 0:
         raise HomegrownError(f"max_model_len must be ≥ 0 and kv_cache_gib > 0, got {cfg.max_model_len} and "
                              f"{cfg.kv_cache_gib}")
-    max_len = min(cfg.max_model_len or model.max_seq_len, model.max_seq_len)
+    if cfg.max_model_len > model.max_seq_len:
+        raise HomegrownError(f"max_model_len {cfg.max_model_len} is over the model's context of {model.max_seq_len} "
+                             "tokens; 0 serves all of it")
+    max_len = cfg.max_model_len or model.max_seq_len
     element = torch.empty((), dtype=dtype).element_size()
     per_slot = 2 * model.n_layers * model.n_kv_heads * model.head_dim * max_len * element
     slots = min(cfg.max_batch, int(cfg.kv_cache_gib * 2**30 // per_slot))
