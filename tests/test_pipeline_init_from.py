@@ -12,7 +12,7 @@ import torch
 from homegrown.config import ModelConfig, apply_overrides, get_preset
 from homegrown.errors import HomegrownError
 from homegrown.export.gguf import export_gguf
-from homegrown.importer import import_model
+from homegrown.importer import FINETUNE_LR, FINETUNE_SFT_LR, import_model
 from homegrown.model import Transformer
 from homegrown.pipeline import continue_pretraining
 from homegrown.tokenizer import load_tokenizer
@@ -78,3 +78,16 @@ def test_continued_pretraining_refuses_the_imported_run_itself_and_a_foreign_tok
     (other / "tokenizer.json").write_text((tiny_run / "tokenizer.json").read_text().replace("<|end|>", "<|END|>"))
     with pytest.raises(HomegrownError, match="is not the tokenizer of"):
         continue_pretraining(preset, other, progress=False)
+
+
+def test_an_import_fine_tunes_at_fine_tuning_rates_unless_told_otherwise(imported: Path, tmp_path: Path, cli) -> None:
+    """The import's preset carries fine-tuning learning rates, and a new --init-from run without -p starts from
+    it: `small`'s from-scratch 3e-3 would wreck a pretrained model within a few steps."""
+    saved = json.loads((imported / "preset.json").read_text())
+    assert (saved["train"]["lr"], saved["sft"]["lr"]) == (FINETUNE_LR, FINETUNE_SFT_LR)
+    run = tmp_path / "cpt"
+    write_corpus(run / "corpus", train_docs=40, val_docs=6)
+    done = cli("pretrain", str(run), "--init-from", str(imported),
+               *[a for o in _overrides(1) if not o.startswith("train.lr") for a in ("--set", o)])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((run / "preset.json").read_text())["train"]["lr"] == FINETUNE_LR

@@ -297,7 +297,12 @@ def pretrain(
     """
     from homegrown.pipeline import pretrain as run_pretrain
 
-    cfg = _run_preset(run_dir, preset, set_)
+    if init_from is not None and preset is None and not RunLayout(run_dir).preset.exists():
+        # A new continued-pretraining run starts from the settings saved with the model it continues (an
+        # import's fine-tuning learning rates), not from a from-scratch preset.
+        cfg = resolve_preset(None, RunLayout(run_dir_of(init_from)).preset, set_, DEFAULT_PRESET)
+    else:
+        cfg = _run_preset(run_dir, preset, set_)
     if init_from is not None:
         cfg.train.init_from = str(init_from)
     run_pretrain(cfg, run_dir)

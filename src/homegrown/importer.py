@@ -28,7 +28,7 @@ from safetensors import safe_open
 from tokenizers import Tokenizer
 
 from homegrown.chat_template import GENERATION_CONFIG, TOKENIZER_CONFIG, ChatTemplate
-from homegrown.config import ModelConfig, get_preset, save_preset
+from homegrown.config import ModelConfig, Preset, get_preset, save_preset
 from homegrown.errors import HomegrownError
 from homegrown.export.gguf import hf_name, unpermute_rope
 from homegrown.export.hf import SHARD_INDEX, _from_hf_state, load_hf
@@ -318,6 +318,22 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+FINETUNE_LR = 1e-4
+"""Peak LR for continued pretraining of imported weights: the `small` preset's 3e-3 is a from-scratch rate that
+wrecks a pretrained model within a few steps; fine-tuning recipes for models of this size use 1e-5 to 3e-4."""
+FINETUNE_SFT_LR = 3e-5
+
+
+def finetune_preset(cfg: ModelConfig, src: Path) -> Preset:
+    """The preset an imported run starts with: the imported shape, `small`'s data and eval settings, and
+    fine-tuning learning rates (short warmup), so `pretrain --init-from` and `sft` on it do not start by
+    forgetting what the model knows. `--set` overrides them like any field."""
+    base = get_preset("small")
+    return replace(base, model=cfg, train=replace(base.train, lr=FINETUNE_LR, warmup_steps=10),
+                   sft=replace(base.sft, lr=FINETUNE_SFT_LR),
+                   description=f"imported from {src}; small's data/eval settings, fine-tuning learning rates")
+
+
 def _write_run(loaded: _Loaded, src: Path, fmt: str, out_run: Path) -> ImportResult:
     """Tokenizer files at the run's top level, preset.json and import.json, then the checkpoint (written last,
     atomically: a run with ckpt/step_0 is a finished import)."""
@@ -327,9 +343,7 @@ def _write_run(loaded: _Loaded, src: Path, fmt: str, out_run: Path) -> ImportRes
     write_json_atomic(paths.root / TOKENIZER_CONFIG, loaded.tokenizer_config)
     write_json_atomic(paths.root / GENERATION_CONFIG, loaded.generation_config)
     cfg = loaded.model.cfg
-    base = get_preset("small")
-    save_preset(replace(base, model=cfg, description=f"imported from {src}; training settings of the {base.name} "
-                        "preset"), paths.preset)
+    save_preset(finetune_preset(cfg, src), paths.preset)
     info = {"source": str(src.resolve()), "format": fmt, "architecture": loaded.architecture,
             "tensor_types": loaded.tensor_types}
     if fmt == "gguf":
