@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -371,13 +371,23 @@ async def get_model(model: str, request: Request) -> dict[str, Any]:
     return _model_card(state, engine)
 
 
-@v1.post("/chat/completions")
-async def chat_completions(req: ChatCompletionRequest, request: Request) -> Any:
+RequestT = TypeVar("RequestT", ChatCompletionRequest, CompletionRequest)
+
+
+def _admit(request: Request, req: RequestT) -> tuple[ServerState, Engine, RequestT]:
+    """What both generation endpoints check first: a loaded engine, the served model's name, the server's
+    generation defaults filled in, and token ids the vocabulary has."""
     state = _state(request)
     engine = _ready(state)
     _check_model(state, req.model)
     req = with_defaults(req, state.generation_defaults)
     _check_token_ids(engine, req)
+    return state, engine, req
+
+
+@v1.post("/chat/completions")
+async def chat_completions(req: ChatCompletionRequest, request: Request) -> Any:
+    state, engine, req = _admit(request, req)
     if req.top_logprobs and not req.logprobs:
         raise APIError(400, "top_logprobs requires logprobs=true", param="top_logprobs")
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
@@ -415,11 +425,7 @@ async def chat_completions(req: ChatCompletionRequest, request: Request) -> Any:
 
 @v1.post("/completions")
 async def completions(req: CompletionRequest, request: Request) -> Any:
-    state = _state(request)
-    engine = _ready(state)
-    _check_model(state, req.model)
-    req = with_defaults(req, state.generation_defaults)
-    _check_token_ids(engine, req)
+    state, engine, req = _admit(request, req)
     if req.max_tokens == 0 and not req.echo:
         raise APIError(400, "max_tokens=0 generates nothing; it is only allowed with echo=true (the prompt alone, "
                             "with its log-probs)", param="max_tokens")
