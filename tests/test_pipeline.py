@@ -1,6 +1,7 @@
 import gzip
 import itertools
 import json
+from pathlib import Path
 
 from homegrown.config import IngestConfig, apply_overrides, get_preset
 from homegrown.data.ingest import split_of
@@ -48,7 +49,7 @@ def test_run_on_a_user_source_directory(tmp_path):
     assert (summary.val_bpb, summary.val_loss) == (base["val"]["bpb"], base["val"]["loss"]), "one figure per claim"
 
 
-def test_run_skips_sft_when_no_conversation_fits_the_context(tmp_path):
+def test_run_skips_sft_when_no_conversation_fits_the_context(tmp_path, monkeypatch):
     src = tmp_path / "site"
     src.mkdir()
     for j, body in enumerate(_real_texts(12)):
@@ -57,8 +58,11 @@ def test_run_skips_sft_when_no_conversation_fits_the_context(tmp_path):
     preset = apply_overrides(get_preset("tiny"), [f"data.source={src}", "data.source_glob=*.html", "train.max_steps=2",
                                                   "train.eval_every=2", "train.threads=1", "model.max_seq_len=16",
                                                   "train.seq_len=16", "sft.max_steps=2", "eval.max_items=2"])
-    summary = run(preset, tmp_path / "run", samples=0, progress=False)
-    assert summary.checkpoint == summary.base_checkpoint == tmp_path / "run" / "ckpt" / "step_2"
+    monkeypatch.chdir(tmp_path)  # a relative run directory, as `make run` passes runs/<preset>
+    summary = run(preset, Path("run"), samples=0, progress=False)
+    assert summary.checkpoint.resolve() == summary.base_checkpoint.resolve() == tmp_path / "run" / "ckpt" / "step_2"
+    base = next(m for m in json.loads((tmp_path / "run" / "report.json").read_text())["models"] if m["stage"] == "base")
+    assert summary.val_bpb == base["val"]["bpb"]
     assert not (tmp_path / "run" / "sft" / "ckpt").exists() and summary.report.exists()
     assert json.loads((tmp_path / "run" / "corpus" / "MANIFEST.json").read_text())["val_pages"] >= 1
 

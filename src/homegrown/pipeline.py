@@ -220,7 +220,7 @@ def run(preset: Preset, run_dir: Path, samples: int = 3, progress: bool = True) 
     report = build_report([run_dir], run_dir, tasks, batch_size=preset.eval.batch_size,
                           max_items=preset.eval.max_items)
     base_val = next(m["val"] for m in json.loads((report.parent / REPORT_JSON).read_text())["models"]
-                    if Path(m["checkpoint"]) == Path(result.final_checkpoint))
+                    if Path(m["checkpoint"]).resolve() == Path(result.final_checkpoint).resolve())
     summary = RunSummary(run_dir, chat.final_checkpoint if chat else result.final_checkpoint, base_val["bpb"],
                          base_val["loss"], result.tokens_per_second, time.perf_counter() - t0,
                          base_checkpoint=result.final_checkpoint,
