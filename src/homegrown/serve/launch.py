@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,14 +23,6 @@ from homegrown.errors import HomegrownError
 
 BANNER_URL = re.compile(r"OpenAI base_url\s+(http://\S+?)/v1\b")
 """The line of `homegrown serve`'s banner that says where it listens, printed once the port is bound."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on right now (the OS picks it). Another process may take it before the caller
-    binds it; `launch` does not use this (the server binds port 0 itself)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def homegrown_command() -> list[str]:
