@@ -100,8 +100,8 @@ def test_bf16_decode_one_row_through_gemv_matches_forward():
         cache = KVCache.allocate(model.cfg, 1, dtype=torch.bfloat16)
         got = [model.decode(idx[:, :12], cache)]
         got += [model.decode(idx[:, i:i + 1], cache) for i in range(12, 20)]
-        x, w = torch.randn(1, 1, 64, dtype=torch.bfloat16), model.layers[0].mlp.down_proj.weight
-        torch.testing.assert_close(linear(x, w), F.linear(x, w), atol=2e-2, rtol=2e-2)
+        x, layer = torch.randn(1, 1, 64, dtype=torch.bfloat16), model.layers[0].mlp.down_proj
+        torch.testing.assert_close(linear(x, layer), F.linear(x, layer.weight), atol=2e-2, rtol=2e-2)
     torch.testing.assert_close(torch.stack(got, dim=1).float(), full[:, 11:], atol=1e-2, rtol=0)
 
 

@@ -22,6 +22,7 @@ from homegrown.config import ModelConfig
 from homegrown.errors import HomegrownError
 from homegrown.export.hf import load_hf
 from homegrown.model import Transformer
+from homegrown.quant import QUANT_KINDS, check_quantizable, quantize_model
 from homegrown.tokenizer import load_tokenizer
 from homegrown.train.checkpoint import CONFIG, load_model, resolve_checkpoint
 
@@ -82,11 +83,40 @@ def is_hf_directory(path: Path) -> bool:
         return False
 
 
-def load_bundle(path: Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> ModelBundle:
+FLOAT_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+DTYPE_NAMES = ("auto", "fp32", "bf16", *QUANT_KINDS)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How a model is held for inference: floating-point weights of `dtype`, or `quantize` (int8/int4 weights
+    with bf16 activations, `homegrown.quant`)."""
+
+    dtype: torch.dtype | None
+    quantize: str | None = None
+
+
+def resolve_precision(name: str, device: torch.device) -> Precision:
+    """A `--dtype` name for `device`: `auto` is bf16 on CUDA and fp32 elsewhere (CPU bf16 matmuls are emulated on
+    CPUs without AVX-512-BF16/AMX, several times slower than fp32); `int8`/`int4` are weight-only quantization,
+    CPU only. Refuses an unknown name or a combination the kernels lack, by name, before anything is loaded."""
+    if name == "auto":
+        return Precision(torch.bfloat16 if device.type == "cuda" else torch.float32)
+    if name in QUANT_KINDS:
+        check_quantizable(name, device)
+        return Precision(None, name)
+    if name not in FLOAT_DTYPES:
+        raise HomegrownError(f"unknown dtype {name!r}; use {', '.join(DTYPE_NAMES)}")
+    return Precision(FLOAT_DTYPES[name])
+
+
+def load_bundle(path: Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+                quantize: str | None = None) -> ModelBundle:
     """The model at `path` in its inference layout, with its tokenizer and chat format.
 
     Weights are read on the CPU and cast to `dtype` (None: as stored) while moving to `device`, so a bf16
-    GPU copy never holds an fp32 one beside it.
+    GPU copy never holds an fp32 one beside it. With `quantize` (int8/int4), the weights are quantized from the
+    stored ones instead (`homegrown.quant.quantize_model`).
     """
     path = Path(path)
     if not path.exists():
@@ -95,7 +125,11 @@ def load_bundle(path: Path, device: str | torch.device = "cpu", dtype: torch.dty
     hf = is_hf_directory(path)
     ckpt = path if hf else resolve_checkpoint(path)
     model = load_hf(ckpt) if hf else load_model(ckpt)
-    model = model.to(device=device, dtype=dtype).prepare_for_inference()
+    if quantize is not None:
+        check_quantizable(quantize, torch.device(device))
+        model = quantize_model(model, quantize)
+    else:
+        model = model.to(device=device, dtype=dtype).prepare_for_inference()
     tok = load_tokenizer(ckpt)
     return ModelBundle(model, model.cfg, tok, read_chat_format(ckpt, tok), ckpt)
 

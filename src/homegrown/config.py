@@ -234,8 +234,10 @@ class ServeConfig:
     device: str = "auto"
     """`auto` (CUDA when available), `cpu` or `cuda[:i]`."""
     dtype: str = "auto"
-    """Weights and KV cache: `auto` = bf16 on CUDA, fp32 on CPU (bf16 matmuls are emulated and slow on these
-    CPUs); or `fp32` / `bf16`. Sampling and logprobs are computed in fp32 either way."""
+    """Weights and KV cache: `auto` = bf16 on CUDA, fp32 on CPU (bf16 matmuls are emulated and slow on CPUs
+    without AVX-512-BF16/AMX); or `fp32` / `bf16`; or, on CPU, `int8` / `int4` weight-only quantization with bf16
+    activations and KV cache (`homegrown.quant`; the fastest decode on any x86 CPU). Sampling and logprobs are
+    computed in fp32 either way."""
     threads: int = 0
     """CPU threads for the model; 0 = all cores but one, which the HTTP event loop needs (on 2 cores, torch's
     default of 2 spinning threads starved it: 48 ms per token instead of 2.3 ms for the tiny model)."""

@@ -115,14 +115,18 @@ def segment_layout(segments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return idx - seg_start, mask.unsqueeze(1)
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def linear(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
     """x · Wᵀ for the generation paths (`Transformer.decode`, the serving engine's `forward_rows`).
 
     A single bf16 row on CPU goes through `torch.mv`, PyTorch's own bf16 GEMV (fp32 accumulation), which streams
     the weights at memory speed; `F.linear` sends it to oneDNN, whose one-row bf16 GEMM took ~1.4× as long for
     SmolLM2-135M's whole step on a 2-core Xeon. Batch-1 decode of a model too large for the caches is exactly
-    that: every weight read once per token for one row. Everything else is `F.linear`.
+    that: every weight read once per token for one row. A quantized layer (`homegrown.quant`) runs its own
+    kernel; everything else is `F.linear`.
     """
+    if type(layer) is not nn.Linear:
+        return layer.forward(x)
+    weight = layer.weight
     if weight.dtype == torch.bfloat16 and weight.device.type == "cpu" and x.numel() == x.shape[-1]:
         return torch.mv(weight, x.reshape(-1)).view(*x.shape[:-1], weight.shape[0])
     return F.linear(x, weight)
@@ -288,24 +292,24 @@ class Transformer(nn.Module):
         mask = None
         if t > 1:
             mask = torch.ones(t, start + t, dtype=torch.bool, device=idx.device).tril(diagonal=start)
-        x = F.embedding(idx, self.embed_tokens.weight)
+        x = self.embed_tokens(idx)
         for i, layer in enumerate(self.layers):
             attn, mlp = layer.self_attn, layer.mlp
             h = F.rms_norm(x, (d,), layer.input_layernorm.weight, cfg.norm_eps)
-            heads = linear(h, attn.qkv.weight).view(b, t, n_qk + cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)
+            heads = linear(h, attn.qkv).view(b, t, n_qk + cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)
             qk = apply_rope(heads[:, :n_qk], cos, sin)
             keys, values = cache.k[i, :b], cache.v[i, :b]
             keys[:, :, start:start + t] = qk[:, n_q:]
             values[:, :, start:start + t] = heads[:, n_qk:]
             y = F.scaled_dot_product_attention(qk[:, :n_q], keys[:, :, :start + t], values[:, :, :start + t],
                                                attn_mask=mask, enable_gqa=n_q != cfg.n_kv_heads)
-            x = x + linear(y.transpose(1, 2).reshape(b, t, d), attn.o_proj.weight)
+            x = x + linear(y.transpose(1, 2).reshape(b, t, d), attn.o_proj)
             h = F.rms_norm(x, (d,), layer.post_attention_layernorm.weight, cfg.norm_eps)
-            gate, up = linear(h, mlp.gate_up.weight).chunk(2, dim=-1)
-            x = x + linear(F.silu(gate).mul_(up), mlp.down_proj.weight)
+            gate, up = linear(h, mlp.gate_up).chunk(2, dim=-1)
+            x = x + linear(F.silu(gate).mul_(up), mlp.down_proj)
         cache.pos += t
         x = F.rms_norm(x[:, -1], (d,), self.norm.weight, cfg.norm_eps)
-        return linear(x, self.lm_head.weight)
+        return linear(x, self.lm_head)
 
     def prepare_for_inference(self) -> Transformer:
         """Switch to eval mode and, on CPU, store every fp32 Linear weight column-major (same shape and values).

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from homegrown.bundle import load_bundle
+from homegrown.bundle import Precision, load_bundle, resolve_precision
 from homegrown.config import ServeConfig
 from homegrown.errors import HomegrownError
-from homegrown.serve.engine import Engine, GenerationParams, resolve_dtype
+from homegrown.serve.engine import Engine, GenerationParams
 
 PROMPTS = ["The quick brown fox", "In the beginning", "def main():\n    return"]
 MAX_TOKENS = 12
@@ -18,14 +18,19 @@ SAME_PREFIX = 8
 """Greedy tokens that must agree with fp32: the tiny model's top-1/top-2 margins (~0.6 nats) dwarf bf16's error."""
 
 
-def test_resolve_dtype() -> None:
+def test_resolve_precision() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert ServeConfig().dtype == "auto"
-    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
-    assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
-    assert resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
-    assert resolve_dtype("fp32", torch.device("cuda")) == torch.float32
+    assert resolve_precision("auto", cpu) == Precision(torch.float32)
+    assert resolve_precision("auto", cuda) == Precision(torch.bfloat16)
+    assert resolve_precision("bf16", cpu) == Precision(torch.bfloat16)
+    assert resolve_precision("fp32", cuda) == Precision(torch.float32)
+    assert resolve_precision("int8", cpu) == Precision(None, "int8")
+    assert resolve_precision("int4", cpu) == Precision(None, "int4")
     with pytest.raises(HomegrownError, match="fp16"):
-        resolve_dtype("fp16", torch.device("cpu"))
+        resolve_precision("fp16", cpu)
+    with pytest.raises(HomegrownError, match="int4 is a CPU path"):
+        resolve_precision("int4", cuda)
 
 
 def test_bf16_engine_matches_fp32_greedy(engine: Engine, serve_run) -> None:

@@ -38,11 +38,11 @@ def forward_rows(model: Transformer, cache: KVCache, idx: torch.Tensor, starts: 
     # Query (b, i) may see key j when j <= its own position.
     mask = (torch.arange(span, device=device) <= positions[:, :, None]).unsqueeze(1)  # (B, 1, T, span)
     rows = torch.arange(first_slot, first_slot + b, device=device)[:, None].expand(b, t)
-    x = F.embedding(idx, model.embed_tokens.weight)
+    x = model.embed_tokens(idx)
     for i, layer in enumerate(model.layers):
         attn, mlp = layer.self_attn, layer.mlp
         h = F.rms_norm(x, (d,), layer.input_layernorm.weight, cfg.norm_eps)
-        heads = linear(h, attn.qkv.weight).view(b, t, n_qk + n_kv, cfg.head_dim).transpose(1, 2)
+        heads = linear(h, attn.qkv).view(b, t, n_qk + n_kv, cfg.head_dim).transpose(1, 2)
         qk = apply_rope(heads[:, :n_qk], cos, sin)
         layer_k, layer_v = cache.k[i], cache.v[i]
         layer_k[rows, :, positions] = qk[:, n_q:].transpose(1, 2).to(layer_k.dtype)
@@ -50,16 +50,16 @@ def forward_rows(model: Transformer, cache: KVCache, idx: torch.Tensor, starts: 
         keys = layer_k[first_slot:first_slot + b, :, :span]
         values = layer_v[first_slot:first_slot + b, :, :span]
         y = F.scaled_dot_product_attention(qk[:, :n_q], keys, values, attn_mask=mask, enable_gqa=n_q != n_kv)
-        x = x + linear(y.transpose(1, 2).reshape(b, t, d), attn.o_proj.weight)
+        x = x + linear(y.transpose(1, 2).reshape(b, t, d), attn.o_proj)
         h = F.rms_norm(x, (d,), layer.post_attention_layernorm.weight, cfg.norm_eps)
-        gate, up = linear(h, mlp.gate_up.weight).chunk(2, dim=-1)
-        x = x + linear(F.silu(gate).mul_(up), mlp.down_proj.weight)
+        gate, up = linear(h, mlp.gate_up).chunk(2, dim=-1)
+        x = x + linear(F.silu(gate).mul_(up), mlp.down_proj)
     h = F.rms_norm(x[torch.arange(b, device=device), last], (d,), model.norm.weight, cfg.norm_eps)
-    logits = linear(h, model.lm_head.weight)
+    logits = linear(h, model.lm_head)
     if every_position is None:
         return logits
     h = F.rms_norm(x[every_position], (d,), model.norm.weight, cfg.norm_eps)
-    return logits, linear(h, model.lm_head.weight)
+    return logits, linear(h, model.lm_head)
 
 
 def move_slot(cache: KVCache, src: int, dst: int, length: int) -> None:

@@ -555,15 +555,3 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
 
-
-SERVE_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """`ServeConfig.dtype` as a torch dtype: `auto` is bf16 on CUDA and fp32 elsewhere (CPU bf16 matmuls are
-    emulated on the machines we serve from, several times slower than fp32)."""
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if name not in SERVE_DTYPES:
-        raise HomegrownError(f"unknown serve dtype {name!r}; use auto, fp32 or bf16")
-    return SERVE_DTYPES[name]

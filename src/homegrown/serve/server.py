@@ -80,8 +80,8 @@ def _drained(sig: int, frame: FrameType | None) -> None:
 
 def serve(source: Path, cfg: ServeConfig | None = None, *, api_key: str | None = None, db_url: str | None = None,
           model_name: str | None = None) -> None:
-    from homegrown.bundle import load_bundle
-    from homegrown.serve.engine import Engine, resolve_device, resolve_dtype
+    from homegrown.bundle import load_bundle, resolve_precision
+    from homegrown.serve.engine import Engine, resolve_device
     from homegrown.serve.store import ConversationStore
 
     cfg = cfg or ServeConfig()
@@ -92,12 +92,12 @@ def serve(source: Path, cfg: ServeConfig | None = None, *, api_key: str | None =
     store = ConversationStore(db_url or f"sqlite:///{RunLayout(run_dir).conversations_db}")
     metrics = ServeMetrics()
     device = resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.dtype, device)  # before binding the port: a bad --dtype fails here
+    precision = resolve_precision(cfg.dtype, device)  # before binding the port: a bad --dtype fails here
     if device.type == "cpu":
         torch.set_num_threads(cfg.threads or max(1, len(os.sched_getaffinity(0)) - 1))
 
     def load() -> Engine:
-        return Engine(load_bundle(source, device, dtype), cfg, metrics)
+        return Engine(load_bundle(source, device, precision.dtype, precision.quantize), cfg, metrics)
 
     server: _DrainingServer | None = None
 
