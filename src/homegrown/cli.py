@@ -364,6 +364,9 @@ def distill(
 
 # ---- using a model ----
 
+DtypeOpt = Annotated[str, typer.Option(help="Weights on the CPU: auto (fp32), fp32, bf16, or int8 / int4 weight-only "
+                                            "quantization (bf16 activations; the fastest decode).")]
+
 
 @app.command()
 def generate(
@@ -374,12 +377,13 @@ def generate(
     top_k: int = 0,
     top_p: float = 1.0,
     seed: Annotated[int | None, typer.Option(help="Same seed, same text.")] = None,
+    dtype: DtypeOpt = "auto",
 ) -> None:
     """Continue a prompt with a trained model, streaming tokens as they come."""
     from homegrown.generate import SamplingParams
     from homegrown.repl import continue_prompt
 
-    continue_prompt(checkpoint, prompt, SamplingParams(max_tokens, temperature, top_k, top_p, seed))
+    continue_prompt(checkpoint, prompt, SamplingParams(max_tokens, temperature, top_k, top_p, seed), dtype=dtype)
 
 
 @app.command()
@@ -391,12 +395,13 @@ def chat(
     top_k: int = 40,
     top_p: float = 0.95,
     seed: int | None = None,
+    dtype: DtypeOpt = "auto",
 ) -> None:
     """Terminal chat REPL using the chat template (answers well only after SFT; a base model rambles)."""
     from homegrown.generate import SamplingParams
     from homegrown.repl import chat as chat_repl
 
-    chat_repl(checkpoint, system, SamplingParams(max_tokens, temperature, top_k, top_p, seed))
+    chat_repl(checkpoint, system, SamplingParams(max_tokens, temperature, top_k, top_p, seed), dtype=dtype)
 
 
 @app.command()

@@ -14,6 +14,7 @@ from tokenizers import Tokenizer
 
 from homegrown.errors import HomegrownError
 from homegrown.model import KVCache, Transformer
+from homegrown.tokenizer import IncrementalDecoder
 
 
 @dataclass
@@ -89,13 +90,10 @@ def generate_text(model: Transformer, tok: Tokenizer, prompt: str, params: Sampl
 
 
 def stream_text(model: Transformer, tok: Tokenizer, prompt_ids: list[int], params: SamplingParams) -> Iterator[str]:
-    """Yield the text of `stream_tokens` as it grows; a piece that ends inside a multi-byte character (a
-    replacement character at the end) is held back until the character is whole."""
-    ids: list[int] = []
-    shown = ""
+    """Yield the text of `stream_tokens` as it grows; a piece that ends inside a multi-byte character is held
+    back until the character is whole (`IncrementalDecoder`)."""
+    decoder = IncrementalDecoder(tok)
     for token in stream_tokens(model, prompt_ids, params):
-        ids.append(token)
-        text = tok.decode(ids)
-        if not text.endswith("\ufffd"):
-            yield text[len(shown):]
-            shown = text
+        piece = decoder.add(token)
+        if piece:
+            yield piece

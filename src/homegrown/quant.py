@@ -33,20 +33,19 @@ COMPUTE_DTYPE = torch.bfloat16
 def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-row int8: (q int8 (N, K), scale fp32 (N,)) with weight ≈ q · scale[:, None]."""
     w = weight.detach().float()
-    scale = (w.abs().amax(dim=1) / 127).clamp(min=torch.finfo(torch.float32).tiny)
-    q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    scale = (w.abs().amax(dim=1) / 127).clamp_(min=torch.finfo(torch.float32).tiny)
+    q = (w / scale[:, None]).round_().clamp_(-127, 127).to(torch.int8)
     return q, scale
 
 
 def quantize_int4(weight: torch.Tensor, group: int = INT4_GROUP) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Asymmetric int4 per group of `group` inputs: (q int32 (N, K) in 0..15, scale (N, K/g), zero (N, K/g)) with
     weight ≈ (q - 8) · scale + zero, the convention of `_weight_int4pack_mm_for_cpu`."""
-    w = weight.detach().float()
-    n, k = w.shape
-    blocks = w.view(n, k // group, group)
-    low, high = blocks.amin(dim=-1), blocks.amax(dim=-1)
-    scale = ((high - low) / 15).clamp(min=torch.finfo(torch.float32).tiny)
-    q = torch.round((blocks - low[..., None]) / scale[..., None]).clamp(0, 15).to(torch.int32).view(n, k)
+    n, k = weight.shape
+    blocks = weight.detach().float().reshape(n, k // group, group)
+    low, high = torch.aminmax(blocks, dim=-1)
+    scale = ((high - low) / 15).clamp_(min=torch.finfo(torch.float32).tiny)
+    q = (blocks - low[..., None]).div_(scale[..., None]).round_().clamp_(0, 15).to(torch.int32).view(n, k)
     return q, scale, low + 8 * scale
 
 

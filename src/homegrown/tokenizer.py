@@ -70,3 +70,35 @@ def iter_batches(texts: Iterable[str], size: int = 256) -> Iterator[list[str]]:
     if batch:
         yield batch
 
+
+
+class IncrementalDecoder:
+    """The text of a growing list of token ids, decoding only the last few tokens per new one.
+
+    Decoding the whole reply after every token costs O(n) per token, O(n²) per reply. Here each step decodes a
+    short window twice — the tokens already shown since the last cut, with and without the new ones — and the
+    new text is the difference, as vLLM's detokenizer does; the window keeps the tokens just before the new
+    ones so that decoders which treat a leading token specially (SentencePiece's leading-space strip) see the
+    same context as in a full decode. Text whose last character is not complete yet (a multi-byte UTF-8
+    character split across byte-level tokens decodes to a trailing U+FFFD) is held back until it is.
+    `text` always equals the full decode of `ids` up to the last complete character.
+    """
+
+    def __init__(self, tok: Tokenizer) -> None:
+        self.tok = tok
+        self.ids: list[int] = []
+        self.text = ""
+        self._prefix = 0  # window start: the tokens before the last cut, kept as context
+        self._read = 0  # tokens whose text is in `text`
+
+    def add(self, token: int) -> str:
+        """Append a token; returns the text it completes ("" while a character is still incomplete)."""
+        self.ids.append(token)
+        shown = self.tok.decode(self.ids[self._prefix:self._read])
+        window = self.tok.decode(self.ids[self._prefix:])
+        if len(window) <= len(shown) or window.endswith("\ufffd"):
+            return ""
+        piece = window[len(shown):]
+        self.text += piece
+        self._prefix, self._read = self._read, len(self.ids)
+        return piece

@@ -26,6 +26,7 @@ from homegrown.generate import SamplingParams, sample_next
 from homegrown.model import KVCache
 from homegrown.serve.batched import forward_rows, move_slot
 from homegrown.serve.metrics import ServeMetrics
+from homegrown.tokenizer import IncrementalDecoder
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,8 @@ class Sequence:
         if params.min_tokens and self.stop_ids:
             self.held_off = torch.tensor(sorted(self.stop_ids), dtype=torch.long, device=device)
         self.stop_from = 0  # characters of text before which stop strings are not looked for (min_tokens)
+        self.searched = 0  # characters of text already searched for stop strings
+        self.detok: IncrementalDecoder | None = None  # the reply's text, decoded as it grows
         self.out_ids: list[int] = []
         self.unsent_ids: list[int] = []
         self.unsent_logprobs: list[TokenLogprob] = []
@@ -466,18 +469,27 @@ class Engine:
 
     def _emit_text(self, seq: Sequence, final: bool) -> bool:
         """Send the text that is certain, holding back an incomplete UTF-8 character and any tail that could
-        still become a stop string. Returns True when the sequence is finished (stop string or max_tokens)."""
-        text = self.tokenizer.decode(seq.out_ids)
-        safe = len(text.rstrip("\ufffd"))
+        still become a stop string. Returns True when the sequence is finished (stop string or max_tokens).
+        Only the new tokens are decoded and only the new text searched: per step the cost does not grow with
+        the reply (a full decode is made once, at the end)."""
+        if seq.detok is None:
+            seq.detok = IncrementalDecoder(self.tokenizer)
+        for token in seq.out_ids[len(seq.detok.ids):]:
+            seq.detok.add(token)
+        text = seq.detok.text  # up to the last complete character
+        safe = len(text)
         protected = len(seq.out_ids) <= seq.params.min_tokens
         if protected:
             seq.stop_from = safe
-        hits = [] if protected else [i for i in (text.find(s, seq.stop_from) for s in seq.params.stop) if i >= 0]
+        # Text searched before held no stop string, so a new one ends in the new text.
+        hits = [] if protected else [i for i in (text.find(s, max(seq.stop_from, seq.searched - len(s) + 1))
+                                                 for s in seq.params.stop) if i >= 0]
+        seq.searched = safe
         if hits:
             self._finish(seq, "stop", text[: min(hits)])
             return True
         if final:
-            self._finish(seq, "length", text)
+            self._finish(seq, "length")
             return True
         hold = 0
         for stop in [] if protected else seq.params.stop:
