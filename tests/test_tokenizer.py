@@ -1,8 +1,9 @@
 import pytest
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from homegrown.chat_template import CHAT_SPECIAL_TOKENS
 from homegrown.errors import HomegrownError
-from homegrown.tokenizer import eot_id, load_tokenizer, train_tokenizer
+from homegrown.tokenizer import IncrementalDecoder, eot_id, load_tokenizer, train_tokenizer
 
 TEXTS = ["def join(a, b):\n    return a + b\n", "Debian uses apt to install packages.", "naïve café — 日本語 🙂"] * 50
 
@@ -33,3 +34,38 @@ def test_errors_are_user_errors(tmp_path):
         train_tokenizer(TEXTS, 100, tmp_path / "t.json")
     with pytest.raises(HomegrownError, match="no tokenizer"):
         load_tokenizer(tmp_path / "missing.json")
+
+
+MIXED = "naïve café — 東京 and 🤖🎨 paint: \"ok\" 123 ∑x² (Ünïcödé) end."
+
+
+def _check_incremental(tok, text: str) -> None:
+    """Fed one token at a time, the decoder's text is always the full decode up to its last complete character,
+    the pieces it returns add up to that, and at the end it is the full decode."""
+    ids = tok.encode(text, add_special_tokens=False).ids
+    decoder, pieces = IncrementalDecoder(tok), []
+    for n in range(1, len(ids) + 1):
+        pieces.append(decoder.add(ids[n - 1]))
+        full = tok.decode(ids[:n])
+        assert decoder.text == (full if not full.endswith("\ufffd") else decoder.text)
+        assert full.startswith(decoder.text) and "\ufffd" not in decoder.text
+    assert decoder.text == "".join(pieces) == tok.decode(ids) == text
+
+
+def test_incremental_decode_of_multibyte_characters_split_across_tokens(tmp_path):
+    tok = train_tokenizer(["plain ascii text only, nothing else here"] * 20, 300, tmp_path / "tok.json")
+    ids = tok.encode(MIXED, add_special_tokens=False).ids
+    assert any(tok.decode([i]).endswith("\ufffd") for i in ids)  # characters really are split across tokens
+    _check_incremental(tok, MIXED)
+
+
+def test_incremental_decode_keeps_context_for_metaspace_decoders():
+    """SentencePiece-style decoders drop the leading space of the first token they see: decoding each new token
+    alone would glue words together, so the decoder keeps the previous tokens as context."""
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(vocab_size=100, special_tokens=["<unk>"], show_progress=False)
+    tok.train_from_iterator(["the robot learns to paint the sky"] * 20, trainer=trainer)
+    assert tok.decode(tok.encode("the robot").ids[1:]) == "robot"  # the strip the window must undo
+    _check_incremental(tok, "the robot paints the sky the sky learns to paint the robot")
