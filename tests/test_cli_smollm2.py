@@ -24,3 +24,15 @@ def test_chat_answers_through_the_models_template(smol_run: Path, cli) -> None:
     assert len(replies) == 2, done.stdout
     assert "Paris" in replies[0] and "Rome" in replies[1], replies
     assert not any("<|im_" in r or "<|endoftext|>" in r for r in replies)
+
+
+def test_generate_with_int4_weights_and_a_refused_dtype(smol_run: Path, cli) -> None:
+    """`--dtype int4` quantizes at load (homegrown.quant) and still answers; an unknown dtype is a clear error."""
+    prompt = "The capital of France is"
+    done = cli("generate", str(smol_run), prompt, "--max-tokens", "6", "--temperature", "0", "--dtype", "int4")
+    assert done.returncode == 0, done.stderr
+    assert "Paris" in done.stdout[len(prompt):]
+    refused = cli("generate", str(smol_run), prompt, "--dtype", "fp16")
+    assert refused.returncode == 2
+    assert "unknown dtype 'fp16'; use auto, fp32, bf16, int8, int4" in refused.stderr + refused.stdout
+    assert "Traceback" not in refused.stderr
