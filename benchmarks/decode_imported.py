@@ -1,29 +1,32 @@
-"""Claim: our serving engine decodes the imported SmolLM2-135M at least 2× faster than transformers at batch 1.
+"""Claim: our serving engine decodes the imported SmolLM2-135M ≥ 2× faster than transformers at batch 1, and with
+int4 weights ≥ 0.5× llama.cpp on the same GGUF at batch 1 and ahead of it at 16 concurrent requests.
 
-Both sides run the same fp32 weights, in one process, on the same number of threads:
+One process, the same number of threads for every side:
 
 * homegrown: the real serving engine (`serve.engine.Engine`, continuous batching, no HTTP) on the checkpoint
-  that `homegrown import` makes from the GGUF file, loaded the way `homegrown serve` loads it;
+  that `homegrown import` makes from the GGUF file, loaded the way `homegrown serve --dtype D` loads it, once per
+  `--dtypes` entry: fp32 (the same precision as transformers), bf16 weights, and weight-only int8 / int4
+  (`homegrown.quant`; bf16 activations);
 * transformers: `generate()` on the same GGUF loaded by its own loader (`from_pretrained(dir, gguf_file=...)`,
-  which dequantizes through `gguf` as our importer does), or on our `export --format hf` copy when only a run
-  directory is given;
-* with --bf16, our engine again on bf16 weights (a different precision, so a separate row: what lower-precision
-  weights buy when decode is bound by reading the weights);
-* llama.cpp (optional, only with --llama-site or when `llama_cpp` is importable): the GGUF as shipped, i.e. on
-  its Q4_1 weights rather than fp32, batch 1 only (its Python binding decodes one sequence).
+  which dequantizes through `gguf` as our importer does) in fp32, or on our `export --format hf` copy when only a
+  run directory is given;
+* llama.cpp (only with --llama-site or when `llama_cpp` is importable): the GGUF as shipped (Q4_1 layers, Q8_0
+  embedding), through llama-cpp-python's `Llama.generate`, which decodes one sequence: its batch-16 figure is 16
+  requests served one after another, which is what that binding (and its server) does with them.
 
 Every request is the same chat prompt (QUESTION through the model's template, which asks for a long reply) and
-exactly --new-tokens greedy tokens: the engine gets ignore_eos, transformers min_new_tokens = max_new_tokens.
-Batch 16 is 16 requests submitted at once to the engine (timed until the last finishes) and one
-`generate()` call on 16 copies of the prompt (same length, so no padding). Time covers prefill + decode. Each
-configuration is warmed up once, then ours and theirs are timed in alternation (--repeats times, median), so a
-burst of load from other processes hits both alike. The batch-1 greedy tokens of ours and transformers are
-compared token by token up to the model's end of turn (past it, transformers' min_new_tokens forbids the end
-token that our ignore_eos lets through, so the two must part there).
+exactly --new-tokens greedy tokens (default 128, the issue's chat reply): the engine gets ignore_eos,
+transformers min_new_tokens = max_new_tokens. Batch 16 is 16 requests submitted at once to the engine (timed
+until the last finishes) and one `generate()` call on 16 copies of the prompt (same length, so no padding). Time
+covers prefill + decode. Each configuration is warmed up once, then all are timed in alternation (--repeats
+times, median), so a burst of load from other processes hits every side alike. Each dtype's batch-1 greedy
+tokens are compared with transformers' up to the model's end of turn (past it, min_new_tokens forbids the end
+token that our ignore_eos lets through). The first line says whether the CPU has AVX-512-BF16 / AMX: bf16
+weights are only fast with them; int8/int4 are fast on any AVX2 CPU.
 
-    make smollm2 && PYTHONPATH=src .venv/bin/python benchmarks/decode_imported.py           # ~2-3 min on 2 cores
-    PYTHONPATH=src .venv/bin/python benchmarks/decode_imported.py --run runs/smol --new-tokens 128 --bf16
-    PYTHONPATH=src .venv/bin/python benchmarks/decode_imported.py --llama-site /path/to/site-packages
+    make smollm2 && PYTHONPATH=src .venv/bin/python benchmarks/decode_imported.py             # ~5 min on 2 cores
+    PYTHONPATH=src .venv/bin/python benchmarks/decode_imported.py --dtypes fp32,bf16,int8,int4 \
+        --llama-site /path/to/llama-venv/lib/python3.11/site-packages
 """
 
 from __future__ import annotations
@@ -41,12 +44,13 @@ from pathlib import Path
 
 import torch
 
-from homegrown.bundle import ModelBundle, load_bundle
+from homegrown.bundle import ModelBundle, load_bundle, resolve_precision
 from homegrown.config import ServeConfig
 from homegrown.export.hf import export_hf
 from homegrown.importer import import_model
 from homegrown.serve.engine import Delta, Engine, GenerationParams
 
+DTYPES = ("fp32", "bf16", "int8", "int4")
 DEFAULT_GGUF = Path.home() / ".cache" / "homegrown" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 QUESTION = "Write a short story about a robot who learns to paint."
 WARMUP_TOKENS = 16
@@ -62,6 +66,17 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def cpu_features() -> str:
+    """What decides bf16's speed here: native bf16 dot products (AVX-512-BF16) and AMX tiles, or neither."""
+    try:
+        flags = set(next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                         if line.startswith("flags")).split())
+    except (OSError, StopIteration):
+        return "unknown"
+    have = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8") if f in flags]
+    return ", ".join(have) or "no AVX2"
 
 
 def engine_runner(engine: Engine, prompt: list[int], batch: int) -> Runner:
@@ -169,14 +184,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gguf", type=Path, default=None,
                         help=f"the GGUF file to import and to give transformers/llama.cpp (default {DEFAULT_GGUF})")
     parser.add_argument("--run", type=Path, help="an already imported run directory (skips the import)")
-    parser.add_argument("--new-tokens", type=int, default=64, help="greedy tokens per request")
+    parser.add_argument("--new-tokens", type=int, default=128, help="greedy tokens per request")
     parser.add_argument("--batch", type=int, default=16, help="concurrent requests for the second measurement")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per configuration (median)")
     parser.add_argument("--threads", type=int, default=0, help="torch / llama.cpp threads (0 = the usable cores)")
     parser.add_argument("--llama-site", type=Path, help="a site-packages holding llama_cpp (an optional side install)")
-    parser.add_argument("--bf16", action="store_true",
-                        help="also time our engine with bf16 weights (not the same precision as the others)")
+    parser.add_argument("--dtypes", default="fp32,int8,int4",
+                        help=f"our engine's weights, comma-separated, among {','.join(DTYPES)} (fp32 always runs)")
     args = parser.parse_args(argv)
+    dtypes = list(dict.fromkeys(["fp32", *args.dtypes.split(",")]))
+    if any(d not in DTYPES for d in dtypes):
+        sys.exit(f"--dtypes: each of {','.join(DTYPES)}, got {args.dtypes}")
     if args.run is None and args.gguf is None:
         args.gguf = DEFAULT_GGUF
     if args.gguf is not None and not args.gguf.is_file():
@@ -195,10 +213,11 @@ def main(argv: list[str] | None = None) -> None:
         hf = load_hf(args, bundle, Path(tmp))
         cfg = bundle.model.cfg
         prompt = bundle.chat_prompt_ids([{"role": "user", "content": QUESTION}])
-        print(f"CPU {cpu_name()}; {threads} threads ({os.cpu_count()} cores, load average "
+        print(f"CPU {cpu_name()} ({cpu_features()}); {threads} threads ({os.cpu_count()} cores, load average "
               f"{os.getloadavg()[0]:.1f}); torch {torch.__version__}, transformers {transformers.__version__}")
         print(f"model {run_dir}: {bundle.model.num_params() / 1e6:.0f}M params, {cfg.n_layers} layers, "
-              f"d_model {cfg.d_model}, vocab {cfg.vocab_size}; fp32; prompt {len(prompt)} tokens + "
+              f"d_model {cfg.d_model}, vocab {cfg.vocab_size}; ours {','.join(dtypes)}, transformers fp32; "
+              f"prompt {len(prompt)} tokens + "
               f"{args.new_tokens} greedy tokens; median of {args.repeats} "
               f"[loaded at t+{time.perf_counter() - started:.0f}s]", flush=True)
 
@@ -216,10 +235,11 @@ def main(argv: list[str] | None = None) -> None:
         # The KV cache for what the run needs (`serve --max-model-len`), not 16 × the model's 8,192 tokens.
         serve_cfg = ServeConfig(max_batch=args.batch, max_waiting=2 * args.batch,
                                 max_model_len=len(prompt) + args.new_tokens)
-        engines = {"homegrown": Engine(bundle, serve_cfg).start()}
-        if args.bf16:
-            engines["homegrown bf16"] = Engine(load_bundle(run_dir, torch.device("cpu"), torch.bfloat16),
-                                               serve_cfg).start()
+        engines = {}
+        for dtype in dtypes:
+            precision = resolve_precision(dtype, torch.device("cpu"))
+            loaded = bundle if dtype == "fp32" else load_bundle(run_dir, "cpu", precision.dtype, precision.quantize)
+            engines[dtype] = Engine(loaded, serve_cfg).start()
         try:
             one = measure("decode", {**{name: engine_runner(e, prompt, 1) for name, e in engines.items()},
                                      "transformers": hf_runner(hf, prompt, 1),
@@ -230,26 +250,24 @@ def main(argv: list[str] | None = None) -> None:
             for e in engines.values():
                 e.stop(drain=False, timeout=60)
 
-    ours, theirs = one["homegrown"][1][0], one["transformers"][1][0]
-    reply = next((i for i, t in enumerate(ours) if t in bundle.stop_ids), len(ours))
-    same = next((i for i, (a, b) in enumerate(zip(ours[:reply], theirs, strict=False)) if a != b), reply)
-    print(f"\n{'batch':>5s} {'homegrown':>10s} {'transformers':>13s} {'ours/HF':>8s}   tokens/s")
-    for batch, rows in ((1, one), (args.batch, many)):
-        ratio = rows["homegrown"][0] / rows["transformers"][0]
-        print(f"{batch:5d} {rows['homegrown'][0]:10.1f} {rows['transformers'][0]:13.1f} {ratio:7.2f}x")
-    if args.bf16:
-        for batch, rows in ((1, one), (args.batch, many)):
-            print(f"homegrown bf16 weights batch {batch}: {rows['homegrown bf16'][0]:.1f} tok/s, "
-                  f"{rows['homegrown bf16'][0] / rows['transformers'][0]:.2f}x transformers fp32")
-        low = one["homegrown bf16"][1][0]
-        agree = next((i for i, (a, b) in enumerate(zip(low[:reply], ours, strict=False)) if a != b), reply)
-        print(f"greedy batch-1 tokens of bf16 identical to fp32: {agree}/{reply}")
-    if "llama.cpp" in one:
-        print(f"llama.cpp (Q4_1 weights as shipped) batch 1: {one['llama.cpp'][0]:.1f} tok/s; "
-              f"homegrown/llama.cpp {one['homegrown'][0] / one['llama.cpp'][0]:.2f}x")
-    print(f"greedy batch-1 tokens identical to transformers: {same}/{reply} (the reply up to its end of turn, "
-          f"of {len(ours)} generated)")
-    print(f"reply: {bundle.tokenizer.decode(ours[:reply])!r}")
+    theirs = one["transformers"][1][0]
+    reply = next((i for i, t in enumerate(one["fp32"][1][0]) if t in bundle.stop_ids), args.new_tokens)
+    llama_rate = one["llama.cpp"][0] if "llama.cpp" in one else None
+    print(f"\ntokens/s; ratios against transformers fp32 generate() and llama.cpp (Q4_1 as shipped; one sequence "
+          f"at a time, so its {args.batch}-request figure is its batch-1 rate)")
+    print(f"{'ours':>6s} {'batch 1':>9s} {'×HF':>6s} {'×llama':>7s} {f'batch {args.batch}':>9s} {'×HF':>6s} "
+          f"{'×llama':>7s}  greedy tokens = transformers'")
+    print(f"{'HF':>6s} {one['transformers'][0]:9.1f} {'':>6s} {'':>7s} {many['transformers'][0]:9.1f}")
+    if llama_rate:
+        print(f"{'llama':>6s} {llama_rate:9.1f} {'':>6s} {'':>7s} {llama_rate:9.1f}")
+    for dtype in dtypes:
+        a, b = one[dtype][0], many[dtype][0]
+        ours = one[dtype][1][0]
+        same = next((i for i, (x, y) in enumerate(zip(ours[:reply], theirs, strict=False)) if x != y), reply)
+        vs_llama = (f"{a / llama_rate:6.2f}x", f"{b / llama_rate:6.2f}x") if llama_rate else ("-", "-")
+        print(f"{dtype:>6s} {a:9.1f} {a / one['transformers'][0]:5.2f}x {vs_llama[0]:>7s} {b:9.1f} "
+              f"{b / many['transformers'][0]:5.2f}x {vs_llama[1]:>7s}  {same}/{reply}")
+    print(f"reply (fp32): {bundle.tokenizer.decode(one['fp32'][1][0][:reply])!r}")
     print(f"total {time.perf_counter() - started:.0f} s")
 
 
