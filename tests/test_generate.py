@@ -3,7 +3,7 @@ import torch
 
 from homegrown.config import ModelConfig
 from homegrown.errors import HomegrownError
-from homegrown.generate import SamplingParams, sample_next, stream_text, stream_tokens
+from homegrown.generate import NUCLEUS_CANDIDATES, SamplingParams, _nucleus, sample_next, stream_text, stream_tokens
 from homegrown.model import Transformer
 
 
@@ -36,6 +36,20 @@ def test_top_p_keeps_only_the_nucleus():
     g = torch.Generator().manual_seed(0)
     picks = {int(sample_next(logits, SamplingParams(temperature=1.0, top_p=0.7), g)) for _ in range(300)}
     assert picks == {0, 1}
+
+
+@pytest.mark.parametrize("spread", [1.0, 8.0])
+def test_nucleus_from_the_top_candidates_equals_sorting_the_whole_row(spread: float):
+    """Peaked rows (nucleus among the top candidates) and flat ones (it is not: the whole row is sorted) both give
+    exactly the nucleus a full sort gives."""
+    torch.manual_seed(0)
+    probs = torch.softmax(torch.randn(4, 5000) * spread, dim=-1)
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= 0.9
+    want = torch.zeros_like(probs).scatter(-1, order, sorted_probs.masked_fill(drop, 0.0))
+    kept = (want > 0).sum(dim=-1)
+    assert (kept < NUCLEUS_CANDIDATES).all() if spread > 1 else (kept > NUCLEUS_CANDIDATES).all()
+    assert torch.equal(_nucleus(probs, 0.9), want)
 
 
 def test_stop_token_ends_generation(model):

@@ -48,12 +48,25 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.G
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
     if params.top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        # Keep the smallest prefix whose mass reaches top_p (the token that crosses it included).
-        drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= params.top_p
-        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+        probs = _nucleus(probs, params.top_p)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+NUCLEUS_CANDIDATES = 256
+"""Most probable tokens looked at first for top-p: sorting a 49K vocabulary took ~2.6 ms per row per step on a
+2-core Xeon, and a nucleus is almost always far smaller."""
+
+
+def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """`probs` with everything outside the smallest prefix (by probability) whose mass reaches `top_p` zeroed (the
+    token that crosses it included). The prefix is found among the top NUCLEUS_CANDIDATES when they hold the mass,
+    which gives the same prefix as sorting the whole row; otherwise the whole row is sorted."""
+    k = min(NUCLEUS_CANDIDATES, probs.shape[-1])
+    sorted_probs, order = probs.topk(k, dim=-1)
+    if k < probs.shape[-1] and bool((sorted_probs.sum(dim=-1) < top_p).any()):
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+    drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p
+    return torch.zeros_like(probs).scatter(-1, order, sorted_probs.masked_fill(drop, 0.0))
 
 
 @torch.inference_mode()
