@@ -251,8 +251,6 @@ CHAT_MIN = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
     ({"functions": [{"name": "f"}]}, "functions"),
     ({"function_call": "auto"}, "function_call"),
     ({"parallel_tool_calls": False}, "parallel_tool_calls"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
-    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}, "response_format"),
     ({"store": True}, "store"),
     ({"modalities": ["text", "audio"]}, "modalities"),
     ({"reasoning_effort": "low"}, "reasoning_effort"),

@@ -101,12 +101,11 @@ def test_unknown_unsupported_and_invalid_unicode_bodies_are_400(api_schema: sche
                 param = data.draw(st.sampled_from(["temprature", "max_new_tokens", "frobnicate"]))
                 body = {**body, param: data.draw(st.sampled_from([1, "x", True, [1], {"a": 1}]))}
             elif mutation == "unsupported field":
-                param = data.draw(st.sampled_from(["tools", "tool_choice", "functions", "response_format",
-                                                   "parallel_tool_calls", "store"]))
+                param = data.draw(st.sampled_from(["tools", "tool_choice", "functions", "parallel_tool_calls",
+                                                   "store"]))
                 body = {**body, param: {"tools": [{"type": "function", "function": {"name": "f"}}],
                                         "tool_choice": "required", "functions": [{"name": "f"}],
-                                        "response_format": {"type": "json_object"}, "parallel_tool_calls": True,
-                                        "store": True}[param]}
+                                        "parallel_tool_calls": True, "store": True}[param]}
             else:
                 paths = _string_paths(body)
                 body = _with_surrogate(body, data.draw(st.sampled_from(paths)) if paths else ())

@@ -35,6 +35,7 @@ from starlette.staticfiles import StaticFiles
 from homegrown.config import ServeConfig
 from homegrown.errors import HomegrownError
 from homegrown.serve.body_limit import BodySizeLimit
+from homegrown.serve.constrain import ConstraintError
 from homegrown.serve.engine import (
     ContextLengthError,
     Delta,
@@ -117,6 +118,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def busy(_: Request, e: EngineBusyError) -> JSONResponse:
         return error_json(429, str(e), "rate_limit_error", code="server_busy")
 
+    @app.exception_handler(ConstraintError)
+    async def bad_schema(_: Request, e: ConstraintError) -> JSONResponse:
+        return error_json(400, str(e), param=e.param, code="invalid_schema")
+
     @app.exception_handler(HomegrownError)
     async def user_error(_: Request, e: HomegrownError) -> JSONResponse:
         code = "context_length_exceeded" if isinstance(e, ContextLengthError) else None
@@ -151,7 +156,7 @@ def _params(req: _Sampling, max_tokens: int | None, logprobs: bool, top_logprobs
         stop_token_ids=list(req.stop_token_ids or []), stop=req.stops(),
         presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
         logit_bias=dict(bias), min_tokens=req.min_tokens, ignore_eos=req.ignore_eos,
-        logprobs=logprobs, top_logprobs=top_logprobs,
+        logprobs=logprobs, top_logprobs=top_logprobs, constraint=req.constraint(),
     ) for i in range(req.n)]
 
 
@@ -163,6 +168,21 @@ def _check_token_ids(engine: Engine, req: _Sampling) -> None:
         if outside:
             raise APIError(400, f"{param}: token id {outside[0]} is outside this model's vocabulary [0, {vocab})",
                            param=param)
+
+
+async def _check_constraint(engine: Engine, req: _Sampling) -> None:
+    """A response_format is compiled (in a worker thread: the first one builds the tokenizer's index) before
+    anything is queued, so a bad schema is a 400 naming it; and what would end the reply elsewhere than where
+    the grammar does is refused by name (GenerationParams.constraint says why)."""
+    spec = req.constraint()
+    if spec is None:
+        return
+    for param, on in (("stop", req.stops()), ("stop_token_ids", req.stop_token_ids), ("min_tokens", req.min_tokens),
+                      ("ignore_eos", req.ignore_eos)):
+        if on:
+            raise APIError(400, f"{param} cannot be combined with response_format {req.response_format.type}: the "
+                                "JSON ends the reply where the grammar is complete", param=param)
+    await run_in_threadpool(engine.grammars.check, spec)
 
 
 def _chat_logprobs(engine: Engine, lps: list[TokenLogprob]) -> dict[str, Any]:
@@ -390,6 +410,7 @@ async def chat_completions(req: ChatCompletionRequest, request: Request) -> Any:
     state, engine, req = _admit(request, req)
     if req.top_logprobs and not req.logprobs:
         raise APIError(400, "top_logprobs requires logprobs=true", param="top_logprobs")
+    await _check_constraint(engine, req)
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                 for m in req.messages]
     ids = engine.bundle.chat_prompt_ids(messages)
@@ -429,6 +450,10 @@ async def completions(req: CompletionRequest, request: Request) -> Any:
     if req.max_tokens == 0 and not req.echo:
         raise APIError(400, "max_tokens=0 generates nothing; it is only allowed with echo=true (the prompt alone, "
                             "with its log-probs)", param="max_tokens")
+    if req.echo and req.constraint() is not None:
+        raise APIError(400, "echo cannot be combined with response_format: the prompt before the JSON would make "
+                            "the text something else than the JSON asked for", param="echo")
+    await _check_constraint(engine, req)
     if isinstance(req.prompt, str) or (req.prompt and all(isinstance(p, int) for p in req.prompt)):
         raw: list[str | list[int]] = [req.prompt]  # type: ignore[list-item]
     else:

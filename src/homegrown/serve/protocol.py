@@ -2,9 +2,9 @@
 OpenAPI schema that clients and the schemathesis fuzz run read.
 
 Nothing a client sends is silently ignored. A field we implement is validated (a wrong type or range is a 400
-naming it); a field of OpenAI's API we do not implement (`tools`, `response_format: json_object`, …) is a 400
-"… is not supported" naming it, unless its value is the one that switches it off (`null`, `store: false`,
-`response_format: {"type": "text"}`); any other field is a 400 "Unrecognized request argument supplied", as
+naming it); a field of OpenAI's API we do not implement (`tools`, `audio`, …) is a 400
+"… is not supported" naming it, unless its value is the one that switches it off (`null`, `store: false`);
+any other field is a 400 "Unrecognized request argument supplied", as
 OpenAI answers. `user` is accepted: it only identifies the caller and has no effect on any output. Every string
 of a body must be valid Unicode: JSON escapes can spell lone UTF-16 surrogates (`"\\udcff"`), which no tokenizer
 or database can take, so they are refused here, at the boundary, with the path of the offending string.
@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from homegrown.errors import HomegrownError
+from homegrown.serve.constrain import ConstraintSpec
 
 MAX_TOKENS_LIMIT = 1 << 20
 """Far above any context; keeps absurd integers out of arithmetic while the context check gives the message."""
@@ -34,7 +35,6 @@ TOOLS_HINT = "; this server has no tool or function calling"
 UNSUPPORTED_HINTS: dict[str, str] = {
     "tools": TOOLS_HINT, "tool_choice": TOOLS_HINT, "functions": TOOLS_HINT, "function_call": TOOLS_HINT,
     "parallel_tool_calls": TOOLS_HINT, "tool_calls": TOOLS_HINT, "tool_call_id": TOOLS_HINT,
-    "response_format": '; only {"type": "text"} is (plain text replies)',
     "audio": "", "modalities": '; only ["text"] is', "prediction": "", "reasoning_effort": "", "service_tier": "",
     "store": "; only false is", "metadata": "", "web_search_options": "", "verbosity": "", "prompt_cache_key": "",
     "suffix": "", "best_of": "; use n", "name": "", "refusal": "", "annotations": "",
@@ -131,9 +131,37 @@ class ChatMessage(_Request):
 TokenId = Annotated[int, Field(ge=0, le=1 << 31)]
 
 
+class TextFormat(_Request):
+    type: Literal["text"]
+
+
+class JSONObjectFormat(_Request):
+    type: Literal["json_object"]
+
+
+class JSONSchema(_Request):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = None
+    schema_: dict[str, Any] = Field(alias="schema", description="The JSON Schema the reply must be valid against.")
+    strict: bool | None = Field(None, description=(
+        "Accepted for OpenAI compatibility; the schema is enforced by constrained decoding either way, in full "
+        "(a keyword that cannot be enforced is a 400, never skipped)."))
+
+
+class JSONSchemaFormat(_Request):
+    type: Literal["json_schema"]
+    json_schema: JSONSchema
+
+
+ResponseFormat = Annotated[TextFormat | JSONObjectFormat | JSONSchemaFormat, Field(discriminator="type", description=(
+    "text (default); json_object: the reply is one JSON object; json_schema: the reply is JSON valid against "
+    "json_schema.schema. Both are enforced token by token (constrained decoding) and end the reply when the JSON "
+    "is complete; with finish_reason 'length' (max_tokens reached first) it is incomplete."))]
+
+
 class _Sampling(_Body):
     _unsupported = {"tools": (), "tool_choice": ("none",), "functions": (), "function_call": ("none",),
-                    "parallel_tool_calls": (), "response_format": ({"type": "text"},), "audio": (),
+                    "parallel_tool_calls": (), "audio": (),
                     "modalities": (["text"],), "prediction": (), "reasoning_effort": (), "service_tier": (),
                     "store": (False,), "metadata": (), "web_search_options": (), "verbosity": (),
                     "prompt_cache_key": ()}
@@ -159,6 +187,7 @@ class _Sampling(_Body):
     user: str | None = Field(None, max_length=256, description="Identifies the caller (OpenAI); no effect here.")
     stream: bool = False
     stream_options: StreamOptions | None = None
+    response_format: ResponseFormat | None = None
 
     @field_validator("logit_bias")
     @classmethod
@@ -177,6 +206,15 @@ class _Sampling(_Body):
 
     def token_bias(self) -> dict[int, float]:
         return {int(k): v for k, v in (self.logit_bias or {}).items()}
+
+    def constraint(self) -> ConstraintSpec | None:
+        """What `response_format` asks the engine to enforce; None for plain text."""
+        fmt = self.response_format
+        if isinstance(fmt, JSONObjectFormat):
+            return ConstraintSpec.json_object()
+        if isinstance(fmt, JSONSchemaFormat):
+            return ConstraintSpec.json_schema(fmt.json_schema.schema_)
+        return None
 
 
 class ChatCompletionRequest(_Sampling):
