@@ -15,6 +15,8 @@ from homegrown.chat_template import (
     GENERATION_CONFIG,
     TEMPLATE_FILE,
     TOKENIZER_CONFIG,
+    TOOLS_INSTRUCTIONS,
+    TOOLS_PREAMBLE,
     ChatTemplateError,
     copy_tokenizer_files,
     read_chat_format,
@@ -146,9 +148,9 @@ def test_a_base_model_without_template_refuses_chat(tiny_run, tmp_path):
 HERMES_TEMPLATE = (
     "{%- if tools %}{{- '<|im_start|>system\\n' }}"
     "{%- if messages[0]['role'] == 'system' %}{{- messages[0]['content'] + '\\n\\n' }}{%- endif %}"
-    "{{- 'You may call functions. Signatures:\\n<tools>' }}"
+    "{{- '" + TOOLS_PREAMBLE + "' }}"
     "{%- for tool in tools %}{{- '\\n' }}{{- tool | tojson }}{%- endfor %}"
-    "{{- '\\n</tools><|im_end|>\\n' }}"
+    "{{- '" + TOOLS_INSTRUCTIONS + "<|im_end|>\\n' }}"
     "{%- elif messages[0]['role'] == 'system' %}"
     "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}{%- endif %}"
     "{%- for message in messages %}"
@@ -166,8 +168,8 @@ HERMES_TEMPLATE = (
     "{%- endif %}{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
-"""A small Hermes-style template with tool support, in the shape of Qwen2.5's: tools in the system turn, calls as
-`<tool_call>` JSON, results as `<tool_response>` blocks in a user turn."""
+"""A small Hermes-style template with tool support, in the shape and wording of Qwen2.5's: tools in the system
+turn, calls as `<tool_call>` JSON, results as `<tool_response>` blocks in a user turn."""
 
 TOOLS = [
     {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city.",
