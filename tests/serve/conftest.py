@@ -115,13 +115,13 @@ def server(serve_run: Path) -> Iterator[Server]:
     srv.stop()
 
 
-TOOLS_MODEL = ModelConfig(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=1024)
+TOOLS_MODEL = ModelConfig(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=2048)
 """SERVE_MODEL with room for a prompt that lists tools (their JSON schemas, in a 512-token vocabulary)."""
 
 
 @pytest.fixture(scope="session")
 def tools_run(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Like serve_run (untrained, seeded, the tiny_run tokenizer and our chat template) with a 1,024-token context."""
+    """Like serve_run (untrained, seeded, the tiny_run tokenizer and our chat template) with a 2,048-token context."""
     run = tmp_path_factory.mktemp("tools_run")
     shutil.copyfile(tiny_run / "tokenizer.json", run / "tokenizer.json")
     torch.manual_seed(0)
