@@ -7,11 +7,14 @@ checked for what it says: the capital of France is Paris, in a sentence, ending 
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import jsonschema
 import openai
+import pydantic
 import pytest
 
 from homegrown.bundle import load_chat_format
@@ -87,3 +90,21 @@ def test_served_context_is_max_model_len(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError, match=f"maximum context length is {MAX_LEN} tokens"):
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Paris " * MAX_LEN}],
                                        max_tokens=4)
+
+
+class CountryCapital(pydantic.BaseModel):
+    country: str = pydantic.Field(max_length=20)
+    capital: str = pydantic.Field(max_length=20)
+
+
+def test_structured_output_parses_into_the_schema(client: openai.OpenAI) -> None:
+    """`parse` with a pydantic model: the grammar (strings of at most 20 characters, so at most ~300 bytes
+    whatever is sampled) makes the reply valid JSON for the schema, and a real model fills it with the answer."""
+    question = [{"role": "user", "content": "What is the capital of France? Answer in JSON with the country and "
+                                            "its capital."}]
+    r = client.chat.completions.parse(model=MODEL, messages=question, temperature=0, max_tokens=300,
+                                      response_format=CountryCapital)
+    reply = r.choices[0]
+    assert reply.finish_reason == "stop"
+    jsonschema.validate(json.loads(reply.message.content), CountryCapital.model_json_schema())
+    assert reply.message.parsed.capital == "Paris" and reply.message.parsed.country.lower() == "france"
