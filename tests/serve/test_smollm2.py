@@ -7,11 +7,14 @@ checked for what it says: the capital of France is Paris, in a sentence, ending 
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import jsonschema
 import openai
+import pydantic
 import pytest
 
 from homegrown.bundle import load_chat_format
@@ -126,3 +129,21 @@ def test_langchain_agent_calls_a_tool_and_answers_from_its_result(smol_server: S
     assert isinstance(result, ToolMessage) and result.tool_call_id == call.tool_calls[0]["id"]
     assert isinstance(answer, AIMessage) and not answer.tool_calls and len(messages) == 4
     assert "21 degrees Celsius and sunny" in answer.content
+
+
+class CountryCapital(pydantic.BaseModel):
+    country: str = pydantic.Field(max_length=20)
+    capital: str = pydantic.Field(max_length=20)
+
+
+def test_structured_output_parses_into_the_schema(client: openai.OpenAI) -> None:
+    """`parse` with a pydantic model: the grammar (strings of at most 20 characters, so at most ~300 bytes
+    whatever is sampled) makes the reply valid JSON for the schema, and a real model fills it with the answer."""
+    question = [{"role": "user", "content": "What is the capital of France? Answer in JSON with the country and "
+                                            "its capital."}]
+    r = client.chat.completions.parse(model=MODEL, messages=question, temperature=0, max_tokens=300,
+                                      response_format=CountryCapital)
+    reply = r.choices[0]
+    assert reply.finish_reason == "stop"
+    jsonschema.validate(json.loads(reply.message.content), CountryCapital.model_json_schema())
+    assert reply.message.parsed.capital == "Paris" and reply.message.parsed.country.lower() == "france"

@@ -182,6 +182,9 @@ class JSONObjectFormat(_Request):
 
 
 class JSONSchema(_Request):
+    """`name` and `description` identify the format to the client; like the schema, they are not written into
+    the prompt (say what to produce in the messages): the schema reaches the model as the mask, not as text."""
+
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
     description: str | None = None
     schema_: dict[str, Any] = Field(alias="schema", description="The JSON Schema the reply must be valid against.")
