@@ -201,3 +201,20 @@ def test_function_schemas_keep_their_definitions() -> None:
         {"type": "function", "function": {"name": "a", "parameters": nested}}], "parallel_tool_calls": False})
     plan = plan_tools(req)
     assert plan.max_calls == 1 and plan.constraint is not None and plan.tools[0]["function"]["name"] == "a"
+
+
+def test_langchain_rebuilds_streamed_calls(tools_server: Server) -> None:
+    """langchain-openai's own accumulation of streamed tool-call chunks gives the call the whole reply has."""
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(model=tools_server.model, base_url=f"{tools_server.base_url}/v1", api_key=tools_server.api_key,
+                     max_tokens=MAX_TOKENS, seed=8, max_retries=0, timeout=120)
+    bound = llm.bind_tools(TOOLS, tool_choice="get_weather")
+    whole = bound.invoke(ASK)
+    streamed = None
+    for chunk in bound.stream(ASK):
+        streamed = chunk if streamed is None else streamed + chunk
+    assert len(whole.tool_calls) == 1 and not whole.invalid_tool_calls
+    assert [(c["name"], c["args"], c["id"]) for c in streamed.tool_calls] == [
+        ("get_weather", whole.tool_calls[0]["args"], streamed.tool_calls[0]["id"])]
+    jsonschema.validate(streamed.tool_calls[0]["args"], WEATHER)
