@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
@@ -232,19 +232,33 @@ class ChatFormat:
         return self.template.render(messages, add_generation_prompt, tools)
 
     def end_of_turn_id(self, tok: Tokenizer) -> int | None:
-        """The stop token the template closes an assistant turn with (`<|end|>`, `<|im_end|>`, …), found by
-        rendering a one-turn probe; None without a template or when the turn ends in none of the stop tokens."""
+        """The stop token the template closes an assistant turn with (`<|end|>`, `<|im_end|>`, …); None without a
+        template, when it does not render, or when the turn ends in none of the stop tokens."""
         if self.template is None:
             return None
-        probe = [{"role": "user", "content": "?"}, {"role": "assistant", "content": "!"}]
+        texts = {text: i for i in self.stop_ids if (text := tok.id_to_token(i))}
         try:
-            reply = self.template.render(probe, add_generation_prompt=False)
+            found = turn_end_token(self.template, texts)
         except ChatTemplateError:
             return None
-        after = reply.rfind("!") + 1
-        found = [(at, i) for i in self.stop_ids
-                 if (text := tok.id_to_token(i)) and (at := reply.find(text, after)) >= 0]
-        return min(found)[1] if found else None
+        return None if found is None else texts[found]
+
+
+TURN_PROBE_REPLY = "homegrown-reply-marker"
+
+
+def turn_end_token(template: ChatTemplate, candidates: Iterable[str]) -> str | None:
+    """Which of `candidates` (token texts) a template closes an assistant turn with: render a one-turn
+    conversation and take the candidate that occurs first after the reply (the longest on a tie, so
+    `<|im_end|>` wins over a `<|im` prefix). Raises the template's error when it does not render."""
+    probe = [{"role": "user", "content": "homegrown-question"}, {"role": "assistant", "content": TURN_PROBE_REPLY}]
+    text = template.render(probe, add_generation_prompt=False)
+    after = text.find(TURN_PROBE_REPLY)
+    if after < 0:
+        return None
+    after += len(TURN_PROBE_REPLY)
+    found = [(at, -len(c), c) for c in candidates if c and (at := text.find(c, after)) >= 0]
+    return min(found)[2] if found else None
 
 
 def _token_text(value: object) -> str | None:
