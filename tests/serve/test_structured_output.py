@@ -151,6 +151,18 @@ def test_chat_json_schema_with_the_openai_client(client: openai.OpenAI, server: 
         assert_valid(choice.message.content, SCHEMAS[name])
 
 
+def test_top_logprobs_hold_only_tokens_the_grammar_allows(client: openai.OpenAI, server: Server) -> None:
+    """20 alternatives asked where the grammar often allows one: masked tokens are left out, not sent as
+    -Infinity (which is not JSON)."""
+    r = client.chat.completions.create(model=server.model, messages=CHAT, seed=4, max_tokens=BOUND_BYTES,
+                                       logprobs=True, top_logprobs=20, response_format=json_schema_format(NESTED))
+    assert_valid(r.choices[0].message.content, NESTED)
+    entries = r.choices[0].logprobs.content
+    assert len(entries) == r.usage.completion_tokens
+    assert all(e.top_logprobs and all(t.logprob > float("-inf") for t in e.top_logprobs) for e in entries)
+    assert any(len(e.top_logprobs) < 20 for e in entries)
+
+
 def test_streamed_chat_and_completions_are_valid(client: openai.OpenAI, server: Server) -> None:
     fmt = json_schema_format(NESTED)
     chunks = list(client.chat.completions.create(model=server.model, messages=CHAT, seed=11, stream=True,
