@@ -101,11 +101,9 @@ def test_unknown_unsupported_and_invalid_unicode_bodies_are_400(api_schema: sche
                 param = data.draw(st.sampled_from(["temprature", "max_new_tokens", "frobnicate"]))
                 body = {**body, param: data.draw(st.sampled_from([1, "x", True, [1], {"a": 1}]))}
             elif mutation == "unsupported field":
-                param = data.draw(st.sampled_from(["tools", "tool_choice", "functions", "parallel_tool_calls",
-                                                   "store"]))
-                body = {**body, param: {"tools": [{"type": "function", "function": {"name": "f"}}],
-                                        "tool_choice": "required", "functions": [{"name": "f"}],
-                                        "parallel_tool_calls": True, "store": True}[param]}
+                param = data.draw(st.sampled_from(["functions", "function_call", "store"]))
+                body = {**body, param: {"functions": [{"name": "f"}], "function_call": "auto",
+                                        "store": True}[param]}
             else:
                 paths = _string_paths(body)
                 body = _with_surrogate(body, data.draw(st.sampled_from(paths)) if paths else ())
