@@ -91,11 +91,11 @@ class ConstraintSpec:
 
     @classmethod
     def json_object(cls, param: str = "response_format") -> ConstraintSpec:
-        return cls("json_object", (_canonical({"type": "object"}, param),), param=param)
+        return cls("json_object", (_schema_text({"type": "object"}, param),), param=param)
 
     @classmethod
     def json_schema(cls, schema: dict[str, Any], param: str = "response_format") -> ConstraintSpec:
-        return cls("json_schema", (_canonical(schema, param),), param=param)
+        return cls("json_schema", (_schema_text(schema, param),), param=param)
 
     @classmethod
     def tagged(cls, begin: str, schemas: list[dict[str, Any]], end: str, *, trigger: str | None = None,
@@ -108,11 +108,11 @@ class ConstraintSpec:
             raise ConstraintError(f"{param}: the trigger {trigger!r} must be a non-empty start of {begin!r}", param)
         if not schemas:
             raise ConstraintError(f"{param}: at least one schema is needed", param)
-        return cls("tagged", tuple(_canonical(s, param) for s in schemas), begin, end, trigger, required, parallel,
+        return cls("tagged", tuple(_schema_text(s, param) for s in schemas), begin, end, trigger, required, parallel,
                    separator, param=param)
 
 
-def _canonical(schema: Any, param: str) -> str:
+def _schema_text(schema: Any, param: str) -> str:
     if not isinstance(schema, dict):
         raise ConstraintError(f"{param}: a JSON schema must be an object, got {type(schema).__name__}", param)
     # Key order is kept: properties are generated in the order the schema lists them.
