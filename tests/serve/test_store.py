@@ -190,7 +190,8 @@ def test_a_database_from_before_owners_is_migrated(tmp_path: Path) -> None:
     old = store.get(LEGACY_OWNER, listed[1].id)
     assert (old.model, old.system_prompt, old.temperature) == ("small", "Be brief.", 0.5)
     assert [(m.role, m.content) for m in old.messages] == [
-        ("system", "Be brief."), ("user", "How do I build a wheel?"), ("assistant", "Run `python -m build` — ünïcode ✓")]
+        ("system", "Be brief."), ("user", "How do I build a wheel?"),
+        ("assistant", "Run `python -m build` — ünïcode ✓")]
     # The migrated file keeps working for both old and new owners, and reopening it changes nothing more.
     store.append(LEGACY_OWNER, old.id, "user", "and now?")
     new = store.create(OWNER, title="after the upgrade")
