@@ -31,6 +31,7 @@ class Authenticator:
     def __init__(self, api_key: str | None, keys: KeyStore | None) -> None:
         self.api_key = api_key or None
         self.keys = keys
+        self._closed = False  # keys are revoked, never deleted: once there is one, there always is
 
     def principal(self, authorization: str) -> Principal | None:
         """The caller for this Authorization header, or None for a missing, unknown or revoked key.
@@ -48,4 +49,7 @@ class Authenticator:
 
     def open(self) -> bool:
         """No key is needed: no --api-key and no key ever added."""
-        return self.api_key is None and (self.keys is None or not self.keys.any_keys())
+        if self.api_key is not None or self._closed:
+            return False
+        self._closed = self.keys is not None and self.keys.any_keys()
+        return not self._closed
