@@ -339,9 +339,10 @@ def test_two_users_see_only_their_own_conversations(browser: Any, server: Any) -
 
         # The same browser with bob's key is bob: his list, nothing of alice's left on screen.
         alice.click("#switch-key")
-        _enter_key(alice, keys["bob"])
-        alice.wait_for_function(f"document.getElementById('account-user').textContent === 'bob-{tag}'")
+        with alice.expect_navigation():  # a new user starts from a freshly loaded page
+            _enter_key(alice, keys["bob"])
         alice.wait_for_selector("#app[data-ready=true]")
+        assert alice.inner_text("#account-user") == f"bob-{tag}"
         alice.locator(f'.conversation[data-id="{bob_id}"]').wait_for()
         assert alice.locator(".conversation").count() == 1 and alice_secret not in alice.inner_text("body")
     finally:
