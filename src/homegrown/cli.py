@@ -598,11 +598,8 @@ def keys_add(
     """Make a key for a user and print it, once (only its hash is stored). Works on a running server's database."""
     from homegrown.serve.keys import KeyStore, print_new_key
 
-    store = KeyStore.open(db_url)
-    try:
+    with KeyStore.open(db_url) as store:
         print_new_key(*store.add(user, "admin" if admin else "user"))
-    finally:
-        store.close()
 
 
 @keys_app.command("list")
@@ -610,11 +607,8 @@ def keys_list(db_url: DbUrlOpt) -> None:
     """Every key: id, prefix, user, role, created, revoked (tab-separated). Secrets are not stored, so not shown."""
     from homegrown.serve.keys import KeyStore, print_keys
 
-    store = KeyStore.open(db_url)
-    try:
+    with KeyStore.open(db_url) as store:
         print_keys(store.list_keys())
-    finally:
-        store.close()
 
 
 @keys_app.command("revoke")
@@ -625,11 +619,8 @@ def keys_revoke(
     """Revoke a key; a running server refuses it from its next request."""
     from homegrown.serve.keys import KeyStore
 
-    store = KeyStore.open(db_url)
-    try:
+    with KeyStore.open(db_url) as store:
         done = store.revoke(key)
-    finally:
-        store.close()
     console.print(f"revoked key {done.id} ({done.prefix}) of user {done.user}", highlight=False)
 
 

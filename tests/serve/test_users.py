@@ -42,10 +42,9 @@ def users(serve_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     shutil.copyfile(LEGACY_DB, db)
     db_url = f"sqlite:///{db}"
     srv = start_server(serve_run, "--db-url", db_url)
-    store = KeyStore.open(db_url)
-    keys = {"alice": store.add("alice")[1], "bob": store.add("bob")[1], "root": store.add("root", "admin")[1],
-            "legacy": API_KEY}
-    store.close()
+    with KeyStore.open(db_url) as store:
+        keys = {"alice": store.add("alice")[1], "bob": store.add("bob")[1], "root": store.add("root", "admin")[1],
+                "legacy": API_KEY}
     yield Users(srv, db_url, keys)
     srv.stop()
 

@@ -134,6 +134,12 @@ class KeyStore:
     def close(self) -> None:
         self.engine.dispose()
 
+    def __enter__(self) -> KeyStore:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
     def add(self, user: str, role: str = "user") -> tuple[ApiKey, str]:
         """A new key for `user`: its record and the key itself, which is not stored and cannot be shown again."""
         check_user(user)
