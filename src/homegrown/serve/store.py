@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     DateTime,
     Float,
     ForeignKey,
@@ -231,7 +232,8 @@ class ConversationStore:
             return _conversation(row, [_message(m) for m in msgs])
 
     @staticmethod
-    def _owned(owner: str, conversation_id: str) -> Any:
+    def _owned(owner: str, conversation_id: str) -> ColumnElement[bool]:
+        """The row of this id, only if this owner's: every write matches on both, so another's is untouched."""
         return (_ConversationRow.id == conversation_id) & (_ConversationRow.owner == owner)
 
     def update(self, owner: str, conversation_id: str, **changes: Any) -> Conversation:
