@@ -156,8 +156,10 @@ def test_keys_cli_closes_an_open_server_and_revokes_at_once(serve_run: Path, tmp
     srv = start_server(serve_run, "--db-url", db_url, api_key=None)
     try:
         with httpx.Client(base_url=srv.base_url, timeout=60) as anyone:
-            assert anyone.get("/api/me").json() == {"object": "user", "user": "default", "role": "admin"}
+            assert anyone.get("/api/me").json() == {"object": "user", "user": "default", "role": "user"}
             assert anyone.post("/api/conversations", json={"title": "before keys"}).status_code == 200
+            # an anonymous caller cannot mint the first key and lock everyone else out
+            assert _error(anyone.post("/api/keys", json={"user": "mallory"}), 403)["code"] == "permission_denied"
 
             added = _run_cli("serve", "keys", "add", "--user", "frank", "--db-url", db_url)
             assert added.returncode == 0, added.stderr

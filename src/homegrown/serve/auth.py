@@ -5,8 +5,9 @@ Three kinds of key are accepted:
 - the server's single `--api-key`: user LEGACY_OWNER with the admin role, as before keys had users (the
   conversations saved by earlier versions belong to that user);
 - none at all, but only while the server has no `--api-key` and no key was ever added to its database: then
-  the server is open, as it always was without `--api-key`, and every caller is LEGACY_OWNER (admin). The first
-  `keys add` closes it, even for a running server; revoking keys never reopens it.
+  the server is open, as it always was without `--api-key`, and every caller is LEGACY_OWNER with the *user* role:
+  an anonymous caller must not be able to mint the first key over /api/keys and lock everyone else out. The first
+  `keys add` (on the server's machine) closes it, even for a running server; revoking keys never reopens it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from homegrown.serve.keys import KeyStore, Principal
 from homegrown.serve.store import LEGACY_OWNER
 
 LEGACY = Principal(user=LEGACY_OWNER, role="admin")
+OPEN = Principal(user=LEGACY_OWNER, role="user")
 
 
 def bearer_token(authorization: str) -> str | None:
@@ -45,7 +47,7 @@ class Authenticator:
                 found = self.keys.authenticate(token)
                 if found is not None:
                     return found
-        return LEGACY if self.open() else None
+        return OPEN if self.open() else None
 
     def open(self) -> bool:
         """No key is needed: no --api-key and no key ever added."""

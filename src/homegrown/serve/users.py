@@ -39,8 +39,9 @@ def key_json(k: ApiKey) -> dict[str, Any]:
 
 
 def _forbidden(caller: Principal) -> JSONResponse:
-    return error_json(403, f"managing keys needs an admin key; user {caller.user!r} has the role {caller.role!r}",
-                      code="permission_denied")
+    return error_json(403, f"managing keys needs an admin key; user {caller.user!r} has the role {caller.role!r} "
+                           "(on a server with no keys yet, add the first with `homegrown serve keys add` on its "
+                           "machine)", code="permission_denied")
 
 
 def build_router(keys: KeyStore, authenticate: Callable[[Request], Awaitable[Principal]]) -> APIRouter:
