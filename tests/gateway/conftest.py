@@ -25,6 +25,9 @@ import yaml
 
 from homegrown.serve.launch import ServerProcess, launch_command
 
+# A tiny real checkpoint and `homegrown serve` on it (tests/serve), to put a real server behind the gateway.
+from tests.serve.conftest import FORCED_TOKEN, defaults_server, serve_run  # noqa: F401
+
 STUB = Path(__file__).with_name("stub_provider.py")
 _LOGS = itertools.count()
 
