@@ -7,7 +7,7 @@ import asyncio
 import openai
 import pytest
 
-from homegrown.gateway.judge import Judge, combine, judge_prompt, parse_verdict
+from homegrown.gateway.judge import Judge, combine, judge_prompt, openai_complete, parse_verdict
 
 CONV = [{"role": "user", "content": "What is 2 + 2?"}]
 
@@ -31,7 +31,8 @@ def test_combine_counts_a_flip_as_a_tie() -> None:
 
 
 def _judge(base_url: str, seed: int = 0) -> Judge:
-    return Judge(openai.AsyncOpenAI(base_url=base_url, api_key="x", max_retries=0), "judge", seed=seed)
+    return Judge(openai_complete(openai.AsyncOpenAI(base_url=base_url, api_key="x", max_retries=0), "judge"),
+                 seed=seed)
 
 
 def test_judge_process_verdicts(stubs) -> None:
@@ -50,7 +51,7 @@ def test_judge_process_verdicts(stubs) -> None:
 
 
 def test_position_is_randomised_and_repeatable() -> None:
-    judge = Judge(openai.AsyncOpenAI(base_url="http://127.0.0.1:9/v1", api_key="x"), "judge", seed=3)
+    judge = _judge("http://127.0.0.1:9/v1", seed=3)
     firsts = [judge.candidate_first(f"pair-{i}") for i in range(200)]
     assert 70 < sum(firsts) < 130  # a fixed hash sequence: the same numbers on every run
     assert firsts == [judge.candidate_first(f"pair-{i}") for i in range(200)]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from homegrown.errors import HomegrownError
-from homegrown.gateway.promotion import Evidence, Promoter, PromotionConfig, decide, weights_at
+from homegrown.gateway.judging_config import PromotionConfig, ShadowConfig
+from homegrown.gateway.promotion import Evidence, Promoter, decide, weights_at
 from homegrown.gateway.stats import wilson_interval
 
-CFG = PromotionConfig(candidate="inhouse", incumbent="provider", ladder=[0, 5, 25, 50, 100], threshold=0.45,
+CFG = PromotionConfig(ladder=[0, 5, 25, 50, 100], threshold=0.45,
                       min_judged=20, min_requests=20, window=40, evaluate_every=10, max_error_rate=0.1,
                       max_p95_latency_s=2.0)
 GOOD_CALLS = {"requests": 20, "errors": 0, "p95_latency_s": 0.5}
@@ -52,7 +54,7 @@ def test_rolls_back_one_step_on_failure(ev: Evidence, why: str) -> None:
 
 def test_rollback_to_first_and_the_ends_of_the_ladder() -> None:
     failing = Evidence(wins=20, requests=20, errors=20)
-    first = PromotionConfig(**{**CFG.__dict__, "rollback_to": "first"})
+    first = CFG.model_copy(update={"rollback_to": "first"})
     assert decide(first, 3, failing).to_percent == 0
     at_bottom = decide(CFG, 0, failing)
     assert at_bottom.action == "hold" and "already at the first step" in at_bottom.reasons
@@ -66,17 +68,27 @@ def test_too_few_calls_cannot_roll_back_on_errors() -> None:
 
 @pytest.mark.parametrize("bad", [{"ladder": [0]}, {"ladder": [0, 50, 25]}, {"ladder": [0, 150]},
                                  {"threshold": 1.5}, {"min_judged": 0}, {"rollback_to": "zero"},
-                                 {"window": 5}, {"incumbent": "inhouse"}])
+                                 {"window": 5}, {"min_judgd": 5}])
 def test_bad_config_is_refused(bad: dict) -> None:
-    with pytest.raises(HomegrownError):
-        PromotionConfig(**{**CFG.__dict__, **bad})
+    with pytest.raises(ValidationError):
+        PromotionConfig.model_validate({**CFG.model_dump(), **bad})
+
+
+def test_shadow_pair_must_be_two_backends() -> None:
+    with pytest.raises(ValidationError, match="different backends"):
+        ShadowConfig(candidate="inhouse", incumbent="inhouse")
+
+
+def test_a_step_outside_the_ladder_is_refused() -> None:
+    with pytest.raises(HomegrownError, match="outside the ladder"):
+        Promoter("chat", CFG, "inhouse", "provider", lambda w: None, lambda r, d: None, step=7)
 
 
 def test_promoter_climbs_to_the_top_and_rolls_back_by_counts() -> None:
     weights: list[dict] = []
     decisions: list = []
-    p = Promoter("chat", CFG, weights.append, lambda route, d: decisions.append((route, d)))
-    assert weights == [weights_at(CFG, 0)] == [{"provider": 100.0, "inhouse": 0.0}]
+    p = Promoter("chat", CFG, "inhouse", "provider", weights.append, lambda route, d: decisions.append((route, d)))
+    assert weights == [weights_at(CFG, 0, "inhouse", "provider")] == [{"provider": 100.0, "inhouse": 0.0}]
     climbed = []
     for _ in range(200):
         p.record_call("provider", False, 9.9)  # the incumbent's calls are not evidence about the candidate

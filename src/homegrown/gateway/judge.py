@@ -11,12 +11,19 @@ unparseable — never guessed — and a failed judge call is counted as an error
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import openai
+
+log = logging.getLogger(__name__)
+Complete = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+"""A non-streaming chat completion: request body (without `model`) → the response JSON. The gateway passes its
+judge backend's `complete`; `openai_complete` adapts the official client for use outside a gateway."""
 
 SYSTEM = ("Please act as an impartial judge and evaluate the quality of the responses provided by two AI "
           "assistants to the conversation below. Choose the assistant that follows the user's instructions and "
@@ -78,22 +85,33 @@ def combine(as_a: str | None, as_b: str | None) -> tuple[str, bool]:
     return "tie", {first, second} == {"win", "loss"}
 
 
+def openai_complete(client: openai.AsyncOpenAI, model: str) -> Complete:
+    """A `Complete` through the official client (any OpenAI-compatible base URL)."""
+
+    async def complete(body: dict[str, Any]) -> dict[str, Any]:
+        reply = await client.chat.completions.create(model=model, **body)
+        return reply.model_dump()
+
+    return complete
+
+
+def reply_text(response: dict[str, Any]) -> str:
+    choices = response.get("choices") or [{}]
+    return str(((choices[0] or {}).get("message") or {}).get("content") or "")
+
+
 class Judge:
     """Asks one judge model (any OpenAI-compatible endpoint) for pairwise verdicts."""
 
-    def __init__(self, client: openai.AsyncOpenAI, model: str, max_tokens: int = 512, temperature: float = 0.0,
-                 seed: int = 0) -> None:
-        self.client = client
-        self.model = model
+    def __init__(self, complete: Complete, max_tokens: int = 512, temperature: float = 0.0, seed: int = 0) -> None:
+        self.complete = complete
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.seed = seed
 
     async def _ask(self, messages: Sequence[dict], a: str, b: str) -> tuple[str | None, str]:
-        reply = await self.client.chat.completions.create(
-            model=self.model, messages=judge_prompt(messages, a, b),  # type: ignore[arg-type]
-            max_tokens=self.max_tokens, temperature=self.temperature)
-        text = (reply.choices[0].message.content or "") if reply.choices else ""
+        text = reply_text(await self.complete({"messages": judge_prompt(messages, a, b), "max_tokens": self.max_tokens,
+                                               "temperature": self.temperature}))
         return parse_verdict(text), text
 
     def candidate_first(self, pair_id: str) -> bool:
@@ -109,7 +127,8 @@ class Judge:
             for cand_is_a in (cand_first, not cand_first):
                 a, b = (candidate, incumbent) if cand_is_a else (incumbent, candidate)
                 raw[cand_is_a] = await self._ask(messages, a, b)
-        except openai.OpenAIError as e:
+        except Exception as e:  # any failure of the judge call (transport, status, shape) is counted, not judged
+            log.warning("judge call for pair %s failed: %s: %s", pair_id, type(e).__name__, e)
             return Verdict("error", cand_first, None, None, False, f"{type(e).__name__}: {e}"[:500])
         (as_a, text_a), (as_b, text_b) = raw[True], raw[False]
         outcome, flipped = combine(as_a, as_b)

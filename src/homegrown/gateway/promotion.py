@@ -24,55 +24,13 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from homegrown.errors import HomegrownError
+from homegrown.gateway.judging_config import PromotionConfig
 from homegrown.gateway.stats import WinRate, percentile
 
 ACTIONS = ("promote", "rollback", "hold")
-
-
-@dataclass
-class PromotionConfig:
-    """A route's ladder and the evidence each step needs (the `promotion:` section of a route in gateway.yaml)."""
-
-    candidate: str
-    """Backend name of the model being promoted (the in-house one)."""
-    incumbent: str
-    """Backend name of the model it replaces (the provider)."""
-    ladder: list[float] = field(default_factory=lambda: [0.0, 5.0, 25.0, 50.0, 100.0])
-    """Percent of the route's traffic the candidate serves at each step, increasing, from the first step."""
-    threshold: float = 0.45
-    """Least acceptable win rate (ties count half) against the incumbent; 0.5 is parity."""
-    confidence: float = 0.95
-    min_judged: int = 100
-    """Judged pairs needed before the win rate can promote or roll back."""
-    min_requests: int = 100
-    """Candidate calls (live and shadow) needed before its error rate and latency count."""
-    window: int = 1000
-    """Evidence is the last `window` judged pairs and candidate calls since the last step change."""
-    evaluate_every: int = 20
-    """Ask for a decision after this many new observations (verdicts + candidate calls)."""
-    max_error_rate: float = 0.02
-    max_p95_latency_s: float = 10.0
-    rollback_to: str = "previous"
-    """`previous` (one step down) or `first` (straight back to the first step)."""
-
-    def __post_init__(self) -> None:
-        if len(self.ladder) < 2 or any(b <= a for a, b in zip(self.ladder, self.ladder[1:], strict=False)):
-            raise HomegrownError(f"promotion ladder {self.ladder} must have at least two strictly increasing steps")
-        if self.ladder[0] < 0 or self.ladder[-1] > 100:
-            raise HomegrownError(f"promotion ladder {self.ladder} must stay within 0..100 (percent in-house)")
-        if not 0 < self.threshold < 1 or not 0 < self.confidence < 1:
-            raise HomegrownError("promotion threshold and confidence must both be in (0, 1)")
-        if min(self.min_judged, self.min_requests, self.window, self.evaluate_every) < 1:
-            raise HomegrownError("promotion min_judged, min_requests, window and evaluate_every must be >= 1")
-        if self.window < max(self.min_judged, self.min_requests):
-            raise HomegrownError("promotion window must be at least min_judged and min_requests")
-        if self.rollback_to not in ("previous", "first"):
-            raise HomegrownError(f"promotion rollback_to is {self.rollback_to!r}; use previous or first")
-        if self.candidate == self.incumbent:
-            raise HomegrownError("promotion candidate and incumbent must be different backends")
 
 
 @dataclass(frozen=True)
@@ -153,10 +111,10 @@ def _decision(cfg: PromotionConfig, action: str, step: int, to: int, reasons: li
     return Decision(action, step, to, cfg.ladder[step], cfg.ladder[to], reasons, ev.as_dict(cfg.confidence))
 
 
-def weights_at(cfg: PromotionConfig, step: int) -> dict[str, float]:
+def weights_at(cfg: PromotionConfig, step: int, candidate: str, incumbent: str) -> dict[str, float]:
     """The route's backend weights (percent) at a ladder step."""
     share = cfg.ladder[step]
-    return {cfg.incumbent: 100.0 - share, cfg.candidate: share}
+    return {incumbent: 100.0 - share, candidate: share}
 
 
 SetWeights = Callable[[dict[str, float]], None]
@@ -168,15 +126,20 @@ Record = Callable[[str, Decision], None]
 class Promoter:
     """The loop for one route: collects observations, decides every `evaluate_every`, applies step changes."""
 
-    def __init__(self, route: str, cfg: PromotionConfig, set_weights: SetWeights, record: Record,
-                 step: int = 0) -> None:
+    def __init__(self, route: str, cfg: PromotionConfig, candidate: str, incumbent: str, set_weights: SetWeights,
+                 record: Record, step: int = 0) -> None:
         if not 0 <= step < len(cfg.ladder):
-            raise HomegrownError(f"promotion step {step} is outside the ladder {cfg.ladder}")
+            raise HomegrownError(f"route {route!r}: promotion step {step} is outside the ladder {cfg.ladder}; "
+                                 "was the ladder shortened? Delete the route's promotion_decisions to restart it")
         self.route, self.cfg, self._set_weights, self._record = route, cfg, set_weights, record
+        self.candidate, self.incumbent = candidate, incumbent
         self.step = step
         self._lock = threading.Lock()
         self._reset()
-        self._set_weights(weights_at(cfg, step))
+        self._set_weights(self.weights())
+
+    def weights(self) -> dict[str, float]:
+        return weights_at(self.cfg, self.step, self.candidate, self.incumbent)
 
     def _reset(self) -> None:
         self._verdicts: deque[str] = deque(maxlen=self.cfg.window)
@@ -197,7 +160,7 @@ class Promoter:
 
     def record_call(self, backend: str, ok: bool, latency_s: float) -> Decision | None:
         """A finished call to the candidate (live or shadow); other backends are ignored."""
-        if backend != self.cfg.candidate:
+        if backend != self.candidate:
             return None
         with self._lock:
             self._calls.append((ok, latency_s))
@@ -218,6 +181,6 @@ class Promoter:
         self._record(self.route, decision)
         if decision.to_step != self.step:
             self.step = decision.to_step
-            self._set_weights(weights_at(self.cfg, self.step))
+            self._set_weights(self.weights())
             self._reset()
         return decision
