@@ -41,6 +41,9 @@ data_app = typer.Typer(help="Corpus building: ingest a crawl, merge shards, audi
 checkpoint_app = typer.Typer(help="Checkpoint tools.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(checkpoint_app, name="checkpoint")
+gateway_app = typer.Typer(help="OpenAI-compatible gateway over provider and in-house backends: `homegrown gateway "
+                               "--config gateway.yaml` runs it; sub-commands inspect it.")
+app.add_typer(gateway_app, name="gateway")
 
 DEFAULT_PRESET = os.environ.get("HOMEGROWN_PRESET", "small")
 
@@ -599,6 +602,58 @@ def plan(
                 "sharding": sharding, "activations": activations, "micro_batch": micro_batch, "max_days": max_days,
                 "measure_seconds": measure_seconds}
     print_plan(preset, shape, settings, measure, proxy, as_json)
+
+
+# ---- gateway ----
+
+GatewayConfigOpt = Annotated[Path | None, typer.Option("--config", help="The gateway's YAML file (README: gateway).")]
+
+
+@gateway_app.callback(invoke_without_command=True)
+def gateway(
+    ctx: typer.Context,
+    config: GatewayConfigOpt = None,
+    host: Annotated[str | None, typer.Option(help="Listen here instead of the file's listen.host.")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen here instead of the file's listen.port; 0 = any "
+                                                  "free port (the banner shows it).")] = None,
+) -> None:
+    """Run the gateway (without a sub-command): routes, fallback, breakers, keys, request log, /metrics."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from homegrown.gateway.config import load_config
+    from homegrown.gateway.server import run_gateway
+
+    if config is None:
+        raise HomegrownError("homegrown gateway needs --config gateway.yaml (see the README's gateway section)")
+    cfg = load_config(config)
+    if host is not None:
+        cfg.listen.host = host
+    if port is not None:
+        cfg.listen.port = port
+    run_gateway(cfg)
+
+
+@gateway_app.command("status")
+def gateway_status(
+    config: GatewayConfigOpt = None,
+    db: Annotated[str | None, typer.Option(help="The request log's SQLAlchemy URL (default: the config's "
+                                                "log.db_url).")] = None,
+    since_hours: Annotated[float | None, typer.Option(help="Only requests of the last N hours.")] = None,
+) -> None:
+    """Requests, errors, tokens, p50/p95 latency and cost per route and backend; live breakers and shares."""
+    from homegrown.gateway.config import load_config
+    from homegrown.gateway.status import live_lines, live_state, status_lines
+
+    if config is None and db is None:
+        raise HomegrownError("give --config gateway.yaml or --db URL")
+    cfg = load_config(config) if config is not None else None
+    for line in status_lines(db or cfg.log.db_url, since_hours):  # type: ignore[union-attr]
+        print(line)
+    if cfg is not None:
+        keys = [os.environ.get(k.key_env) for k in cfg.keys]
+        state = live_state(cfg, next((k for k in keys if k), None))
+        print(*(live_lines(state) if state else ["live: the gateway does not answer at its configured address"]),
+              sep="\n")
 
 
 def main() -> None:

@@ -1,75 +1,160 @@
-"""Judging fixtures: the deterministic stub server (tests/gateway/stub_llm.py) started as real processes."""
+"""Gateway fixtures: fault-injecting stub providers and the real `homegrown gateway` in their own processes.
+
+Addresses never race: a stub serves a listening socket this process bound (port 0) and hands down, so it can
+be killed and restarted on the same address; a "dead" backend is a socket bound but never listening, whose
+connections are refused for as long as the test holds it.
+"""
 
 from __future__ import annotations
 
+import itertools
+import os
+import re
+import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import yaml
 
-STUB = Path(__file__).with_name("stub_llm.py")
+from homegrown.serve.launch import ServerProcess, launch_command
+
+STUB = Path(__file__).with_name("stub_provider.py")
+_LOGS = itertools.count()
 
 
-@dataclass
+def wait_for(condition: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
+    """Poll until `condition()` is truthy (returns it); the timeout only bounds a broken run, it decides nothing."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
 class Stub:
-    """A running stub: its OpenAI base URL (`…/v1`) and its control endpoints."""
+    """A stub provider process on a socket this test process owns."""
 
-    url: str
-    process: subprocess.Popen
+    def __init__(self, name: str, log_dir: Path, *args: str) -> None:
+        self.name, self.args, self.log_dir = name, args, log_dir
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(256)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.process: subprocess.Popen | None = None
+        self.start()
 
-    @property
-    def base_url(self) -> str:
-        return f"{self.url}/v1"
+    def start(self) -> None:
+        log = self.log_dir / f"stub-{self.name}-{next(_LOGS)}.log"
+        with log.open("w") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, str(STUB), "--name", self.name, "--fd", str(self.sock.fileno()), *self.args],
+                pass_fds=[self.sock.fileno()], stdout=out, stderr=subprocess.STDOUT)
+        wait_for(self._healthy, what=f"stub {self.name}")
 
-    def control(self, **changes: str) -> None:
-        httpx.post(f"{self.url}/control", json=changes, timeout=10).raise_for_status()
+    def _healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
 
-    def release(self) -> None:
-        httpx.post(f"{self.url}/release", timeout=10).raise_for_status()
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def control(self, script: list[str] | None = None, default: str = "ok") -> None:
+        httpx.post(f"{self.url}/control", json={"script": script or [], "default": default}, timeout=10)
 
     def requests(self) -> int:
         return httpx.get(f"{self.url}/stats", timeout=10).json()["requests"]
 
-
-def start_stub(*args: str) -> Stub:
-    """Start stub_llm.py with `args`; returns once it has printed the address it bound."""
-    proc = subprocess.Popen([sys.executable, str(STUB), *args], stdout=subprocess.PIPE, text=True)
-    line = proc.stdout.readline() if proc.stdout else ""
-    if not line.startswith("listening "):
-        proc.kill()
-        raise RuntimeError(f"stub did not start: {line!r}")
-    url = line.split()[1]
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:  # bound, but uvicorn listens only once its app has started
-        try:
-            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                return Stub(url, proc)
-        except httpx.TransportError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("stub never answered /health")
+    def close(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.kill()
+        self.sock.close()
 
 
 @pytest.fixture
-def stubs() -> Iterator[Callable[..., Stub]]:
-    """A factory of stub processes, all stopped at the end of the test."""
-    started: list[Stub] = []
+def stubs(tmp_path: Path) -> Iterator[Callable[..., Stub]]:
+    made: list[Stub] = []
 
-    def make(*args: str) -> Stub:
-        stub = start_stub(*args)
-        started.append(stub)
-        return stub
+    def make(name: str, *args: str) -> Stub:
+        made.append(Stub(name, tmp_path, *args))
+        return made[-1]
 
     yield make
-    for stub in started:
-        stub.process.terminate()
-        try:
-            stub.process.wait(10)
-        except subprocess.TimeoutExpired:
-            stub.process.kill()
-            stub.process.wait()
+    for stub in made:
+        stub.close()
+
+
+@pytest.fixture
+def refused_url() -> Iterator[str]:
+    """A loopback address whose connections are refused (bound, never listening) while the test runs."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    sock.close()
+
+
+def backend(url: str, model: str = "m", **extra: Any) -> dict[str, Any]:
+    return {"base_url": url if url.endswith("/v1") else f"{url}/v1", "model": model, **extra}
+
+
+class Gateway:
+    def __init__(self, proc: ServerProcess, config: Path, db: Path) -> None:
+        self.proc, self.config, self.db = proc, config, db
+        self.base_url = proc.base_url
+        self.v1 = f"{proc.base_url}/v1"
+
+    def state(self, key: str | None = None) -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.get(f"{self.base_url}/gateway/state", headers=headers, timeout=10).json()
+
+    def breaker(self, backend: str) -> str:
+        return self.state()["backends"][backend]["breaker"]
+
+    def metric(self, name: str, **labels: str) -> float:
+        text = httpx.get(f"{self.base_url}/metrics", timeout=10).text
+        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        for line in text.splitlines():
+            m = re.match(rf"{re.escape(name)}\{{(.*)\}} (\S+)$", line)
+            if m and ",".join(sorted(m.group(1).split(","))) == want:
+                return float(m.group(2))
+        return 0.0
+
+    def stop(self) -> int:
+        return self.proc.stop()
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
+    """Start `homegrown gateway --config FILE --port 0` with the given config (a dict written as YAML)."""
+    started: list[Gateway] = []
+
+    def start(config: dict[str, Any], env: dict[str, str] | None = None) -> Gateway:
+        n = next(_LOGS)
+        db = tmp_path / f"gateway-{n}.sqlite"
+        config = {"log": {"db_url": f"sqlite:///{db}"}, **config}
+        path = tmp_path / f"gateway-{n}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        proc = launch_command(["gateway", "--config", str(path), "--port", "0"], log=tmp_path / f"gateway-{n}.log",
+                              env={**os.environ, **(env or {})}, timeout=120)
+        started.append(Gateway(proc, path, db))
+        return started[-1]
+
+    yield start
+    for gw in started:
+        gw.stop()
+
+
+from judging_kit import llm_stubs  # noqa: E402, F401  (the judging tests' stub processes, kept in their own module)

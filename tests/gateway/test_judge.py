@@ -35,8 +35,8 @@ def _judge(base_url: str, seed: int = 0) -> Judge:
                  seed=seed)
 
 
-def test_judge_process_verdicts(stubs) -> None:
-    marker = stubs("--role", "judge", "--marker", "GOOD")
+def test_judge_process_verdicts(llm_stubs) -> None:
+    marker = llm_stubs("--role", "judge", "--marker", "GOOD")
     judge = _judge(marker.base_url)
 
     async def run() -> list:
@@ -57,9 +57,9 @@ def test_position_is_randomised_and_repeatable() -> None:
     assert firsts == [judge.candidate_first(f"pair-{i}") for i in range(200)]
 
 
-def test_position_biased_judge_gives_ties_and_garbage_is_unparseable(stubs) -> None:
-    biased = _judge(stubs("--role", "judge", "--prefer", "first").base_url)
-    garbage = _judge(stubs("--role", "judge", "--prefer", "garbage").base_url)
+def test_position_biased_judge_gives_ties_and_garbage_is_unparseable(llm_stubs) -> None:
+    biased = _judge(llm_stubs("--role", "judge", "--prefer", "first").base_url)
+    garbage = _judge(llm_stubs("--role", "judge", "--prefer", "garbage").base_url)
     v = asyncio.run(biased.compare("p", CONV, "GOOD", "bad"))
     assert (v.outcome, v.flipped) == ("tie", True)
     g = asyncio.run(garbage.compare("p", CONV, "GOOD", "bad"))
@@ -67,8 +67,8 @@ def test_position_biased_judge_gives_ties_and_garbage_is_unparseable(stubs) -> N
     assert "cannot decide" in g.detail
 
 
-def test_judge_that_fails_is_an_error_not_a_verdict(stubs) -> None:
-    stub = stubs("--role", "judge")
+def test_judge_that_fails_is_an_error_not_a_verdict(llm_stubs) -> None:
+    stub = llm_stubs("--role", "judge")
     stub.control(mode="fail")
     v = asyncio.run(_judge(stub.base_url).compare("p", CONV, "GOOD", "bad"))
     assert v.outcome == "error"

@@ -1,6 +1,7 @@
 """Shadow pairs, their verdicts and the promotion decisions, in SQL next to the gateway's request log.
 
-The same SQLAlchemy engine as the request log (SQLite by default, Postgres by URL), its own tables: a pair is
+The same SQLAlchemy engine and declarative `Base` as the request log (SQLite by default, Postgres by URL), so
+`RequestLog` creates these tables with its own; they are: a pair is
 both answers to one request (the one the client got and the one the shadow fetched), named by which backend
 is the candidate and which the incumbent, with the cheap signals and — once judged — the verdict. Decisions
 are append-only, each with the evidence it was taken on; the newest one per route is the route's current step,
@@ -18,18 +19,15 @@ from datetime import UTC, datetime
 
 from sqlalchemy import DateTime, Float, Integer, String, Text, func, select, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from homegrown.gateway.judge import Verdict
 from homegrown.gateway.promotion import Decision
 from homegrown.gateway.signals import Answer, Signals
+from homegrown.gateway.store import Base
 
 
-class _Base(DeclarativeBase):
-    pass
-
-
-class ShadowPairRow(_Base):
+class ShadowPairRow(Base):
     __tablename__ = "shadow_pairs"
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     request_id: Mapped[str] = mapped_column(String(80), index=True)
@@ -57,7 +55,7 @@ class ShadowPairRow(_Base):
     judged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
-class DecisionRow(_Base):
+class DecisionRow(Base):
     __tablename__ = "promotion_decisions"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     route: Mapped[str] = mapped_column(String(200), index=True)
@@ -95,7 +93,7 @@ class JudgingStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        _Base.metadata.create_all(engine)
+        Base.metadata.create_all(engine)  # RequestLog made them already; a store opened on its own makes them here
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
     @contextmanager

@@ -25,11 +25,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
 
 from homegrown.config import ServeConfig
@@ -44,13 +42,13 @@ from homegrown.serve.engine import (
     Sequence,
     TokenLogprob,
 )
+from homegrown.serve.http_errors import APIError, install_error_handlers
 from homegrown.serve.metrics import ServeMetrics
 from homegrown.serve.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     _Sampling,
     error_json,
-    unsupported_message,
     with_defaults,
 )
 
@@ -58,14 +56,6 @@ log = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).parent / "web"
 DISCONNECT_POLL_S = 0.5
-
-class APIError(Exception):
-    """An error to answer in OpenAI's shape."""
-
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.kind, self.param, self.code = status, message, kind, param, code
 
 @dataclass
 class ServerState:
@@ -83,35 +73,9 @@ class ServerState:
     draining: bool = False
 
 
-def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(APIError)
-    async def api_error(_: Request, e: APIError) -> JSONResponse:
-        return error_json(e.status, e.message, e.kind, e.param, e.code)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, e: RequestValidationError) -> JSONResponse:
-        errors = e.errors()
-        # A field we do not take is the most useful thing to name, whatever else is wrong.
-        extra = [err for err in errors if err.get("type") == "extra_forbidden"]
-        first = (extra or errors or [{"loc": (), "msg": "invalid request"}])[0]
-        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-        param = ".".join(loc) or None
-        kind = first.get("type")
-        if kind == "json_invalid":
-            return error_json(400, f"the request body is not valid JSON ({first.get('msg')}); send a JSON object",
-                              code="invalid_json")
-        if kind == "extra_forbidden" and param:
-            return error_json(400, unsupported_message(param), param=param, code="unsupported_parameter")
-        if kind == "invalid_unicode":
-            return error_json(400, str(first.get("msg")), param=(first.get("ctx") or {}).get("param"),
-                              code="invalid_unicode")
-        message = f"{param}: {first.get('msg')}" if param else str(first.get("msg"))
-        return error_json(400, message, param=param, code="invalid_value")
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
-        kind = "not_found_error" if e.status_code == 404 else "invalid_request_error"
-        return error_json(e.status_code, str(e.detail), kind, headers=getattr(e, "headers", None))
+def _install_engine_handlers(app: FastAPI) -> None:
+    """The generic handlers (http_errors.py) plus the engine's own errors."""
+    install_error_handlers(app)
 
     @app.exception_handler(EngineBusyError)
     async def busy(_: Request, e: EngineBusyError) -> JSONResponse:
@@ -121,11 +85,6 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def user_error(_: Request, e: HomegrownError) -> JSONResponse:
         code = "context_length_exceeded" if isinstance(e, ContextLengthError) else None
         return error_json(400, str(e), param="messages" if code else None, code=code)
-
-    @app.exception_handler(Exception)
-    async def bug(_: Request, e: Exception) -> JSONResponse:
-        log.exception("unhandled error")
-        return error_json(500, f"internal error: {type(e).__name__}", "server_error")
 
 class _Collector:
     """Receives deltas from the engine thread and hands them to the request's event loop, in order."""
@@ -559,7 +518,7 @@ def create_app(load_engine: Callable[[], Engine], *, api_key: str | None, model_
                                    on_load_failure=on_load_failure)
     app.state.metrics = metrics or ServeMetrics()
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
-    _install_error_handlers(app)
+    _install_engine_handlers(app)
     app.include_router(v1)
     app.include_router(ops)
     if store is not None:

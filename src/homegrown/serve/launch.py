@@ -60,15 +60,24 @@ def launch(source: Path, *args: str, log: Path, host: str = "127.0.0.1", port: i
     this process's). If the server exits or is not healthy within `timeout` seconds, it is killed and the error
     carries the end of its log.
     """
-    command = [*homegrown_command(), "serve", str(source), "--host", host, "--port", str(port or 0), *args]
+    command = ["serve", str(source), "--host", host, "--port", str(port or 0), *args]
+    return launch_command(command, log=log, env=env, timeout=timeout)
+
+
+def launch_command(args: list[str], *, log: Path, env: Mapping[str, str] | None = None,
+                   timeout: float = 120) -> ServerProcess:
+    """`homegrown ARGS…` for any sub-command that prints the `OpenAI base_url` banner once its port is bound
+    (`serve`, `gateway`), returned once GET /health is 200; see `launch` for the rest."""
+    what = f"homegrown {args[0]}"
     with Path(log).open("w") as out:
-        proc = subprocess.Popen(command, env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"},
+        proc = subprocess.Popen([*homegrown_command(), *args],
+                                env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"},
                                 stdout=out, stderr=subprocess.STDOUT, text=True)
     base: str | None = None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise HomegrownError(f"homegrown serve exited with {proc.returncode}:\n{Path(log).read_text()[-4000:]}")
+            raise HomegrownError(f"{what} exited with {proc.returncode}:\n{Path(log).read_text()[-4000:]}")
         if base is None:
             found = BANNER_URL.search(Path(log).read_text())
             base = found.group(1) if found else None
@@ -80,4 +89,4 @@ def launch(source: Path, *args: str, log: Path, host: str = "127.0.0.1", port: i
         time.sleep(0.2)
     proc.kill()
     proc.wait()
-    raise HomegrownError(f"homegrown serve did not become healthy in {timeout:.0f} s:\n{Path(log).read_text()[-4000:]}")
+    raise HomegrownError(f"{what} did not become healthy in {timeout:.0f} s:\n{Path(log).read_text()[-4000:]}")

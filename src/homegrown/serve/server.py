@@ -11,9 +11,7 @@ import json
 import logging
 import os
 import signal
-import socket
 from pathlib import Path
-from types import FrameType
 
 import torch
 import uvicorn
@@ -23,6 +21,7 @@ from homegrown.errors import HomegrownError
 from homegrown.layout import RunLayout, run_dir_of
 from homegrown.progress import console
 from homegrown.serve.api import ServerState, create_app
+from homegrown.serve.listen import DrainingServer, bind, drained
 from homegrown.serve.metrics import ServeMetrics
 
 log = logging.getLogger(__name__)
@@ -41,41 +40,6 @@ def check_source(path: Path) -> None:
         raise HomegrownError(f"{path} does not exist; pass a run directory, ckpt/step_N or an exported HF directory")
     if not is_hf_dir(path):
         resolve_checkpoint(path)
-
-
-class _DrainingServer(uvicorn.Server):
-    """uvicorn's graceful shutdown, plus marking the app as draining the moment the signal arrives."""
-
-    def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
-        super().__init__(config)
-        self.state = state
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self.state.draining = True
-        super().handle_exit(sig, frame)
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """The listening socket, bound before the model loads: port 0 lets the OS pick a free port, which the
-    banner then shows (launch.py reads it back, so no test or script has to guess a free port and race for it)."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as e:
-        raise HomegrownError(f"cannot resolve --host {host!r} ({e})") from e
-    family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(address)
-    except OSError as e:
-        sock.close()
-        raise HomegrownError(f"cannot listen on {host}:{port} ({e.strerror}); pick another --port, or 0 for any "
-                             "free one") from e
-    return sock
-
-
-def _drained(sig: int, frame: FrameType | None) -> None:
-    """uvicorn re-raises the signal it shut down on; after a completed drain that is a normal exit."""
 
 
 def serve(source: Path, cfg: ServeConfig | None = None, *, api_key: str | None = None, db_url: str | None = None,
@@ -99,7 +63,7 @@ def serve(source: Path, cfg: ServeConfig | None = None, *, api_key: str | None =
     def load() -> Engine:
         return Engine(load_bundle(source, device, dtype), cfg, metrics)
 
-    server: _DrainingServer | None = None
+    server: DrainingServer | None = None
 
     def stop_server() -> None:
         if server is not None:
@@ -111,14 +75,14 @@ def serve(source: Path, cfg: ServeConfig | None = None, *, api_key: str | None =
     sock = bind(cfg.host, cfg.port)
     config = uvicorn.Config(app, host=cfg.host, port=cfg.port, timeout_graceful_shutdown=int(cfg.drain_timeout_s),
                             log_level="info", access_log=False)
-    server = _DrainingServer(config, app.state.server)
+    server = DrainingServer(config, app.state.server)
     host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
     url = f"http://{host}:{sock.getsockname()[1]}"
     console.print(f"serving [bold]{model_name}[/bold] from {source}")
     console.print(f"chat page       {url}/")
     console.print(f"OpenAI base_url {url}/v1   (API key {'required' if api_key else 'not required'})")
     console.print(f"metrics         {url}/metrics")
-    previous = signal.signal(signal.SIGTERM, _drained)
+    previous = signal.signal(signal.SIGTERM, drained)
     try:
         server.run(sockets=[sock])
     finally:
