@@ -621,6 +621,7 @@ def gateway(
     if ctx.invoked_subcommand is not None:
         return
     from homegrown.gateway.config import load_config
+    from homegrown.gateway.judging import attach
     from homegrown.gateway.server import run_gateway
 
     if config is None:
@@ -630,7 +631,7 @@ def gateway(
         cfg.listen.host = host
     if port is not None:
         cfg.listen.port = port
-    run_gateway(cfg)
+    run_gateway(cfg, extend=[attach])
 
 
 @gateway_app.command("status")

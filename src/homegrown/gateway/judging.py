@@ -9,6 +9,7 @@ evidence must), and, when its answer is good and its key did not opt out of logg
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from homegrown.errors import HomegrownError
@@ -54,25 +55,15 @@ class Judging:
         if gw.store is None:
             raise HomegrownError("shadowing keeps both answers in the request log's database; configure log.db_url")
         self.store = JudgingStore(gw.store.engine)
-        judge = self._judge(JudgeConfig.model_validate(cfg.judge)) if cfg.judge is not None else None
+        judge = self._judge(cfg.judge) if cfg.judge is not None else None
         for name, rc in routes.items():
-            shadow_cfg = ShadowConfig.model_validate(rc.shadow)
-            for role, backend in (("candidate", shadow_cfg.candidate), ("incumbent", shadow_cfg.incumbent)):
-                if backend not in gw.backends:
-                    raise HomegrownError(f"route {name!r}: shadow {role} {backend!r} is not under backends "
-                                         f"({', '.join(gw.backends)})")
-            promoter = None
-            if rc.promotion is not None:
-                if judge is None:
-                    raise HomegrownError(f"route {name!r}: promotion needs verdicts; add a judge: section naming "
-                                         "the backend that judges")
-                promoter = self._promoter(name, PromotionConfig.model_validate(rc.promotion), shadow_cfg)
-            self.shadows[name] = Shadow(name, shadow_cfg, self._call, self.store, judge, promoter)
+            assert rc.shadow is not None  # names checked by GatewayConfig; promotion has its shadow and judge
+            promoter = self._promoter(name, rc.promotion, rc.shadow) if rc.promotion is not None else None
+            self.shadows[name] = Shadow(name, rc.shadow, self._call, self.store, judge, promoter)
         gw.add_hook(self.finished)
+        gw.state_parts["judging"] = self.status
 
     def _judge(self, jc: JudgeConfig) -> Judge:
-        if jc.backend not in self.gw.backends:
-            raise HomegrownError(f"judge.backend {jc.backend!r} is not under backends ({', '.join(self.gw.backends)})")
         backend = self.gw.backends[jc.backend]
         return Judge(lambda body: backend.complete("/chat/completions", body), jc.max_tokens, jc.temperature, jc.seed)
 
@@ -86,8 +77,6 @@ class Judging:
 
     async def _call(self, backend: str, body: dict[str, Any]) -> Answer:
         """A shadow call through the gateway's own client for that backend (its key, timeouts, connection cap)."""
-        import time
-
         start = time.perf_counter()
         try:
             response = await self.gw.backends[backend].complete("/chat/completions", body)
@@ -130,6 +119,4 @@ class Judging:
 
 def attach(gw: Gateway) -> Judging:
     """Give a gateway its shadows and promoters (a no-op for a config without `shadow:` sections)."""
-    judging = Judging(gw)
-    gw.judging = judging  # type: ignore[attr-defined]  # read by /gateway/state
-    return judging
+    return Judging(gw)

@@ -80,3 +80,18 @@ class JudgeConfig(_Strict):
     max_tokens: int = Field(512, ge=1)
     temperature: float = Field(0.0, ge=0)
     seed: int = Field(0, description="Seeds which order each pair is asked in first.")
+
+
+class FlywheelConfig(_Strict):
+    """`homegrown data from-gateway`: may the incumbent's logged answers become training data?
+
+    Off by default, because a provider's terms may forbid training a model on its outputs: turn it on only when
+    yours allow it (and your users agreed to their requests being kept for training)."""
+
+    enabled: bool = Field(False, description="Allow exporting logged answers as training data.")
+    backends: list[str] | None = Field(None, description="Backends whose answers may be exported (default: every "
+                                                         "shadowed route's incumbent).")
+    exclude_keys: list[str] = Field(default_factory=list, description="Client keys (by name) whose traffic is "
+                                                                      "never exported.")
+    opt_out: str | None = Field(None, description="Opt-out list (data/provenance.py format): `domain: ROUTE`, "
+                                                  "`prefix: gateway://ROUTE/REQUEST_ID`, `sha256: …`.")
