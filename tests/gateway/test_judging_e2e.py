@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import openai
-import pytest
 from conftest import backend, wait_for
 
 from homegrown.gateway.judging_store import JudgingStore
@@ -96,63 +95,39 @@ def test_ladder_climbs_to_the_top_then_rolls_back_when_the_candidate_loses_and_f
     assert any("error rate" in r for r in last.reasons)
 
 
-def test_shadow_never_changes_or_delays_the_clients_answer(gateway, llm_stubs) -> None:
+def test_shadow_never_delays_the_client_drops_under_overload_and_skips_opted_out_keys(gateway, llm_stubs) -> None:
     provider = llm_stubs("--prefix", "provider says")
     inhouse = llm_stubs("--prefix", "GOOD inhouse says")
     judge = llm_stubs("--role", "judge")
-    inhouse.control(mode="hold")  # the shadow's answer is kept back until the test releases it
-    gw = gateway(_config(provider.base_url, inhouse.base_url, judge.base_url, promotion=False))
-    client = openai.OpenAI(base_url=gw.v1, api_key="none", max_retries=0)
+    inhouse.control(mode="hold")  # the shadow's answers are kept back until the test releases them
+    cfg = _config(provider.base_url, inhouse.base_url, judge.base_url, promotion=False, max_concurrency=1,
+                  max_queue=1)
+    cfg["keys"] = [{"name": "private", "key_env": "GW_PRIVATE", "log": False},
+                   {"name": "normal", "key_env": "GW_NORMAL"}]
+    gw = gateway(cfg, env={"GW_PRIVATE": "sk-private", "GW_NORMAL": "sk-normal"})
+    normal = openai.OpenAI(base_url=gw.v1, api_key="sk-normal", max_retries=0)
+    private = openai.OpenAI(base_url=gw.v1, api_key="sk-private", max_retries=0)
     store = _store(gw.db)
 
-    answer = _ask(client, 1)
+    answer = _ask(normal, 1)
     client_done = datetime.now(UTC)
     # the client has its answer — the provider's, untouched — while the shadow call is still being held
     assert answer == "provider says question 1"
     assert wait_for(lambda: inhouse.requests() == 1, what="the shadow call to reach the candidate")
     assert store.pairs("chat") == []
+
+    assert _ask(private, 2) == "provider says question 2"  # a key that opted out of logging is never mirrored
+    for i in (3, 4, 5):  # one more fits the queue (1 in flight + 1 waiting); the rest are dropped, and counted
+        assert _ask(normal, i) == f"provider says question {i}"
+    shadow = gw.state("sk-normal")["judging"]["chat"]["shadow"]
+    assert (shadow["mirrored"], shadow["dropped"], shadow["pending"]) == (2, 2, 2)
+
     inhouse.release()
-    pair = wait_for(lambda: store.pairs("chat"), what="the pair to be stored")[0]
-    assert pair.stored_at.replace(tzinfo=UTC) > client_done
-    assert pair.client_done_at.replace(tzinfo=UTC) <= client_done
-    assert (pair.live_backend, pair.incumbent_text, pair.candidate_text) == (
-        "provider", "provider says question 1", "GOOD inhouse says question 1")
-    judged = wait_for(lambda: store.pairs("chat")[0].outcome, what="the verdict")
-    assert judged == "win"
-    assert judge.requests() == 2  # both orders
-
-
-def test_overload_drops_mirrors_and_counts_them(gateway, llm_stubs) -> None:
-    provider = llm_stubs("--prefix", "p")
-    inhouse = llm_stubs("--prefix", "c")
-    judge = llm_stubs("--role", "judge")
-    inhouse.control(mode="hold")
-    gw = gateway(_config(provider.base_url, inhouse.base_url, judge.base_url, promotion=False,
-                         max_concurrency=1, max_queue=1))
-    client = openai.OpenAI(base_url=gw.v1, api_key="none", max_retries=0)
-    for i in range(5):
-        assert _ask(client, i) == f"p question {i}"  # every client request answered at once
-    shadow = gw.state()["judging"]["chat"]["shadow"]
-    assert (shadow["mirrored"], shadow["dropped"], shadow["pending"]) == (2, 3, 2)  # 1 in flight + 1 waiting
-    inhouse.release()
-    store = _store(gw.db)
-    wait_for(lambda: len(store.pairs("chat")) == 2, what="both accepted mirrors to be stored")
-
-
-def test_opted_out_keys_are_not_shadowed(gateway, llm_stubs, monkeypatch: pytest.MonkeyPatch) -> None:
-    provider = llm_stubs("--prefix", "p")
-    inhouse = llm_stubs("--prefix", "c")
-    judge = llm_stubs("--role", "judge")
-    cfg = _config(provider.base_url, inhouse.base_url, judge.base_url, promotion=False)
-    cfg["keys"] = [{"name": "private", "key_env": "GW_PRIVATE", "log": False},
-                   {"name": "normal", "key_env": "GW_NORMAL"}]
-    gw = gateway(cfg, env={"GW_PRIVATE": "sk-private", "GW_NORMAL": "sk-normal"})
-    private = openai.OpenAI(base_url=gw.v1, api_key="sk-private", max_retries=0)
-    normal = openai.OpenAI(base_url=gw.v1, api_key="sk-normal", max_retries=0)
-    _ask(private, 1)
-    _ask(normal, 2)
-    store = _store(gw.db)
-    pairs = wait_for(lambda: store.pairs("chat"), what="the normal key's pair")
-    wait_for(lambda: gw.state("sk-normal")["judging"]["chat"]["shadow"]["judged"] == 1, what="the verdict")
-    assert [p.incumbent_text for p in store.pairs("chat")] == ["p question 2"] == [p.incumbent_text for p in pairs]
-    assert inhouse.requests() == 1
+    wait_for(lambda: gw.state("sk-normal")["judging"]["chat"]["shadow"]["judged"] == 2, what="both verdicts")
+    pairs = store.pairs("chat")
+    assert [(p.live_backend, p.incumbent_text, p.candidate_text, p.outcome) for p in pairs] == [
+        ("provider", f"provider says question {i}", f"GOOD inhouse says question {i}", "win") for i in (1, 3)]
+    first = min(pairs, key=lambda p: p.incumbent_text)
+    assert first.client_done_at.replace(tzinfo=UTC) <= client_done < first.stored_at.replace(tzinfo=UTC)
+    assert inhouse.requests() == 2
+    assert judge.requests() == 4  # both orders, both pairs
