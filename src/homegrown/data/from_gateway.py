@@ -189,3 +189,32 @@ def forget(out: Path, urls: Iterable[str] = (), hashes: Iterable[str] = (), ids:
     _write_manifest(out, {"exported": meta.get("exported", len(rows)) - len(removed),
                           "forgotten": meta.get("forgotten", 0) + len(removed)})
     return removed
+
+
+def export_from_config(config: Path, out: Path, db_url: str | None = None, route: str | None = None,
+                       since_hours: float | None = None) -> ExportStats:
+    """`homegrown data from-gateway`: read gateway.yaml's flywheel section and its request log, then `export`."""
+    from homegrown.gateway.config import load_config
+    from homegrown.gateway.store import RequestLog
+
+    cfg = load_config(config)
+    fw = cfg.flywheel
+    if not fw.enabled:
+        raise HomegrownError(f"{config}: flywheel.enabled is false, so no logged answer may become training data. "
+                             "Provider terms may forbid training on their outputs; set `flywheel: {enabled: true}` "
+                             "only if yours allow it")
+    backends = fw.backends or sorted({rc.shadow.incumbent for rc in cfg.routes.values() if rc.shadow is not None})
+    if route is not None and route not in cfg.routes:
+        raise HomegrownError(f"no route {route!r} in {config}; routes: {', '.join(cfg.routes)}")
+    opt_out_path = None
+    if fw.opt_out:
+        opt_out_path = Path(fw.opt_out) if Path(fw.opt_out).is_absolute() else Path(config).parent / fw.opt_out
+    opt_out = OptOut.load(opt_out_path)
+    url = db_url or cfg.log.db_url
+    log = RequestLog(url)
+    try:
+        since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=since_hours) if since_hours else None
+        records = log.records(since=since, route=route)
+    finally:
+        log.close()
+    return export(records, out, backends, fw.exclude_keys, opt_out, source=f"{config} ({url.split('@')[-1]})")

@@ -26,6 +26,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from homegrown.errors import HomegrownError
+from homegrown.gateway.config import GatewayConfig
 from homegrown.gateway.judging_store import ShadowPairRow, StoredDecision, utc
 from homegrown.gateway.stats import WinRate, percentile
 from homegrown.io import atomic_path, write_json_atomic, write_text_atomic
@@ -327,3 +329,29 @@ def _markdown(routes: Sequence[RoutePair], summary: dict, latency: dict, costs: 
 
 def _when(t: datetime) -> str:
     return utc(t).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def report_from_db(cfg: GatewayConfig, out_dir: Path, db_url: str | None = None,
+                   since_hours: float | None = None) -> Path:
+    """`homegrown gateway report`: every shadowed route of `cfg`, from the gateway's database."""
+    from datetime import UTC, timedelta
+
+    from homegrown.gateway.judging_store import JudgingStore
+    from homegrown.gateway.store import RequestLog
+
+    pairs_cfg = [RoutePair(name, rc.shadow.candidate, rc.shadow.incumbent)
+                 for name, rc in cfg.routes.items() if rc.shadow is not None]
+    if not pairs_cfg:
+        raise HomegrownError("no route has a shadow: section (candidate, incumbent), so there is no switch-over to "
+                             "report on; `homegrown gateway status` shows plain accounting")
+    thresholds = {name: rc.promotion.threshold for name, rc in cfg.routes.items() if rc.promotion is not None}
+    log = RequestLog(db_url or cfg.log.db_url)
+    try:
+        since = datetime.now(UTC) - timedelta(hours=since_hours) if since_hours else None
+        records = log.records(since=since)
+        store = JudgingStore(log.engine)
+        pairs = [p for p in store.pairs() if since is None or utc(p.stored_at) >= since]
+        decisions = [d for d in store.decisions() if since is None or d.at >= since]
+    finally:
+        log.close()
+    return build_report(records, pairs, decisions, pairs_cfg, out_dir, thresholds)
