@@ -25,6 +25,9 @@ import yaml
 
 from homegrown.serve.launch import ServerProcess, launch_command
 
+# A tiny real checkpoint and `homegrown serve` on it (tests/serve), to put a real server behind the gateway.
+from tests.serve.conftest import FORCED_TOKEN, defaults_server, serve_run  # noqa: F401
+
 STUB = Path(__file__).with_name("stub_provider.py")
 _LOGS = itertools.count()
 
@@ -84,8 +87,10 @@ class Stub:
         self.sock.close()
 
 
-@pytest.fixture
-def stubs(tmp_path: Path) -> Iterator[Callable[..., Stub]]:
+@pytest.fixture(scope="module")
+def stubs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Stub]]:
+    """Start stub providers; they stop at the end of the test module (so module fixtures can share them)."""
+    tmp_path = tmp_path_factory.mktemp("stubs")
     made: list[Stub] = []
 
     def make(name: str, *args: str) -> Stub:
@@ -136,9 +141,11 @@ class Gateway:
         return self.proc.stop()
 
 
-@pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
-    """Start `homegrown gateway --config FILE --port 0` with the given config (a dict written as YAML)."""
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Gateway]]:
+    """Start `homegrown gateway --config FILE --port 0` with the given config (a dict written as YAML); each
+    runs until the end of the test module."""
+    tmp_path = tmp_path_factory.mktemp("gateway")
     started: list[Gateway] = []
 
     def start(config: dict[str, Any], env: dict[str, str] | None = None) -> Gateway:
