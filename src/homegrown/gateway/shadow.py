@@ -41,7 +41,8 @@ def mirrored(request_id: str, percent: float) -> bool:
 
 def scrub_messages(messages: list[dict]) -> list[dict]:
     """The messages with PII replaced by the data pipeline's scrubber (what the request log stores too)."""
-    return [{**m, "content": scrub(m["content"])[0]} if isinstance(m.get("content"), str) else m for m in messages]
+    return [{**m, "content": scrub(m["content"], private_ips=True)[0]} if isinstance(m.get("content"), str) else m
+            for m in messages]
 
 
 class Shadow:
@@ -87,12 +88,8 @@ class Shadow:
                 if other == self.candidate and self._promoter is not None:
                     self._promoter.record_call(other, shadow.error is None, shadow.latency_s)
                 cand, inc = (shadow, live) if other == self.candidate else (live, shadow)
-                messages = scrub_messages(body["messages"])
-                stored_c = Answer(scrub(cand.text)[0], cand.finish_reason, cand.latency_s, cand.error)
-                stored_i = Answer(scrub(inc.text)[0], inc.finish_reason, inc.latency_s, inc.error)
-                pair_id = await asyncio.to_thread(
-                    self._store.add_pair, request_id, self.route, client_done_at, messages, live_backend,
-                    (self.candidate, stored_c), (self.incumbent, stored_i), signals(cand, inc))
+                pair_id = await asyncio.to_thread(  # scrubbing and the write stay off the clients' event loop
+                    self._store_pair, request_id, client_done_at, body["messages"], live_backend, cand, inc)
                 self.stored += 1
                 if self._judge is None or cand.error is not None or inc.error is not None:
                     return
@@ -105,6 +102,16 @@ class Shadow:
             log.exception("shadow mirror for request %s on route %s failed", request_id, self.route)
         finally:
             self.pending -= 1
+
+    def _store_pair(self, request_id: str, client_done_at: datetime, messages: list[dict], live_backend: str,
+                    cand: Answer, inc: Answer) -> str:
+        """Scrub both answers and the request as the request log does, then write the pair (in a worker thread)."""
+        def scrubbed(a: Answer) -> Answer:
+            return Answer(scrub(a.text, private_ips=True)[0], a.finish_reason, a.latency_s, a.error)
+
+        return self._store.add_pair(request_id, self.route, client_done_at, scrub_messages(messages), live_backend,
+                                    (self.candidate, scrubbed(cand)), (self.incumbent, scrubbed(inc)),
+                                    signals(cand, inc))
 
     async def drain(self) -> None:
         """Wait for every mirror in flight (tests and shutdown)."""
