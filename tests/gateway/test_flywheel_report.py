@@ -61,6 +61,8 @@ def test_flywheel_report_and_status_after_traffic(gateway, llm_stubs, cli, tmp_p
     wait_for(lambda: gw.state("sk-n")["log_rows_written"] == i + 5, what="the log rows")
     config = Path(gw.config)
     log = RequestLog(f"sqlite:///{gw.db}")
+    store = JudgingStore(log.engine)
+    wait_for(lambda: store.decisions("chat", changes_only=True), what="the promotion to be stored")
     records = log.records()
 
     # ---- the flywheel: only the provider's answers, from keys that may be kept, minus the opt-out list
@@ -105,7 +107,6 @@ def test_flywheel_report_and_status_after_traffic(gateway, llm_stubs, cli, tmp_p
     done = cli("gateway", "report", "--config", str(config), "--out", str(report))
     assert done.returncode == 0, done.stderr
     data = json.loads((report / "gateway_report.json").read_text())["routes"]["chat"]
-    store = JudgingStore(log.engine)
     counts = store.outcome_counts("chat")
     assert data["judging"]["win"]["wins"] == counts.get("win", 0) > 0
     provider_costs = [r.cost_usd for r in records if r.backend == "provider"]

@@ -65,7 +65,8 @@ def test_ladder_climbs_to_the_top_then_rolls_back_when_the_candidate_loses_and_f
             answer = _ask(client, sent)
             assert answer.endswith(f"question {sent}")  # whoever served it, the client got a real answer
             sent += 1
-    moves = store.decisions("chat", changes_only=True)
+    moves = wait_for(lambda: (m := store.decisions("chat", changes_only=True)) and len(m) == 3 and m,
+                     what="the three promotions to be stored")
     assert [(d.action, d.from_percent, d.to_percent) for d in moves] == [
         ("promote", 0, 25), ("promote", 25, 50), ("promote", 50, 100)]
     for d in moves:
@@ -80,7 +81,8 @@ def test_ladder_climbs_to_the_top_then_rolls_back_when_the_candidate_loses_and_f
         assert sent < 800, "no rollback after the candidate started losing"
         _ask(client, sent)
         sent += 1
-    last = store.decisions("chat", changes_only=True)[-1]
+    last = wait_for(lambda: (m := store.decisions("chat", changes_only=True)) and len(m) == 4 and m[-1],
+                    what="the rollback to be stored")
     assert (last.action, last.from_percent, last.to_percent) == ("rollback", 100, 50)
     assert "win rate upper bound" in last.reasons[0]
 
@@ -90,7 +92,8 @@ def test_ladder_climbs_to_the_top_then_rolls_back_when_the_candidate_loses_and_f
         assert sent < 1200, "no rollback after the candidate started failing"
         _ask(client, sent)
         sent += 1
-    last = store.decisions("chat", changes_only=True)[-1]
+    last = wait_for(lambda: (m := store.decisions("chat", changes_only=True)) and len(m) == 5 and m[-1],
+                    what="the second rollback to be stored")
     assert (last.action, last.from_percent, last.to_percent) == ("rollback", 50, 25)
     assert any("error rate" in r for r in last.reasons)
 

@@ -10,6 +10,7 @@ evidence must), and, when its answer is good and its key did not opt out of logg
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from homegrown.errors import HomegrownError
@@ -55,6 +56,8 @@ class Judging:
         if gw.store is None:
             raise HomegrownError("shadowing keeps both answers in the request log's database; configure log.db_url")
         self.store = JudgingStore(gw.store.engine)
+        # decisions are taken on the event loop (in the after-request hook); one writer thread stores them, in order
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="promotion-decisions")
         judge = self._judge(cfg.judge) if cfg.judge is not None else None
         for name, rc in routes.items():
             assert rc.shadow is not None  # names checked by GatewayConfig; promotion has its shadow and judge
@@ -71,7 +74,8 @@ class Judging:
         assert self.store is not None
         store = self.store
         promoter = Promoter(route, pc, sc.candidate, sc.incumbent, lambda w: self.gw.set_weights(route, w),
-                            store.add_decision, step=store.current_step(route) or 0)
+                            lambda r, d: self._writer.submit(store.add_decision, r, d),
+                            step=store.current_step(route) or 0)
         self.promoters[route] = promoter
         return promoter
 
