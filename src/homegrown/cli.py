@@ -677,7 +677,8 @@ def gateway_status(
     cfg = load_config(config) if config is not None else None
     for line in status_lines(db or cfg.log.db_url, since_hours):  # type: ignore[union-attr]
         print(line)
-    print(*judging_status(db or cfg.log.db_url), sep="\n")  # type: ignore[union-attr]
+    for line in judging_status(db or cfg.log.db_url):  # type: ignore[union-attr]
+        print(line)
     if cfg is not None:
         keys = [os.environ.get(k.key_env) for k in cfg.keys]
         state = live_state(cfg, next((k for k in keys if k), None))
