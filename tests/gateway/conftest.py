@@ -102,7 +102,7 @@ def stubs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., St
         stub.close()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def refused_url() -> Iterator[str]:
     """A loopback address whose connections are refused (bound, never listening) while the test runs."""
     sock = socket.socket()

@@ -20,6 +20,7 @@ def chat(base: str, **body: Any) -> httpx.Response:
     return httpx.post(f"{base}/chat/completions", json={"model": "r", "messages": MSG, **body}, timeout=60)
 
 
+
 async def _split(v1: str, n: int, user: bool) -> Counter[str]:
     limit = asyncio.Semaphore(16)
     async with httpx.AsyncClient(timeout=60) as client:
@@ -50,30 +51,34 @@ def attempts(gw, route: str) -> dict[tuple[str, str], int]:
     return {(e["backend"], e["kind"]): e["count"] for e in gw.state()["attempt_errors"] if e["route"] == route}
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def faulty(stubs, gateway, refused_url):
-    """Route r: stub A first, then stub B; route dead: a refused address, then B; route ctx: a short-context
-    stub, then a long one; route short: the short one alone. Small timeouts; breakers that do not open here."""
-    a, b = stubs("A"), stubs("B")
+    """Route r: stub A first, then stub B; route r429: stub C, then B; route dead: a refused address, then B;
+    route ctx: a short-context stub, then a long one; route short: the short one alone. Small timeouts; breakers
+    that do not open here."""
+    a, b, c = stubs("A"), stubs("B"), stubs("C")
     short, long_ = stubs("S", "--max-prompt-chars", "40"), stubs("L")
     quick = {"timeouts": {"first_token_s": 1, "total_s": 1, "read_s": 1}, "breaker": {"failures": 1000}}
-    gw = gateway({"backends": {"a": backend(a.url, **quick), "b": backend(b.url), "dead": backend(refused_url),
+    gw = gateway({"backends": {"a": backend(a.url, **quick), "b": backend(b.url), "c": backend(c.url),
+                               "dead": backend(refused_url),
                                "short": backend(short.url, context_length=40),
                                "long": backend(long_.url, context_length=4000)},
                   "routes": {"r": {"backends": [{"backend": "a"}], "fallback": ["b"]},
+                             "r429": {"backends": [{"backend": "c"}], "fallback": ["b"]},
                              "dead": {"backends": [{"backend": "dead"}], "fallback": ["b"]},
                              "ctx": {"backends": [{"backend": "short"}], "fallback": ["long"]},
                              "short": {"backends": [{"backend": "short"}]}}})
-    return gw, a, b
+    return gw, a, b, c
 
 
 def test_each_failure_kind_falls_back_and_client_errors_do_not(faulty) -> None:
-    gw, a, b = faulty
+    gw, a, b, c = faulty
     for fault, kind in (("error500", "server_error"), ("garbage", "bad_response"), ("hang", "timeout")):
+        before = attempts(gw, "r").get(("a", kind), 0)
         a.control([fault])
         r = chat(gw.v1)
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "reply from B", fault
-        assert attempts(gw, "r")[("a", kind)] == 1
+        assert attempts(gw, "r")[("a", kind)] == before + 1
     r = httpx.post(f"{gw.v1}/chat/completions", json={"model": "dead", "messages": MSG}, timeout=60)
     assert r.headers["x-homegrown-backend"] == "b" and attempts(gw, "dead") == {("dead", "connect"): 1}
 
@@ -89,12 +94,12 @@ def test_each_failure_kind_falls_back_and_client_errors_do_not(faulty) -> None:
     r = httpx.post(f"{gw.v1}/chat/completions", json={"model": "short", "messages": long_prompt}, timeout=60)
     assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
 
-    a.control(["rate429:3600"])
-    assert chat(gw.v1).headers["x-homegrown-backend"] == "b"
-    served_by_a = a.requests()
-    assert chat(gw.v1).headers["x-homegrown-backend"] == "b"
-    assert a.requests() == served_by_a  # Retry-After respected: A is left alone for now
-    assert attempts(gw, "r")[("a", "rate_limited")] == 1
+    c.control(["rate429:3600"])
+    assert chat(gw.v1, model="r429").headers["x-homegrown-backend"] == "b"
+    served_by_c = c.requests()
+    assert chat(gw.v1, model="r429").headers["x-homegrown-backend"] == "b"
+    assert c.requests() == served_by_c  # Retry-After respected: C is left alone for the hour
+    assert attempts(gw, "r429") == {("c", "rate_limited"): 1}
 
 
 def stream_text(client: openai.OpenAI, model: str = "r") -> tuple[str, str | None]:
@@ -109,8 +114,13 @@ def stream_text(client: openai.OpenAI, model: str = "r") -> tuple[str, str | Non
 
 
 def test_streams_fall_back_before_the_first_token_and_end_with_an_error_event_after_it(faulty) -> None:
-    gw, a, _ = faulty
+    gw, a, _, _ = faulty
     client = openai.OpenAI(base_url=gw.v1, api_key="none", max_retries=0)
+
+    def errors(kind: str) -> float:
+        return gw.metric("homegrown_gateway_backend_errors_total", route="r", backend="a", kind=kind)
+
+    before = {kind: errors(kind) for kind in ("stream_interrupted", "timeout", "server_error")}
     for fault in ("error500", "garbage", "hang", "cut:0", "rate429:0"):
         a.control([fault])
         assert stream_text(client) == ("reply from B", None), fault
@@ -119,7 +129,9 @@ def test_streams_fall_back_before_the_first_token_and_end_with_an_error_event_af
         text, error = stream_text(client)
         assert error is not None and "mid-stream" in error, fault
         assert text == {"cut:1": "reply", "stall:2": "reply from"}[fault]  # what A sent, nothing invented
-    assert gw.metric("homegrown_gateway_backend_errors_total", route="r", backend="a", kind="stream_interrupted") == 2
+    # hang: no first token in time; cut:0 and the error event: server-side failures; cut:1 and stall:2 counted
+    assert {kind: errors(kind) - n for kind, n in before.items()} == {"stream_interrupted": 2, "timeout": 1,
+                                                                       "server_error": 1}
 
 
 def test_breaker_opens_on_failures_and_closes_after_a_good_probe(stubs, gateway) -> None:

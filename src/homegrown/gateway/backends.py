@@ -13,7 +13,8 @@ A call returns the backend's answer, or raises:
   as the backend said, unchanged.
 
 For other gateway modules (gwjudge: shadow calls, the judge): `await backend.complete("/chat/completions",
-body)` returns the parsed JSON of a non-streaming call; `body["model"]` is set to the backend's own model.
+body)` returns the parsed JSON of a non-streaming call; `body["model"]` is set to the backend's own model. It
+touches neither the breaker nor the accounting: the caller decides whether its calls count.
 """
 
 from __future__ import annotations

@@ -24,20 +24,27 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from homegrown.gateway.accounting import Accounting
 from homegrown.gateway.backends import Backend, BackendError, Event, UpstreamClientError, UpstreamStream
 from homegrown.gateway.keys import ClientKey
 from homegrown.gateway.routing import Route, sticky_hash
 from homegrown.gateway.store import RequestRecord
 from homegrown.serve.protocol import error_json
 
-if TYPE_CHECKING:
-    from homegrown.gateway.app import Gateway
-
 BACKEND_HEADER = "X-Homegrown-Backend"
+
+
+class Gateway(Protocol):
+    """What a call needs of the gateway (app.Gateway), without importing it (app imports this module)."""
+
+    backends: dict[str, Backend]
+    accounting: Accounting
+
+    def finished(self, call: Call, response: dict[str, Any] | None) -> None: ...
 
 
 class Call:
@@ -136,6 +143,9 @@ async def complete(call: Call) -> Response:
             continue
         except UpstreamClientError as e:
             return call.relay_client_error(backend, e)
+        except asyncio.CancelledError:  # the client left: no verdict on the backend (a half-open probe is freed)
+            backend.breaker.release()
+            raise
         backend.breaker.success()
         data["model"] = call.route.name
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else None
@@ -174,7 +184,7 @@ def _sse(data: dict[str, Any] | str) -> bytes:
     return f"data: {body}\n\n".encode()
 
 
-async def _first_token(stream: UpstreamStream, events: AsyncIterator[Event]) -> list[Event]:
+async def _first_token(events: AsyncIterator[Event]) -> list[Event]:
     head = []
     async for event in events:
         head.append(event)
@@ -190,7 +200,7 @@ async def stream(call: Call) -> Response:
         try:
             upstream = await backend.open_stream(call.path, body)
             events = upstream.events()
-            head = await asyncio.wait_for(_first_token(upstream, events), backend.cfg.timeouts.first_token_s)
+            head = await asyncio.wait_for(_first_token(events), backend.cfg.timeouts.first_token_s)
         except TimeoutError:
             await _close(upstream)
             call.failed(backend, BackendError("timeout", f"{backend.name}: no first token within "
@@ -202,6 +212,10 @@ async def stream(call: Call) -> Response:
             continue
         except UpstreamClientError as e:
             return call.relay_client_error(backend, e)
+        except asyncio.CancelledError:
+            await _close(upstream)
+            backend.breaker.release()
+            raise
         backend.breaker.success()
         return StreamingResponse(_relay(call, backend, upstream, events, head), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",

@@ -23,7 +23,6 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from sqlalchemy import Boolean, DateTime, Float, Integer, String, Text, delete, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -228,7 +227,3 @@ class LogWriter:
         if self._task is not None:
             self.queue.put_nowait(None)
             await self._task
-
-
-def as_json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
