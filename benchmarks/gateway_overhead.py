@@ -32,6 +32,8 @@ import yaml
 from homegrown.serve.launch import launch_command
 
 STUB = Path(__file__).resolve().parents[1] / "tests" / "gateway" / "stub_provider.py"
+LITELLM_KEY = "sk-gateway-bench-0123456789abcdef0123456789abcdef"
+"""LiteLLM's proxy refuses to start without a master key; every target is sent it (the others ignore it)."""
 BODY = {"model": "bench", "messages": [{"role": "user", "content": "Why is the sky blue? Answer briefly."}]}
 
 
@@ -62,7 +64,8 @@ def start_stub(work: Path) -> tuple[subprocess.Popen, str]:
 
 def start_litellm(binary: str, backend: str, work: Path) -> tuple[subprocess.Popen, str]:
     config = {"model_list": [{"model_name": "bench", "litellm_params": {"model": "openai/bench", "api_base": backend,
-                                                                       "api_key": "none"}}]}
+                                                                       "api_key": "none"}}],
+              "general_settings": {"master_key": LITELLM_KEY}}
     (work / "litellm.yaml").write_text(yaml.safe_dump(config))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -94,7 +97,8 @@ async def one(client: httpx.AsyncClient, base: str, stream: bool) -> float:
 async def measure(base: str, clients: int, requests: int, stream: bool) -> list[float]:
     out: list[float] = []
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+    async with httpx.AsyncClient(timeout=120, limits=limits,
+                                 headers={"Authorization": f"Bearer {LITELLM_KEY}"}) as client:
         async def worker(n: int) -> None:
             for _ in range(n):
                 out.append(await one(client, base, stream))
