@@ -685,6 +685,11 @@ def gateway_status(
         state = live_state(cfg, next((k for k in keys if k), None))
         print(*(live_lines(state) if state else ["live: the gateway does not answer at its configured address"]),
               sep="\n")
+        if state:
+            from homegrown.gateway.judging_status import live_judging_lines
+
+            for line in live_judging_lines(state):
+                print(line)
 
 
 def judging_status(db_url: str) -> list[str]:

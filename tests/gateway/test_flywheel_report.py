@@ -13,6 +13,7 @@ from conftest import backend, wait_for
 
 from homegrown.data.from_gateway import conversation_sha256, export_from_config
 from homegrown.errors import HomegrownError
+from homegrown.gateway.judging_status import live_judging_lines
 from homegrown.gateway.judging_store import JudgingStore
 from homegrown.gateway.store import RequestLog
 from homegrown.posttrain.chat import read_chat_jsonl
@@ -126,4 +127,7 @@ def test_flywheel_report_and_status_after_traffic(gateway, llm_stubs, cli, tmp_p
     assert status.returncode == 0, status.stderr
     assert "judging route chat:" in status.stdout and "promote  0% -> 50%" in status.stdout
     assert "95% Wilson" in status.stdout
+    # the live part (the gateway answers on an OS-picked port here, not the file's, so asked directly)
+    live = "\n".join(live_judging_lines(gw.state("sk-n")))
+    assert "ladder  chat             50% in-house" in live and "dropped 0 (queue full)" in live
     log.close()

@@ -124,6 +124,7 @@ def test_shadow_never_delays_the_client_drops_under_overload_and_skips_opted_out
         assert _ask(normal, i) == f"provider says question {i}"
     shadow = gw.state("sk-normal")["judging"]["chat"]["shadow"]
     assert (shadow["mirrored"], shadow["dropped"], shadow["pending"]) == (2, 2, 2)
+    assert gw.metric("homegrown_gateway_shadow_total", route="chat", result="dropped") == 2
 
     inhouse.release()
     wait_for(lambda: gw.state("sk-normal")["judging"]["chat"]["shadow"]["judged"] == 2, what="both verdicts")

@@ -10,8 +10,12 @@ evidence must), and, when its answer is good and its key did not opt out of logg
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from homegrown.errors import HomegrownError
 from homegrown.gateway.judge import Judge
@@ -65,6 +69,7 @@ class Judging:
             self.shadows[name] = Shadow(name, rc.shadow, self._call, self.store, judge, promoter)
         gw.add_hook(self.finished)
         gw.state_parts["judging"] = self.status
+        gw.accounting.registry.register(_JudgingCollector(self))
 
     def _judge(self, jc: JudgeConfig) -> Judge:
         backend = self.gw.backends[jc.backend]
@@ -119,6 +124,27 @@ class Judging:
                                       "evidence": ev.as_dict(promoter.cfg.confidence)}
             out[name] = entry
         return out
+
+
+class _JudgingCollector(Collector):
+    """/metrics: shadow mirrors by result (dropped = the bounded queue was full), verdicts by outcome, and each
+    promoted route's in-house percent — read from the live objects at scrape time."""
+
+    def __init__(self, judging: Judging) -> None:
+        self.judging = judging
+
+    def collect(self) -> Iterator[Metric]:
+        shadow = CounterMetricFamily("homegrown_gateway_shadow", "Shadow mirrors by result.",
+                                     labels=["route", "result"])
+        for route, sh in self.judging.shadows.items():
+            for result in ("mirrored", "dropped", "stored", "judged"):
+                shadow.add_metric([route, result], sh.counters()[result])
+        yield shadow
+        percent = GaugeMetricFamily("homegrown_gateway_promotion_percent", "In-house share the ladder has set.",
+                                    labels=["route"])
+        for route, promoter in self.judging.promoters.items():
+            percent.add_metric([route], promoter.cfg.ladder[promoter.step])
+        yield percent
 
 
 def attach(gw: Gateway) -> Judging:

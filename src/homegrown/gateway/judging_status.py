@@ -37,3 +37,20 @@ def judging_lines(store: JudgingStore, last: int = 10) -> list[str]:
                          f"judged {w.get('judged', 0)}  calls {e.get('requests', 0)} errors {e.get('errors', 0)} "
                          f"p95 {'-' if p95 is None else f'{p95 * 1000:.0f}ms'}  | {'; '.join(d.reasons)}")
     return lines
+
+
+def live_judging_lines(state: dict) -> list[str]:
+    """From a running gateway's /gateway/state: mirror counters and the ladder's current evidence per route."""
+    lines = []
+    for route, entry in (state.get("judging") or {}).items():
+        c = entry["shadow"]
+        lines.append(f"  shadow  {route:<16} mirrored {c['mirrored']}, dropped {c['dropped']} (queue full), "
+                     f"pending {c['pending']}, stored {c['stored']}, judged {c['judged']}")
+        promo = entry.get("promotion")
+        if promo:
+            e = promo["evidence"]
+            w = e["win"]
+            lines.append(f"  ladder  {route:<16} {promo['percent']:g}% in-house; evidence since the last step: "
+                         f"win {w['wins']} tie {w['ties']} loss {w['losses']} [{_pct(w['low'])}, {_pct(w['high'])}], "
+                         f"calls {e['requests']} errors {e['errors']}")
+    return lines
