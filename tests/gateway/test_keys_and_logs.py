@@ -85,3 +85,4 @@ def test_logs_are_scrubbed_opted_out_keys_leave_nothing_and_status_adds_up(keyed
     metrics = httpx.get(f"{gw.base_url}/metrics", timeout=10).text
     assert 'homegrown_gateway_requests_total{backend="a",route="r",status="2xx"} 3.0' in metrics
     assert "homegrown_gateway_latency_p95_seconds" in metrics
+    assert gw.stop() == 0  # SIGTERM drains and exits cleanly

@@ -76,5 +76,6 @@ def test_errors_have_the_shapes_homegrown_serve_answers_with(fronted) -> None:
         assert ours.json()["error"]["code"] == theirs.json()["error"]["code"]
     # A field the server does not take is refused by the server, by name, and relayed as it said.
     r = httpx.post(f"{gw.v1}/chat/completions", timeout=30,
-                   json={"model": "assistant", "messages": MSG, "tools": [{"type": "function"}]})
-    assert r.status_code == 400 and r.json()["error"]["param"] == "tools"
+                   json={"model": "assistant", "messages": MSG, "frobnicate": 1})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "frobnicate"
+    assert r.headers["x-homegrown-backend"] == "home"  # relayed, not retried on the fallback

@@ -56,16 +56,17 @@ def faulty(stubs, gateway, refused_url):
     """Route r: stub A first, then stub B; route r429: stub C, then B; route dead: a refused address, then B;
     route ctx: a short-context stub, then a long one; route short: the short one alone. Small timeouts; breakers
     that do not open here."""
-    a, b, c = stubs("A"), stubs("B"), stubs("C")
+    a, b, c, locked = stubs("A"), stubs("B"), stubs("C"), stubs("D", "--api-key", "not-the-gateways")
     short, long_ = stubs("S", "--max-prompt-chars", "40"), stubs("L")
     quick = {"timeouts": {"first_token_s": 1, "total_s": 1, "read_s": 1}, "breaker": {"failures": 1000}}
     gw = gateway({"backends": {"a": backend(a.url, **quick), "b": backend(b.url), "c": backend(c.url),
-                               "dead": backend(refused_url),
+                               "dead": backend(refused_url), "locked": backend(locked.url),
                                "short": backend(short.url, context_length=40),
                                "long": backend(long_.url, context_length=4000)},
                   "routes": {"r": {"backends": [{"backend": "a"}], "fallback": ["b"]},
                              "r429": {"backends": [{"backend": "c"}], "fallback": ["b"]},
                              "dead": {"backends": [{"backend": "dead"}], "fallback": ["b"]},
+                             "locked": {"backends": [{"backend": "locked"}], "fallback": ["b"]},
                              "ctx": {"backends": [{"backend": "short"}], "fallback": ["long"]},
                              "short": {"backends": [{"backend": "short"}]}}})
     return gw, a, b, c
@@ -79,8 +80,10 @@ def test_each_failure_kind_falls_back_and_client_errors_do_not(faulty) -> None:
         r = chat(gw.v1)
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "reply from B", fault
         assert attempts(gw, "r")[("a", kind)] == before + 1
-    r = httpx.post(f"{gw.v1}/chat/completions", json={"model": "dead", "messages": MSG}, timeout=60)
+    r = chat(gw.v1, model="dead")
     assert r.headers["x-homegrown-backend"] == "b" and attempts(gw, "dead") == {("dead", "connect"): 1}
+    r = chat(gw.v1, model="locked")  # a 401 from a backend is our wrong key, not the client's: next backend
+    assert r.headers["x-homegrown-backend"] == "b" and attempts(gw, "locked") == {("locked", "misconfigured"): 1}
 
     served_by_b = b.requests()
     a.control(["bad_request"])
@@ -124,6 +127,9 @@ def test_streams_fall_back_before_the_first_token_and_end_with_an_error_event_af
     for fault in ("error500", "garbage", "hang", "cut:0", "rate429:0"):
         a.control([fault])
         assert stream_text(client) == ("reply from B", None), fault
+    a.control(["error500"])
+    text = client.completions.create(model="r", prompt="once upon", stream=True)
+    assert "".join(c.choices[0].text for c in text if c.choices) == "reply from B"
     for fault in ("cut:1", "stall:2"):
         a.control([fault])
         text, error = stream_text(client)
@@ -131,7 +137,7 @@ def test_streams_fall_back_before_the_first_token_and_end_with_an_error_event_af
         assert text == {"cut:1": "reply", "stall:2": "reply from"}[fault]  # what A sent, nothing invented
     # hang: no first token in time; cut:0 and the error event: server-side failures; cut:1 and stall:2 counted
     assert {kind: errors(kind) - n for kind, n in before.items()} == {"stream_interrupted": 2, "timeout": 1,
-                                                                       "server_error": 1}
+                                                                       "server_error": 2}
 
 
 def test_breaker_opens_on_failures_and_closes_after_a_good_probe(stubs, gateway) -> None:

@@ -23,7 +23,7 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,7 +109,7 @@ class UpstreamStream:
     def __init__(self, backend: Backend, response: httpx.Response) -> None:
         self.backend, self.response = backend, response
 
-    async def events(self) -> AsyncIterator[Event]:
+    async def events(self) -> AsyncGenerator[Event, None]:
         data: list[str] = []
         try:
             async for line in self.response.aiter_lines():

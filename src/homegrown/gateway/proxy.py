@@ -22,7 +22,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -228,7 +228,7 @@ async def _close(upstream: UpstreamStream | None) -> None:
         await upstream.close()
 
 
-async def _relay(call: Call, backend: Backend, upstream: UpstreamStream, events: AsyncIterator[Event],
+async def _relay(call: Call, backend: Backend, upstream: UpstreamStream, events: AsyncGenerator[Event, None],
                  head: list[Event]) -> AsyncIterator[bytes]:
     """The committed stream: the buffered head, then the rest; the mid-stream rule on failure."""
     text: list[str] = []
@@ -275,6 +275,7 @@ async def _relay(call: Call, backend: Backend, upstream: UpstreamStream, events:
                               "code": "stream_interrupted"}})
         outcome = (200, "stream_interrupted")
     finally:
+        await events.aclose()
         await upstream.close()
         status, kind = outcome or (499, "client_disconnected")
         reply = "".join(text)
