@@ -30,7 +30,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 from homegrown.data.pii import scrub
 from homegrown.errors import HomegrownError
-from homegrown.serve.store import _make_engine
+from homegrown.serve.store import make_engine
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class RequestLog:
     """The request table and friends; safe to share between threads (each call has its own session)."""
 
     def __init__(self, db_url: str, store_texts: bool = True) -> None:
-        self.engine = _make_engine(db_url)
+        self.engine = make_engine(db_url)
         self.store_texts = store_texts
         try:
             Base.metadata.create_all(self.engine)
