@@ -228,10 +228,37 @@ def data_forget(
     hash_: Annotated[list[str] | None, typer.Option("--hash", help="sha256 of the text (repeatable).")] = None,
     id_: Annotated[list[str] | None, typer.Option("--id", help="Manifest id (repeatable).")] = None,
 ) -> None:
-    """Remove documents from the corpus and shards; list the checkpoints trained on them."""
+    """Remove documents from the corpus and shards (or conversations from a `data from-gateway` export); list the
+    checkpoints trained on them."""
+    from homegrown.data import from_gateway
     from homegrown.data.forget import forget, print_result
 
+    if from_gateway.is_export(run_dir):
+        for row in from_gateway.forget(run_dir, urls=url or [], hashes=hash_ or [], ids=id_ or []):
+            console.print(f"removed {row['id']}  {row['source']}  (later exports into {run_dir} leave it out)",
+                          highlight=False)
+        return
     print_result(forget(run_dir, urls=url or [], hashes=hash_ or [], ids=id_ or []))
+
+
+@data_app.command("from-gateway")
+def data_from_gateway(
+    config: Annotated[Path, typer.Option("--config", help="The gateway's YAML file (its flywheel: section decides "
+                                                          "what may be exported).")],
+    out: Annotated[Path, typer.Option(help="Directory for train.jsonl (chat JSONL for `homegrown sft --data`), "
+                                           "manifest.jsonl and MANIFEST.json.")],
+    db: Annotated[str | None, typer.Option(help="The request log's SQLAlchemy URL (default: the config's "
+                                                "log.db_url).")] = None,
+    route: Annotated[str | None, typer.Option(help="Only this route.")] = None,
+    since_hours: Annotated[float | None, typer.Option(help="Only requests of the last N hours.")] = None,
+) -> None:
+    """The flywheel: logged requests with the incumbent's answers as chat data, with provenance per conversation."""
+    from homegrown.data.from_gateway import export_from_config
+
+    stats = export_from_config(config, out, db_url=db, route=route, since_hours=since_hours)
+    skipped = ", ".join(f"{k} {v}" for k, v in sorted(stats.skipped.items())) or "none"
+    console.print(f"{stats.exported} conversations → {out}/train.jsonl; skipped: {skipped}", highlight=False)
+    console.print(f"next       homegrown sft RUN --data {out}/train.jsonl", highlight=False)
 
 
 @data_app.command("mix")
@@ -691,6 +718,7 @@ def gateway(
     if ctx.invoked_subcommand is not None:
         return
     from homegrown.gateway.config import load_config
+    from homegrown.gateway.judging import attach
     from homegrown.gateway.server import run_gateway
 
     if config is None:
@@ -700,7 +728,7 @@ def gateway(
         cfg.listen.host = host
     if port is not None:
         cfg.listen.port = port
-    run_gateway(cfg)
+    run_gateway(cfg, extend=[attach])
 
 
 @gateway_app.command("status")
@@ -719,11 +747,50 @@ def gateway_status(
     cfg = load_config(config) if config is not None else None
     for line in status_lines(db or cfg.log.db_url, since_hours):  # type: ignore[union-attr]
         print(line)
+    for line in judging_status(db or cfg.log.db_url):  # type: ignore[union-attr]
+        print(line)
     if cfg is not None:
         keys = [os.environ.get(k.key_env) for k in cfg.keys]
         state = live_state(cfg, next((k for k in keys if k), None))
         print(*(live_lines(state) if state else ["live: the gateway does not answer at its configured address"]),
               sep="\n")
+        if state:
+            from homegrown.gateway.judging_status import live_judging_lines
+
+            for line in live_judging_lines(state):
+                print(line)
+
+
+def judging_status(db_url: str) -> list[str]:
+    """The judging lines of `gateway status` (shadow verdicts, ladder decisions) from the gateway's database."""
+    from homegrown.gateway.judging_status import judging_lines
+    from homegrown.gateway.judging_store import JudgingStore
+    from homegrown.gateway.store import RequestLog
+
+    log = RequestLog(db_url)
+    try:
+        return judging_lines(JudgingStore(log.engine))
+    finally:
+        log.close()
+
+
+@gateway_app.command("report")
+def gateway_report(
+    config: GatewayConfigOpt = None,
+    out: Annotated[Path, typer.Option(help="Directory for gateway_report.md, .json and the PNG charts.")] = Path(
+        "gateway_report"),
+    db: Annotated[str | None, typer.Option(help="The gateway's SQLAlchemy URL (default: the config's "
+                                                "log.db_url).")] = None,
+    since_hours: Annotated[float | None, typer.Option(help="Only requests of the last N hours.")] = None,
+) -> None:
+    """Markdown + PNG: traffic share over time, judged win rate with intervals, latency, cost per 1,000 requests
+    and what the current split saves against all-provider, for every shadowed route."""
+    from homegrown.gateway.config import load_config
+    from homegrown.gateway.report import report_from_db
+
+    if config is None:
+        raise HomegrownError("homegrown gateway report needs --config gateway.yaml (it names each route's pair)")
+    report_from_db(load_config(config), out, db_url=db, since_hours=since_hours)
 
 
 def main() -> None:

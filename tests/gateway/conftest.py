@@ -162,3 +162,6 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., 
     yield start
     for gw in started:
         gw.stop()
+
+
+from judging_kit import llm_stubs  # noqa: E402, F401  (the judging tests' stub processes, kept in their own module)

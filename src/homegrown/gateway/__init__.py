@@ -19,4 +19,16 @@ Modules, one job each:
 * app.py        the FastAPI app: /v1/models, /v1/chat/completions, /v1/completions, /health, /metrics,
                 /gateway/state; `Gateway` (app.state.gateway) is what extensions hold on to.
 * server.py     `homegrown gateway --config FILE` under uvicorn; `status.py`: `homegrown gateway status`.
+
+Shadow, judge and promotion (moving the split on evidence), attached by judging.py through the hooks above:
+
+* judging_config.py  the `shadow:`/`promotion:` route sections and the `judge:`/`flywheel:` sections.
+* stats.py           win rate with its Wilson interval (ties half), percentiles.
+* signals.py         cheap per-pair signals: refusal, empty, truncated, length and latency ratios.
+* judge.py           pairwise LLM-as-judge, both orders, flips as ties, unparseable counted.
+* shadow.py          the bounded background mirror to the other model of a route's pair.
+* promotion.py       the ladder: a pure `decide(evidence)` and the count-driven `Promoter`.
+* judging_store.py   shadow pairs, verdicts and decisions in SQL beside the request log.
+* judging.py         wires them into a running `Gateway` (after-request hook, set_weights, /gateway/state).
+* judging_status.py, report.py   `gateway status`'s judging lines; `homegrown gateway report` (Markdown + PNG).
 """

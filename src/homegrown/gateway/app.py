@@ -69,6 +69,8 @@ class Gateway:
         self.hooks: list[Hook] = []
         self.tasks: set[asyncio.Task[Any]] = set()
         self.draining = False
+        self.state_parts: dict[str, Callable[[], Any]] = {}
+        """Extensions' own sections of /gateway/state (judging: shadow counters, ladder step, evidence)."""
 
     def add_hook(self, hook: Hook) -> None:
         self.hooks.append(hook)
@@ -107,6 +109,7 @@ class Gateway:
             "routes": {n: {"shares": r.shares(), "fallback": r.fallback} for n, r in self.routes.items()},
             "log_rows_written": self.writer.written if self.writer else 0,
             **self.accounting.snapshot(),
+            **{name: part() for name, part in self.state_parts.items()},
         }
 
     def refresh_gauges(self, acct: Accounting) -> None:

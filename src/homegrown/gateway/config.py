@@ -11,11 +11,9 @@ A minimal file::
       assistant:
         backends: [{backend: provider, weight: 95}, {backend: inhouse, weight: 5}]
 
-For the shadow/judge/promotion helper (gwjudge): `RouteConfig.shadow`, `RouteConfig.promotion` and
-`GatewayConfig.judge` are accepted here as free mappings (`dict[str, Any] | None`) so files that use them load
-today; give them their own models (in your own module) and tighten the field types here when you do. The
-routing weights a route starts with are `RouteConfig.backends[*].weight`; promotion changes them at run time
-through `Gateway.set_weights` (app.py), not by editing this object.
+A route's `shadow:` and `promotion:` sections and the gateway's `judge:` and `flywheel:` sections are the models
+of judging_config.py. The routing weights a route starts with are `RouteConfig.backends[*].weight`; a route with
+`promotion:` has its split set by the ladder instead (at run time, through `Gateway.set_weights`).
 """
 
 from __future__ import annotations
@@ -27,6 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from homegrown.errors import HomegrownError
+from homegrown.gateway.judging_config import FlywheelConfig, JudgeConfig, PromotionConfig, ShadowConfig
 
 
 class _Strict(BaseModel):
@@ -102,8 +101,8 @@ class RouteConfig(_Strict):
     backends: list[WeightedBackend] = Field(min_length=1)
     fallback: list[str] | None = None
     sticky: bool = True
-    shadow: dict[str, Any] | None = None
-    promotion: dict[str, Any] | None = None
+    shadow: ShadowConfig | None = None
+    promotion: PromotionConfig | None = None
 
     @model_validator(mode="after")
     def _some_weight(self) -> RouteConfig:
@@ -158,7 +157,8 @@ class GatewayConfig(_Strict):
                                                                     "(no Authorization checked).")
     log: LogConfig = Field(default_factory=LogConfig)
     breaker: BreakerConfig = Field(default_factory=BreakerConfig, description="Default for every backend.")
-    judge: dict[str, Any] | None = None
+    judge: JudgeConfig | None = None
+    flywheel: FlywheelConfig = Field(default_factory=FlywheelConfig)
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
 
     @model_validator(mode="after")
@@ -171,6 +171,29 @@ class GatewayConfig(_Strict):
         names = [k.name for k in self.keys]
         if len(set(names)) != len(names):
             raise ValueError(f"two keys share a name: {names}")
+        return self
+
+    @model_validator(mode="after")
+    def _judging_references(self) -> GatewayConfig:
+        """Shadow pairs, the judge and the flywheel name backends that exist; promotion has what it needs."""
+        for route, rc in self.routes.items():
+            if rc.promotion is not None and rc.shadow is None:
+                raise ValueError(f"route {route!r}: promotion needs a shadow: section (candidate, incumbent, "
+                                 "percent) to collect judged pairs")
+            if rc.promotion is not None and self.judge is None:
+                raise ValueError(f"route {route!r}: promotion needs verdicts; add a judge: section naming the "
+                                 "backend that judges")
+            if rc.shadow is not None:
+                for role in ("candidate", "incumbent"):
+                    name = getattr(rc.shadow, role)
+                    if name not in self.backends:
+                        raise ValueError(f"route {route!r}: shadow {role} {name!r} is not under backends "
+                                         f"({', '.join(self.backends)})")
+        named = ([self.judge.backend] if self.judge else []) + (self.flywheel.backends or [])
+        for name in named:
+            if name not in self.backends:
+                raise ValueError(f"backend {name!r} (judge or flywheel) is not under backends "
+                                 f"({', '.join(self.backends)})")
         return self
 
     def breaker_of(self, backend: str) -> BreakerConfig:
