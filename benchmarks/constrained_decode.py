@@ -35,7 +35,7 @@ import torch
 from homegrown.bundle import ModelBundle, load_bundle
 from homegrown.config import ServeConfig
 from homegrown.importer import import_model
-from homegrown.serve.constrain import ConstraintSpec
+from homegrown.serve.constraint_spec import ConstraintSpec
 from homegrown.serve.engine import Delta, Engine, GenerationParams
 
 DEFAULT_GGUF = Path.home() / ".cache" / "homegrown" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -12,7 +12,8 @@ import torch
 from tokenizers import Tokenizer
 
 from homegrown.bundle import load_chat_format
-from homegrown.serve.constrain import ConstraintError, ConstraintSpec, GrammarCompiler
+from homegrown.serve.constrain import GrammarCompiler
+from homegrown.serve.constraint_spec import ConstraintError, ConstraintSpec
 from homegrown.tokenizer import load_tokenizer
 
 CALL = {"type": "object", "properties": {"name": {"const": "get_weather"},

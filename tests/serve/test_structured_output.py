@@ -21,7 +21,7 @@ import torch
 
 from homegrown.config import ModelConfig, ServeConfig
 from homegrown.model import Transformer
-from homegrown.serve.constrain import ConstraintSpec
+from homegrown.serve.constraint_spec import ConstraintSpec
 from homegrown.serve.engine import Engine, GenerationParams
 from homegrown.tokenizer import load_tokenizer
 from homegrown.train.checkpoint import save_checkpoint

@@ -33,7 +33,7 @@ from homegrown.config import ServeConfig
 from homegrown.errors import HomegrownError
 from homegrown.serve.auth import Authenticator
 from homegrown.serve.body_limit import BodySizeLimit
-from homegrown.serve.constrain import ConstraintError, ConstraintSpec
+from homegrown.serve.constraint_spec import ConstraintError, ConstraintSpec
 from homegrown.serve.engine import (
     ContextLengthError,
     Delta,

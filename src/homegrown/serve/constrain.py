@@ -18,8 +18,8 @@ both are made for exactly this. llguidance was chosen because
 
 The interface (for the engine and for tool calling):
 
-- `ConstraintSpec` — what a sequence must produce, carried in `GenerationParams.constraint`; frozen and
-  hashable, so it is the cache key (the same schema compiles once per server). Build one with
+- `ConstraintSpec` (in `constraint_spec`: torch-free, so request parsing and the gateway need not load torch) —
+  what a sequence must produce, carried in `GenerationParams.constraint`; frozen and hashable, so it is the cache key (the same schema compiles once per server). Build one with
     * `ConstraintSpec.json_object()` — any JSON object (`response_format: {"type": "json_object"}`);
     * `ConstraintSpec.json_schema(schema)` — JSON valid against a JSON Schema (`json_schema`, or a tool's
       parameters; an `{"anyOf": [...]}` / array schema for `tool_choice: required`);
@@ -46,8 +46,7 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import llguidance
 import numpy as np
@@ -55,6 +54,7 @@ import torch
 from tokenizers import Tokenizer
 
 from homegrown.errors import HomegrownError
+from homegrown.serve.constraint_spec import ConstraintError, ConstraintSpec
 
 JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 """llguidance's JSON options for every schema (they override a schema's own `x-guidance`)."""
@@ -62,61 +62,6 @@ JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": False, "item_separator": 
 
 class GrammarDeadEnd(RuntimeError):
     """The grammar allows no token at all (an unsatisfiable branch llguidance could not see when compiling)."""
-
-
-class ConstraintError(HomegrownError):
-    """A schema or grammar that cannot be enforced (invalid, unsatisfiable, or using what llguidance does not
-    implement); `param` is the request parameter to name in the 400."""
-
-    def __init__(self, message: str, param: str) -> None:
-        super().__init__(message)
-        self.param = param
-
-
-@dataclass(frozen=True)
-class ConstraintSpec:
-    """What a constrained sequence must produce. Schemas are kept as compact JSON text so a spec is hashable and
-    two requests with the same schema share one compiled grammar."""
-
-    kind: Literal["json_object", "json_schema", "tagged"]
-    schemas: tuple[str, ...] = ()
-    begin: str = ""
-    end: str = ""
-    trigger: str = ""
-    required: bool = False
-    parallel: bool = True
-    separator: str = "\n"
-    param: str = field(default="response_format", compare=False)
-    """The request parameter this came from, for error messages; not part of the cache key."""
-
-    @classmethod
-    def json_object(cls, param: str = "response_format") -> ConstraintSpec:
-        return cls("json_object", (_schema_text({"type": "object"}, param),), param=param)
-
-    @classmethod
-    def json_schema(cls, schema: dict[str, Any], param: str = "response_format") -> ConstraintSpec:
-        return cls("json_schema", (_schema_text(schema, param),), param=param)
-
-    @classmethod
-    def tagged(cls, begin: str, schemas: list[dict[str, Any]], end: str, *, trigger: str | None = None,
-               required: bool = False, parallel: bool = True, separator: str = "\n",
-               param: str = "tools") -> ConstraintSpec:
-        """Free text with embedded `begin` JSON `end` segments, the JSON matching one of `schemas` (see the
-        module docstring)."""
-        trigger = begin if trigger is None else trigger
-        if not trigger or not begin.startswith(trigger):
-            raise ConstraintError(f"{param}: the trigger {trigger!r} must be a non-empty start of {begin!r}", param)
-        if not schemas:
-            raise ConstraintError(f"{param}: at least one schema is needed", param)
-        return cls("tagged", tuple(_schema_text(s, param) for s in schemas), begin, end, trigger, required, parallel,
-                   separator, param=param)
-
-
-def _schema_text(schema: Any, param: str) -> str:
-    if not isinstance(schema, dict):
-        raise ConstraintError(f"{param}: a JSON schema must be an object, got {type(schema).__name__}", param)
-    # Key order is kept: properties are generated in the order the schema lists them.
-    return json.dumps(schema, separators=(",", ":"), ensure_ascii=False)
 
 
 class Matcher:

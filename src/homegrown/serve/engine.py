@@ -25,7 +25,8 @@ from homegrown.errors import HomegrownError
 from homegrown.generate import SamplingParams, sample_next
 from homegrown.model import KVCache
 from homegrown.serve.batched import forward_rows, move_slot
-from homegrown.serve.constrain import ConstraintSpec, GrammarCompiler, GrammarDeadEnd, Matcher
+from homegrown.serve.constrain import GrammarCompiler, GrammarDeadEnd, Matcher
+from homegrown.serve.constraint_spec import ConstraintSpec
 from homegrown.serve.metrics import ServeMetrics
 from homegrown.tokenizer import IncrementalDecoder
 

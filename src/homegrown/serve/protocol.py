@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from homegrown.errors import HomegrownError
-from homegrown.serve.constrain import ConstraintSpec
+from homegrown.serve.constraint_spec import ConstraintSpec
 
 MAX_TOKENS_LIMIT = 1 << 20
 """Far above any context; keeps absurd integers out of arithmetic while the context check gives the message."""

@@ -18,7 +18,7 @@ from jsonschema import SchemaError
 from jsonschema.validators import validator_for
 
 from homegrown.chat_template import TOOL_CALL_END, TOOL_CALL_START
-from homegrown.serve.constrain import ConstraintSpec
+from homegrown.serve.constraint_spec import ConstraintSpec
 from homegrown.serve.protocol import ChatCompletionRequest, NamedToolChoice
 from homegrown.serve.tool_prompt import ToolRequestError
 
