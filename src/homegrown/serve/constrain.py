@@ -19,7 +19,8 @@ both are made for exactly this. llguidance was chosen because
 The interface (for the engine and for tool calling):
 
 - `ConstraintSpec` (in `constraint_spec`: torch-free, so request parsing and the gateway need not load torch) —
-  what a sequence must produce, carried in `GenerationParams.constraint`; frozen and hashable, so it is the cache key (the same schema compiles once per server). Build one with
+  what a sequence must produce, carried in `GenerationParams.constraint`; frozen and hashable, so it is the
+  cache key (the same schema compiles once per server). Build one with
     * `ConstraintSpec.json_object()` — any JSON object (`response_format: {"type": "json_object"}`);
     * `ConstraintSpec.json_schema(schema)` — JSON valid against a JSON Schema (`json_schema`, or a tool's
       parameters; an `{"anyOf": [...]}` / array schema for `tool_choice: required`);
