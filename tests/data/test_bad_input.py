@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import gzip
 import json
 from pathlib import Path
@@ -11,6 +13,8 @@ from crawl_kit import html_page, sample_docs, warc_bytes, write_jsonl, write_sit
 from homegrown.config import IngestConfig
 from homegrown.data.ingest import SourceSpec, ingest
 from homegrown.data.sources import Skip, iter_file
+
+pytestmark = pytest.mark.usefixtures("ray_session")  # ingest runs on one local Ray per session
 
 MAX_DOC = 300_000
 

@@ -16,6 +16,8 @@ from homegrown.data.provenance import iter_documents
 from homegrown.errors import HomegrownError
 from homegrown.pipeline import prepare_tokenizer
 
+pytestmark = pytest.mark.usefixtures("ray_session")  # ingest runs on one local Ray per session
+
 
 def test_parse_and_plan() -> None:
     assert parse_mixture("web=3, licensed=1") == {"web": 0.75, "licensed": 0.25}

@@ -20,6 +20,8 @@ from homegrown.model import Transformer
 from homegrown.pipeline import prepare_shards, prepare_tokenizer
 from homegrown.train.checkpoint import save_checkpoint
 
+pytestmark = pytest.mark.usefixtures("ray_session")  # ingest runs on one local Ray per session
+
 PREFIX = "https://docs.example.org/"
 SHA = "ab" * 32
 

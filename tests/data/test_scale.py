@@ -16,6 +16,8 @@ from homegrown.config import IngestConfig
 from homegrown.data.ingest import PARTS, SourceSpec, ingest, ingest_parts, merge, parse_shard
 from homegrown.errors import HomegrownError
 
+pytestmark = pytest.mark.usefixtures("ray_session")  # ingest runs on one local Ray per session
+
 OUTPUTS = ("train.jsonl.gz", "val.jsonl.gz", "manifest.jsonl.gz", "MANIFEST.json")
 PREFIX = "https://example.org/"
 
