@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
-
 import gzip
 import json
 from pathlib import Path
 
+import pytest
 from crawl_kit import html_page, sample_docs, warc_bytes, write_jsonl, write_site
 
 from homegrown.config import IngestConfig

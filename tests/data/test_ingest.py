@@ -11,11 +11,11 @@ import pytest
 from crawl_kit import html_page, sample_docs, warc_bytes, write_jsonl, write_parquet, write_site
 
 from homegrown.config import IngestConfig
+from homegrown.data.corpus import corpus_files, list_shards
 from homegrown.data.dedup import ExactDedup
 from homegrown.data.extract import extract_html
 from homegrown.data.filters import QualityFilter
 from homegrown.data.ingest import SourceSpec, ingest, main, split_bucket, split_of
-from homegrown.data.corpus import corpus_files, list_shards
 from homegrown.data.provenance import MANIFEST_NAME, doc_id, iter_jsonl_gz
 from homegrown.data.sources import iter_corpus, iter_jsonl
 from homegrown.errors import HomegrownError

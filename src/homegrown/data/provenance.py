@@ -35,7 +35,8 @@ from homegrown.errors import HomegrownError
 from homegrown.io import atomic_path, remove_stale_temps, temp_sibling
 from homegrown.layout import MANIFEST, RunLayout
 
-__all__ = ["MANIFEST_NAME", "SPLITS", "AtomicJsonlGz", "OptOut", "audit", "iter_documents", "iter_jsonl_gz"]
+__all__ = ["MANIFEST_NAME", "SPLITS", "AtomicJsonlGz", "OptOut", "audit", "iter_documents", "iter_documents_of",
+           "iter_jsonl_gz"]
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -176,25 +177,29 @@ def _row_from_record(record: dict, split: str) -> dict:
     }
 
 
-def iter_documents(corpus_dir: Path) -> Iterator[tuple[dict, dict]]:
-    """(corpus record, manifest row) for every document: shard by shard, train then val in manifest order.
+def iter_documents_of(shard: dict[str, Path]) -> Iterator[tuple[dict, dict]]:
+    """(corpus record, manifest row) for every document of one shard (corpus.list_shards), in manifest order.
 
-    A shard's manifest and splits are written in the same order, so they are zipped, not joined through
-    an in-memory index; a hash mismatch means the files were edited apart and is reported.
+    The manifest and the splits are written in the same order, so they are zipped, not joined through an
+    in-memory index; a hash mismatch means the files were edited apart and is reported.
     """
+    records = {split: iter_jsonl_gz(shard[split]) for split in SPLITS}
+    if not shard["manifest"].is_file():
+        for split in SPLITS:
+            for record in records[split]:
+                yield record, _row_from_record(record, split)
+        return
+    for row in iter_jsonl_gz(shard["manifest"]):
+        record = next(records[row["split"]], None)
+        if record is None or record["sha256"] != row["sha256"]:
+            raise HomegrownError(f"{shard['manifest']} does not match the corpus splits next to it; re-run the ingest")
+        yield record, row
+
+
+def iter_documents(corpus_dir: Path) -> Iterator[tuple[dict, dict]]:
+    """(corpus record, manifest row) for every document, shard after shard (train then val within each)."""
     for shard in list_shards(corpus_dir):
-        records = {split: iter_jsonl_gz(shard[split]) for split in SPLITS}
-        if not shard["manifest"].is_file():
-            for split in SPLITS:
-                for record in records[split]:
-                    yield record, _row_from_record(record, split)
-            continue
-        for row in iter_jsonl_gz(shard["manifest"]):
-            record = next(records[row["split"]], None)
-            if record is None or record["sha256"] != row["sha256"]:
-                raise HomegrownError(f"{shard['manifest']} does not match the corpus splits next to it; "
-                                     "re-run the ingest")
-            yield record, row
+        yield from iter_documents_of(shard)
 
 
 # ---- audit ----
