@@ -152,8 +152,8 @@ def exact_task(plan: DedupPlan, partition: int) -> int:
     """Stage 2 for one partition: every exact copy but the first, split by output shard."""
     keys = _load_all(plan, "exact_keys", [f"{f:07d}-{partition:04d}.npy" for f in range(plan.files)], _EXACT)
     keys = keys[np.lexsort((keys["order"], keys["k1"], keys["k0"]))]
-    dup = keys["order"][~_group_starts(keys["k0"], keys["k1"])]
-    _split_save(plan, "exact", f"{partition:04d}", np.sort(dup), plan.shard_of(file_of(dup)), plan.shards)
+    dup = np.sort(keys["order"][~_group_starts(keys["k0"], keys["k1"])])
+    _split_save(plan, "exact", f"{partition:04d}", dup, plan.shard_of(file_of(dup)), plan.shards)
     _finish(plan, "exact", partition)
     return len(dup)
 
