@@ -112,8 +112,9 @@ def list_files(root: Path, glob: str, exclude: Sequence[str] = ()) -> list[Path]
         raise HomegrownError(f"source path {root} does not exist; check the path or unpack the source first")
     if root.is_file():
         return [root]
-    return sorted(
-        p for p in root.glob(glob) if p.is_file() and not is_excluded(p.relative_to(root).as_posix(), exclude)
+    return sorted(  # named pipes too: a crawl can be streamed in from another process
+        p for p in root.glob(glob)
+        if (p.is_file() or p.is_fifo()) and not is_excluded(p.relative_to(root).as_posix(), exclude)
     )
 
 
