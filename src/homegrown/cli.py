@@ -233,7 +233,8 @@ def data_mix(
     data = dataclasses.replace(cfg.data, **_given(mixture=mixture, mixture_max_repeat=max_repeat))
     if not paths.tokenizer_done():  # an existing tokenizer is kept: checkpoints of this run depend on it
         prepare_tokenizer(paths.corpus, cfg.model.vocab_size, paths.tokenizer)
-    stats, plan = pack_corpus(paths.corpus, paths.tokenizer, paths.shards, data.mixture, data.mixture_max_repeat)
+    stats, plan = pack_corpus(paths.corpus, paths.tokenizer, paths.shards, data.mixture, data.mixture_max_repeat,
+                              workers=cfg.ingest.workers)
     print_packing(stats, plan, paths.shards)
 
 
