@@ -194,7 +194,7 @@ class IngestConfig:
 
     holdout_fraction: float = 0.05
     workers: int = 1
-    """Processes working on input files in parallel; results do not depend on it."""
+    """Engine tasks (Ray) run at once by ingest and packing; results do not depend on it."""
     shards: int = 8
     """Corpus shards written (at most one per input file); the corpus depends on it, not on `workers`."""
     ray_address: str = ""

@@ -1,21 +1,24 @@
-"""Ingest stage: a crawl (HTML, WARC, JSONL, Parquet, text) → clean, deduplicated text with lineage.
+"""Ingest stage: a crawl (HTML, WARC, JSONL, Parquet, text) → clean, deduplicated, sharded text with lineage.
 
-Two phases, so the work spreads over processes and machines while the result stays exactly reproducible:
+Every step runs as tasks on the engine (data/engine.py: Ray, local or a cluster), so the work spreads over
+processes and machines while the result stays exactly reproducible:
 
-1. **Parts** (parallel, resumable). Every input file is processed on its own: read (`sources.iter_file`)
-   → extract HTML → language → quality rules → PII scrub → MinHash signature. The survivors are
-   written to ``OUT/parts/SSS-FFFFFFF.jsonl.gz`` with their signatures, then a ``.json`` marker with the
-   file's counts. A file with a marker is done: an interrupted run resumes at the first file without
-   one. ``--workers N`` runs files in N processes; ``--shard i/n`` takes every n-th file so a SLURM
-   array or Kubernetes jobs can each run a slice, writing into one shared ``parts/``.
-2. **Merge** (one process, streaming). Parts are replayed in input order — the order of the plan,
-   never of completion — through the opt-out list, exact dedup and MinHash-LSH near dedup, and split
-   into train/val. So 1 worker, 8 workers or 50 machines give byte-identical output.
+1. **Parts** (a task per input file, resumable). Read (`sources.iter_file`) → extract HTML → language →
+   quality rules → PII scrub → MinHash signature. The survivors are written to
+   ``OUT/parts/SSS-FFFFFFF.jsonl.gz`` with their signatures, then a ``.json`` marker with the file's counts.
+   A file with a marker is done: an interrupted run resumes at the first file without one. ``--shard i/n``
+   takes every n-th file so SLURM array jobs can each run a slice, writing into one shared ``parts/``.
+2. **Merge** (`merge`): opt-out, exact and near dedup by hash partitioning (data/dedup_stages.py: keys →
+   exact / buckets → verify → components), then a task per corpus shard writes its block of input files,
+   in plan order — never the order of completion — split into train/val. So 1 worker, 8 workers or 50
+   machines give byte-identical output. Every task leaves a marker under ``OUT/dedup/``: a re-run after a
+   crash redoes only unfinished tasks.
 
-Output (``OUT``): ``train.jsonl.gz`` / ``val.jsonl.gz`` (``text``, ``title``, ``source``, ``licence``,
-``sha256``), ``manifest.jsonl.gz`` (one provenance row per kept document, see provenance.py), and
-``MANIFEST.json`` (every count: rejections per reason and quality rule, PII per kind, dedup, opt-out;
-sizes and sha256 of the three files). MANIFEST.json is written last: its presence means complete.
+Output (``OUT``, layout in data/corpus.py): per shard ``train-NNNNN.jsonl.gz`` / ``val-NNNNN.jsonl.gz``
+(``text``, ``title``, ``source``, ``licence``, ``sha256``) and ``manifest-NNNNN.jsonl.gz`` (one provenance
+row per kept document, see provenance.py); ``MANIFEST.json`` (every count: rejections per reason and
+quality rule, PII per kind, dedup, opt-out; the shards; sizes and sha256 of every file) is written last:
+its presence means complete.
 
 The split depends on the page's URL only, so a page stays in the same split when sources are added or
 the corpus is rebuilt, and val never leaks into train.
