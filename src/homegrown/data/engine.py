@@ -34,17 +34,24 @@ OBJECT_STORE_BYTES = 100 * 1024 * 1024
 """Tasks exchange files, not objects, so a local Ray needs only a small object store (Ray's minimum is 75 MiB)."""
 
 
+_PENDING: dict[str, Any] | None = None
+"""ray.init arguments of the outermost `connect` while it has not started Ray (Ray starts on the first task)."""
+
+
 @contextlib.contextmanager
 def connect(workers: int, address: str = "") -> Iterator[None]:
     """Use the Ray already initialised in this process, else join `address`, else start a local Ray.
 
-    A Ray this function started is shut down on exit; one that was running before is left running.
+    Ray is started lazily, by the first `run_tasks` inside the block, so a command that fails on its input
+    fails before paying Ray's start-up. A Ray this block started is shut down on exit; one that was running
+    before is left running; nested blocks share the outer one's.
     """
+    global _PENDING
     import ray
 
     if workers < 1:
         raise HomegrownError(f"workers must be at least 1, got {workers}")
-    if ray.is_initialized():
+    if ray.is_initialized() or _PENDING is not None:
         yield
         return
     address = address or os.environ.get("RAY_ADDRESS", "")
@@ -53,15 +60,28 @@ def connect(workers: int, address: str = "") -> Iterator[None]:
         kwargs["address"] = address
     else:
         kwargs.update(num_cpus=workers, object_store_memory=OBJECT_STORE_BYTES)
-    try:
-        ray.init(**kwargs)
-    except (ConnectionError, RuntimeError, ValueError) as err:
-        raise HomegrownError(f"cannot start or reach Ray ({address or 'local'}): {err}; check --ray-address "
-                             "(ray://HOST:10001 or HOST:6379) or leave it empty for a local Ray") from err
+    _PENDING = kwargs
     try:
         yield
     finally:
-        ray.shutdown()
+        _PENDING = None
+        if ray.is_initialized():
+            ray.shutdown()
+
+
+def _start() -> None:
+    """Start the Ray `connect` prepared, unless one is running."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs = _PENDING or {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
+    try:
+        ray.init(**kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        where = kwargs.get("address", "local")
+        raise HomegrownError(f"cannot start or reach Ray ({where}): {err}; check --ray-address "
+                             "(ray://HOST:10001 or HOST:6379) or leave it empty for a local Ray") from err
 
 
 def run_tasks(fn: Callable[..., Any], calls: Sequence[tuple], workers: int, label: str,
@@ -76,6 +96,7 @@ def run_tasks(fn: Callable[..., Any], calls: Sequence[tuple], workers: int, labe
 
     if not calls:
         return []
+    _start()
     remote = ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False)(fn)
     results: list[Any] = [None] * len(calls)
     pending: dict[Any, int] = {}
