@@ -9,7 +9,7 @@ and the corpus gets one shard (= dedup partition) per input file, so a partition
 a cluster where the partition count follows the crawl.
 
 Each size runs `ingest` in a fresh child process with 2 workers on a private local Ray. The child samples
-the resident set size of itself and of every process below it (Ray's workers and daemons) every 20 ms
+the resident set size of itself and of every process below it (Ray's workers and daemons) every 0.1 s
 with psutil and reports the largest driver and the largest worker; the driver's own peak is also read from
 getrusage. `--src DIR` runs another checkout's sources (e.g. `--src /path/to/old/src` for the
 single-process merge of before issue 18, whose dedup state lives in the driver).
@@ -72,7 +72,7 @@ def write_crawl(root: Path, first: int, count: int, per_file: int, seed: int) ->
 class PeakSampler(threading.Thread):
     """Largest RSS seen per process under this one (psutil), sampled every `every` seconds."""
 
-    def __init__(self, every: float = 0.02) -> None:
+    def __init__(self, every: float = 0.1) -> None:
         super().__init__(daemon=True)
         self.every, self.stop, self.peak, self.kind = every, threading.Event(), {}, {}
 
