@@ -663,6 +663,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument("--holdout-fraction", type=float, default=IngestConfig.holdout_fraction)
     parser.add_argument("--workers", type=int, default=IngestConfig.workers)
+    parser.add_argument("--shards", type=int, default=IngestConfig.shards, help="corpus shards to write")
     parser.add_argument("--opt-out", type=Path, default=None, help="opt-out list (see provenance.py)")
     parser.add_argument("--pii-private-ips", action="store_true",
                         help="also replace private, link-local and documentation IP addresses")
@@ -671,7 +672,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         ingest(args.sources, args.out, holdout_fraction=args.holdout_fraction, progress=not args.no_progress,
-               cfg=IngestConfig(workers=args.workers, pii_private_ips=args.pii_private_ips), opt_out=args.opt_out)
+               cfg=IngestConfig(workers=args.workers, shards=args.shards, pii_private_ips=args.pii_private_ips), opt_out=args.opt_out)
     except HomegrownError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
