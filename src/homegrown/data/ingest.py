@@ -672,7 +672,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         ingest(args.sources, args.out, holdout_fraction=args.holdout_fraction, progress=not args.no_progress,
-               cfg=IngestConfig(workers=args.workers, shards=args.shards, pii_private_ips=args.pii_private_ips), opt_out=args.opt_out)
+               cfg=IngestConfig(workers=args.workers, shards=args.shards, pii_private_ips=args.pii_private_ips),
+               opt_out=args.opt_out)
     except HomegrownError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
