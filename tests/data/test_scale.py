@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -95,8 +96,10 @@ def test_killed_ingest_resumes_to_the_same_output(tmp_path: Path) -> None:
     deadline = time.monotonic() + 120
     while len(list(parts.glob("*-*.json"))) < 3 and child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
+    ray_processes = _descendants(child.pid)  # its local Ray, killed with it: the whole machine's job dies at once
     os.kill(child.pid, signal.SIGKILL)
     assert child.wait() == -signal.SIGKILL
+    _wait_gone(ray_processes, timeout=0)
     done = {p: p.stat().st_mtime_ns for p in parts.glob("*-*.json")}
     assert 3 <= len(done) < len(docs), "the kill must land mid-run"
     assert not (tmp_path / "out" / "MANIFEST.json").exists()
@@ -107,6 +110,41 @@ def test_killed_ingest_resumes_to_the_same_output(tmp_path: Path) -> None:
     assert all(p.stat().st_mtime_ns == t for p, t in done.items()), "finished parts were not redone"
     _same(tmp_path / "reference", tmp_path / "out")
     assert not list((tmp_path / "out").glob("*.tmp")) and not list(parts.glob("*.tmp"))
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below `pid`, from /proc (parent links)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _running(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie (exited, waiting for its parent to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_gone(pids: set[int], timeout: float) -> None:
+    """Wait until the processes `pids` (started by this test) have exited; kill the ones that outlive `timeout`."""
+    deadline = time.monotonic() + timeout
+    while pids := {p for p in pids if _running(p)}:
+        if time.monotonic() >= deadline:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
 
 
 def test_cli_shards_then_merge(tmp_path: Path, cli) -> None:
