@@ -35,6 +35,21 @@ def write_corpus(out: Path, train_docs: int = 120, val_docs: int = 12) -> Path:
 
 
 @pytest.fixture(scope="session")
+def ray_session():
+    """One small local Ray for the whole test session (starting one costs seconds); ingest uses it when it runs.
+
+    Ray's workers are started with this process's environment, so they import this tree's sources too.
+    """
+    import ray
+
+    from homegrown.data.engine import OBJECT_STORE_BYTES
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=OBJECT_STORE_BYTES)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run directory with corpus/, tokenizer.json (512 tokens) and shards/ — ready for pretraining."""
     run = tmp_path_factory.mktemp("tiny_run")

@@ -120,7 +120,7 @@ def test_resolve_preset_prefers_the_named_then_the_saved_then_the_default(tmp_pa
 
 def test_field_docs_are_the_docstrings_under_the_fields():
     docs = field_docs(IngestConfig)
-    assert docs["workers"] == "Processes working on input files in parallel; results do not depend on it."
+    assert docs["workers"] == "Engine tasks (Ray) run at once by ingest and packing; results do not depend on it."
     assert "holdout_fraction" not in docs  # a field without a docstring has none
     assert field_help(ServeConfig, "port", "TCP port.") == "TCP port."
     assert field_help(ServeConfig, "max_n").startswith("Largest `n`")

@@ -1,7 +1,8 @@
-import gzip
 import itertools
 import json
 from pathlib import Path
+
+import pytest
 
 from homegrown.config import IngestConfig, apply_overrides, get_preset
 from homegrown.data.ingest import split_of
@@ -16,6 +17,7 @@ def _real_texts(n):
     return [r["text"][:3000].replace("\n", "</p><p>") for r in itertools.islice(iter_corpus(SAMPLE_DIR, "train"), n)]
 
 
+@pytest.mark.usefixtures("ray_session")  # its ingest runs on the session's local Ray
 def test_run_on_a_user_source_directory(tmp_path):
     src = tmp_path / "site"
     src.mkdir()
@@ -39,8 +41,7 @@ def test_run_on_a_user_source_directory(tmp_path):
                                                   # whichever they are; 64 sometimes fitted none
                                                   "model.max_seq_len=128", "train.seq_len=128"])
     summary = run(preset, tmp_path / "run", samples=1, progress=False)
-    with gzip.open(tmp_path / "run" / "corpus" / "train.jsonl.gz", "rt") as f:
-        records = [json.loads(line) for line in f]
+    records = list(iter_corpus(tmp_path / "run" / "corpus", "train"))
     assert records and all(r["licence"] == "CC0-1.0" and r["source"].startswith("file://") for r in records)
     assert summary.base_checkpoint.name == "step_6" and len(summary.samples) == 1
     assert summary.checkpoint == tmp_path / "run" / "sft" / "ckpt" / "step_4"  # chat data derived from the pages
@@ -49,6 +50,7 @@ def test_run_on_a_user_source_directory(tmp_path):
     assert (summary.val_bpb, summary.val_loss) == (base["val"]["bpb"], base["val"]["loss"]), "one figure per claim"
 
 
+@pytest.mark.usefixtures("ray_session")
 def test_run_skips_sft_when_no_conversation_fits_the_context(tmp_path, monkeypatch):
     src = tmp_path / "site"
     src.mkdir()

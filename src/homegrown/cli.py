@@ -167,6 +167,8 @@ def data_ingest(
     sources_file: Annotated[Path | None, typer.Option(help="JSON list of sources, each {path, licence, "
                                                       "url_prefix, glob, exclude, name, text_field}.")] = None,
     workers: Annotated[int, _opt(IngestConfig, "workers")] = IngestConfig.workers,
+    shards: Annotated[int, _opt(IngestConfig, "shards")] = IngestConfig.shards,
+    ray_address: Annotated[str, _opt(IngestConfig, "ray_address")] = IngestConfig.ray_address,
     shard: Annotated[str, typer.Option(help="Only slice i/n of the files (parts only; then `data merge`).")] = "",
     opt_out: OptOutOpt = None,
     holdout: HoldoutOpt = IngestConfig.holdout_fraction,
@@ -183,9 +185,9 @@ def data_ingest(
 
     specs = sources_from(sources or [], sources_file, licence=licence, url_prefix=url_prefix, glob=glob,
                          exclude=exclude or [], name=name, text_field=text_field)
-    cfg = IngestConfig(workers=workers, holdout_fraction=holdout, languages=language or [],
-                       near_dedup_threshold=near_threshold, keep_parts=keep_parts, pii_kinds=pii_kinds,
-                       pii_private_ips=pii_private_ips)
+    cfg = IngestConfig(workers=workers, shards=shards, ray_address=ray_address, holdout_fraction=holdout,
+                       languages=language or [], near_dedup_threshold=near_threshold, keep_parts=keep_parts,
+                       pii_kinds=pii_kinds, pii_private_ips=pii_private_ips)
     if shard:
         done = ingest_parts(specs, out, cfg, shard=parse_shard(shard), extractor=extractor, progress=not no_progress)
         console.print(f"shard {shard}: {done} files processed into {out / 'parts'}; when every shard is done: "
@@ -201,12 +203,16 @@ def data_merge(
     opt_out: OptOutOpt = None,
     holdout: HoldoutOpt = IngestConfig.holdout_fraction,
     near_threshold: NearOpt = IngestConfig.near_dedup_threshold,
+    workers: Annotated[int, _opt(IngestConfig, "workers")] = IngestConfig.workers,
+    shards: Annotated[int, _opt(IngestConfig, "shards")] = IngestConfig.shards,
+    ray_address: Annotated[str, _opt(IngestConfig, "ray_address")] = IngestConfig.ray_address,
     no_progress: NoProgressOpt = False,
 ) -> None:
-    """Combine the parts of every `--shard` with cross-shard exact and near dedup into one corpus."""
+    """Combine the parts of every `--shard` with cross-shard exact and near dedup into one sharded corpus."""
     from homegrown.data.ingest import merge, print_stats
 
-    cfg = IngestConfig(holdout_fraction=holdout, near_dedup_threshold=near_threshold)
+    cfg = IngestConfig(holdout_fraction=holdout, near_dedup_threshold=near_threshold, workers=workers,
+                       shards=shards, ray_address=ray_address)
     print_stats(merge(out, cfg, opt_out=opt_out, extra_parts=parts or [], progress=not no_progress), out)
 
 
@@ -277,7 +283,8 @@ def data_mix(
     data = dataclasses.replace(cfg.data, **_given(mixture=mixture, mixture_max_repeat=max_repeat))
     if not paths.tokenizer_done():  # an existing tokenizer is kept: checkpoints of this run depend on it
         prepare_tokenizer(paths.corpus, cfg.model.vocab_size, paths.tokenizer)
-    stats, plan = pack_corpus(paths.corpus, paths.tokenizer, paths.shards, data.mixture, data.mixture_max_repeat)
+    stats, plan = pack_corpus(paths.corpus, paths.tokenizer, paths.shards, data.mixture, data.mixture_max_repeat,
+                              workers=cfg.ingest.workers)
     print_packing(stats, plan, paths.shards)
 
 

@@ -194,7 +194,11 @@ class IngestConfig:
 
     holdout_fraction: float = 0.05
     workers: int = 1
-    """Processes working on input files in parallel; results do not depend on it."""
+    """Engine tasks (Ray) run at once by ingest and packing; results do not depend on it."""
+    shards: int = 8
+    """Corpus shards written (at most one per input file); the corpus depends on it, not on `workers`."""
+    ray_address: str = ""
+    """Ray cluster the data stages run on (`HOST:6379`, `ray://HOST:10001`); empty = a local Ray of `workers` CPUs."""
     near_dedup_threshold: float = 0.8
     """Estimated Jaccard similarity of word 5-gram sets above which a page is a near-duplicate."""
     num_perm: int = 128

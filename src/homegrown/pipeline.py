@@ -112,7 +112,7 @@ def prepare_tokenizer(corpus_dir: Path, vocab_size: int, path: Path) -> Path:
 
 
 def prepare_shards(corpus_dir: Path, tokenizer_path: Path, shard_dir: Path, mixture: str = "",
-                   max_repeat: float = DataConfig.mixture_max_repeat) -> Path:
+                   max_repeat: float = DataConfig.mixture_max_repeat, workers: int = 1) -> Path:
     """Pack the corpus (drawn to the `mixture` token shares when given) unless matching shards exist."""
     index = shard_dir / SHARD_INDEX
     tok = load_tokenizer(tokenizer_path)
@@ -121,7 +121,7 @@ def prepare_shards(corpus_dir: Path, tokenizer_path: Path, shard_dir: Path, mixt
         if packed["vocab_size"] == tok.get_vocab_size() and packed.get("mixture", {}).get("spec", "") == mixture:
             return shard_dir
     console.print(f"packing token shards into {shard_dir}")
-    stats, plan = pack_corpus(corpus_dir, tokenizer_path, shard_dir, mixture, max_repeat)
+    stats, plan = pack_corpus(corpus_dir, tokenizer_path, shard_dir, mixture, max_repeat, workers=workers)
     if plan is not None:
         for name, share in sorted(plan.achieved.items()):
             console.print(f"  mixture {name}: target {plan.target.get(name, 0):.1%}, achieved {share:.1%}")
@@ -166,7 +166,8 @@ def continue_pretraining(preset: Preset, run_dir: Path, progress: bool = True) -
     tok_path = adopt_tokenizer(start, run_dir)
     record_preset(preset, run_dir)
     corpus = prepare_corpus(preset.data, paths.corpus, preset.ingest)
-    shards = prepare_shards(corpus, tok_path, paths.shards, preset.data.mixture, preset.data.mixture_max_repeat)
+    shards = prepare_shards(corpus, tok_path, paths.shards, preset.data.mixture, preset.data.mixture_max_repeat,
+                            preset.ingest.workers)
     return train(preset.model, preset.train, shards, run_dir, tok_path, init_from=start, progress=progress)
 
 
@@ -213,7 +214,8 @@ def run(preset: Preset, run_dir: Path, samples: int = 3, progress: bool = True) 
     record_preset(preset, run_dir)
     corpus = prepare_corpus(preset.data, paths.corpus, preset.ingest)
     tok_path = prepare_tokenizer(corpus, preset.model.vocab_size, paths.tokenizer)
-    shards = prepare_shards(corpus, tok_path, paths.shards, preset.data.mixture, preset.data.mixture_max_repeat)
+    shards = prepare_shards(corpus, tok_path, paths.shards, preset.data.mixture, preset.data.mixture_max_repeat,
+                            preset.ingest.workers)
     result: TrainResult = train(preset.model, preset.train, shards, run_dir, tok_path, progress=progress)
     chat = prepare_sft(preset, run_dir, result.final_checkpoint, progress=progress)
     tasks = [t.strip() for t in preset.eval.tasks.split(",") if t.strip()]

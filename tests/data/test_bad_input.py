@@ -6,11 +6,15 @@ import gzip
 import json
 from pathlib import Path
 
+import pytest
 from crawl_kit import html_page, sample_docs, warc_bytes, write_jsonl, write_site
 
 from homegrown.config import IngestConfig
+from homegrown.data.corpus import corpus_files
 from homegrown.data.ingest import SourceSpec, ingest
-from homegrown.data.sources import Skip, iter_file
+from homegrown.data.sources import Skip, iter_corpus, iter_file
+
+pytestmark = pytest.mark.usefixtures("ray_session")  # ingest runs on one local Ray per session
 
 MAX_DOC = 300_000
 
@@ -71,8 +75,7 @@ def test_broken_files_are_counted_and_good_text_kept(tmp_path: Path) -> None:
 
 
 def _read(out: Path, split: str) -> list[dict]:
-    with gzip.open(out / f"{split}.jsonl.gz", "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
+    return list(iter_corpus(out, split))
 
 
 def test_huge_document_is_never_read_whole(tmp_path: Path) -> None:
@@ -90,12 +93,12 @@ def test_interrupted_write_leaves_no_finished_looking_file(tmp_path: Path) -> No
     write_site(tmp_path / "site", sample_docs(2))
     spec = SourceSpec(path=tmp_path / "site", licence="CC0-1.0", url_prefix="https://example.org/")
     ingest([spec], tmp_path / "out", progress=False)
-    before = (tmp_path / "out" / "train.jsonl.gz").read_bytes()
+    before = {name: (tmp_path / "out" / name).read_bytes() for name in corpus_files(tmp_path / "out")}
     (tmp_path / "site" / "page0001.html").write_bytes(b"\x00\x01binary now")
     (tmp_path / "bad.opt").write_text("sha256: not-a-hash\n")
     try:
         ingest([spec], tmp_path / "out", progress=False, opt_out=tmp_path / "bad.opt")
     except Exception as err:
         assert "not a sha256" in str(err)
-    assert (tmp_path / "out" / "train.jsonl.gz").read_bytes() == before
+    assert {name: (tmp_path / "out" / name).read_bytes() for name in corpus_files(tmp_path / "out")} == before
     assert not list((tmp_path / "out").glob("*.tmp"))

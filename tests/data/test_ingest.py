@@ -11,6 +11,7 @@ import pytest
 from crawl_kit import html_page, sample_docs, warc_bytes, write_jsonl, write_parquet, write_site
 
 from homegrown.config import IngestConfig
+from homegrown.data.corpus import corpus_files, list_shards
 from homegrown.data.dedup import ExactDedup
 from homegrown.data.extract import extract_html
 from homegrown.data.filters import QualityFilter
@@ -18,6 +19,8 @@ from homegrown.data.ingest import SourceSpec, ingest, main, split_bucket, split_
 from homegrown.data.provenance import MANIFEST_NAME, doc_id, iter_jsonl_gz
 from homegrown.data.sources import iter_corpus, iter_jsonl
 from homegrown.errors import HomegrownError
+
+pytestmark = pytest.mark.usefixtures("ray_session")  # ingest runs on one local Ray per session
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample"
 FIELDS = {"text", "title", "source", "licence", "sha256"}
@@ -48,9 +51,9 @@ def _site(root: Path) -> tuple[Path, list[dict]]:
     return root, docs
 
 
-def _records(path: Path) -> list[dict]:
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
+def _rows(corpus: Path) -> list[dict]:
+    """Every manifest row of a sharded corpus, shard after shard."""
+    return [row for shard in list_shards(corpus) for row in iter_jsonl_gz(shard["manifest"])]
 
 
 def test_ingest_counts_and_outputs(tmp_path: Path) -> None:
@@ -65,7 +68,7 @@ def test_ingest_counts_and_outputs(tmp_path: Path) -> None:
     assert stats.rejected == {"duplicate_exact": 2, "duplicate_near": 1, "empty": 1, "language": 1}
     assert (stats.dropped_empty, stats.dropped_duplicate) == (1, 3)
     assert stats.pii.get("EMAIL", 0) >= 1 and stats.train_pages + stats.val_pages == 5
-    records = {split: _records(tmp_path / "out" / f"{split}.jsonl.gz") for split in ("train", "val")}
+    records = {split: list(iter_corpus(tmp_path / "out", split)) for split in ("train", "val")}
     kept = records["train"] + records["val"]
     assert sorted(r["source"] for r in kept) == [PREFIX + f"page{i:04d}.html" for i in range(5)]
     for split, recs in records.items():
@@ -77,7 +80,7 @@ def test_ingest_counts_and_outputs(tmp_path: Path) -> None:
     mail = next(r for r in kept if r["source"].endswith("page0004.html"))
     assert "jane.doe@example.com" not in mail["text"] and "<EMAIL>" in mail["text"]
 
-    rows = list(iter_jsonl_gz(tmp_path / "out" / MANIFEST_NAME))
+    rows = _rows(tmp_path / "out")
     assert len(rows) == 5 and {r["sha256"] for r in rows} == {r["sha256"] for r in kept}
     for row in rows:
         assert row["id"] == doc_id(row["source"], row["sha256"]) and row["language"] == "en"
@@ -86,10 +89,12 @@ def test_ingest_counts_and_outputs(tmp_path: Path) -> None:
     manifest = json.loads((tmp_path / "out" / "MANIFEST.json").read_text())
     assert manifest["kept"] == 5 and manifest["rejected"] == stats.rejected and manifest["pii"] == stats.pii
     assert manifest["sources"][0]["text_bytes"] == sum(len(r["text"].encode()) for r in kept)
+    assert sorted(manifest["files"]) == sorted(corpus_files(tmp_path / "out"))
     for name, digest in manifest["files"].items():
         assert hashlib.sha256((tmp_path / "out" / name).read_bytes()).hexdigest() == digest["sha256"]
     assert not list((tmp_path / "out").glob("*.tmp"))
     assert not (tmp_path / "out" / "parts").exists(), "a whole-crawl ingest removes its intermediate parts"
+    assert not (tmp_path / "out" / "dedup").exists(), "and the dedup stages' work files"
 
 
 def test_quality_rules_reject_junk_by_rule_name(tmp_path: Path) -> None:
@@ -138,7 +143,9 @@ def test_ingest_is_byte_reproducible(tmp_path: Path) -> None:
     spec = SourceSpec(path=site, licence="CC0-1.0", url_prefix=PREFIX)
     for out in ("a", "b"):
         ingest([spec], tmp_path / out, progress=False)
-    for name in ("train.jsonl.gz", "val.jsonl.gz", MANIFEST_NAME, "MANIFEST.json"):
+    names = [*corpus_files(tmp_path / "a"), "MANIFEST.json"]
+    assert len(names) == 3 * 8 + 1  # the site's 11 files in 8 shards (the default)
+    for name in names:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 
@@ -294,11 +301,11 @@ def test_a_small_crawl_still_gets_one_held_out_page(tmp_path: Path) -> None:
     assert not any(split_of(u, 0.05) == "val" for u in urls)  # the plain rule would hold out nothing
     stats = ingest([SourceSpec(path=site, licence="CC0-1.0", url_prefix=prefix)], tmp_path / "out", progress=False)
     nearest = min(urls, key=split_bucket)
-    val, train = (_records(tmp_path / "out" / f"{s}.jsonl.gz") for s in ("val", "train"))
+    val, train = (list(iter_corpus(tmp_path / "out", s)) for s in ("val", "train"))
     assert [r["source"] for r in val] == [nearest] and len(train) == 5
     assert (stats.train_pages, stats.val_pages) == (5, 1)
     assert stats.val_text_bytes == len(val[0]["text"].encode("utf-8"))
-    rows = {r["source"]: r["split"] for r in iter_jsonl_gz(tmp_path / "out" / MANIFEST_NAME)}
+    rows = {r["source"]: r["split"] for r in _rows(tmp_path / "out")}
     assert rows == {u: "val" if u == nearest else "train" for u in urls}
     meta = json.loads((tmp_path / "out" / "MANIFEST.json").read_text())
     assert meta["val_pages"] == 1 and "lowest" in meta["split_rule"]

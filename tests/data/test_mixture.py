@@ -9,12 +9,15 @@ import numpy as np
 import pytest
 from crawl_kit import sample_docs, warc_bytes, write_site
 
+from homegrown.data.corpus import list_shards
 from homegrown.data.ingest import SourceSpec, ingest
 from homegrown.data.mixture import pack_corpus, parse_mixture, plan_mixture
 from homegrown.data.pack import TokenShards
 from homegrown.data.provenance import iter_documents
 from homegrown.errors import HomegrownError
 from homegrown.pipeline import prepare_tokenizer
+
+pytestmark = pytest.mark.usefixtures("ray_session")  # ingest runs on one local Ray per session
 
 
 def test_parse_and_plan() -> None:
@@ -74,3 +77,14 @@ def test_without_mixture_every_document_once(run: Path, cli) -> None:
     assert "web" in result.stderr and "achieved" in result.stderr
     bad = cli("data", "mix", str(run), "--mixture", "books=1")
     assert bad.returncode == 2 and "books" in bad.stderr
+
+
+def test_shards_pack_in_parallel_to_the_same_bytes(run: Path, tmp_path: Path) -> None:
+    assert len(list_shards(run / "corpus")) > 1
+    for workers in (1, 2):
+        pack_corpus(run / "corpus", run / "tokenizer.json", tmp_path / str(workers), "web=1,licensed=1", 4.0,
+                    workers=workers)
+    names = sorted(p.name for p in (tmp_path / "1").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "2").iterdir()) and len(names) > 3
+    for name in names:
+        assert (tmp_path / "1" / name).read_bytes() == (tmp_path / "2" / name).read_bytes(), name

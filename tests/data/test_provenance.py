@@ -12,6 +12,7 @@ import pytest
 from crawl_kit import sample_docs, warc_bytes, write_site
 
 from homegrown.config import ModelConfig
+from homegrown.data.corpus import corpus_files
 from homegrown.data.forget import FORGET_LOG, forget
 from homegrown.data.ingest import SourceSpec, ingest
 from homegrown.data.provenance import MANIFEST_NAME, OptOut, audit, iter_documents
@@ -19,6 +20,8 @@ from homegrown.errors import HomegrownError
 from homegrown.model import Transformer
 from homegrown.pipeline import prepare_shards, prepare_tokenizer
 from homegrown.train.checkpoint import save_checkpoint
+
+pytestmark = pytest.mark.usefixtures("ray_session")  # ingest runs on one local Ray per session
 
 PREFIX = "https://docs.example.org/"
 SHA = "ab" * 32
@@ -102,8 +105,10 @@ def test_forget_removes_from_corpus_and_shards_and_names_checkpoints(tmp_path: P
     assert len(left) == len(docs) - 1 and victim["id"] not in {r["id"] for r in left}
     meta = json.loads((run / "corpus" / "MANIFEST.json").read_text())
     assert meta["kept"] == len(left) and meta["forgotten"] == 1
-    for name in ("train.jsonl.gz", "val.jsonl.gz", MANIFEST_NAME):
+    assert sorted(meta["files"]) == sorted(corpus_files(run / "corpus")) and len(meta["shards"]) > 1
+    for name in meta["files"]:
         assert hashlib.sha256((run / "corpus" / name).read_bytes()).hexdigest() == meta["files"][name]["sha256"]
+    assert sum(s["train_pages"] + s["val_pages"] for s in meta["shards"]) == len(left)
     after = json.loads((run / "shards" / "index.json").read_text())
     assert after["splits"]["train"]["documents"] == before["splits"]["train"]["documents"] - 1
     assert after["splits"]["train"]["text_bytes"] == (

@@ -12,14 +12,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from homegrown.data.corpus import corpus_files, iter_jsonl_gz, list_shards
 from homegrown.data.mixture import pack_corpus
 from homegrown.data.provenance import (
-    MANIFEST_NAME,
     SPLITS,
     AtomicJsonlGz,
     corpus_dir_of,
     file_digest,
-    iter_documents,
+    iter_documents_of,
 )
 from homegrown.errors import HomegrownError
 from homegrown.io import write_json_atomic, write_text_atomic
@@ -52,11 +52,12 @@ def _checkpoints_after(run: Path, since: float) -> list[Path]:
 def forget(run: Path, urls: Iterable[str] = (), hashes: Iterable[str] = (), ids: Iterable[str] = ()) -> ForgetResult:
     """Remove documents (by exact URL, content sha256 or manifest id) from `run`'s corpus and shards.
 
-    The splits and the manifest are rewritten under temporary names and renamed together, MANIFEST.json
-    last. Packed shards are rebuilt from the new corpus with the run's tokenizer (and mixture). Every
-    checkpoint written after the shards were first packed (`packed_since` in the shard index survives
-    re-packs by forget) was trained on data that held the document: they are listed and logged in
-    ``forget_log.jsonl`` so a team knows what to retrain.
+    Each corpus shard holding one of them has its splits and manifest rewritten under temporary names,
+    renamed together once every shard is done, MANIFEST.json last; other shards are not touched. Packed
+    shards are rebuilt from the new corpus with the run's tokenizer (and mixture). Every checkpoint written
+    after the shards were first packed (`packed_since` in the shard index survives re-packs by forget) was
+    trained on data that held the document: they are listed and logged in ``forget_log.jsonl`` so a team
+    knows what to retrain.
     """
     urls, hashes, ids = set(urls), {h.lower() for h in hashes}, set(ids)
     if not (urls or hashes or ids):
@@ -65,42 +66,47 @@ def forget(run: Path, urls: Iterable[str] = (), hashes: Iterable[str] = (), ids:
     corpus = corpus_dir_of(run)
     is_run = corpus != run
     removed: list[dict] = []
-    writers = {split: AtomicJsonlGz(corpus / f"{split}.jsonl.gz") for split in SPLITS}
-    had_manifest = (corpus / MANIFEST_NAME).is_file()
-    manifest = AtomicJsonlGz(corpus / MANIFEST_NAME)
+    shards = list_shards(corpus)
     counts = {split: [0, 0] for split in SPLITS}  # pages, text bytes
+    rewritten: list[dict[str, AtomicJsonlGz]] = []  # per shard; a shard nothing leaves is not rewritten
     try:
-        for record, row in iter_documents(corpus):
-            if row["source"] in urls or row["sha256"] in hashes or row["id"] in ids:
-                removed.append({k: row[k] for k in ("id", "source", "sha256", "split")})
-                continue
-            writers[row["split"]].write(record)
-            manifest.write(row)
-            counts[row["split"]][0] += 1
-            counts[row["split"]][1] += len(record["text"].encode("utf-8"))
+        for shard in shards:
+            writers = {kind: AtomicJsonlGz(path) for kind, path in shard.items()}
+            rewritten.append(writers)
+            before = len(removed)
+            for record, row in iter_documents_of(shard):
+                if row["source"] in urls or row["sha256"] in hashes or row["id"] in ids:
+                    removed.append({k: row[k] for k in ("id", "source", "sha256", "split")})
+                    continue
+                writers[row["split"]].write(record)
+                writers["manifest"].write(row)
+                counts[row["split"]][0] += 1
+                counts[row["split"]][1] += len(record["text"].encode("utf-8"))
+            for kind, w in writers.items():
+                # unchanged shards and a missing manifest (a corpus from before manifests) stay as they are
+                (w.close if len(removed) > before and shard[kind].is_file() else w.abort)()
         if not removed:
             raise HomegrownError("no document matches; check the URL, hash or id with `homegrown data audit`")
-        for w in writers.values():
-            w.close()
-        manifest.close()
     except BaseException:
-        for w in [*writers.values(), manifest]:
-            w.abort()
+        for writers in rewritten:
+            for w in writers.values():
+                w.abort()
         raise
     meta_path = corpus / MANIFEST
     meta = json.loads(meta_path.read_text())
+    names = corpus_files(corpus)
     meta_path.unlink()  # the corpus is incomplete until MANIFEST.json is rewritten
-    for w in writers.values():
-        w.commit()
-    if had_manifest:
-        manifest.commit()
-    else:
-        manifest.abort()
+    for writers in rewritten:
+        for w in writers.values():
+            if w.tmp.is_file():
+                w.commit()
     for split in SPLITS:
         meta[f"{split}_pages"], meta[f"{split}_text_bytes"] = counts[split]
     meta["kept"] = counts["train"][0] + counts["val"][0]
     meta["forgotten"] = meta.get("forgotten", 0) + len(removed)
-    names = [f"{s}.jsonl.gz" for s in SPLITS] + ([MANIFEST_NAME] if had_manifest else [])
+    for entry, shard in zip(meta.get("shards", []), shards, strict=False):
+        for split in SPLITS:
+            entry[f"{split}_pages"] = sum(1 for _ in iter_jsonl_gz(shard[split]))
     meta["files"] = {name: file_digest(corpus / name) for name in names}
     write_json_atomic(meta_path, meta)
 

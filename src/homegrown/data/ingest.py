@@ -1,21 +1,24 @@
-"""Ingest stage: a crawl (HTML, WARC, JSONL, Parquet, text) → clean, deduplicated text with lineage.
+"""Ingest stage: a crawl (HTML, WARC, JSONL, Parquet, text) → clean, deduplicated, sharded text with lineage.
 
-Two phases, so the work spreads over processes and machines while the result stays exactly reproducible:
+Every step runs as tasks on the engine (data/engine.py: Ray, local or a cluster), so the work spreads over
+processes and machines while the result stays exactly reproducible:
 
-1. **Parts** (parallel, resumable). Every input file is processed on its own: read (`sources.iter_file`)
-   → extract HTML → language → quality rules → PII scrub → MinHash signature. The survivors are
-   written to ``OUT/parts/SSS-FFFFFFF.jsonl.gz`` with their signatures, then a ``.json`` marker with the
-   file's counts. A file with a marker is done: an interrupted run resumes at the first file without
-   one. ``--workers N`` runs files in N processes; ``--shard i/n`` takes every n-th file so a SLURM
-   array or Kubernetes jobs can each run a slice, writing into one shared ``parts/``.
-2. **Merge** (one process, streaming). Parts are replayed in input order — the order of the plan,
-   never of completion — through the opt-out list, exact dedup and MinHash-LSH near dedup, and split
-   into train/val. So 1 worker, 8 workers or 50 machines give byte-identical output.
+1. **Parts** (a task per input file, resumable). Read (`sources.iter_file`) → extract HTML → language →
+   quality rules → PII scrub → MinHash signature. The survivors are written to
+   ``OUT/parts/SSS-FFFFFFF.jsonl.gz`` with their signatures, then a ``.json`` marker with the file's counts.
+   A file with a marker is done: an interrupted run resumes at the first file without one. ``--shard i/n``
+   takes every n-th file so SLURM array jobs can each run a slice, writing into one shared ``parts/``.
+2. **Merge** (`merge`): opt-out, exact and near dedup by hash partitioning (data/dedup_stages.py: keys →
+   exact / buckets → verify → components), then a task per corpus shard writes its block of input files,
+   in plan order — never the order of completion — split into train/val. So 1 worker, 8 workers or 50
+   machines give byte-identical output. Every task leaves a marker under ``OUT/dedup/``: a re-run after a
+   crash redoes only unfinished tasks.
 
-Output (``OUT``): ``train.jsonl.gz`` / ``val.jsonl.gz`` (``text``, ``title``, ``source``, ``licence``,
-``sha256``), ``manifest.jsonl.gz`` (one provenance row per kept document, see provenance.py), and
-``MANIFEST.json`` (every count: rejections per reason and quality rule, PII per kind, dedup, opt-out;
-sizes and sha256 of the three files). MANIFEST.json is written last: its presence means complete.
+Output (``OUT``, layout in data/corpus.py): per shard ``train-NNNNN.jsonl.gz`` / ``val-NNNNN.jsonl.gz``
+(``text``, ``title``, ``source``, ``licence``, ``sha256``) and ``manifest-NNNNN.jsonl.gz`` (one provenance
+row per kept document, see provenance.py); ``MANIFEST.json`` (every count: rejections per reason and
+quality rule, PII per kind, dedup, opt-out; the shards; sizes and sha256 of every file) is written last:
+its presence means complete.
 
 The split depends on the page's URL only, so a page stays in the same split when sources are added or
 the corpus is rebuilt, and val never leaks into train.
@@ -29,23 +32,34 @@ import dataclasses
 import hashlib
 import json
 import logging
-import multiprocessing
 import shutil
 import sys
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from homegrown.config import DataConfig, IngestConfig
-from homegrown.data.dedup import ExactDedup
+from homegrown.data import engine
+from homegrown.data.corpus import KINDS, SINGLE_FILE, shard_names
+from homegrown.data.dedup_stages import (
+    DedupPlan,
+    buckets_task,
+    components_task,
+    duplicates_of_shard,
+    exact_task,
+    keys_task,
+    lsh_bands,
+    order_of,
+    verify_task,
+)
 from homegrown.data.extract import EXTRACTOR_OPTIONS, extract_html, identify_language
 from homegrown.data.filters import QualityFilter
 from homegrown.data.pii import find, scrub
 from homegrown.data.provenance import (
-    MANIFEST_NAME,
     AtomicJsonlGz,
     OptOut,
     doc_id,
@@ -55,9 +69,9 @@ from homegrown.data.provenance import (
 )
 from homegrown.data.sources import RawDoc, Skip, SourceSpec, iter_file, list_files
 from homegrown.errors import HomegrownError
-from homegrown.io import write_json_atomic
+from homegrown.io import write_json_atomic, write_text_atomic
 from homegrown.layout import MANIFEST
-from homegrown.progress import StepProgress, console
+from homegrown.progress import console
 
 __all__ = ["IngestStats", "SourceSpec", "ingest", "ingest_parts", "merge", "split_of"]
 
@@ -69,6 +83,7 @@ SPLIT_RULE = (
     "lowest such number goes to val"
 )
 PARTS = "parts"
+DEDUP = "dedup"
 PLAN = "PLAN.json"
 
 
@@ -262,17 +277,16 @@ class _Processor:
         return marker
 
 
-_WORKER: _Processor | None = None
+_PROCESSORS: dict[str, _Processor] = {}
 
 
-def _init_worker(cfg: IngestConfig, extractor: str) -> None:
-    global _WORKER
-    _WORKER = _Processor(cfg, extractor)
-
-
-def _run_task(args: tuple[SourceSpec, _FileTask, Path, str]) -> dict:
-    assert _WORKER is not None
-    return _WORKER.run(*args)
+def _part_task(spec: SourceSpec, task: _FileTask, parts: Path, plan_id: str, cfg: IngestConfig,
+               extractor: str) -> dict:
+    """One engine task: one input file → its part. The processor is built once per worker process."""
+    key = json.dumps([asdict(cfg), extractor], sort_keys=True)
+    if key not in _PROCESSORS:
+        _PROCESSORS[key] = _Processor(cfg, extractor)
+    return _PROCESSORS[key].run(spec, task, parts, plan_id)
 
 
 def _done(parts: Path, task: _FileTask, plan_id: str) -> bool:
@@ -310,37 +324,117 @@ def ingest_parts(
     Files whose part is already complete are skipped, so re-running after a crash resumes.
     """
     cfg = cfg or IngestConfig()
+    sources = [dataclasses.replace(s, path=Path(s.path).resolve()) for s in sources]  # workers may run elsewhere
     plan, tasks = _plan(sources, cfg, extractor)
-    parts = Path(out_dir) / PARTS
+    parts = Path(out_dir).resolve() / PARTS
     _write_plan(parts, plan, replace_stale=shard == (0, 1))
     mine = [t for t in tasks if t.index % shard[1] == shard[0]]
     todo = [t for t in mine if not _done(parts, t, plan["id"])]
     if len(todo) < len(mine):
         console.print(f"ingest: {len(mine) - len(todo)} of {len(mine)} files already done, resuming")
-    args = [(sources[t.source], t, parts, plan["id"]) for t in todo]
-    kept = 0
-    with StepProgress("ingest", total=len(mine), start=len(mine) - len(todo), enabled=progress) as bar:
-        if cfg.workers <= 1 or len(todo) <= 1:
-            _init_worker(cfg, extractor)
-            results: Iterator[dict] = map(_run_task, args)
-        else:
-            pool = multiprocessing.get_context("spawn").Pool(cfg.workers, _init_worker, (cfg, extractor))
-            results = pool.imap_unordered(_run_task, args)
-        try:
-            for done, marker in enumerate(results, len(mine) - len(todo) + 1):
-                kept += marker["candidates"]
-                bar.update(done, candidates=kept)
-        finally:
-            if cfg.workers > 1 and len(todo) > 1:
-                pool.terminate()
+    calls = [(sources[t.source], t, parts, plan["id"], cfg, extractor) for t in todo]
+    with engine.connect(cfg.workers, cfg.ray_address):
+        engine.run_tasks(_part_task, calls, cfg.workers, "ingest", progress)
     return len(todo)
 
 
-# ---- phase 2: parts → corpus ----
+# ---- phase 2: parts → corpus, on the engine ----
 
 
-def _signature(record: dict) -> np.ndarray:
-    return np.frombuffer(base64.b64decode(record["sig"]), dtype=np.dtype(record["sig_dtype"]))
+def _stage(dplan: DedupPlan, name: str, fn: Callable[..., Any], calls: list[tuple], ids: list[int],
+           cfg: IngestConfig, progress: bool) -> None:
+    """Run the tasks of one stage whose done-marker is missing; a re-run after a crash redoes only those."""
+    todo = [call for call, i in zip(calls, ids, strict=True) if not dplan.done(name, i).is_file()]
+    log.info("ingest %s: %d of %d tasks to run", name, len(todo), len(calls))
+    engine.run_tasks(fn, todo, cfg.workers, name, progress)
+
+
+def _write_shard(dplan: DedupPlan, shard: int, files: list[tuple[_FileTask, Path]], sources: list[SourceSpec],
+                 holdout_fraction: float, quality_rules: list[str], optout: OptOut, out_dir: Path,
+                 force_val: str | None = None) -> None:
+    """One engine task: the parts of one block of input files → one corpus shard (corpus.py) and its counts.
+
+    A document leaves if opted out, else if an exact or near duplicate (dedup_stages decided which); the
+    rest go to their split with a manifest row. `force_val` is the one page a crawl too small to draw any
+    val page puts there (see SPLIT_RULE).
+    """
+    exact, near = duplicates_of_shard(dplan, shard)
+    names = shard_names(shard)
+    writers = {kind: AtomicJsonlGz(out_dir / names[kind]) for kind in KINDS}
+    per_source: dict[int, dict] = {}
+    rejected: Counter[str] = Counter()
+    notes: Counter[str] = Counter()
+    pii: Counter[str] = Counter()
+    counts = dict.fromkeys(("train_pages", "val_pages", "train_text_bytes", "val_text_bytes"), 0)
+    fallback: list | None = None  # [bucket, id] of the train page nearest to val
+    try:
+        for task, where in files:
+            spec = sources[task.source]
+            src = per_source.setdefault(task.source, {"files": 0, "pages_read": 0, "kept": 0, "text_bytes": 0,
+                                                      "rejected": {}})
+            marker = json.loads((where / f"{task.part}.json").read_text())
+            src["files"] += 1
+            src["pages_read"] += marker["read"]
+            file_rejects = Counter(marker["rejected"])
+            notes.update(marker["notes"])
+            for line, record in enumerate(iter_jsonl_gz(where / f"{task.part}.jsonl.gz")):
+                order = order_of(task.index, line)
+                sha = text_sha256(record["text"])
+                reason = optout.match(record["url"], (sha, record["extracted_sha256"]))
+                if reason is None and order in exact:
+                    reason = "duplicate_exact"
+                elif reason is None and order in near:
+                    reason = "duplicate_near"
+                if reason is not None:
+                    file_rejects[reason] += 1
+                    continue
+                ident = doc_id(record["url"], sha)
+                split = "val" if ident == force_val else split_of(record["url"], holdout_fraction)
+                nbytes = len(record["text"].encode("utf-8"))
+                if split == "train" and (fallback is None or [split_bucket(record["url"]), ident] < fallback):
+                    fallback = [split_bucket(record["url"]), ident]
+                writers[split].write({"text": record["text"], "title": record["title"], "source": record["url"],
+                                      "licence": spec.licence, "sha256": sha})
+                writers["manifest"].write({
+                    "id": ident, "source": record["url"], "name": spec.label, "licence": spec.licence,
+                    "retrieved": record["retrieved"], "sha256": sha, "language": record["language"],
+                    "chars": len(record["text"]), "split": split, "title": record["title"],
+                    "filters": quality_rules, "pii": record["pii"], "truncated": record["truncated"],
+                })
+                pii.update(record["pii"])
+                src["kept"] += 1
+                src["text_bytes"] += nbytes
+                counts[f"{split}_pages"] += 1
+                counts[f"{split}_text_bytes"] += nbytes
+            src["rejected"] = dict(Counter(src["rejected"]) + file_rejects)
+            rejected.update(file_rejects)
+        for w in writers.values():
+            w.commit()
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+    write_json_atomic(dplan.path("write", f"{shard:07d}.json"), {
+        **counts, "files": names, "rejected": dict(rejected), "notes": dict(notes), "pii": dict(pii),
+        "sources": {str(k): v for k, v in per_source.items()}, "fallback": fallback,
+        "digests": {name: file_digest(out_dir / name) for name in names.values()},
+    })
+    write_text_atomic(dplan.done("write", shard), "done\n")
+
+
+def _dedup_plan(out_dir: Path, plan: dict, cfg: IngestConfig, optout: OptOut, n_files: int) -> DedupPlan:
+    """The work directory and partitioning of this merge: a new one whenever an input to the result changes."""
+    shards = max(1, min(cfg.shards, n_files))
+    bands, rows = lsh_bands(cfg.near_dedup_threshold, cfg.num_perm)
+    settings = [plan["id"], optout.sha256, cfg.near_dedup_threshold, cfg.num_perm, bands, rows, shards,
+                cfg.holdout_fraction]
+    ident = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:16]
+    root = out_dir / DEDUP
+    if root.is_dir():
+        for old in root.iterdir():
+            if old.name != ident:
+                shutil.rmtree(old)
+    return DedupPlan(root / ident, shards, n_files, shards, cfg.near_dedup_threshold, cfg.num_perm, bands, rows)
 
 
 def merge(
@@ -350,16 +444,18 @@ def merge(
     extra_parts: Sequence[Path] = (),
     progress: bool = True,
 ) -> IngestStats:
-    """Phase 2: replay every part in plan order through opt-out, exact and near dedup; write the corpus.
+    """Phase 2 on the engine: opt-out, exact and near dedup by hash partitioning, then one task per corpus shard.
 
     `extra_parts` are more `parts/` directories (from machines without a shared filesystem) to draw
     markers and parts from. Every file of the plan must have a part; the error lists the missing ones.
+    Work files go to ``OUT/dedup/`` and are removed at the end unless `cfg.keep_parts`; a merge
+    interrupted anywhere resumes at the first unfinished task of the first unfinished stage.
     """
     cfg = cfg or IngestConfig()
     if not 0.0 <= cfg.holdout_fraction < 1.0:
         raise HomegrownError(f"holdout_fraction must be in [0, 1), got {cfg.holdout_fraction}")
-    out_dir = Path(out_dir)
-    dirs = [out_dir / PARTS, *map(Path, extra_parts)]
+    out_dir = Path(out_dir).resolve()
+    dirs = [out_dir / PARTS, *(Path(d).resolve() for d in extra_parts)]
     plan_path = next((d / PLAN for d in dirs if (d / PLAN).is_file()), None)
     if plan_path is None:
         raise HomegrownError(f"no {PLAN} in {', '.join(map(str, dirs))}; run `homegrown data ingest` first")
@@ -375,84 +471,77 @@ def merge(
         raise HomegrownError(f"{len(missing)} of {len(tasks)} input files have no finished part (first: "
                              f"{tasks[missing[0]].path}); run the missing `--shard` slices, then merge again")
     optout = OptOut.load(opt_out)
-    from homegrown.data.dedup import NearDedup  # datasketch loads only when a crawl is ingested
-
     quality_rules = QualityFilter(cfg.filters).rule_names
+    dplan = _dedup_plan(out_dir, plan, cfg, optout, len(tasks))
+    (out_dir / MANIFEST).unlink(missing_ok=True)  # the corpus is incomplete until it is rewritten
+    parts = [(dplan, t.index, where / f"{t.part}.jsonl.gz", optout) for t, where in found]
+    partitions = list(range(dplan.partitions))
+    by_shard: list[list[tuple[_FileTask, Path]]] = [[] for _ in range(dplan.shards)]
+    for t, where in found:
+        by_shard[dplan.shard_of(t.index)].append((t, where))
+    shards = list(range(dplan.shards))
+    writes = [(dplan, s, by_shard[s], sources, cfg.holdout_fraction, quality_rules, optout, out_dir)
+              for s in shards]
+    with engine.connect(cfg.workers, cfg.ray_address):
+        _stage(dplan, "keys", keys_task, parts, [t.index for t, _ in found], cfg, progress)
+        _stage(dplan, "exact", exact_task, [(dplan, p) for p in partitions], partitions, cfg, progress)
+        _stage(dplan, "buckets", buckets_task, [(dplan, p) for p in partitions], partitions, cfg, progress)
+        _stage(dplan, "verify", verify_task, [(dplan, p) for p in partitions], partitions, cfg, progress)
+        _stage(dplan, "components", components_task, [(dplan,)], [0], cfg, progress)
+        _stage(dplan, "write", _write_shard, writes, shards, cfg, progress)
+        markers = [json.loads(dplan.path("write", f"{s:07d}.json").read_text()) for s in shards]
+        if (cfg.holdout_fraction > 0 and not sum(m["val_pages"] for m in markers)
+                and sum(m["train_pages"] for m in markers) >= 2):
+            best, shard = min((m["fallback"], s) for s, m in enumerate(markers) if m["fallback"])
+            engine.run_tasks(_write_shard, [(*writes[shard], best[1])], 1, "hold out", progress)
+            markers[shard] = json.loads(dplan.path("write", f"{shard:07d}.json").read_text())
+    stats = _finish_corpus(out_dir, plan, cfg, optout, sources, markers, quality_rules, dplan)
+    if not cfg.keep_parts:
+        shutil.rmtree(out_dir / DEDUP)
+    return stats
+
+
+def _finish_corpus(out_dir: Path, plan: dict, cfg: IngestConfig, optout: OptOut, sources: list[SourceSpec],
+                   markers: list[dict], quality_rules: list[str], dplan: DedupPlan) -> IngestStats:
+    """Add up the shards' counts and write MANIFEST.json, last; shard files of an earlier layout are removed."""
     stats = IngestStats(per_source=[SourceStats(s.label, s.url_prefix, s.licence) for s in sources])
     rejected: Counter[str] = Counter()
-    exact = ExactDedup()
-    near = NearDedup(cfg.near_dedup_threshold, cfg.num_perm, cfg.ngram)
-    (out_dir / MANIFEST).unlink(missing_ok=True)  # the corpus is incomplete until it is rewritten
-    writers = {split: AtomicJsonlGz(out_dir / f"{split}.jsonl.gz") for split in ("train", "val")}
-    manifest = AtomicJsonlGz(out_dir / MANIFEST_NAME)
-    pii: Counter[str] = Counter()
     notes: Counter[str] = Counter()
-    fallback: tuple[int, str, int] | None = None  # (bucket, id, text bytes) of the train page nearest to val
-    try:
-        with StepProgress("merge", total=len(found), enabled=progress) as bar:
-            for done, (task, where) in enumerate(found, 1):
-                spec, src = sources[task.source], stats.per_source[task.source]
-                marker = json.loads((where / f"{task.part}.json").read_text())
-                src.files += 1
-                src.pages_read += marker["read"]
-                file_rejects = Counter(marker["rejected"])
-                notes.update(marker["notes"])
-                for record in iter_jsonl_gz(where / f"{task.part}.jsonl.gz"):
-                    sha = text_sha256(record["text"])
-                    reason = optout.match(record["url"], (sha, record["extracted_sha256"]))
-                    if reason is None and exact.seen(record["text"]):
-                        reason = "duplicate_exact"
-                    ident = doc_id(record["url"], sha)
-                    if reason is None and near.seen_or_add(ident, _signature(record)) is not None:
-                        reason = "duplicate_near"
-                    if reason is not None:
-                        file_rejects[reason] += 1
-                        continue
-                    split = split_of(record["url"], cfg.holdout_fraction)
-                    nbytes = len(record["text"].encode("utf-8"))
-                    if split == "train" and (fallback is None or split_bucket(record["url"]) < fallback[0]):
-                        fallback = (split_bucket(record["url"]), ident, nbytes)
-                    writers[split].write({"text": record["text"], "title": record["title"], "source": record["url"],
-                                          "licence": spec.licence, "sha256": sha})
-                    manifest.write({
-                        "id": ident, "source": record["url"], "name": spec.label, "licence": spec.licence,
-                        "retrieved": record["retrieved"], "sha256": sha, "language": record["language"],
-                        "chars": len(record["text"]), "split": split, "title": record["title"],
-                        "filters": quality_rules, "pii": record["pii"], "truncated": record["truncated"],
-                    })
-                    pii.update(record["pii"])
-                    src.kept += 1
-                    src.text_bytes += nbytes
-                    setattr(stats, f"{split}_pages", getattr(stats, f"{split}_pages") + 1)
-                    setattr(stats, f"{split}_text_bytes", getattr(stats, f"{split}_text_bytes") + nbytes)
-                src.rejected = dict(sorted((Counter(src.rejected) + file_rejects).items()))
-                src.dropped_empty += file_rejects["empty"]
-                src.dropped_duplicate += file_rejects["duplicate_exact"] + file_rejects["duplicate_near"]
-                rejected.update(file_rejects)
-                bar.update(done, kept=stats.train_pages + stats.val_pages)
-        if cfg.holdout_fraction > 0 and stats.val_pages == 0 and stats.train_pages >= 2 and fallback:
-            writers["train"], manifest = _hold_out(fallback[1], writers["train"], writers["val"], manifest)
-            stats.train_pages, stats.val_pages = stats.train_pages - 1, 1
-            stats.train_text_bytes, stats.val_text_bytes = stats.train_text_bytes - fallback[2], fallback[2]
-        for w in [*writers.values(), manifest]:
-            w.commit()
-    except BaseException:
-        for w in [*writers.values(), manifest]:
-            w.abort()
-        raise
+    pii: Counter[str] = Counter()
+    for m in markers:
+        for key in ("train_pages", "val_pages", "train_text_bytes", "val_text_bytes"):
+            setattr(stats, key, getattr(stats, key) + m[key])
+        rejected.update(m["rejected"])
+        notes.update(m["notes"])
+        pii.update(m["pii"])
+        for index, counts in m["sources"].items():
+            src = stats.per_source[int(index)]
+            for key in ("files", "pages_read", "kept", "text_bytes"):
+                setattr(src, key, getattr(src, key) + counts[key])
+            src.rejected = dict(sorted((Counter(src.rejected) + Counter(counts["rejected"])).items()))
+    for src in stats.per_source:
+        src.dropped_empty = src.rejected.get("empty", 0)
+        src.dropped_duplicate = src.rejected.get("duplicate_exact", 0) + src.rejected.get("duplicate_near", 0)
     stats.pages_read = sum(s.pages_read for s in stats.per_source)
     stats.kept = stats.train_pages + stats.val_pages
     stats.dropped_empty = rejected["empty"]
     stats.dropped_duplicate = rejected["duplicate_exact"] + rejected["duplicate_near"]
     stats.rejected, stats.notes, stats.pii = (dict(sorted(c.items())) for c in (rejected, notes, pii))
+    listed = {name for m in markers for name in m["files"].values()}
+    for kind in KINDS:
+        for old in (*out_dir.glob(f"{kind}-*.jsonl.gz"), out_dir / SINGLE_FILE[kind]):
+            if old.name not in listed:
+                old.unlink(missing_ok=True)
     meta = {
-        "format": "homegrown-corpus/2",
+        "format": "homegrown-corpus/3",
         **{k: v for k, v in asdict(stats).items() if k != "per_source"},
         "holdout_fraction": cfg.holdout_fraction,
         "split_rule": SPLIT_RULE,
-        "dedup": (f"exact: sha256 of lowercased, whitespace-collapsed text; near: MinHash LSH over word "
-                  f"{cfg.ngram}-grams, {cfg.num_perm} permutations, Jaccard ≥ {cfg.near_dedup_threshold}; "
-                  "first copy in input order kept, across all files and shards"),
+        "dedup": (f"exact: sha256 of lowercased, whitespace-collapsed text; near: MinHash over word {cfg.ngram}-grams, "
+                  f"{cfg.num_perm} permutations, LSH {dplan.bands} bands × {dplan.rows} rows, a pair counts when "
+                  f"its signatures agree on ≥ {cfg.near_dedup_threshold}, clusters = connected components of "
+                  "the pairs; the first copy in input order is kept, across all files and shards "
+                  f"(hash-partitioned over {dplan.partitions} partitions, data/dedup_stages.py)"),
         "extraction": {"tool": plan["extractor"], **plan["extraction"]},
         "quality_rules": quality_rules,
         "filters": plan["filters"],
@@ -461,33 +550,13 @@ def merge(
         "opt_out": {"entries": len(optout), "sha256": optout.sha256},
         "plan": plan["id"],
         "sources": [asdict(s) for s in stats.per_source],
-        "files": {name: file_digest(out_dir / name)
-                  for name in ("train.jsonl.gz", "val.jsonl.gz", MANIFEST_NAME)},
+        "shards": [{**m["files"], "train_pages": m["train_pages"], "val_pages": m["val_pages"]} for m in markers],
+        "files": {name: digest for m in markers for name, digest in m["digests"].items()},
     }
     write_json_atomic(out_dir / MANIFEST, meta)
-    log.info("ingest: kept %d of %d documents (train %d, val %d) -> %s; rejected %s", stats.kept,
-             stats.pages_read, stats.train_pages, stats.val_pages, out_dir, stats.rejected)
+    log.info("ingest: kept %d of %d documents (train %d, val %d) in %d shards -> %s; rejected %s", stats.kept,
+             stats.pages_read, stats.train_pages, stats.val_pages, len(markers), out_dir, stats.rejected)
     return stats
-
-
-def _hold_out(ident: str, train: AtomicJsonlGz, val: AtomicJsonlGz,
-              manifest: AtomicJsonlGz) -> tuple[AtomicJsonlGz, AtomicJsonlGz]:
-    """Move page `ident` from the unfinished train file to val and mark it so in the manifest; returns the
-    new (train, manifest) writers. Only small crawls get here (no URL drew a val number), so re-reading
-    their train file is cheap.
-    """
-    old: list[Path] = []
-    for w in (train, manifest):
-        w.close()
-        old.append(w.tmp.replace(w.tmp.with_name(w.tmp.name + ".pre")))
-    train, manifest = AtomicJsonlGz(train.path), AtomicJsonlGz(manifest.path)
-    for record in iter_jsonl_gz(old[0]):
-        (val if doc_id(record["source"], record["sha256"]) == ident else train).write(record)
-    for row in iter_jsonl_gz(old[1]):
-        manifest.write({**row, "split": "val"} if row["id"] == ident else row)
-    for path in old:
-        path.unlink()
-    return train, manifest
 
 
 def sources_from(paths: Sequence[Path], sources_file: Path | None = None, **common: object) -> list[SourceSpec]:
@@ -535,7 +604,7 @@ def ingest(
     opt_out: Path | str | None = None,
     extractor: str = DataConfig.extractor,
 ) -> IngestStats:
-    """Both phases on one machine (`cfg.workers` processes): parts for every file, then merge.
+    """Both phases on the engine (`cfg.workers` tasks at once): parts for every file, then merge.
 
     The parts are deleted after a successful merge unless `cfg.keep_parts` (they hold a second copy of
     the text); `--shard` runs and `merge` never delete them.
@@ -545,8 +614,9 @@ def ingest(
         cfg.holdout_fraction = holdout_fraction
     if not 0.0 <= cfg.holdout_fraction < 1.0:
         raise HomegrownError(f"holdout_fraction must be in [0, 1), got {cfg.holdout_fraction}")
-    ingest_parts(sources, out_dir, cfg, extractor=extractor, progress=progress)
-    stats = merge(out_dir, cfg, opt_out=opt_out, progress=progress)
+    with engine.connect(cfg.workers, cfg.ray_address):  # one Ray for both phases
+        ingest_parts(sources, out_dir, cfg, extractor=extractor, progress=progress)
+        stats = merge(out_dir, cfg, opt_out=opt_out, progress=progress)
     if not cfg.keep_parts:
         shutil.rmtree(Path(out_dir) / PARTS)
     return stats
@@ -593,6 +663,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument("--holdout-fraction", type=float, default=IngestConfig.holdout_fraction)
     parser.add_argument("--workers", type=int, default=IngestConfig.workers)
+    parser.add_argument("--shards", type=int, default=IngestConfig.shards, help="corpus shards to write")
     parser.add_argument("--opt-out", type=Path, default=None, help="opt-out list (see provenance.py)")
     parser.add_argument("--pii-private-ips", action="store_true",
                         help="also replace private, link-local and documentation IP addresses")
@@ -601,7 +672,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         ingest(args.sources, args.out, holdout_fraction=args.holdout_fraction, progress=not args.no_progress,
-               cfg=IngestConfig(workers=args.workers, pii_private_ips=args.pii_private_ips), opt_out=args.opt_out)
+               cfg=IngestConfig(workers=args.workers, shards=args.shards, pii_private_ips=args.pii_private_ips),
+               opt_out=args.opt_out)
     except HomegrownError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

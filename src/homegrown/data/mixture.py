@@ -6,9 +6,11 @@ each is used. For a source with T tokens and target share w of a budget N (the c
 rate is r = w·N / T: below 1 the source is down-sampled, above 1 repeated, capped at `max_repeat`
 (repeating a small source many times overfits it). Documents are taken by systematic sampling in
 corpus order — a document is emitted while the source's emitted tokens stay within half a document of
-r × tokens seen — so the pick is deterministic, spread evenly over the source and within one document
-of the target. The achieved shares are written to the shard index and returned. Val is never mixed:
-it measures the corpus as it is.
+r × tokens seen — so the pick is deterministic, spread evenly over the source and within one document of
+the target. Corpus shards are packed by parallel engine tasks: a first pass counts tokens per document,
+the sampler is replayed over the counts alone to find the state each shard starts from, and each task
+then draws exactly what one pass over the whole corpus would. The achieved shares are written to the
+shard index and returned. Val is never mixed: it measures the corpus as it is.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from homegrown.data.pack import PackStats, pack
-from homegrown.data.provenance import iter_documents
+from homegrown.data.corpus import list_shards
+from homegrown.data.pack import PackStats, pack_texts, write_index
+from homegrown.data.provenance import iter_documents_of
 from homegrown.errors import HomegrownError
+from homegrown.layout import SHARD_INDEX
 from homegrown.tokenizer import load_tokenizer
 
 
@@ -74,8 +78,8 @@ def plan_mixture(available: dict[str, int], target: dict[str, float], max_repeat
     return MixturePlan(target, dict(available), rate)
 
 
-def _train_docs(corpus: Path, tok) -> Iterator[tuple[str, str, int]]:
-    """(source name, text, token count) of every train document, tokenized in batches."""
+def _train_docs(shard: dict[str, Path], tok) -> Iterator[tuple[str, str, int]]:
+    """(source name, text, token count) of every train document of one corpus shard, tokenized in batches."""
     batch: list[tuple[str, str]] = []
 
     def flush() -> Iterator[tuple[str, str, int]]:
@@ -84,7 +88,7 @@ def _train_docs(corpus: Path, tok) -> Iterator[tuple[str, str, int]]:
             yield name, text, len(enc.ids) + 1  # + <|endoftext|>
         batch.clear()
 
-    for record, row in iter_documents(corpus):
+    for record, row in iter_documents_of(shard):
         if row["split"] == "train":
             batch.append((row["name"], record["text"]))
             if len(batch) >= 256:
@@ -92,39 +96,89 @@ def _train_docs(corpus: Path, tok) -> Iterator[tuple[str, str, int]]:
     yield from flush()
 
 
-def mixed_texts(corpus: Path, tok, plan: MixturePlan) -> Iterator[str]:
-    """Train texts by systematic sampling at `plan.rate`; fills `plan.emitted` as it goes."""
-    seen = dict.fromkeys(plan.rate, 0)
-    plan.emitted = dict.fromkeys(plan.rate, 0)
-    for name, text, n in _train_docs(corpus, tok):
+def mixed_texts(docs: Iterator[tuple[str, str, int]], rate: dict[str, float], seen: dict[str, int],
+                emitted: dict[str, int]) -> Iterator[str]:
+    """Train texts by systematic sampling at `rate`, from the state (`seen`, `emitted` tokens per source) the
+    corpus's earlier shards left; both dicts are advanced as it goes."""
+    for name, text, n in docs:
         seen[name] += n
-        while plan.emitted[name] + n / 2 <= plan.rate[name] * seen[name]:
-            plan.emitted[name] += n
+        while emitted[name] + n / 2 <= rate[name] * seen[name]:
+            emitted[name] += n
             yield text
 
 
+def _count_task(shard: dict[str, Path], tokenizer_path: Path) -> list[tuple[str, int]]:
+    """Engine task: (source, tokens) of each train document of one corpus shard (the mixture's first pass)."""
+    tok = load_tokenizer(tokenizer_path)
+    return [(name, n) for name, _, n in _train_docs(shard, tok)]
+
+
+def _pack_task(shard: dict[str, Path], index: int, tokenizer_path: Path, shard_dir: Path,
+               rate: dict[str, float] | None, start: tuple[dict[str, int], dict[str, int]] | None) -> dict:
+    """Engine task: one corpus shard → its token files (`{split}_{index}_NNNNN.bin`) and their index entries.
+
+    With a mixture, the shard's sampling starts from `start` (seen, emitted), the state the shards before it
+    leave, so the draw is the one a single pass over the whole corpus makes, whichever worker packs what.
+    """
+    from homegrown.data.corpus import iter_jsonl_gz
+
+    tok = load_tokenizer(tokenizer_path)
+    if rate is None or start is None:
+        train: Iterator[str] = (r["text"] for r in iter_jsonl_gz(shard["train"]))
+    else:
+        train = mixed_texts(_train_docs(shard, tok), rate, dict(start[0]), dict(start[1]))
+    out = {split: pack_texts(texts, tok, shard_dir, f"{split}_{index:05d}")
+           for split, texts in (("train", train), ("val", (r["text"] for r in iter_jsonl_gz(shard["val"]))))}
+    return out
+
+
+def _run(fn, calls: list[tuple], workers: int, label: str) -> list:
+    """On the engine when there is parallel work to share, else in this process (same results either way)."""
+    if workers <= 1 or len(calls) <= 1:
+        return [fn(*call) for call in calls]
+    from homegrown.data import engine
+
+    with engine.connect(workers):
+        return engine.run_tasks(fn, calls, workers, label, progress=False)
+
+
 def pack_corpus(corpus: Path, tokenizer_path: Path, shard_dir: Path, mixture: str = "",
-                max_repeat: float = 4.0, packed_since: float | None = None) -> tuple[PackStats, MixturePlan | None]:
-    """Pack a corpus into shards; with `mixture`, the train split is drawn to the target token shares.
+                max_repeat: float = 4.0, packed_since: float | None = None,
+                workers: int = 1) -> tuple[PackStats, MixturePlan | None]:
+    """Pack a corpus into shards, one engine task per corpus shard; with `mixture`, the train split is drawn
+    to the target token shares.
 
     The mixture report goes into the shard index (`mixture`) so later stages — and `forget`, which
     re-packs — know how the shards were made; `packed_since` (set by forget) carries the time the
-    first generation of these shards was packed.
+    first generation of these shards was packed. The shards are the same whatever `workers` is.
     """
+    shards = list_shards(corpus)
+    tokenizer_path, shard_dir = Path(tokenizer_path).resolve(), Path(shard_dir).resolve()
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    (shard_dir / SHARD_INDEX).unlink(missing_ok=True)
+    for old in shard_dir.glob("*.bin"):
+        old.unlink()
+    plan = None
+    starts: list[tuple[dict[str, int], dict[str, int]] | None] = [None] * len(shards)
+    if mixture:
+        sizes = _run(_count_task, [(s, tokenizer_path) for s in shards], workers, "count")
+        available: dict[str, int] = {}
+        for name, n in (doc for shard_sizes in sizes for doc in shard_sizes):
+            available[name] = available.get(name, 0) + n
+        plan = plan_mixture(available, parse_mixture(mixture), max_repeat)
+        # replay the sampler over token counts only (no text): the state each shard starts from
+        seen, plan.emitted = dict.fromkeys(plan.rate, 0), dict.fromkeys(plan.rate, 0)
+        for i, shard_sizes in enumerate(sizes):
+            starts[i] = (dict(seen), dict(plan.emitted))
+            for _ in mixed_texts(((name, "", n) for name, n in shard_sizes), plan.rate, seen, plan.emitted):
+                pass
+    calls = [(s, i, tokenizer_path, shard_dir, plan.rate if plan else None, starts[i]) for i, s in enumerate(shards)]
+    pieces = _run(_pack_task, calls, workers, "pack")
     extra: dict = {} if packed_since is None else {"packed_since": packed_since}
-    from homegrown.data.sources import iter_corpus
-
-    tok = load_tokenizer(tokenizer_path)
-    val = (r["text"] for r in iter_corpus(corpus, "val"))
-    if not mixture:
-        train = (r["text"] for r in iter_corpus(corpus, "train"))
-        return pack({"train": train, "val": val}, tok, shard_dir, index_extra=lambda: extra), None
-    available: dict[str, int] = {}
-    for name, _, n in _train_docs(corpus, tok):
-        available[name] = available.get(name, 0) + n
-    plan = plan_mixture(available, parse_mixture(mixture), max_repeat)
-    stats = pack({"train": mixed_texts(corpus, tok, plan), "val": val}, tok, shard_dir,
-                 index_extra=lambda: {**extra, "mixture": plan.to_json(mixture, max_repeat)})
+    if plan is not None:
+        extra["mixture"] = plan.to_json(mixture, max_repeat)
+    stats = write_index(shard_dir, load_tokenizer(tokenizer_path),
+                        {split: [p[split] for p in pieces] for split in ("train", "val")}, extra)
     return stats, plan
 
 

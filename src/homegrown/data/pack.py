@@ -48,8 +48,8 @@ def token_byte_lengths(tok: Tokenizer) -> np.ndarray:
 
 
 class _ShardWriter:
-    def __init__(self, out_dir: Path, split: str, dtype: np.dtype, shard_tokens: int) -> None:
-        self.out_dir, self.split, self.dtype, self.shard_tokens = out_dir, split, dtype, shard_tokens
+    def __init__(self, out_dir: Path, prefix: str, dtype: np.dtype, shard_tokens: int) -> None:
+        self.out_dir, self.prefix, self.dtype, self.shard_tokens = out_dir, prefix, dtype, shard_tokens
         self.buffer: list[np.ndarray] = []
         self.buffered = 0
         self.shards: list[dict] = []
@@ -63,11 +63,51 @@ class _ShardWriter:
     def flush(self) -> None:
         if not self.buffered:
             return
-        name = f"{self.split}_{len(self.shards):05d}.bin"
+        name = f"{self.prefix}_{len(self.shards):05d}.bin"
         with atomic_path(self.out_dir / name) as tmp:
             np.concatenate(self.buffer).tofile(tmp)
         self.shards.append({"file": name, "tokens": self.buffered})
         self.buffer, self.buffered = [], 0
+
+
+def pack_texts(texts: Iterable[str], tok: Tokenizer, out_dir: Path, prefix: str,
+               shard_tokens: int = 50_000_000) -> dict:
+    """Tokenize `texts` into `out_dir/{prefix}_NNNNN.bin` files; their index entry (shards, tokens, bytes, docs).
+
+    One call per split of one corpus shard, so corpus shards pack in parallel (mixture.pack_corpus).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    writer = _ShardWriter(out_dir, prefix, token_dtype(tok.get_vocab_size()), shard_tokens)
+    eot = eot_id(tok)
+    n_tokens = n_bytes = n_docs = 0
+    for batch in iter_batches(texts):
+        for text, ids in zip(batch, encode_batch(tok, batch), strict=True):
+            ids.append(eot)
+            writer.add(ids)
+            n_tokens += len(ids)
+            n_bytes += len(text.encode("utf-8"))
+            n_docs += 1
+    writer.flush()
+    return {"shards": writer.shards, "tokens": n_tokens, "text_bytes": n_bytes, "documents": n_docs}
+
+
+def write_index(out_dir: Path, tok: Tokenizer, splits: dict[str, list[dict]], extra: dict | None = None) -> PackStats:
+    """Join the entries of each split's pieces (pack_texts, in corpus order) into index.json, written last."""
+    stats = PackStats({}, {}, {})
+    index: dict = {"dtype": token_dtype(tok.get_vocab_size()).name, "vocab_size": tok.get_vocab_size(),
+                   "eot_id": eot_id(tok), "splits": {}}
+    for split, pieces in splits.items():
+        entry = {"shards": [s for p in pieces for s in p["shards"]],
+                 **{k: sum(p[k] for p in pieces) for k in ("tokens", "text_bytes", "documents")}}
+        if entry["documents"] == 0:
+            raise HomegrownError(f"split {split!r} has no documents to pack")
+        index["splits"][split] = entry
+        stats.tokens[split], stats.text_bytes[split], stats.documents[split] = (
+            entry["tokens"], entry["text_bytes"], entry["documents"])
+    index.update(extra or {})
+    write_json_atomic(Path(out_dir) / INDEX_NAME, index)
+    return stats
 
 
 def pack(
@@ -82,34 +122,8 @@ def pack(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / INDEX_NAME).unlink(missing_ok=True)
-    dtype = token_dtype(tok.get_vocab_size())
-    eot = eot_id(tok)
-    stats = PackStats({}, {}, {})
-    index: dict = {"dtype": dtype.name, "vocab_size": tok.get_vocab_size(), "eot_id": eot, "splits": {}}
-    for split, texts in docs.items():
-        writer = _ShardWriter(out_dir, split, dtype, shard_tokens)
-        n_tokens = n_bytes = n_docs = 0
-        for batch in iter_batches(texts):
-            for text, ids in zip(batch, encode_batch(tok, batch), strict=True):
-                ids.append(eot)
-                writer.add(ids)
-                n_tokens += len(ids)
-                n_bytes += len(text.encode("utf-8"))
-                n_docs += 1
-        writer.flush()
-        if n_docs == 0:
-            raise HomegrownError(f"split {split!r} has no documents to pack")
-        index["splits"][split] = {
-            "shards": writer.shards,
-            "tokens": n_tokens,
-            "text_bytes": n_bytes,
-            "documents": n_docs,
-        }
-        stats.tokens[split], stats.text_bytes[split], stats.documents[split] = n_tokens, n_bytes, n_docs
-    if index_extra is not None:
-        index.update(index_extra())
-    write_json_atomic(out_dir / INDEX_NAME, index)
-    return stats
+    splits = {split: [pack_texts(texts, tok, out_dir, split, shard_tokens)] for split, texts in docs.items()}
+    return write_index(out_dir, tok, splits, index_extra() if index_extra is not None else None)
 
 
 class TokenShards:

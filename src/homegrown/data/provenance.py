@@ -30,12 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from homegrown.data.corpus import MANIFEST_NAME, SPLITS, iter_jsonl_gz, list_shards
 from homegrown.errors import HomegrownError
 from homegrown.io import atomic_path, remove_stale_temps, temp_sibling
 from homegrown.layout import MANIFEST, RunLayout
 
-MANIFEST_NAME = "manifest.jsonl.gz"
-SPLITS = ("train", "val")
+__all__ = ["MANIFEST_NAME", "SPLITS", "AtomicJsonlGz", "OptOut", "audit", "iter_documents", "iter_documents_of",
+           "iter_jsonl_gz"]
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -85,13 +86,6 @@ def text_sha256(text: str) -> str:
 def doc_id(source: str, sha256: str) -> str:
     """A stable id from the URL and the content hash: the same page with the same text keeps its id."""
     return hashlib.sha256(f"{source}\n{sha256}".encode()).hexdigest()[:16]
-
-
-def iter_jsonl_gz(path: Path) -> Iterator[dict]:
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
 
 
 # ---- opt-out ----
@@ -183,26 +177,29 @@ def _row_from_record(record: dict, split: str) -> dict:
     }
 
 
-def iter_documents(corpus_dir: Path) -> Iterator[tuple[dict, dict]]:
-    """(corpus record, manifest row) for every document, train then val within manifest order.
+def iter_documents_of(shard: dict[str, Path]) -> Iterator[tuple[dict, dict]]:
+    """(corpus record, manifest row) for every document of one shard (corpus.list_shards), in manifest order.
 
-    The manifest and the splits are written in the same order, so they are zipped, not joined through
-    an in-memory index; a hash mismatch means the files were edited apart and is reported.
+    The manifest and the splits are written in the same order, so they are zipped, not joined through an
+    in-memory index; a hash mismatch means the files were edited apart and is reported.
     """
-    from homegrown.data.sources import iter_corpus
-
-    manifest = corpus_dir / MANIFEST_NAME
-    if not manifest.is_file():
+    records = {split: iter_jsonl_gz(shard[split]) for split in SPLITS}
+    if not shard["manifest"].is_file():
         for split in SPLITS:
-            for record in iter_corpus(corpus_dir, split):
+            for record in records[split]:
                 yield record, _row_from_record(record, split)
         return
-    records = {split: iter_corpus(corpus_dir, split) for split in SPLITS}
-    for row in iter_jsonl_gz(manifest):
+    for row in iter_jsonl_gz(shard["manifest"]):
         record = next(records[row["split"]], None)
         if record is None or record["sha256"] != row["sha256"]:
-            raise HomegrownError(f"{manifest} does not match the corpus splits next to it; re-run the ingest")
+            raise HomegrownError(f"{shard['manifest']} does not match the corpus splits next to it; re-run the ingest")
         yield record, row
+
+
+def iter_documents(corpus_dir: Path) -> Iterator[tuple[dict, dict]]:
+    """(corpus record, manifest row) for every document, shard after shard (train then val within each)."""
+    for shard in list_shards(corpus_dir):
+        yield from iter_documents_of(shard)
 
 
 # ---- audit ----

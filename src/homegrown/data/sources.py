@@ -112,8 +112,9 @@ def list_files(root: Path, glob: str, exclude: Sequence[str] = ()) -> list[Path]
         raise HomegrownError(f"source path {root} does not exist; check the path or unpack the source first")
     if root.is_file():
         return [root]
-    return sorted(
-        p for p in root.glob(glob) if p.is_file() and not is_excluded(p.relative_to(root).as_posix(), exclude)
+    return sorted(  # named pipes too: a crawl can be streamed in from another process
+        p for p in root.glob(glob)
+        if (p.is_file() or p.is_fifo()) and not is_excluded(p.relative_to(root).as_posix(), exclude)
     )
 
 
@@ -183,17 +184,10 @@ def iter_text_files(root: Path, glob: str = "**/*.txt", exclude: Sequence[str] =
 
 
 def iter_corpus(dir: Path, split: str) -> Iterator[dict]:
-    """Stream the records of an ingested corpus split (`{split}.jsonl.gz`, as written by `ingest`)."""
-    path = Path(dir) / f"{split}.jsonl.gz"
-    if not path.is_file():
-        raise HomegrownError(
-            f"corpus split {path} not found; build it with `homegrown data ingest` "
-            "(the bundled sample: `bash scripts/build_sample.sh`)"
-        )
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
+    """Stream the records of an ingested corpus split, shard after shard (layout: data/corpus.py)."""
+    from homegrown.data.corpus import iter_split
+
+    yield from iter_split(Path(dir), split)
 
 
 # ---- crawled input: every reader below yields RawDoc or Skip and never raises on bad bytes ----

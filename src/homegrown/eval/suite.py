@@ -17,6 +17,7 @@ from pathlib import Path
 from homegrown import layout
 from homegrown.bundle import load_bundle
 from homegrown.chat_template import CHAT_FILES
+from homegrown.data.corpus import list_shards
 from homegrown.errors import HomegrownError
 from homegrown.eval.perplexity import evaluate_split
 from homegrown.eval.tasks import LocalModel, Task, evaluate_task
@@ -83,7 +84,7 @@ def find_models(path: Path) -> list[ModelSpec]:
 def default_corpus(spec: ModelSpec) -> Path:
     """The run's own held-out split when it has one, else the bundled corpus's."""
     corpus = layout.RunLayout(spec.run_dir).corpus if spec.run_dir is not None else None
-    if corpus is not None and (corpus / "val.jsonl.gz").exists():
+    if corpus is not None and all(shard["val"].exists() for shard in list_shards(corpus)):
         return corpus
     return layout.SAMPLE_DIR
 
@@ -98,7 +99,7 @@ def _sha256(path: Path) -> str:
 
 def fingerprint(spec: ModelSpec, tasks: list[Task], corpus: Path) -> dict[str, str]:
     return {"format": EVAL_FORMAT, "weights": _sha256(spec.checkpoint / ck.WEIGHTS),
-            "corpus_val": _sha256(corpus / "val.jsonl.gz"), "chat": str(spec.chat),
+            "corpus_val": ":".join(_sha256(shard["val"]) for shard in list_shards(corpus)), "chat": str(spec.chat),
             "chat_format": ":".join(_sha256(spec.checkpoint / f) for f in CHAT_FILES
                                     if (spec.checkpoint / f).is_file()),
             **{f"task:{t.name}": f"{_sha256(t.path)}:{len(t.items)}" for t in tasks}}
