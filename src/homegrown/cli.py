@@ -20,7 +20,9 @@ from homegrown.config import (
     SECTIONS,
     DataConfig,
     DistillConfig,
+    DPOConfig,
     IngestConfig,
+    LoRAConfig,
     PlanConfig,
     Preset,
     ServeConfig,
@@ -69,6 +71,10 @@ OptOutOpt = Annotated[Path | None, typer.Option(help="Opt-out list: domains, URL
 HoldoutOpt = Annotated[float, _opt(IngestConfig, "holdout_fraction", "Fraction of pages held out.")]
 NearOpt = Annotated[float, _opt(IngestConfig, "near_dedup_threshold")]
 NoProgressOpt = Annotated[bool, typer.Option(help="Plain log lines even on a terminal.")]
+LoraRankOpt = Annotated[int | None, _opt(LoRAConfig, "rank", "Default: the preset's lora.rank (0).")]
+LoraAlphaOpt = Annotated[float | None, _opt(LoRAConfig, "alpha", f"Default: {LoRAConfig.alpha:g}.")]
+LoraDropoutOpt = Annotated[float | None, _opt(LoRAConfig, "dropout")]
+LoraTargetsOpt = Annotated[str | None, _opt(LoRAConfig, "targets")]
 
 
 def _preset(name: str, overrides: list[str] | None) -> Preset:
@@ -328,6 +334,10 @@ def sft(
     preset: Annotated[str | None, typer.Option("--preset", "-p", help="Preset for training settings "
                                                "(default: the run's own, else small).")] = None,
     set_: SetOpt = None,
+    lora_rank: LoraRankOpt = None,
+    lora_alpha: LoraAlphaOpt = None,
+    lora_dropout: LoraDropoutOpt = None,
+    lora_targets: LoraTargetsOpt = None,
 ) -> None:
     """Fine-tune a checkpoint on chat conversations (loss on assistant replies only) into RUN/sft/ckpt."""
     from homegrown.posttrain.sft import default_run_dir
@@ -335,8 +345,46 @@ def sft(
 
     run_dir = out or default_run_dir(base)
     cfg = _run_preset(run_dir, preset, set_, default="small")
-    result = run_sft(base, data, run_dir, cfg.sft, cfg.train, val=val, strict=strict)
+    lora = dataclasses.replace(cfg.lora, **_given(rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout,
+                                                  targets=lora_targets))
+    result = run_sft(base, data, run_dir, cfg.sft, cfg.train, val=val, strict=strict, lora=lora)
     console.print(f"chat model {result.final_checkpoint}  held-out answer loss {result.final_val_loss:.3f} nats/token")
+    console.print(f"next       homegrown chat {result.final_checkpoint}")
+
+
+@app.command()
+def dpo(
+    base: Annotated[Path, typer.Argument(help="Run directory (its chat model: sft/ckpt, else ckpt/) or ckpt/step_N.")],
+    data: Annotated[Path, typer.Option(help='Preference JSONL: {"prompt" or "messages", "chosen", "rejected"} '
+                                            "per line (TRL's format; `homegrown data pairs` writes one).")],
+    val: Annotated[Path | None, typer.Option(help="Held-out preference JSONL; default: 1 in 20 of --data.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory for dpo/ckpt (default: BASE's run).")] = None,
+    strict: Annotated[bool, typer.Option(help="Stop at the first malformed line instead of skipping it.")] = False,
+    beta: Annotated[float | None, _opt(DPOConfig, "beta", f"Default: the preset's dpo.beta, {DPOConfig.beta}.")]
+        = None,
+    loss: Annotated[str | None, _opt(DPOConfig, "loss")] = None,
+    label_smoothing: Annotated[float | None, _opt(DPOConfig, "label_smoothing")] = None,
+    rpo_alpha: Annotated[float | None, _opt(DPOConfig, "rpo_alpha")] = None,
+    preset: Annotated[str | None, typer.Option("--preset", "-p", help="Preset for training settings "
+                                               "(default: the run's own, else small).")] = None,
+    set_: SetOpt = None,
+    lora_rank: LoraRankOpt = None,
+    lora_alpha: LoraAlphaOpt = None,
+    lora_dropout: LoraDropoutOpt = None,
+    lora_targets: LoraTargetsOpt = None,
+) -> None:
+    """Preference-tune a chat model on chosen/rejected pairs (DPO, as TRL) into RUN/dpo/ckpt; resumable."""
+    from homegrown.posttrain.dpo import dpo as run_dpo
+    from homegrown.posttrain.sft import default_run_dir
+
+    run_dir = out or default_run_dir(base)
+    cfg = _run_preset(run_dir, preset, set_, default="small")
+    settings = dataclasses.replace(cfg.dpo, **_given(beta=beta, loss=loss, label_smoothing=label_smoothing,
+                                                     rpo_alpha=rpo_alpha))
+    lora = dataclasses.replace(cfg.lora, **_given(rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout,
+                                                  targets=lora_targets))
+    result = run_dpo(base, data, run_dir, settings, cfg.train, lora=lora, val=val, strict=strict)
+    console.print(f"preference-tuned model {result.final_checkpoint}  held-out DPO loss {result.final_val_loss:.3f}")
     console.print(f"next       homegrown chat {result.final_checkpoint}")
 
 

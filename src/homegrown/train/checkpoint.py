@@ -98,10 +98,11 @@ def _full_weights(model: torch.nn.Module, trainable_only: bool = False) -> dict[
 
 
 def _state_options(adapters: AdapterInfo | None) -> Any:
-    """DCP state-dict options: an adapter run saves and restores only what trains (adapters + their optimizer)."""
+    """DCP state-dict options: an adapter run saves and restores only what trains (adapters + their optimizer);
+    the frozen base weights it leaves out come from the base checkpoint."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-    return StateDictOptions(ignore_frozen_params=adapters is not None)
+    return StateDictOptions(ignore_frozen_params=adapters is not None, strict=adapters is None)
 
 
 @dataclass

@@ -209,7 +209,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path | None, run_
         if env.is_main:
             trainable, total = lora_mod.count_trainable(model)
             console.print(f"{label}: LoRA rank {lora.rank}, alpha {lora.alpha:g} on {lora.targets} of "
-                          f"{len(adapted)} layers: {trainable:,} of {total:,} parameters train")
+                          f"{len(adapted)} linear layers: {trainable:,} of {total:,} parameters train")
     model.activation_checkpointing = cfg.activation_checkpointing
     model.to(device)
     if env.distributed:
