@@ -267,6 +267,43 @@ def data_synth(
                 source), cache_path=cache, existing=existing), out)
 
 
+@data_app.command("pairs")
+def data_pairs(
+    model: Annotated[Path, typer.Argument(help="The policy to sample answers from: a run directory (its chat model) "
+                                                "or ckpt/step_N.")],
+    prompts: Annotated[Path, typer.Option(help='JSONL of {"prompt": text or messages} or chat {"messages": [...]} '
+                                               "(the conversation up to its last user turn is the prompt).")],
+    judge_url: Annotated[str, typer.Option(help="OpenAI-compatible base URL of the judge model.")],
+    judge_model: Annotated[str, typer.Option(help="Judge model name at that endpoint (e.g. gpt-4o).")],
+    out: Annotated[Path, typer.Option(help="Pairs JSONL to write (plus .manifest.json and .cache.sqlite).")],
+    samples: Annotated[int, typer.Option(help="Answers sampled per prompt; every two distinct ones are compared.")]
+        = 2,
+    max_tokens: Annotated[int, typer.Option(help="Longest sampled answer, in tokens.")] = 128,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature of the policy.")] = 1.0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling of the policy.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Sampling seeds and judge order derive from it: same seed, same pairs.")]
+        = 0,
+    max_tokens_budget: Annotated[int, _opt(SynthConfig, "max_tokens_budget")] = SynthConfig.max_tokens_budget,
+    max_cost: Annotated[float, _opt(SynthConfig, "max_cost_usd")] = SynthConfig.max_cost_usd,
+    concurrency: Annotated[int, _opt(SynthConfig, "concurrency", "Judge requests in flight.")] = (
+        SynthConfig.concurrency),
+    cache: Annotated[Path | None, typer.Option(help="SQLite cache of verdicts (default OUT.cache.sqlite).")] = None,
+    no_progress: NoProgressOpt = False,
+) -> None:
+    """Preference pairs: sample answers from the policy, a judge compares them in both orders (key from
+    HOMEGROWN_TEACHER_KEY or OPENAI_API_KEY); cached, resumable, budgeted like `data synth`."""
+    from homegrown.generate import SamplingParams
+    from homegrown.posttrain.judge import build_pairs, print_pair_stats
+
+    # The judge answers one word, deterministically: temperature 0 and a few tokens.
+    cfg = SynthConfig(max_tokens_budget=max_tokens_budget, max_cost_usd=max_cost, concurrency=concurrency,
+                      temperature=0.0, max_tokens=4, seed=seed)
+    stats = build_pairs(model, prompts, out, judge_url, judge_model, cfg, samples=samples,
+                        sampling=SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p),
+                        cache_path=cache, progress=not no_progress)
+    print_pair_stats(stats, out)
+
+
 @data_app.command("docqa")
 def data_docqa(
     corpus: Annotated[Path, typer.Argument(help="Corpus directory (train/val.jsonl.gz, as `data ingest` writes).")],
