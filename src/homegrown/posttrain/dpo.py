@@ -37,6 +37,7 @@ from homegrown.errors import HomegrownError
 from homegrown.io import atomic_path, write_json_atomic
 from homegrown.model import Transformer
 from homegrown.posttrain.chat import encode_conversation, reserved_markers
+from homegrown.posttrain.lora import parse_targets
 from homegrown.posttrain.pairs import Pair, read_pairs
 from homegrown.posttrain.sft import VAL_EVERY, base_checkpoint
 from homegrown.progress import console
@@ -308,6 +309,8 @@ def dpo(base: Path, data: Path, run_dir: Path, cfg: DPOConfig, train_cfg: TrainC
     on `val`, or on 1 in 20 pairs of `data` (then not trained on).
     """
     check_config(cfg)
+    if lora is not None and lora.rank > 0:
+        parse_targets(lora.targets)  # before the reference pass, not after it
     run = layout.RunLayout(run_dir)
     start = start_checkpoint(run_dir, base)
     model_cfg = ModelConfig.load(start / ck.CONFIG)
