@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from homegrown.config import SynthConfig
+from homegrown.errors import HomegrownError
 from homegrown.generate import SamplingParams
 from homegrown.posttrain.judge import build_pairs, parse_verdict
 from homegrown.posttrain.pairs import read_pairs
@@ -109,3 +110,16 @@ def test_verdicts_are_parsed_strictly():
     assert [parse_verdict(t) for t in ("A", " b.", "TIE", "**B**")] == ["A", "B", "TIE", "B"]
     with pytest.raises(ValueError):
         parse_verdict("Both are fine")
+
+
+def test_data_pairs_cli(cli, tiny_base, judge, tmp_path):
+    out = tmp_path / "pairs.jsonl"
+    done = cli("data", "pairs", str(tiny_base), "--prompts", str(_prompts(tmp_path / "prompts.jsonl", n=3)),
+               "--judge-url", judge.url, "--judge-model", "judge-x", "--out", str(out), "--samples", "2",
+               "--max-tokens", "8", "--seed", "5", "--no-progress")
+    said = done.stdout + done.stderr
+    assert done.returncode == 0, said[-3000:]
+    n = len(out.read_text().splitlines())
+    assert f"{n} pairs → " in said and "prompts.jsonl:4: " in said
+    with pytest.raises(HomegrownError, match="--samples must be at least 2"):
+        build_pairs(tiny_base, tmp_path / "prompts.jsonl", out, judge.url, "judge-x", CFG, samples=1)
