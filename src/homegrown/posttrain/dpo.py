@@ -286,10 +286,10 @@ def start_checkpoint(run_dir: Path, base: Path) -> Path:
     return layout.RunLayout(base).latest(layout.SFT) or base_checkpoint(base)
 
 
-def _report(problems: list[str], what: str) -> None:
+def _report(problems: list[str], what: str, hint: str = " (use --strict to stop at the first malformed line)") -> None:
     if not problems:
         return
-    console.print(f"skipped {len(problems)} {what} (use --strict to stop at the first malformed line):")
+    console.print(f"skipped {len(problems)} {what}{hint}:")
     for p in problems[:10]:
         console.print(f"  {p}", highlight=False, markup=False)
     if len(problems) > 10:
@@ -329,7 +329,7 @@ def dpo(base: Path, data: Path, run_dir: Path, cfg: DPOConfig, train_cfg: TrainC
     tcfg = dpo_train_config(train_cfg, cfg, model_cfg)
     train_data = PairData(tok, chat, train_pairs, tcfg.seq_len)
     val_data = PairData(tok, chat, val_pairs, tcfg.seq_len)
-    _report(train_data.problems + val_data.problems, "pairs that do not fit the context")
+    _report(train_data.problems + val_data.problems, "pairs that do not fit the context", hint="")
     if not len(train_data) or not len(val_data):
         which = "training" if not len(train_data) else "validation"
         raise HomegrownError(f"no preference pair for {which} fits {tcfg.seq_len} tokens; use shorter prompts and "
