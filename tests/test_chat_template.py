@@ -15,6 +15,8 @@ from homegrown.chat_template import (
     GENERATION_CONFIG,
     TEMPLATE_FILE,
     TOKENIZER_CONFIG,
+    TOOLS_INSTRUCTIONS,
+    TOOLS_PREAMBLE,
     ChatTemplateError,
     copy_tokenizer_files,
     read_chat_format,
@@ -139,3 +141,96 @@ def test_a_base_model_without_template_refuses_chat(tiny_run, tmp_path):
     assert chat.template is None and chat.stop_ids == (0,)
     with pytest.raises(HomegrownError, match="no chat template"):
         chat.render([{"role": "user", "content": "x"}])
+
+
+# -- tools ------------------------------------------------------------------------------------------------------
+
+HERMES_TEMPLATE = (
+    "{%- if tools %}{{- '<|im_start|>system\\n' }}"
+    "{%- if messages[0]['role'] == 'system' %}{{- messages[0]['content'] + '\\n\\n' }}{%- endif %}"
+    "{{- '" + TOOLS_PREAMBLE + "' }}"
+    "{%- for tool in tools %}{{- '\\n' }}{{- tool | tojson }}{%- endfor %}"
+    "{{- '" + TOOLS_INSTRUCTIONS + "<|im_end|>\\n' }}"
+    "{%- elif messages[0]['role'] == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if message.role == 'user' or (message.role == 'assistant' and not message.tool_calls) %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
+    "{%- elif message.role == 'assistant' %}{{- '<|im_start|>assistant' }}"
+    "{%- if message.content %}{{- '\\n' + message.content }}{%- endif %}"
+    "{%- for tool_call in message.tool_calls %}{%- set tool_call = tool_call.function %}"
+    "{{- '\\n<tool_call>\\n{\"name\": \"' + tool_call.name + '\", \"arguments\": ' }}"
+    "{{- tool_call.arguments | tojson }}{{- '}\\n</tool_call>' }}{%- endfor %}{{- '<|im_end|>\\n' }}"
+    "{%- elif message.role == 'tool' %}"
+    "{%- if loop.index0 == 0 or messages[loop.index0 - 1].role != 'tool' %}{{- '<|im_start|>user' }}{%- endif %}"
+    "{{- '\\n<tool_response>\\n' + message.content + '\\n</tool_response>' }}"
+    "{%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}{{- '<|im_end|>\\n' }}{%- endif %}"
+    "{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+"""A small Hermes-style template with tool support, in the shape and wording of Qwen2.5's: tools in the system
+turn, calls as `<tool_call>` JSON, results as `<tool_response>` blocks in a user turn."""
+
+TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city.",
+                                      "parameters": {"type": "object", "properties": {
+                                          "city": {"type": "string"}, "unit": {"enum": ["C", "F"]}},
+                                          "required": ["city"]}}},
+    {"type": "function", "function": {"name": "now", "description": "The time, ünïcode <&>.",
+                                      "parameters": {"type": "object", "properties": {}}}},
+]
+TOOL_CONVERSATION = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Weather in Paris and Oslo?"},
+    {"role": "assistant", "content": "Checking.", "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
+        {"id": "call_2", "type": "function",
+         "function": {"name": "get_weather", "arguments": {"city": "Oslo", "unit": "C"}}}]},
+    {"role": "tool", "tool_call_id": "call_1", "name": "get_weather", "content": "21 C, sunny"},
+    {"role": "tool", "tool_call_id": "call_2", "name": "get_weather", "content": "4 C, rain"},
+    {"role": "assistant", "content": "Paris 21 C, Oslo 4 C."},
+    {"role": "user", "content": "Thanks"},
+]
+
+
+@pytest.mark.parametrize("add_generation_prompt", [True, False], ids=["gen-prompt", "no-gen-prompt"])
+@pytest.mark.parametrize("with_system", [True, False], ids=["system", "no-system"])
+@pytest.mark.parametrize("template", ["ours", "hermes"])
+def test_tool_rendering_equals_transformers_apply_chat_template(tiny_run, chatml_dir, tmp_path, template,
+                                                                with_system, add_generation_prompt):
+    """transformers' `apply_chat_template(tools=...)` and ours render tools, calls and results identically."""
+    config = {"ours": {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "chat_template": CHAT_TEMPLATE},
+              "hermes": {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "chat_template": HERMES_TEMPLATE}}
+    tokenizer = (tiny_run if template == "ours" else chatml_dir) / "tokenizer.json"
+    directory = _model_dir(tmp_path / template, tokenizer, config[template])
+    messages = TOOL_CONVERSATION if with_system else TOOL_CONVERSATION[1:]
+    theirs = transformers.AutoTokenizer.from_pretrained(directory).apply_chat_template(
+        messages, tools=TOOLS, tokenize=False, add_generation_prompt=add_generation_prompt)
+    chat = read_chat_format(directory, Tokenizer.from_file(str(directory / "tokenizer.json")))
+    assert chat.render(messages, add_generation_prompt, tools=TOOLS) == theirs
+    assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo", "unit": "C"}}\n</tool_call>' in theirs
+    assert "<tool_response>\n21 C, sunny\n</tool_response>\n<tool_response>\n4 C, rain\n</tool_response>" in theirs
+    assert json.dumps(TOOLS[1], ensure_ascii=False) in theirs and chat.template.supports_tools
+
+
+def test_our_template_renders_as_before_without_tools(tiny_run):
+    """Tool support changed nothing for plain conversations: each turn `<|role|>\\n{content}<|end|>\\n`."""
+    chat = read_chat_format(tiny_run, Tokenizer.from_file(str(tiny_run / "tokenizer.json")))
+    messages = CONVERSATIONS["system-prompt"]
+    expected = "".join(f"<|{m['role']}|>\n{m['content']}<|end|>\n" for m in messages) + "<|assistant|>\n"
+    assert chat.render(messages) == chat.render(messages, tools=[]) == expected
+
+
+def test_templates_without_tool_support_are_detected(model_dirs, chatml_dir, tmp_path):
+    """SmolLM2's ChatML ignores `tools` (it gets the fallback prompt); a template that shows tools but refuses the
+    tool role is no tool template either."""
+    chat = read_chat_format(model_dirs["smollm2"], Tokenizer.from_file(str(chatml_dir / "tokenizer.json")))
+    assert not chat.template.supports_tools
+    assert "get_weather" not in chat.render(TOOL_CONVERSATION[1:2], tools=TOOLS)
+    half = ("{{ tools | tojson }}{% for m in messages %}{% if m['role'] not in ['user', 'assistant'] %}"
+            "{{ raise_exception('no ' + m['role']) }}{% endif %}{{ m['content'] }}{% endfor %}")
+    directory = _model_dir(tmp_path / "half", chatml_dir / "tokenizer.json",
+                           {"eos_token": "<|im_end|>", "chat_template": half})
+    chat = read_chat_format(directory, Tokenizer.from_file(str(chatml_dir / "tokenizer.json")))
+    assert "get_weather" in chat.render(TOOL_CONVERSATION[1:2], tools=TOOLS)
+    assert not chat.template.supports_tools

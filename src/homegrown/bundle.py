@@ -62,13 +62,15 @@ class ModelBundle:
         bos = self.chat.text_bos_id
         return ([] if bos is None else [bos]) + self.encode(text)
 
-    def render_chat(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> str:
-        return self.chat.render(messages, add_generation_prompt)
+    def render_chat(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,
+                    tools: Sequence[Mapping[str, Any]] | None = None) -> str:
+        return self.chat.render(messages, add_generation_prompt, tools)
 
-    def chat_prompt_ids(self, messages: Sequence[Mapping[str, Any]]) -> list[int]:
+    def chat_prompt_ids(self, messages: Sequence[Mapping[str, Any]],
+                        tools: Sequence[Mapping[str, Any]] | None = None) -> list[int]:
         """The ids a chat reply is generated after: the rendered conversation plus the generation prompt.
         As in `apply_chat_template`, BOS is there only if the template writes it."""
-        return self.encode(self.render_chat(messages))
+        return self.encode(self.render_chat(messages, tools=tools))
 
 
 def is_hf_directory(path: Path) -> bool:

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -34,17 +35,57 @@ END = "<|end|>"
 CHAT_SPECIAL_TOKENS = [EOT, "<|system|>", "<|user|>", "<|assistant|>", END]
 """Reserved from the first tokenizer on, so base and chat models share one vocabulary (DESIGN: chat template)."""
 
+TOOL_CALL_START = "<tool_call>"
+TOOL_CALL_END = "</tool_call>"
+TOOL_CALL_PREFIX = TOOL_CALL_START + '\n{"name": "'
+"""A call is written `<tool_call>\n{"name": "NAME", "arguments": {...}}\n</tool_call>`: the Hermes format that
+Qwen2.5's template renders and xgrammar's Qwen structural tag constrains; what follows the name is fixed too."""
+TOOL_ARGUMENTS_PREFIX = '", "arguments": '
+TOOL_CALL_SUFFIX = "}\n" + TOOL_CALL_END
+TOOLS_PREAMBLE = ("# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+                  "You are provided with function signatures within <tools></tools> XML tags:\n<tools>")
+TOOLS_INSTRUCTIONS = ("\n</tools>\n\nFor each function call, return a json object with function name and arguments "
+                      "within <tool_call></tool_call> XML tags:\n<tool_call>\n"
+                      '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>')
+"""What a prompt says about the tools (Qwen2.5's wording): their JSON schemas one per line between the two."""
+
 CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
-    "{{ raise_exception('roles must be system, user or assistant, got ' + message['role']) }}"
+    "{% set ns = namespace(system_done=false) %}"
+    "{% if tools %}"
+    "{{ '<|system|>\n' }}"
+    "{% if messages and messages[0]['role'] == 'system' %}"
+    "{{ (messages[0]['content'] or '') + '\n\n' }}{% set ns.system_done = true %}"
     "{% endif %}"
-    "{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}"
+    "{{ '" + TOOLS_PREAMBLE + "' }}"
+    "{% for tool in tools %}{{ '\n' + (tool | tojson) }}{% endfor %}"
+    "{{ '" + TOOLS_INSTRUCTIONS + "<|end|>\n' }}"
+    "{% endif %}"
+    "{% for message in messages %}"
+    "{% if message['role'] not in ['system', 'user', 'assistant', 'tool'] %}"
+    "{{ raise_exception('roles must be system, user, assistant or tool, got ' + message['role']) }}"
+    "{% endif %}"
+    "{% if loop.first and ns.system_done %}"
+    "{% elif message['role'] == 'tool' %}"
+    "{% if loop.first or messages[loop.index0 - 1]['role'] != 'tool' %}{{ '<|user|>' }}{% endif %}"
+    "{{ '\n<tool_response>\n' + message['content'] + '\n</tool_response>' }}"
+    "{% if loop.last or messages[loop.index0 + 1]['role'] != 'tool' %}{{ '<|end|>\n' }}{% endif %}"
+    "{% else %}"
+    "{{ '<|' + message['role'] + '|>\n' + (message['content'] or '') }}"
+    "{% for call in message['tool_calls'] or [] %}"
+    "{% if message['content'] or not loop.first %}{{ '\n' }}{% endif %}"
+    "{{ '" + TOOL_CALL_PREFIX + "' + call['function']['name'] + '" + TOOL_ARGUMENTS_PREFIX + "' "
+    "+ (call['function']['arguments'] | tojson) + '" + TOOL_CALL_SUFFIX + "' }}"
+    "{% endfor %}"
+    "{{ '<|end|>\n' }}"
+    "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
 )
 """Our chat format as a jinja template: each turn is `<|role|>\\n{content}<|end|>\\n`, and the generation prompt
-is `<|assistant|>\\n`. Role markers are single special tokens, so turn boundaries are single ids."""
+is `<|assistant|>\\n`. Role markers are single special tokens, so turn boundaries are single ids. With `tools`
+(as transformers passes them) a system turn describes them first, merged with the conversation's own system
+message; an assistant's tool calls follow its content in the Hermes format, and tool results come back in a user
+turn, one `<tool_response>` block each (Qwen2.5's layout). Without tools it renders as it always has."""
 
 TOKENIZER_CONFIG = "tokenizer_config.json"
 GENERATION_CONFIG = "generation_config.json"
@@ -130,13 +171,38 @@ class ChatTemplate:
     def __hash__(self) -> int:
         return hash(self.source)
 
-    def render(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> str:
-        """Messages in OpenAI shape → the text the model sees; with `add_generation_prompt`, ready for a reply."""
+    def render(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,
+               tools: Sequence[Mapping[str, Any]] | None = None) -> str:
+        """Messages in OpenAI shape → the text the model sees; with `add_generation_prompt`, ready for a reply.
+        `tools` are OpenAI tool definitions (`{"type": "function", "function": {...}}`), handed to the template
+        as transformers' `apply_chat_template(tools=...)` hands them; a template without tool support ignores
+        them (see `supports_tools`)."""
         try:
-            return self._compiled.render(messages=[dict(m) for m in messages], tools=None, documents=None,
+            return self._compiled.render(messages=[dict(m) for m in messages],
+                                         tools=[dict(t) for t in tools] if tools else None, documents=None,
                                          add_generation_prompt=add_generation_prompt, **self.special_tokens)
         except jinja2.TemplateError as err:
             raise ChatTemplateError(f"the model's chat template refused the conversation: {err}") from err
+        except (TypeError, KeyError, AttributeError) as err:  # `'x' + None` and the like inside the template
+            raise ChatTemplateError(f"the model's chat template cannot render this conversation: {err}") from err
+
+    @cached_property
+    def supports_tools(self) -> bool:
+        """Whether the template renders tool definitions, an assistant's tool call and a tool's result — the
+        capability check llama.cpp's minja does: render a probe and look for each part in the output. A template
+        without it gets tools through `serve.tool_prompt`'s fallback instead."""
+        name, value, result = "homegrown_probe_tool", "homegrown_probe_value", "homegrown_probe_result"
+        tool = {"type": "function", "function": {"name": name, "description": "probe", "parameters": {
+            "type": "object", "properties": {"arg": {"type": "string"}}, "required": ["arg"]}}}
+        call = {"id": "call_probe", "type": "function", "function": {"name": name, "arguments": {"arg": value}}}
+        probe = [{"role": "user", "content": "?"}, {"role": "assistant", "content": "", "tool_calls": [call]},
+                 {"role": "tool", "tool_call_id": "call_probe", "name": name, "content": result}]
+        try:
+            with_tools = self.render(probe[:1], True, tools=[tool])
+            with_call = self.render(probe, True, tools=[tool])
+        except ChatTemplateError:
+            return False
+        return name in with_tools and value in with_call and result in with_call
 
 
 @dataclass(frozen=True)
@@ -158,26 +224,41 @@ class ChatFormat:
         which starts every training document; SmolLM2 and other models that add none get none."""
         return self.bos_id if self.add_bos or self.bos_token == EOT else None
 
-    def render(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> str:
+    def render(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,
+               tools: Sequence[Mapping[str, Any]] | None = None) -> str:
         if self.template is None:
             raise HomegrownError("this model has no chat template (a base model); use plain-text generation, or "
                                  "fine-tune it into a chat model with `homegrown sft`")
-        return self.template.render(messages, add_generation_prompt)
+        return self.template.render(messages, add_generation_prompt, tools)
 
     def end_of_turn_id(self, tok: Tokenizer) -> int | None:
-        """The stop token the template closes an assistant turn with (`<|end|>`, `<|im_end|>`, …), found by
-        rendering a one-turn probe; None without a template or when the turn ends in none of the stop tokens."""
+        """The stop token the template closes an assistant turn with (`<|end|>`, `<|im_end|>`, …); None without a
+        template, when it does not render, or when the turn ends in none of the stop tokens."""
         if self.template is None:
             return None
-        probe = [{"role": "user", "content": "?"}, {"role": "assistant", "content": "!"}]
+        texts = {text: i for i in self.stop_ids if (text := tok.id_to_token(i))}
         try:
-            reply = self.template.render(probe, add_generation_prompt=False)
+            found = turn_end_token(self.template, texts)
         except ChatTemplateError:
             return None
-        after = reply.rfind("!") + 1
-        found = [(at, i) for i in self.stop_ids
-                 if (text := tok.id_to_token(i)) and (at := reply.find(text, after)) >= 0]
-        return min(found)[1] if found else None
+        return None if found is None else texts[found]
+
+
+TURN_PROBE_REPLY = "homegrown-reply-marker"
+
+
+def turn_end_token(template: ChatTemplate, candidates: Iterable[str]) -> str | None:
+    """Which of `candidates` (token texts) a template closes an assistant turn with: render a one-turn
+    conversation and take the candidate that occurs first after the reply (the longest on a tie, so
+    `<|im_end|>` wins over a `<|im` prefix). Raises the template's error when it does not render."""
+    probe = [{"role": "user", "content": "homegrown-question"}, {"role": "assistant", "content": TURN_PROBE_REPLY}]
+    text = template.render(probe, add_generation_prompt=False)
+    after = text.find(TURN_PROBE_REPLY)
+    if after < 0:
+        return None
+    after += len(TURN_PROBE_REPLY)
+    found = [(at, -len(c), c) for c in candidates if c and (at := text.find(c, after)) >= 0]
+    return min(found)[2] if found else None
 
 
 def _token_text(value: object) -> str | None:

@@ -470,7 +470,8 @@ def generate(
 @app.command()
 def chat(
     checkpoint: CheckpointArg,
-    system: Annotated[str, typer.Option(help="System prompt.")] = "You are a helpful assistant.",
+    system: Annotated[str, typer.Option(help="System prompt (default: none, so the model's template applies its "
+                                              "own default, as SmolLM2's does).")] = "",
     max_tokens: int = 200,
     temperature: float = 0.7,
     top_k: int = 40,

@@ -45,7 +45,9 @@ class GGUFVocab:
     add_bos: bool = False
 
 
-def _pre_tokenizer(pre: str) -> pre_tokenizers.PreTokenizer:
+def pre_tokenizer_for(pre: str) -> pre_tokenizers.PreTokenizer:
+    """The HF `tokenizers` pre-tokenizer for llama.cpp's `tokenizer.ggml.pre` name; the GGUF exporter also uses it
+    to find the name a tokenizer.json's split rule goes by."""
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     if pre in _GPT2:
         return byte_level
@@ -65,7 +67,7 @@ def build_tokenizer(vocab: GGUFVocab) -> Tokenizer:
     if vocab.model != "gpt2":
         raise HomegrownError(f"GGUF tokenizer model {vocab.model!r} is not supported; only byte-level BPE "
                              "(tokenizer.ggml.model = gpt2) can be rebuilt")
-    pre = _pre_tokenizer(vocab.pre)
+    pre = pre_tokenizer_for(vocab.pre)
     ids = {token: i for i, token in enumerate(vocab.tokens)}
     if len(ids) != len(vocab.tokens):
         raise HomegrownError("the GGUF vocabulary lists a token twice; the file is damaged")

@@ -27,7 +27,7 @@ import torch
 from safetensors import safe_open
 from tokenizers import Tokenizer
 
-from homegrown.chat_template import GENERATION_CONFIG, TOKENIZER_CONFIG, ChatTemplate
+from homegrown.chat_template import GENERATION_CONFIG, TOKENIZER_CONFIG, ChatTemplate, turn_end_token
 from homegrown.config import ModelConfig, Preset, get_preset, save_preset
 from homegrown.errors import HomegrownError
 from homegrown.export.gguf import hf_name, unpermute_rope
@@ -72,6 +72,8 @@ class _Loaded:
     generation_config: dict[str, Any]
     architecture: str
     tensor_types: dict[str, int]
+    pre_tokenizer: str | None = None
+    """The GGUF's `tokenizer.ggml.pre` (llama.cpp's name for the split rule), recorded in import.json."""
 
 
 def import_model(src: Path, out_run: Path) -> ImportResult:
@@ -182,7 +184,8 @@ def _read_gguf(path: Path) -> _Loaded:
     model = _build(cfg, _from_hf_state(hf_state, cfg, path), path)
     tokenizer, tokenizer_config, generation_config = _gguf_tokenizer(meta, cfg)
     types = Counter(Q(t.tensor_type).name for t in reader.tensors)
-    return _Loaded(model, tokenizer, tokenizer_config, generation_config, "llama", dict(types.most_common()))
+    return _Loaded(model, tokenizer, tokenizer_config, generation_config, "llama", dict(types.most_common()),
+                   pre_tokenizer=meta.get("tokenizer.ggml.pre", "default"))
 
 
 def _gguf_tokenizer(meta: _Metadata, cfg: ModelConfig) -> tuple[Tokenizer, dict[str, Any], dict[str, Any]]:
@@ -279,22 +282,14 @@ def _build(cfg: ModelConfig, state: dict[str, torch.Tensor], source: Path) -> Tr
 
 def end_of_turn_token(template: str, tokenizer: Tokenizer, tokenizer_config: dict[str, Any]) -> str | None:
     """The special token a chat template closes an assistant turn with (`<|im_end|>` for ChatML, `<|eot_id|>` for
-    Llama 3, `<|end|>` for ours), found by rendering a two-turn conversation and reading what follows the reply.
-
-    None when the template does not parse or render, or puts no special token there. (`ChatFormat.end_of_turn_id`
-    answers the same question for a model whose stop ids are already known; here they are being worked out.)
-    """
-    reply = "homegrown-reply-marker"
-    messages = [{"role": "user", "content": "homegrown-question"}, {"role": "assistant", "content": reply}]
+    Llama 3, `<|end|>` for ours): the tokenizer's special tokens are the candidates, `turn_end_token` (the one rule
+    `ChatFormat.end_of_turn_id` also uses) picks the one after the reply. None when the template does not render."""
     tokens = {k: tokenizer_config.get(k) or "" for k in ("bos_token", "eos_token")}
+    specials = [t.content for t in tokenizer.get_added_tokens_decoder().values() if t.special]
     try:
-        text = ChatTemplate(template, tokens).render(messages, add_generation_prompt=False)
+        return turn_end_token(ChatTemplate(template, tokens), specials)
     except HomegrownError:
         return None
-    after = text[text.find(reply) + len(reply):] if reply in text else ""
-    specials = [t.content for t in tokenizer.get_added_tokens_decoder().values() if t.special]
-    found = [t for t in specials if after.lstrip(" ").startswith(t)]
-    return max(found, key=len) if found else None
 
 
 def _generation_config(tokenizer: Tokenizer, tokenizer_config: dict[str, Any], ids: dict[str, Any]) -> dict[str, Any]:
@@ -346,6 +341,8 @@ def _write_run(loaded: _Loaded, src: Path, fmt: str, out_run: Path) -> ImportRes
     save_preset(finetune_preset(cfg, src), paths.preset)
     info = {"source": str(src.resolve()), "format": fmt, "architecture": loaded.architecture,
             "tensor_types": loaded.tensor_types}
+    if loaded.pre_tokenizer is not None:
+        info["pre_tokenizer"] = loaded.pre_tokenizer
     if fmt == "gguf":
         info["sha256"] = _sha256(src)
     write_json_atomic(paths.root / IMPORT_INFO, info)

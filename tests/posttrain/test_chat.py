@@ -23,8 +23,8 @@ def _chat(directory, tok):
 
 def test_unknown_role_is_refused_by_our_template(tiny_run):
     tok = load_tokenizer(tiny_run / "tokenizer.json")
-    with pytest.raises(HomegrownError, match="roles must be system, user or assistant, got tool"):
-        _chat(tiny_run, tok).render([{"role": "tool", "content": "x"}])
+    with pytest.raises(HomegrownError, match="roles must be system, user, assistant or tool, got function"):
+        _chat(tiny_run, tok).render([{"role": "function", "content": "x"}])
 
 
 OTHER = [{"role": "user", "content": "How do I install a package on Debian?"},

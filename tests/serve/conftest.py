@@ -113,3 +113,26 @@ def server(serve_run: Path) -> Iterator[Server]:
     srv.ckpt = serve_run / "ckpt" / "step_1"
     yield srv
     srv.stop()
+
+
+TOOLS_MODEL = ModelConfig(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=2048)
+"""SERVE_MODEL with room for a prompt that lists tools (their JSON schemas, in a 512-token vocabulary)."""
+
+
+@pytest.fixture(scope="session")
+def tools_run(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Like serve_run (untrained, seeded, the tiny_run tokenizer and our chat template) with a 2,048-token context."""
+    run = tmp_path_factory.mktemp("tools_run")
+    shutil.copyfile(tiny_run / "tokenizer.json", run / "tokenizer.json")
+    torch.manual_seed(0)
+    save_checkpoint(run / "ckpt", 1, Transformer(TOOLS_MODEL), run / "tokenizer.json")
+    return run
+
+
+@pytest.fixture(scope="session")
+def tools_server(tools_run: Path) -> Iterator[Server]:
+    """The real `homegrown serve` of tools_run, for tool calling."""
+    srv = start_server(tools_run)
+    srv.ckpt = tools_run / "ckpt" / "step_1"
+    yield srv
+    srv.stop()

@@ -101,11 +101,8 @@ def test_unknown_unsupported_and_invalid_unicode_bodies_are_400(api_schema: sche
                 param = data.draw(st.sampled_from(["temprature", "max_new_tokens", "frobnicate"]))
                 body = {**body, param: data.draw(st.sampled_from([1, "x", True, [1], {"a": 1}]))}
             elif mutation == "unsupported field":
-                param = data.draw(st.sampled_from(["tools", "tool_choice", "functions", "response_format",
-                                                   "parallel_tool_calls", "store"]))
-                body = {**body, param: {"tools": [{"type": "function", "function": {"name": "f"}}],
-                                        "tool_choice": "required", "functions": [{"name": "f"}],
-                                        "response_format": {"type": "json_object"}, "parallel_tool_calls": True,
+                param = data.draw(st.sampled_from(["functions", "function_call", "store"]))
+                body = {**body, param: {"functions": [{"name": "f"}], "function_call": "auto",
                                         "store": True}[param]}
             else:
                 paths = _string_paths(body)

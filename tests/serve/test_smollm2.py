@@ -7,11 +7,14 @@ checked for what it says: the capital of France is Paris, in a sentence, ending 
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import jsonschema
 import openai
+import pydantic
 import pytest
 
 from homegrown.bundle import load_chat_format
@@ -87,3 +90,60 @@ def test_served_context_is_max_model_len(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError, match=f"maximum context length is {MAX_LEN} tokens"):
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Paris " * MAX_LEN}],
                                        max_tokens=4)
+
+
+def test_langchain_agent_calls_a_tool_and_answers_from_its_result(smol_server: ServerProcess) -> None:
+    """A real agent loop from a library nobody here wrote: langchain's `create_agent` over `ChatOpenAI`, with a
+    Python tool. SmolLM2's template has no tool support, so the tool reaches it through the Hermes fallback
+    prompt. The loop is made deterministic with langchain's own middleware: the first model call must call the
+    tool (tool_choice named), the one after its result must answer (tool_choice none); greedy decoding picks the
+    arguments — SmolLM2 reads the city off the question — and the answer carries the tool's result."""
+    from langchain.agents import create_agent
+    from langchain.agents.middleware import wrap_model_call
+    from langchain_core.messages import AIMessage, ToolMessage
+    from langchain_core.tools import tool
+    from langchain_openai import ChatOpenAI
+
+    asked: list[str] = []
+
+    @tool
+    def get_weather(city: str) -> str:
+        """Get the current weather in a city."""
+        asked.append(city)
+        return f"It is 21 degrees Celsius and sunny in {city}."
+
+    @wrap_model_call
+    def call_then_answer(request, handler):
+        answered = any(isinstance(m, ToolMessage) for m in request.messages)
+        return handler(request.override(tool_choice="none" if answered else "get_weather"))
+
+    llm = ChatOpenAI(model=MODEL, base_url=f"{smol_server.base_url}/v1", api_key="unused", temperature=0,
+                     max_tokens=40, max_retries=0, timeout=300)
+    agent = create_agent(llm, tools=[get_weather], middleware=[call_then_answer])
+    messages = agent.invoke({"messages": [{"role": "user", "content": "What is the weather like in Paris?"}]})[
+        "messages"]
+    assert asked == ["Paris"]
+    call, result, answer = messages[1], messages[2], messages[-1]
+    assert isinstance(call, AIMessage) and call.tool_calls[0]["args"] == {"city": "Paris"}
+    assert call.tool_calls[0]["id"].startswith("call_") and not call.invalid_tool_calls
+    assert isinstance(result, ToolMessage) and result.tool_call_id == call.tool_calls[0]["id"]
+    assert isinstance(answer, AIMessage) and not answer.tool_calls and len(messages) == 4
+    assert "21 degrees Celsius and sunny" in answer.content
+
+
+class CountryCapital(pydantic.BaseModel):
+    country: str = pydantic.Field(max_length=20)
+    capital: str = pydantic.Field(max_length=20)
+
+
+def test_structured_output_parses_into_the_schema(client: openai.OpenAI) -> None:
+    """`parse` with a pydantic model: the grammar (strings of at most 20 characters, so at most ~300 bytes
+    whatever is sampled) makes the reply valid JSON for the schema, and a real model fills it with the answer."""
+    question = [{"role": "user", "content": "What is the capital of France? Answer in JSON with the country and "
+                                            "its capital."}]
+    r = client.chat.completions.parse(model=MODEL, messages=question, temperature=0, max_tokens=300,
+                                      response_format=CountryCapital)
+    reply = r.choices[0]
+    assert reply.finish_reason == "stop"
+    jsonschema.validate(json.loads(reply.message.content), CountryCapital.model_json_schema())
+    assert reply.message.parsed.capital == "Paris" and reply.message.parsed.country.lower() == "france"

@@ -24,7 +24,7 @@ from homegrown.chat_template import ChatFormat, read_chat_format
 from homegrown.config import ModelConfig
 from homegrown.errors import HomegrownError
 from homegrown.export.hf import to_hf_state
-from homegrown.gguf_tokenizer import SUPPORTED_PRE, _pre_tokenizer
+from homegrown.gguf_tokenizer import SUPPORTED_PRE, pre_tokenizer_for
 from homegrown.io import atomic_path
 from homegrown.layout import BASE, locate
 from homegrown.tokenizer import load_tokenizer
@@ -126,7 +126,7 @@ def _pre_tokenizer_name(pre_tokenizer: dict[str, Any] | None) -> str | None:
     it came with (SmolLM2: smollm) and ours as gpt-2. None for a split llama.cpp would not reproduce."""
     for name in SUPPORTED_PRE:
         probe = Tokenizer(models.BPE())
-        probe.pre_tokenizer = _pre_tokenizer(name)
+        probe.pre_tokenizer = pre_tokenizer_for(name)
         if json.loads(probe.to_str())["pre_tokenizer"] == pre_tokenizer:
             return name
     return None

@@ -35,6 +35,7 @@ from starlette.staticfiles import StaticFiles
 from homegrown.config import ServeConfig
 from homegrown.errors import HomegrownError
 from homegrown.serve.body_limit import BodySizeLimit
+from homegrown.serve.constrain import ConstraintError, ConstraintSpec
 from homegrown.serve.engine import (
     ContextLengthError,
     Delta,
@@ -53,6 +54,9 @@ from homegrown.serve.protocol import (
     unsupported_message,
     with_defaults,
 )
+from homegrown.serve.tool_calling import plan_tools
+from homegrown.serve.tool_parser import ToolCallParser, deltas, finish_reason, message
+from homegrown.serve.tool_prompt import ToolRequestError, prompt_inputs
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +121,14 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def busy(_: Request, e: EngineBusyError) -> JSONResponse:
         return error_json(429, str(e), "rate_limit_error", code="server_busy")
 
+    @app.exception_handler(ConstraintError)
+    async def bad_schema(_: Request, e: ConstraintError) -> JSONResponse:
+        return error_json(400, str(e), param=e.param, code="invalid_schema")
+
+    @app.exception_handler(ToolRequestError)
+    async def bad_tools(_: Request, e: ToolRequestError) -> JSONResponse:
+        return error_json(400, str(e), param=e.param, code="invalid_value")
+
     @app.exception_handler(HomegrownError)
     async def user_error(_: Request, e: HomegrownError) -> JSONResponse:
         code = "context_length_exceeded" if isinstance(e, ContextLengthError) else None
@@ -151,7 +163,7 @@ def _params(req: _Sampling, max_tokens: int | None, logprobs: bool, top_logprobs
         stop_token_ids=list(req.stop_token_ids or []), stop=req.stops(),
         presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
         logit_bias=dict(bias), min_tokens=req.min_tokens, ignore_eos=req.ignore_eos,
-        logprobs=logprobs, top_logprobs=top_logprobs,
+        logprobs=logprobs, top_logprobs=top_logprobs, constraint=req.constraint(),
     ) for i in range(req.n)]
 
 
@@ -163,6 +175,25 @@ def _check_token_ids(engine: Engine, req: _Sampling) -> None:
         if outside:
             raise APIError(400, f"{param}: token id {outside[0]} is outside this model's vocabulary [0, {vocab})",
                            param=param)
+
+
+async def _check_constraint(engine: Engine, req: _Sampling) -> None:
+    """A response_format is compiled (in a worker thread: the first one builds the tokenizer's index) before
+    anything is queued, so a bad schema is a 400 naming it; and what would end the reply elsewhere than where
+    the grammar does is refused by name (GenerationParams.constraint says why)."""
+    spec = req.constraint()
+    if spec is None:
+        return
+    await _check_spec(engine, req, spec, f"response_format {req.response_format.type}")
+
+
+async def _check_spec(engine: Engine, req: _Sampling, spec: ConstraintSpec, what: str) -> None:
+    for param, on in (("stop", req.stops()), ("stop_token_ids", req.stop_token_ids), ("min_tokens", req.min_tokens),
+                      ("ignore_eos", req.ignore_eos)):
+        if on:
+            raise APIError(400, f"{param} cannot be combined with {what}: the grammar decides where its JSON "
+                                "ends", param=param)
+    await run_in_threadpool(engine.grammars.check, spec)
 
 
 def _chat_logprobs(engine: Engine, lps: list[TokenLogprob]) -> dict[str, Any]:
@@ -326,9 +357,10 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 
 
 def _stream(engine: Engine, seqs: list[Sequence], collector: _Collector, chunk: Callable[..., dict[str, Any]],
-            first: list[dict[str, Any]] | None, choice: Callable[[int, Delta], dict[str, Any] | None],
+            first: list[dict[str, Any]] | None, choice: Callable[[int, Delta], list[dict[str, Any]]],
             prompt_tokens: int, include_usage: bool) -> StreamingResponse:
-    """`choice` turns a delta into a chunk's choice, or None for nothing to send."""
+    """`choice` turns a delta into the choices to send, one chunk each (none, or several: a tool call's opening
+    and its arguments are separate chunks, as OpenAI sends them)."""
 
     async def events() -> AsyncIterator[bytes]:
         pending, completion_tokens = len(seqs), 0
@@ -340,8 +372,7 @@ def _stream(engine: Engine, seqs: list[Sequence], collector: _Collector, chunk: 
                 if delta.finish_reason:
                     pending -= 1
                     completion_tokens += delta.completion_tokens
-                body = choice(index, delta)
-                if body is not None:
+                for body in choice(index, delta):
                     yield _sse(chunk([body]))
             if include_usage:
                 yield _sse(chunk([], usage=_usage(prompt_tokens, completion_tokens)))
@@ -390,34 +421,73 @@ async def chat_completions(req: ChatCompletionRequest, request: Request) -> Any:
     state, engine, req = _admit(request, req)
     if req.top_logprobs and not req.logprobs:
         raise APIError(400, "top_logprobs requires logprobs=true", param="top_logprobs")
-    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+    plan = plan_tools(req)
+    if plan.constraint is not None:
+        if req.constraint() is not None:
+            raise APIError(400, "response_format cannot be combined with tool calls: the reply is either calls or "
+                                'JSON; send tool_choice "none" for JSON', param="response_format")
+        await _check_spec(engine, req, plan.constraint, "tools")
+    await _check_constraint(engine, req)
+    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text(),
+                 **({"tool_calls": [c.model_dump() for c in m.tool_calls]} if m.tool_calls else {}),
+                 **({"tool_call_id": m.tool_call_id} if m.tool_call_id is not None else {})}
                 for m in req.messages]
-    ids = engine.bundle.chat_prompt_ids(messages)
+    messages, tools = prompt_inputs(engine.bundle.template, messages, plan.tools)
+    ids = engine.bundle.chat_prompt_ids(messages, tools)
     max_tokens = req.max_completion_tokens or req.max_tokens
     collector = _Collector()
-    seqs = _start(engine, [ids], lambda: _params(req, max_tokens, req.logprobs, req.top_logprobs or 0),
-                 collector)
+
+    def params_for() -> list[GenerationParams]:
+        params = _params(req, max_tokens, req.logprobs, req.top_logprobs or 0)
+        for p in params:
+            p.constraint = plan.constraint or p.constraint
+        return params
+
+    seqs = _start(engine, [ids], params_for, collector)
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
     if req.stream:
         chunk = _chunk_maker(rid, "chat.completion.chunk", created, state.model_name, include_usage)
 
-        def choice(index: int, delta: Delta) -> dict[str, Any] | None:
-            if not delta.text and not delta.finish_reason:
-                return None
-            lp = _chat_logprobs(engine, delta.logprobs) if req.logprobs else None
-            return {"index": index, "delta": {"content": delta.text} if delta.text else {},
-                    "logprobs": lp, "finish_reason": delta.finish_reason}
+        parsers = [ToolCallParser(plan.max_calls) for _ in seqs] if plan.calls else None
+        unsent: list[list[TokenLogprob]] = [[] for _ in seqs]  # log-probs of text a parser still holds back
+
+        def choice(index: int, delta: Delta) -> list[dict[str, Any]]:
+            if parsers is None:
+                if not delta.text and not delta.finish_reason:
+                    return []
+                lp = _chat_logprobs(engine, delta.logprobs) if req.logprobs else None
+                return [{"index": index, "delta": {"content": delta.text} if delta.text else {},
+                         "logprobs": lp, "finish_reason": delta.finish_reason}]
+            parser = parsers[index]
+            events = parser.feed(delta.text)
+            if delta.finish_reason:
+                events.extend(parser.finish())
+            unsent[index] += delta.logprobs
+            out = []
+            for piece in [*deltas(events), *([{}] if delta.finish_reason else [])]:
+                lp = _chat_logprobs(engine, unsent[index]) if req.logprobs and unsent[index] else None
+                unsent[index] = [] if lp else unsent[index]
+                reason = finish_reason(parser, delta.finish_reason) if delta.finish_reason and not piece else None
+                out.append({"index": index, "delta": piece, "logprobs": lp, "finish_reason": reason})
+            return out
 
         first = [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                   "finish_reason": None} for i in range(len(seqs))]
         return _stream(engine, seqs, collector, chunk, first, choice, len(ids), include_usage)
 
     results = await _collect(request, engine, seqs, collector)
-    choices = [{"index": i, "message": {"role": "assistant", "content": text, "refusal": None},
-                "logprobs": _chat_logprobs(engine, lps) if req.logprobs else None, "finish_reason": reason}
-               for i, (text, lps, reason, _, _) in enumerate(results)]
+    choices = []
+    for i, (text, lps, reason, _, _) in enumerate(results):
+        reply: dict[str, Any] = {"content": text}
+        if plan.calls:
+            parser = ToolCallParser(plan.max_calls)
+            parser.feed(text)
+            parser.finish()
+            reply, reason = message(parser), finish_reason(parser, reason)
+        choices.append({"index": i, "message": {"role": "assistant", **reply, "refusal": None},
+                        "logprobs": _chat_logprobs(engine, lps) if req.logprobs else None, "finish_reason": reason})
     return {"id": rid, "object": "chat.completion", "created": created, "model": state.model_name,
             "system_fingerprint": None, "choices": choices,
             "usage": _usage(len(ids), sum(r[3] for r in results))}
@@ -429,6 +499,10 @@ async def completions(req: CompletionRequest, request: Request) -> Any:
     if req.max_tokens == 0 and not req.echo:
         raise APIError(400, "max_tokens=0 generates nothing; it is only allowed with echo=true (the prompt alone, "
                             "with its log-probs)", param="max_tokens")
+    if req.echo and req.constraint() is not None:
+        raise APIError(400, "echo cannot be combined with response_format: the prompt before the JSON would make "
+                            "the text something else than the JSON asked for", param="echo")
+    await _check_constraint(engine, req)
     if isinstance(req.prompt, str) or (req.prompt and all(isinstance(p, int) for p in req.prompt)):
         raw: list[str | list[int]] = [req.prompt]  # type: ignore[list-item]
     else:
@@ -464,12 +538,12 @@ async def completions(req: CompletionRequest, request: Request) -> Any:
 
         chunk = _chunk_maker(rid, "text_completion", created, state.model_name, include_usage)
 
-        def choice(index: int, delta: Delta) -> dict[str, Any] | None:
+        def choice(index: int, delta: Delta) -> list[dict[str, Any]]:
             p = index // req.n
             if delta.prompt_logprobs is not None:
                 scored[p] = delta.prompt_logprobs
             if not delta.text and not delta.finish_reason:
-                return None
+                return []
             text = delta.text
             lp = _completion_logprobs(engine, delta.logprobs, offsets[index]) if want_lp else None
             offsets[index] += len(delta.text)
@@ -477,7 +551,7 @@ async def completions(req: CompletionRequest, request: Request) -> Any:
                 echoed[index] = True
                 text = echo_texts[p] + text
                 lp = echo_logprobs(p, scored.get(p), lp)
-            return {"index": index, "text": text, "logprobs": lp, "finish_reason": delta.finish_reason}
+            return [{"index": index, "text": text, "logprobs": lp, "finish_reason": delta.finish_reason}]
 
         first = None
         if req.echo and not score:

@@ -2,9 +2,9 @@
 OpenAPI schema that clients and the schemathesis fuzz run read.
 
 Nothing a client sends is silently ignored. A field we implement is validated (a wrong type or range is a 400
-naming it); a field of OpenAI's API we do not implement (`tools`, `response_format: json_object`, …) is a 400
-"… is not supported" naming it, unless its value is the one that switches it off (`null`, `store: false`,
-`response_format: {"type": "text"}`); any other field is a 400 "Unrecognized request argument supplied", as
+naming it); a field of OpenAI's API we do not implement (`functions`, `audio`, …) is a 400
+"… is not supported" naming it, unless its value is the one that switches it off (`null`, `store: false`);
+any other field is a 400 "Unrecognized request argument supplied", as
 OpenAI answers. `user` is accepted: it only identifies the caller and has no effect on any output. Every string
 of a body must be valid Unicode: JSON escapes can spell lone UTF-16 surrogates (`"\\udcff"`), which no tokenizer
 or database can take, so they are refused here, at the boundary, with the path of the offending string.
@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from homegrown.errors import HomegrownError
+from homegrown.serve.constrain import ConstraintSpec
 
 MAX_TOKENS_LIMIT = 1 << 20
 """Far above any context; keeps absurd integers out of arithmetic while the context check gives the message."""
@@ -30,11 +31,11 @@ LOGIT_BIAS_LIMIT = 100.0
 StopField = Annotated[str | list[Annotated[str, Field(min_length=1)]] | None,
                       Field(description="Up to 4 strings; generation stops before the first one produced.")]
 
-TOOLS_HINT = "; this server has no tool or function calling"
+CHAT_TOOLS_HINT = "; tools are taken by /v1/chat/completions"
+FUNCTIONS_HINT = "; use tools and tool_choice, which replaced it"
 UNSUPPORTED_HINTS: dict[str, str] = {
-    "tools": TOOLS_HINT, "tool_choice": TOOLS_HINT, "functions": TOOLS_HINT, "function_call": TOOLS_HINT,
-    "parallel_tool_calls": TOOLS_HINT, "tool_calls": TOOLS_HINT, "tool_call_id": TOOLS_HINT,
-    "response_format": '; only {"type": "text"} is (plain text replies)',
+    "tools": CHAT_TOOLS_HINT, "tool_choice": CHAT_TOOLS_HINT, "parallel_tool_calls": CHAT_TOOLS_HINT,
+    "functions": FUNCTIONS_HINT, "function_call": FUNCTIONS_HINT,
     "audio": "", "modalities": '; only ["text"] is', "prediction": "", "reasoning_effort": "", "service_tier": "",
     "store": "; only false is", "metadata": "", "web_search_options": "", "verbosity": "", "prompt_cache_key": "",
     "suffix": "", "best_of": "; use n", "name": "", "refusal": "", "annotations": "",
@@ -114,11 +115,52 @@ class TextPart(_Request):
     text: str
 
 
+FUNCTION_NAME = r"^[A-Za-z0-9_-]{1,64}$"
+"""OpenAI's rule for a function's name."""
+MAX_TOOLS = 128
+"""OpenAI's limit on `tools`."""
+
+
+class FunctionDefinition(_Request):
+    name: str = Field(pattern=FUNCTION_NAME, description="Letters, digits, _ and -, at most 64.")
+    description: str | None = None
+    parameters: dict[str, Any] | None = Field(None, description=(
+        "A JSON Schema of the arguments object; omitted means no arguments. The arguments a call is made with "
+        "always follow it (constrained decoding), whatever `strict` says."))
+    strict: bool | None = None
+
+
+class Tool(_Request):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(_Request):
+    name: str
+
+
+class NamedToolChoice(_Request):
+    type: Literal["function"]
+    function: FunctionName
+
+
+class CalledFunction(_Request):
+    name: str
+    arguments: str = Field(description="The arguments as a JSON object in a string, as the call returned them.")
+
+
+class MessageToolCall(_Request):
+    id: str = Field(min_length=1)
+    type: Literal["function"]
+    function: CalledFunction
+
+
 class ChatMessage(_Request):
-    _unsupported = {"name": (), "tool_calls": ([],), "function_call": (), "tool_call_id": (), "refusal": (),
-                    "audio": (), "annotations": ([],)}
-    role: Literal["system", "developer", "user", "assistant"]
+    _unsupported = {"name": (), "function_call": (), "refusal": (), "audio": (), "annotations": ([],)}
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
+    tool_calls: list[MessageToolCall] | None = Field(None, description="An assistant's calls, as it made them.")
+    tool_call_id: str | None = Field(None, description="A tool message: the id of the call it answers.")
 
     def text(self) -> str:
         if self.content is None:
@@ -131,9 +173,40 @@ class ChatMessage(_Request):
 TokenId = Annotated[int, Field(ge=0, le=1 << 31)]
 
 
+class TextFormat(_Request):
+    type: Literal["text"]
+
+
+class JSONObjectFormat(_Request):
+    type: Literal["json_object"]
+
+
+class JSONSchema(_Request):
+    """`name` and `description` identify the format to the client; like the schema, they are not written into
+    the prompt (say what to produce in the messages): the schema reaches the model as the mask, not as text."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = None
+    schema_: dict[str, Any] = Field(alias="schema", description="The JSON Schema the reply must be valid against.")
+    strict: bool | None = Field(None, description=(
+        "Accepted for OpenAI compatibility; the schema is enforced by constrained decoding either way, in full "
+        "(a keyword that cannot be enforced is a 400, never skipped)."))
+
+
+class JSONSchemaFormat(_Request):
+    type: Literal["json_schema"]
+    json_schema: JSONSchema
+
+
+ResponseFormat = Annotated[TextFormat | JSONObjectFormat | JSONSchemaFormat, Field(discriminator="type", description=(
+    "text (default); json_object: the reply is one JSON object; json_schema: the reply is JSON valid against "
+    "json_schema.schema. Both are enforced token by token (constrained decoding) and end the reply when the JSON "
+    "is complete; with finish_reason 'length' (max_tokens reached first) it is incomplete."))]
+
+
 class _Sampling(_Body):
     _unsupported = {"tools": (), "tool_choice": ("none",), "functions": (), "function_call": ("none",),
-                    "parallel_tool_calls": (), "response_format": ({"type": "text"},), "audio": (),
+                    "parallel_tool_calls": (), "audio": (),
                     "modalities": (["text"],), "prediction": (), "reasoning_effort": (), "service_tier": (),
                     "store": (False,), "metadata": (), "web_search_options": (), "verbosity": (),
                     "prompt_cache_key": ()}
@@ -159,6 +232,7 @@ class _Sampling(_Body):
     user: str | None = Field(None, max_length=256, description="Identifies the caller (OpenAI); no effect here.")
     stream: bool = False
     stream_options: StreamOptions | None = None
+    response_format: ResponseFormat | None = None
 
     @field_validator("logit_bias")
     @classmethod
@@ -178,12 +252,28 @@ class _Sampling(_Body):
     def token_bias(self) -> dict[int, float]:
         return {int(k): v for k, v in (self.logit_bias or {}).items()}
 
+    def constraint(self) -> ConstraintSpec | None:
+        """What `response_format` asks the engine to enforce; None for plain text."""
+        fmt = self.response_format
+        if isinstance(fmt, JSONObjectFormat):
+            return ConstraintSpec.json_object()
+        if isinstance(fmt, JSONSchemaFormat):
+            return ConstraintSpec.json_schema(fmt.json_schema.schema_)
+        return None
+
 
 class ChatCompletionRequest(_Sampling):
+    _unsupported = {k: v for k, v in _Sampling._unsupported.items()
+                    if k not in ("tools", "tool_choice", "parallel_tool_calls")}
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    tools: list[Tool] | None = Field(None, min_length=1, max_length=MAX_TOOLS)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(None, description=(
+        "auto (the default with tools): the model may answer or call; required: it calls one or more tools; a "
+        "named function: it calls that one; none: no calls, and the tools are left out of the prompt."))
+    parallel_tool_calls: bool | None = Field(None, description="false: at most one call per reply.")
 
 
 class CompletionRequest(_Sampling):
