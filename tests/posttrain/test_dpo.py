@@ -132,9 +132,10 @@ def test_unusable_input_is_a_clear_error(tiny_base, tmp_path):
                 else None, progress=False)
 
 
-def test_two_torchrun_ranks_train_as_one_process(tiny_base, tmp_path):
+@pytest.mark.parametrize("lora", [[], ["--lora-rank", "4"]], ids=["full", "lora"])
+def test_two_torchrun_ranks_train_as_one_process(tiny_base, tmp_path, lora):
     data = _pairs(tmp_path / "pairs.jsonl", n=8)
-    args = ["dpo", str(tiny_base), "--data", str(data), "--val", str(data), "--preset", "tiny",
+    args = ["dpo", str(tiny_base), "--data", str(data), "--val", str(data), "--preset", "tiny", *lora,
             *(f"--set={s}" for s in [*SETTINGS, "dpo.max_steps=3", "dpo.eval_every=3", "dpo.ckpt_every=3"])]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     torchrun = Path(sys.executable).with_name("torchrun")
