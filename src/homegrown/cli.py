@@ -13,7 +13,9 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from homegrown.config import (
     PRESET_NAMES,
@@ -36,13 +38,31 @@ from homegrown.errors import HomegrownError
 from homegrown.layout import MANIFEST, RunLayout, run_dir_of
 from homegrown.progress import console
 
+
+class _Commands(TyperGroup):
+    """The top-level command table, which also routes `homegrown serve keys ...` to the keys commands: `serve`
+    itself takes a run directory as its first argument, so it cannot be a group (a run named `keys` is served
+    as `homegrown serve ./keys`)."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None,
+                                                                             list[str]]:
+        if args[:2] == ["serve", "keys"]:
+            _, command, rest = super().resolve_command(ctx, [SERVE_KEYS, *args[2:]])
+            return "serve keys", command, rest
+        return super().resolve_command(ctx, args)
+
+
 app = typer.Typer(help="Own the whole LLM stack: data → tokenizer → pretrain → sample → export.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, cls=_Commands)
 data_app = typer.Typer(help="Corpus building: ingest a crawl, merge shards, audit, forget, mix.",
                        no_args_is_help=True)
 checkpoint_app = typer.Typer(help="Checkpoint tools.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys of `homegrown serve`, one per user (and role), stored hashed in its database.",
+                       no_args_is_help=True)
+SERVE_KEYS = "serve-keys"
 app.add_typer(data_app, name="data")
 app.add_typer(checkpoint_app, name="checkpoint")
+app.add_typer(keys_app, name=SERVE_KEYS, hidden=True)  # reached as `homegrown serve keys` (see _Commands)
 
 DEFAULT_PRESET = os.environ.get("HOMEGROWN_PRESET", "small")
 
@@ -616,8 +636,9 @@ def serve(
     run_or_ckpt: Annotated[Path, typer.Argument(help="Run directory, ckpt/step_N, or an exported HF directory.")],
     host: Annotated[str | None, _serve_opt("host", "Interface to listen on.")] = None,
     port: Annotated[int | None, _serve_opt("port", "TCP port; 0 = any free one (the banner shows it).")] = None,
-    api_key: Annotated[str | None, typer.Option(envvar="HOMEGROWN_API_KEY", show_envvar=True,
-                                                help="Require 'Authorization: Bearer KEY' on /v1 and /api.")] = None,
+    api_key: Annotated[str | None, typer.Option(envvar="HOMEGROWN_API_KEY", show_envvar=True, help=(
+        "A key for the admin user 'default' (who owns conversations saved before user keys). Without it and "
+        "without user keys (`homegrown serve keys add`) the server is open."))] = None,
     max_batch: Annotated[int | None, _serve_opt("max_batch")] = None,
     max_waiting: Annotated[int | None, _serve_opt("max_waiting")] = None,
     max_model_len: Annotated[int | None, _serve_opt("max_model_len")] = None,
@@ -632,7 +653,10 @@ def serve(
     max_body_bytes: Annotated[int | None, _serve_opt("max_body_bytes")] = None,
     generation_config: Annotated[str | None, _opt(ServeConfig, "generation_defaults")] = None,
 ) -> None:
-    """Serve a model: OpenAI-compatible API at /v1, chat page at /, Prometheus metrics at /metrics."""
+    """Serve a model: OpenAI-compatible API at /v1, chat page at /, Prometheus metrics at /metrics.
+
+    Keys per user: `homegrown serve keys add|list|revoke --db-url URL` (see `homegrown serve keys --help`).
+    """
     from homegrown.serve.protocol import parse_generation_defaults
     from homegrown.serve.server import serve as serve_model
 
@@ -644,6 +668,46 @@ def serve(
                    generation_defaults=parse_generation_defaults(generation_config) if generation_config else None)
     cfg = dataclasses.replace(_run_preset(run_dir_of(run_or_ckpt)).serve, **given)
     serve_model(run_or_ckpt, cfg, api_key=api_key, db_url=db_url, model_name=model_name)
+
+
+DbUrlOpt = Annotated[str, typer.Option("--db-url", "--db", envvar="HOMEGROWN_DB_URL", show_envvar=True, help=(
+    "The server's database (SQLAlchemy URL), as given to `homegrown serve --db-url`; its default is "
+    "sqlite:///RUN/conversations.sqlite."))]
+
+
+@keys_app.command("add")
+def keys_add(
+    user: Annotated[str, typer.Option(help="The user the key acts for; their conversations are theirs alone.")],
+    db_url: DbUrlOpt,
+    admin: Annotated[bool, typer.Option(help="Admin role: may also list, add and revoke keys over /api/keys.")] = False,
+) -> None:
+    """Make a key for a user and print it, once (only its hash is stored). Works on a running server's database."""
+    from homegrown.serve.keys import KeyStore, print_new_key
+
+    with KeyStore.open(db_url) as store:
+        print_new_key(*store.add(user, "admin" if admin else "user"))
+
+
+@keys_app.command("list")
+def keys_list(db_url: DbUrlOpt) -> None:
+    """Every key: id, prefix, user, role, created, revoked (tab-separated). Secrets are not stored, so not shown."""
+    from homegrown.serve.keys import KeyStore, print_keys
+
+    with KeyStore.open(db_url) as store:
+        print_keys(store.list_keys())
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key: Annotated[str, typer.Argument(help="The key's id or prefix (hg-1a2b3c4d), as `keys list` shows.")],
+    db_url: DbUrlOpt,
+) -> None:
+    """Revoke a key; a running server refuses it from its next request."""
+    from homegrown.serve.keys import KeyStore
+
+    with KeyStore.open(db_url) as store:
+        done = store.revoke(key)
+    console.print(f"revoked key {done.id} ({done.prefix}) of user {done.user}", highlight=False)
 
 
 @app.command()

@@ -286,3 +286,65 @@ def test_markdown_renderer_escapes_html(page: Any, server: Any) -> None:
     assert result["code"] == ["print('<hi>')", "unclosed fence while streaming <svg onload=x>"]
     assert "<img src=x" in result["text"] and "<script>" in result["text"], "HTML is shown as text"
     assert result["xss"] is None
+
+
+def _send(page: Any, text: str) -> str:
+    """Send `text` from the composer, wait for the whole reply, return the conversation's id."""
+    page.fill("#prompt", text)
+    page.press("#prompt", "Enter")
+    page.locator(".message.assistant .content").last.wait_for()
+    page.locator("#stop").wait_for(state="hidden", timeout=120_000)
+    page.wait_for_function("location.hash.length > 1")
+    return page.evaluate("location.hash.slice(1)")
+
+
+def test_two_users_see_only_their_own_conversations(browser: Any, server: Any) -> None:
+    """Two browsers, two users' keys (made by the server's admin over /api/keys): neither sees the other's
+    conversations, not in the list and not by opening its id; switching keys in one browser switches user."""
+    tag = uuid.uuid4().hex[:6]
+    with _api(server) as admin:
+        keys = {user: admin.post("/api/keys", json={"user": f"{user}-{tag}"}).json()["key"]
+                for user in ("alice", "bob")}
+    contexts = [browser.new_context(viewport={"width": 1200, "height": 800}, base_url=server.base_url)
+                for _ in range(2)]
+    try:
+        alice, bob = (context.new_page() for context in contexts)
+        for pg, user in ((alice, "alice"), (bob, "bob")):
+            pg.context.set_default_timeout(30_000)
+            pg.goto("/")
+            _enter_key(pg, keys[user])
+            pg.wait_for_selector("#app[data-ready=true]")
+            assert pg.inner_text("#account-user") == f"{user}-{tag}"
+        alice_secret = f"alice's secret plan {tag}"
+        alice_id = _send(alice, alice_secret)
+
+        bob.reload()
+        bob.wait_for_selector("#app[data-ready=true]")
+        assert bob.locator(".conversation").count() == 0 and bob.locator("#sidebar-empty").is_visible()
+        bob_id = _send(bob, f"bob's question {tag}")
+        assert [bob.get_attribute(".conversation", "data-id")] == [bob_id]
+        # Bob opening alice's conversation by its id gets "not found", and none of her messages.
+        bob.goto("about:blank")  # so the next is a fresh load, not a jump within the page
+        bob.goto(f"/#{alice_id}")
+        bob.wait_for_selector("#app[data-ready=true]")
+        bob.locator(".message .error").wait_for()
+        assert "no conversation" in bob.inner_text(".message .error")
+        assert alice_secret not in bob.inner_text("body") and bob.evaluate("location.hash") == ""
+
+        alice.reload()
+        alice.wait_for_selector("#app[data-ready=true]")
+        alice.locator(".message.user .content").wait_for()
+        assert alice.inner_text(".message.user .content") == alice_secret
+        assert [alice.get_attribute(".conversation", "data-id")] == [alice_id]
+
+        # The same browser with bob's key is bob: his list, nothing of alice's left on screen.
+        alice.click("#switch-key")
+        with alice.expect_navigation():  # a new user starts from a freshly loaded page
+            _enter_key(alice, keys["bob"])
+        alice.wait_for_selector("#app[data-ready=true]")
+        assert alice.inner_text("#account-user") == f"bob-{tag}"
+        alice.locator(f'.conversation[data-id="{bob_id}"]').wait_for()
+        assert alice.locator(".conversation").count() == 1 and alice_secret not in alice.inner_text("body")
+    finally:
+        for context in contexts:
+            context.close()

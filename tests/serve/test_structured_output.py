@@ -103,6 +103,19 @@ def test_top_level_number_ends_at_a_stop_token_where_the_grammar_may_end(engine:
         assert_valid(text, schema)
 
 
+def test_tagged_tool_call_spec_in_the_engine(engine: Engine) -> None:
+    """The spec tool calling builds on (`tool_choice: required`, one call): the begin string, JSON valid for one of
+    the schemas, the end string, and nothing after it."""
+    schemas = [SCHEMAS["enum"], SCHEMAS["optional"]]
+    spec = ConstraintSpec.tagged("<tool_call>\n", schemas, "\n</tool_call>", required=True, parallel=False)
+    for seed in range(3):
+        (text, _, _, reason), = engine.generate(engine.encode("call:"), [GenerationParams(
+            max_tokens=BOUND_BYTES, seed=seed, constraint=spec)])
+        assert reason == "stop" and text.startswith("<tool_call>\n") and text.endswith("\n</tool_call>"), text
+        call = json.loads(text.removeprefix("<tool_call>\n").removesuffix("\n</tool_call>"))
+        assert sum(jsonschema.Draft202012Validator(s).is_valid(call) for s in schemas) >= 1
+
+
 def test_logprobs_are_of_the_masked_distribution(engine: Engine) -> None:
     schema = {"const": "blue sky"}
     (text, ids, lps, reason), = engine.generate(engine.encode("x"), [GenerationParams(
@@ -136,6 +149,18 @@ def test_chat_json_schema_with_the_openai_client(client: openai.OpenAI, server: 
     for choice in r.choices:
         assert choice.finish_reason == "stop"
         assert_valid(choice.message.content, SCHEMAS[name])
+
+
+def test_top_logprobs_hold_only_tokens_the_grammar_allows(client: openai.OpenAI, server: Server) -> None:
+    """20 alternatives asked where the grammar often allows one: masked tokens are left out, not sent as
+    -Infinity (which is not JSON)."""
+    r = client.chat.completions.create(model=server.model, messages=CHAT, seed=4, max_tokens=BOUND_BYTES,
+                                       logprobs=True, top_logprobs=20, response_format=json_schema_format(NESTED))
+    assert_valid(r.choices[0].message.content, NESTED)
+    entries = r.choices[0].logprobs.content
+    assert len(entries) == r.usage.completion_tokens
+    assert all(e.top_logprobs and all(t.logprob > float("-inf") for t in e.top_logprobs) for e in entries)
+    assert any(len(e.top_logprobs) < 20 for e in entries)
 
 
 def test_streamed_chat_and_completions_are_valid(client: openai.OpenAI, server: Server) -> None:

@@ -12,7 +12,6 @@ delta, the finish reason on each choice's last chunk, an optional usage chunk wi
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import threading
@@ -34,6 +33,7 @@ from starlette.staticfiles import StaticFiles
 
 from homegrown.config import ServeConfig
 from homegrown.errors import HomegrownError
+from homegrown.serve.auth import Authenticator
 from homegrown.serve.body_limit import BodySizeLimit
 from homegrown.serve.constrain import ConstraintError, ConstraintSpec
 from homegrown.serve.engine import (
@@ -45,6 +45,7 @@ from homegrown.serve.engine import (
     Sequence,
     TokenLogprob,
 )
+from homegrown.serve.keys import KeyStore, Principal
 from homegrown.serve.metrics import ServeMetrics
 from homegrown.serve.protocol import (
     ChatCompletionRequest,
@@ -79,7 +80,7 @@ class ServerState:
     model_name: str
     load_engine: Callable[[], Engine]
     created: int = 0
-    api_key: str | None = None
+    auth: Authenticator = field(default_factory=lambda: Authenticator(None, None))
     generation_defaults: dict[str, Any] = field(default_factory=dict)
     on_load_failure: Callable[[], None] | None = None
     engine: Engine | None = None
@@ -271,15 +272,14 @@ def _sse(data: dict[str, Any] | str) -> bytes:
 def _state(request: Request) -> ServerState:
     return request.app.state.server
 
-async def require_key(request: Request) -> None:
-    """Every /v1 and /api route: the server's key as 'Authorization: Bearer KEY', when it has one."""
-    api_key = _state(request).api_key
-    if api_key is None:
-        return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+async def require_key(request: Request) -> Principal:
+    """Every /v1 and /api route: who the caller is, from 'Authorization: Bearer KEY' (auth.py says which keys
+    count, and when none is needed); a missing, unknown or revoked key is a 401."""
+    found = await run_in_threadpool(_state(request).auth.principal, request.headers.get("authorization", ""))
+    if found is None:
         raise APIError(401, "Incorrect or missing API key. Send it as 'Authorization: Bearer <key>'.",
                        param=None, code="invalid_api_key")
+    return found
 
 
 def _ready(state: ServerState) -> Engine:
@@ -615,7 +615,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(load_engine: Callable[[], Engine], *, api_key: str | None, model_name: str,
-               store: Any | None = None, metrics: ServeMetrics | None = None,
+               store: Any | None = None, keys: KeyStore | None = None, metrics: ServeMetrics | None = None,
                web_dir: Path | None = WEB_DIR, on_load_failure: Callable[[], None] | None = None,
                generation_defaults: dict[str, Any] | None = None,
                max_body_bytes: int = ServeConfig.max_body_bytes) -> FastAPI:
@@ -623,12 +623,14 @@ def create_app(load_engine: Callable[[], Engine], *, api_key: str | None, model_
 
     `load_engine` runs in a thread at startup, so /health answers 503 while weights load; `store` is a
     ConversationStore for the page's /api/conversations (None leaves the page without saved conversations);
+    `keys` the KeyStore of user keys, checked besides `api_key` (auth.py);
     `generation_defaults` (protocol.parse_generation_defaults) fill sampling fields a request leaves out;
     bodies over `max_body_bytes` get 413 before they are read.
     """
     app = FastAPI(title="homegrown", version="0.1.0", lifespan=_lifespan,
                   description="OpenAI-compatible API of a homegrown model.")
-    app.state.server = ServerState(model_name=model_name, created=int(time.time()), api_key=api_key,
+    app.state.server = ServerState(model_name=model_name, created=int(time.time()),
+                                   auth=Authenticator(api_key, keys),
                                    generation_defaults=dict(generation_defaults or {}), load_engine=load_engine,
                                    on_load_failure=on_load_failure)
     app.state.metrics = metrics or ServeMetrics()
@@ -639,7 +641,11 @@ def create_app(load_engine: Callable[[], Engine], *, api_key: str | None, model_
     if store is not None:
         from homegrown.serve.conversations import build_router
 
-        app.include_router(build_router(store), dependencies=[Depends(require_key)])
+        app.include_router(build_router(store, require_key))
+    if keys is not None:
+        from homegrown.serve.users import build_router as build_users_router
+
+        app.include_router(build_users_router(keys, require_key))
     if web_dir is not None and web_dir.is_dir():
         app.mount("/", StaticFiles(directory=web_dir, html=True), name="web")
     return app

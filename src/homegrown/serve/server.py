@@ -23,6 +23,7 @@ from homegrown.errors import HomegrownError
 from homegrown.layout import RunLayout, run_dir_of
 from homegrown.progress import console
 from homegrown.serve.api import ServerState, create_app
+from homegrown.serve.auth import Authenticator
 from homegrown.serve.metrics import ServeMetrics
 
 log = logging.getLogger(__name__)
@@ -78,10 +79,17 @@ def _drained(sig: int, frame: FrameType | None) -> None:
     """uvicorn re-raises the signal it shut down on; after a completed drain that is a normal exit."""
 
 
+def _key_mode(auth: Authenticator) -> str:
+    if auth.open():
+        return "not required: no --api-key and no user keys; `homegrown serve keys add` makes one"
+    return "required"
+
+
 def serve(source: Path, cfg: ServeConfig | None = None, *, api_key: str | None = None, db_url: str | None = None,
           model_name: str | None = None) -> None:
     from homegrown.bundle import load_bundle
     from homegrown.serve.engine import Engine, resolve_device, resolve_dtype
+    from homegrown.serve.keys import KeyStore
     from homegrown.serve.store import ConversationStore
 
     cfg = cfg or ServeConfig()
@@ -90,6 +98,7 @@ def serve(source: Path, cfg: ServeConfig | None = None, *, api_key: str | None =
     run_dir = run_dir_of(source)  # the conversations database goes there by default
     model_name = model_name or run_dir.name
     store = ConversationStore(db_url or f"sqlite:///{RunLayout(run_dir).conversations_db}")
+    keys = KeyStore(store.engine)  # user keys live next to the conversations they own
     metrics = ServeMetrics()
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)  # before binding the port: a bad --dtype fails here
@@ -105,7 +114,7 @@ def serve(source: Path, cfg: ServeConfig | None = None, *, api_key: str | None =
         if server is not None:
             server.should_exit = True
 
-    app = create_app(load, api_key=api_key or None, model_name=model_name, store=store, metrics=metrics,
+    app = create_app(load, api_key=api_key or None, model_name=model_name, store=store, keys=keys, metrics=metrics,
                      on_load_failure=stop_server, generation_defaults=cfg.generation_defaults,
                      max_body_bytes=cfg.max_body_bytes)
     sock = bind(cfg.host, cfg.port)
@@ -116,7 +125,7 @@ def serve(source: Path, cfg: ServeConfig | None = None, *, api_key: str | None =
     url = f"http://{host}:{sock.getsockname()[1]}"
     console.print(f"serving [bold]{model_name}[/bold] from {source}")
     console.print(f"chat page       {url}/")
-    console.print(f"OpenAI base_url {url}/v1   (API key {'required' if api_key else 'not required'})")
+    console.print(f"OpenAI base_url {url}/v1   (API key {_key_mode(Authenticator(api_key, keys))})")
     console.print(f"metrics         {url}/metrics")
     previous = signal.signal(signal.SIGTERM, _drained)
     try:

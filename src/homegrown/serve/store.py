@@ -1,5 +1,10 @@
 """Conversations and messages of the chat page, kept in a database so a reload (or a restart) loses nothing.
 
+Every conversation has an owner (the user of the API key that made it) and every call names the owner it acts
+for, so one user can never reach another's conversation: an id owned by someone else is simply not found.
+Databases from before owners existed are migrated on open (the column is added; their conversations belong to
+LEGACY_OWNER, the user of the server's single `--api-key` and of a server with no keys at all).
+
 SQLAlchemy rather than raw sqlite3 so the same code runs on the default SQLite file and on Postgres given
 only a `--db-url`. Every call opens its own short session, so one store is shared by all FastAPI worker
 threads; SQLite gets WAL mode and a busy timeout so concurrent writers wait for each other instead of failing.
@@ -16,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     DateTime,
     Float,
     ForeignKey,
@@ -25,7 +31,9 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Engine, make_url
@@ -36,6 +44,9 @@ from sqlalchemy.pool import StaticPool
 from homegrown.errors import HomegrownError
 
 ROLES = ("system", "user", "assistant")
+LEGACY_OWNER = "default"
+"""Owner of conversations stored before owners existed, and the user of `--api-key` and of an open server."""
+MAX_OWNER = 64
 SQLITE_BUSY_TIMEOUT_S = 30.0
 
 
@@ -50,6 +61,7 @@ class _Base(DeclarativeBase):
 class _ConversationRow(_Base):
     __tablename__ = "conversations"
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(MAX_OWNER), index=True)
     title: Mapped[str] = mapped_column(Text)
     model: Mapped[str | None] = mapped_column(Text, nullable=True)
     system_prompt: Mapped[str] = mapped_column(Text, default="")
@@ -81,6 +93,7 @@ class Message:
 @dataclass(frozen=True)
 class Conversation:
     id: str
+    owner: str
     title: str
     model: str | None
     system_prompt: str
@@ -100,7 +113,7 @@ def _utc(value: datetime) -> datetime:
 
 
 def _conversation(row: _ConversationRow, messages: list[Message] | None = None) -> Conversation:
-    return Conversation(id=row.id, title=row.title, model=row.model, system_prompt=row.system_prompt,
+    return Conversation(id=row.id, owner=row.owner, title=row.title, model=row.model, system_prompt=row.system_prompt,
                         temperature=row.temperature, created_at=_utc(row.created_at),
                         updated_at=_utc(row.updated_at), messages=messages or [])
 
@@ -110,7 +123,8 @@ def _message(row: _MessageRow) -> Message:
                    created_at=_utc(row.created_at))
 
 
-def _make_engine(db_url: str) -> Engine:
+def make_engine(db_url: str) -> Engine:
+    """An engine for the serving database (conversations and API keys) at `db_url`; a bad URL is a user error."""
     try:
         url = make_url(db_url)
     except ArgumentError as e:
@@ -147,13 +161,34 @@ def _make_engine(db_url: str) -> Engine:
     return engine
 
 
+def _add_owner_column(engine: Engine) -> None:
+    """Migrate a database made before conversations had owners: add the column, every old row owned by
+    LEGACY_OWNER. Plain ALTER TABLE (SQLite and Postgres both take it); nothing else changes, nothing is lost.
+    Two processes opening the same old file at once may both try; the loser finds the column there."""
+    if "owner" in {c["name"] for c in inspect(engine).get_columns("conversations")}:
+        return
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(f"ALTER TABLE conversations ADD COLUMN owner VARCHAR({MAX_OWNER}) NOT NULL "
+                              f"DEFAULT '{LEGACY_OWNER}'"))
+            conn.execute(text("CREATE INDEX IF NOT EXISTS ix_conversations_owner ON conversations (owner)"))
+    except SQLAlchemyError:
+        if "owner" not in {c["name"] for c in inspect(engine).get_columns("conversations")}:
+            raise
+
+
 class ConversationStore:
-    """CRUD for conversations and their messages; safe to share between threads."""
+    """CRUD for conversations and their messages, each call on behalf of one owner; safe to share between threads.
+
+    A conversation of another owner behaves exactly like one that does not exist (ConversationNotFound), so
+    the API answers 404 for both and ids reveal nothing.
+    """
 
     def __init__(self, db_url: str) -> None:
-        self.engine = _make_engine(db_url)
+        self.engine = make_engine(db_url)
         try:
             _Base.metadata.create_all(self.engine)
+            _add_owner_column(self.engine)
         except SQLAlchemyError as e:
             raise HomegrownError(f"cannot open the conversation database {db_url!r}: {e.__class__.__name__}: "
                                  f"{e.orig if hasattr(e, 'orig') else e}; check --db-url and that the "
@@ -168,35 +203,40 @@ class ConversationStore:
     def close(self) -> None:
         self.engine.dispose()
 
-    def create(self, title: str = "New chat", model: str | None = None, system_prompt: str = "",
+    def create(self, owner: str, title: str = "New chat", model: str | None = None, system_prompt: str = "",
                temperature: float | None = None) -> Conversation:
         now = _now()
-        row = _ConversationRow(id=f"conv_{uuid.uuid4().hex}", title=title, model=model,
+        row = _ConversationRow(id=f"conv_{uuid.uuid4().hex}", owner=owner, title=title, model=model,
                                system_prompt=system_prompt, temperature=temperature,
                                created_at=now, updated_at=now)
         with self._session() as s:
             s.add(row)
         return _conversation(row)
 
-    def list_conversations(self, limit: int = 100) -> list[Conversation]:
-        """Most recently active first — the order the sidebar shows."""
+    def list_conversations(self, owner: str, limit: int = 100) -> list[Conversation]:
+        """The owner's conversations, most recently active first — the order the sidebar shows."""
         with self._session() as s:
-            rows = s.scalars(select(_ConversationRow)
+            rows = s.scalars(select(_ConversationRow).where(_ConversationRow.owner == owner)
                              .order_by(_ConversationRow.updated_at.desc(), _ConversationRow.id)
                              .limit(limit)).all()
             return [_conversation(r) for r in rows]
 
-    def get(self, conversation_id: str) -> Conversation:
+    def get(self, owner: str, conversation_id: str) -> Conversation:
         with self._session() as s:
             row = s.get(_ConversationRow, conversation_id)
-            if row is None:
+            if row is None or row.owner != owner:
                 raise ConversationNotFound(f"no conversation {conversation_id!r}; list them with "
                                            "GET /api/conversations")
             msgs = s.scalars(select(_MessageRow).where(_MessageRow.conversation_id == conversation_id)
                              .order_by(_MessageRow.id)).all()
             return _conversation(row, [_message(m) for m in msgs])
 
-    def update(self, conversation_id: str, **changes: Any) -> Conversation:
+    @staticmethod
+    def _owned(owner: str, conversation_id: str) -> ColumnElement[bool]:
+        """The row of this id, only if this owner's: every write matches on both, so another's is untouched."""
+        return (_ConversationRow.id == conversation_id) & (_ConversationRow.owner == owner)
+
+    def update(self, owner: str, conversation_id: str, **changes: Any) -> Conversation:
         """Rename or change settings; only title, model, system_prompt and temperature may change."""
         allowed = {"title", "model", "system_prompt", "temperature"}
         unknown = set(changes) - allowed
@@ -205,22 +245,22 @@ class ConversationStore:
         with self._session() as s:
             # The write comes first, so a SQLite transaction takes the write lock at once instead of
             # upgrading a read lock (which fails immediately under contention).
-            done = s.execute(update(_ConversationRow).where(_ConversationRow.id == conversation_id)
+            done = s.execute(update(_ConversationRow).where(self._owned(owner, conversation_id))
                              .values(**changes, updated_at=_now()))
             if done.rowcount == 0:
                 raise ConversationNotFound(f"no conversation {conversation_id!r}")
-        return self.get(conversation_id)
+        return self.get(owner, conversation_id)
 
-    def rename(self, conversation_id: str, title: str) -> Conversation:
-        return self.update(conversation_id, title=title)
+    def rename(self, owner: str, conversation_id: str, title: str) -> Conversation:
+        return self.update(owner, conversation_id, title=title)
 
-    def append(self, conversation_id: str, role: str, content: str) -> Message:
+    def append(self, owner: str, conversation_id: str, role: str, content: str) -> Message:
         """Add one message at the end and mark the conversation as just used."""
         if role not in ROLES:
             raise HomegrownError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
         now = _now()
         with self._session() as s:
-            done = s.execute(update(_ConversationRow).where(_ConversationRow.id == conversation_id)
+            done = s.execute(update(_ConversationRow).where(self._owned(owner, conversation_id))
                              .values(updated_at=now))
             if done.rowcount == 0:
                 raise ConversationNotFound(f"no conversation {conversation_id!r}")
@@ -229,9 +269,9 @@ class ConversationStore:
             s.flush()
             return _message(row)
 
-    def delete(self, conversation_id: str) -> None:
+    def delete(self, owner: str, conversation_id: str) -> None:
         """Remove a conversation; its messages go with it (ON DELETE CASCADE)."""
         with self._session() as s:
-            done = s.execute(delete(_ConversationRow).where(_ConversationRow.id == conversation_id))
+            done = s.execute(delete(_ConversationRow).where(self._owned(owner, conversation_id)))
             if done.rowcount == 0:
                 raise ConversationNotFound(f"no conversation {conversation_id!r}")

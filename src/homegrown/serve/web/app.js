@@ -22,6 +22,7 @@
     composer: $("composer"), prompt: $("prompt"), send: $("send"), stop: $("stop"),
     keyDialog: $("api-key-dialog"), keyInput: $("api-key-input"), keyReason: $("api-key-reason"),
     deleteDialog: $("delete-dialog"), deleteTitle: $("delete-title"),
+    account: $("account"), accountUser: $("account-user"), switchKey: $("switch-key"),
     sidebarToggle: $("sidebar-toggle"), sidebarClose: $("sidebar-close"), scrim: $("scrim")
   };
 
@@ -77,7 +78,7 @@
       var response = await fetch(path, Object.assign({}, options, { headers: headers }));
       if (response.status !== 401) return response;
       var given = await askForKey(key ? "The server refused the saved API key. Enter the right one."
-                                      : "This server needs an API key (the one given to homegrown serve --api-key).");
+                                      : "This server needs an API key: yours, from homegrown serve keys add.");
       if (!given) throw new Error("An API key is needed to use this server.");
     }
   }
@@ -524,11 +525,28 @@
     return Promise.resolve();
   }
 
+  /* Who the key belongs to (each user sees only their own conversations); hidden on a server without users. */
+  async function loadAccount() {
+    var response = await apiFetch("/api/me");
+    if (!response.ok) { el.account.hidden = true; return; }
+    var me = await response.json();
+    el.accountUser.textContent = me.user + (me.role === "admin" ? " (admin)" : "");
+    el.accountUser.title = "Signed in as " + me.user;
+    el.account.hidden = false;
+  }
+
+  /* Another key is another user: start over from a blank page, so nothing of the last user stays on screen. */
+  el.switchKey.addEventListener("click", async function () {
+    var given = await askForKey("Enter the API key of the user to switch to.");
+    if (given) location.replace(location.pathname);
+  });
+
   async function start() {
     applySettingsToForm(loadSettings());
     updateSendEnabled();
     try {
       await loadModels();
+      await loadAccount();
       await refreshList();
       var id = location.hash.slice(1);
       if (id) await openConversation(id);
