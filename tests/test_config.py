@@ -63,11 +63,12 @@ def test_every_preset_round_trips_through_json(tmp_path):
 
 
 def test_set_reaches_every_section_and_nested_fields():
-    assert SECTIONS == ("model", "train", "data", "ingest", "sft", "distill", "eval", "serve")
+    assert SECTIONS == ("model", "train", "data", "ingest", "sft", "distill", "dpo", "lora", "eval", "serve")
     p = apply_overrides(get_preset("tiny"), [
         "model.n_layers=3", "train.lr=0.5", "data.mixture=web=1", "ingest.workers=2", "sft.max_steps=7",
         "distill.alpha=0.25", "eval.max_items=3", "serve.max_batch=4", "ingest.filters.min_words=9",
-        "ingest.filters.disabled=line_punctuation, word_count"])
+        "ingest.filters.disabled=line_punctuation, word_count", "dpo.beta=0.5", "lora.targets=q_proj"])
+    assert (p.dpo.beta, p.lora.targets) == (0.5, "q_proj")
     assert (p.model.n_layers, p.train.lr, p.data.mixture, p.ingest.workers, p.sft.max_steps) == (3, 0.5, "web=1", 2, 7)
     assert (p.distill.alpha, p.eval.max_items, p.serve.max_batch, p.ingest.filters.min_words) == (0.25, 3, 4, 9)
     assert p.ingest.filters.disabled == ["line_punctuation", "word_count"]

@@ -22,7 +22,9 @@ from homegrown.config import (
     SECTIONS,
     DataConfig,
     DistillConfig,
+    DPOConfig,
     IngestConfig,
+    LoRAConfig,
     PlanConfig,
     Preset,
     ServeConfig,
@@ -92,6 +94,10 @@ OptOutOpt = Annotated[Path | None, typer.Option(help="Opt-out list: domains, URL
 HoldoutOpt = Annotated[float, _opt(IngestConfig, "holdout_fraction", "Fraction of pages held out.")]
 NearOpt = Annotated[float, _opt(IngestConfig, "near_dedup_threshold")]
 NoProgressOpt = Annotated[bool, typer.Option(help="Plain log lines even on a terminal.")]
+LoraRankOpt = Annotated[int | None, _opt(LoRAConfig, "rank", "Default: the preset's lora.rank (0).")]
+LoraAlphaOpt = Annotated[float | None, _opt(LoRAConfig, "alpha", f"Default: {LoRAConfig.alpha:g}.")]
+LoraDropoutOpt = Annotated[float | None, _opt(LoRAConfig, "dropout")]
+LoraTargetsOpt = Annotated[str | None, _opt(LoRAConfig, "targets")]
 
 
 def _preset(name: str, overrides: list[str] | None) -> Preset:
@@ -318,6 +324,43 @@ def data_synth(
                 source), cache_path=cache, existing=existing), out)
 
 
+@data_app.command("pairs")
+def data_pairs(
+    model: Annotated[Path, typer.Argument(help="The policy to sample answers from: a run directory (its chat model) "
+                                                "or ckpt/step_N.")],
+    prompts: Annotated[Path, typer.Option(help='JSONL of {"prompt": text or messages} or chat {"messages": [...]} '
+                                               "(the conversation up to its last user turn is the prompt).")],
+    judge_url: Annotated[str, typer.Option(help="OpenAI-compatible base URL of the judge model.")],
+    judge_model: Annotated[str, typer.Option(help="Judge model name at that endpoint (e.g. gpt-4o).")],
+    out: Annotated[Path, typer.Option(help="Pairs JSONL to write (plus .manifest.json and .cache.sqlite).")],
+    samples: Annotated[int, typer.Option(help="Answers sampled per prompt; every two distinct ones are compared.")]
+        = 2,
+    max_tokens: Annotated[int, typer.Option(help="Longest sampled answer, in tokens.")] = 128,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature of the policy.")] = 1.0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling of the policy.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Sampling seeds and judge order derive from it: same seed, same pairs.")]
+        = 0,
+    max_tokens_budget: Annotated[int, _opt(SynthConfig, "max_tokens_budget")] = SynthConfig.max_tokens_budget,
+    max_cost: Annotated[float, _opt(SynthConfig, "max_cost_usd")] = SynthConfig.max_cost_usd,
+    concurrency: Annotated[int, _opt(SynthConfig, "concurrency", "Judge requests in flight.")] = (
+        SynthConfig.concurrency),
+    cache: Annotated[Path | None, typer.Option(help="SQLite cache of verdicts (default OUT.cache.sqlite).")] = None,
+    no_progress: NoProgressOpt = False,
+) -> None:
+    """Preference pairs: sample answers from the policy, a judge compares them in both orders (key from
+    HOMEGROWN_TEACHER_KEY or OPENAI_API_KEY); cached, resumable, budgeted like `data synth`."""
+    from homegrown.generate import SamplingParams
+    from homegrown.posttrain.judge import build_pairs, print_pair_stats
+
+    # The judge answers one word, deterministically: temperature 0 and a few tokens.
+    cfg = SynthConfig(max_tokens_budget=max_tokens_budget, max_cost_usd=max_cost, concurrency=concurrency,
+                      temperature=0.0, max_tokens=4, seed=seed)
+    stats = build_pairs(model, prompts, out, judge_url, judge_model, cfg, samples=samples,
+                        sampling=SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p),
+                        cache_path=cache, progress=not no_progress)
+    print_pair_stats(stats, out)
+
+
 @data_app.command("docqa")
 def data_docqa(
     corpus: Annotated[Path, typer.Argument(help="Corpus directory (train/val.jsonl.gz, as `data ingest` writes).")],
@@ -385,6 +428,10 @@ def sft(
     preset: Annotated[str | None, typer.Option("--preset", "-p", help="Preset for training settings "
                                                "(default: the run's own, else small).")] = None,
     set_: SetOpt = None,
+    lora_rank: LoraRankOpt = None,
+    lora_alpha: LoraAlphaOpt = None,
+    lora_dropout: LoraDropoutOpt = None,
+    lora_targets: LoraTargetsOpt = None,
 ) -> None:
     """Fine-tune a checkpoint on chat conversations (loss on assistant replies only) into RUN/sft/ckpt."""
     from homegrown.posttrain.sft import default_run_dir
@@ -392,8 +439,46 @@ def sft(
 
     run_dir = out or default_run_dir(base)
     cfg = _run_preset(run_dir, preset, set_, default="small")
-    result = run_sft(base, data, run_dir, cfg.sft, cfg.train, val=val, strict=strict)
+    lora = dataclasses.replace(cfg.lora, **_given(rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout,
+                                                  targets=lora_targets))
+    result = run_sft(base, data, run_dir, cfg.sft, cfg.train, val=val, strict=strict, lora=lora)
     console.print(f"chat model {result.final_checkpoint}  held-out answer loss {result.final_val_loss:.3f} nats/token")
+    console.print(f"next       homegrown chat {result.final_checkpoint}")
+
+
+@app.command()
+def dpo(
+    base: Annotated[Path, typer.Argument(help="Run directory (its chat model: sft/ckpt, else ckpt/) or ckpt/step_N.")],
+    data: Annotated[Path, typer.Option(help='Preference JSONL: {"prompt" or "messages", "chosen", "rejected"} '
+                                            "per line (TRL's format; `homegrown data pairs` writes one).")],
+    val: Annotated[Path | None, typer.Option(help="Held-out preference JSONL; default: 1 in 20 of --data.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory for dpo/ckpt (default: BASE's run).")] = None,
+    strict: Annotated[bool, typer.Option(help="Stop at the first malformed line instead of skipping it.")] = False,
+    beta: Annotated[float | None, _opt(DPOConfig, "beta", f"Default: the preset's dpo.beta, {DPOConfig.beta}.")]
+        = None,
+    loss: Annotated[str | None, _opt(DPOConfig, "loss")] = None,
+    label_smoothing: Annotated[float | None, _opt(DPOConfig, "label_smoothing")] = None,
+    rpo_alpha: Annotated[float | None, _opt(DPOConfig, "rpo_alpha")] = None,
+    preset: Annotated[str | None, typer.Option("--preset", "-p", help="Preset for training settings "
+                                               "(default: the run's own, else small).")] = None,
+    set_: SetOpt = None,
+    lora_rank: LoraRankOpt = None,
+    lora_alpha: LoraAlphaOpt = None,
+    lora_dropout: LoraDropoutOpt = None,
+    lora_targets: LoraTargetsOpt = None,
+) -> None:
+    """Preference-tune a chat model on chosen/rejected pairs (DPO, as TRL) into RUN/dpo/ckpt; resumable."""
+    from homegrown.posttrain.dpo import dpo as run_dpo
+    from homegrown.posttrain.sft import default_run_dir
+
+    run_dir = out or default_run_dir(base)
+    cfg = _run_preset(run_dir, preset, set_, default="small")
+    settings = dataclasses.replace(cfg.dpo, **_given(beta=beta, loss=loss, label_smoothing=label_smoothing,
+                                                     rpo_alpha=rpo_alpha))
+    lora = dataclasses.replace(cfg.lora, **_given(rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout,
+                                                  targets=lora_targets))
+    result = run_dpo(base, data, run_dir, settings, cfg.train, lora=lora, val=val, strict=strict)
+    console.print(f"preference-tuned model {result.final_checkpoint}  held-out DPO loss {result.final_val_loss:.3f}")
     console.print(f"next       homegrown chat {result.final_checkpoint}")
 
 

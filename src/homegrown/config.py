@@ -300,6 +300,49 @@ class DistillConfig:
 
 
 @dataclass
+class DPOConfig:
+    """Preference tuning (homegrown.posttrain.dpo) on chosen/rejected answer pairs, TRL's DPOTrainer semantics.
+
+    Optimisation fields left out here (dtype, threads, optimizer betas …) come from the preset's TrainConfig.
+    """
+
+    beta: float = 0.1
+    """How far the policy may move from the reference (TRL's default); larger = stay closer."""
+    loss: str = "sigmoid"
+    """`sigmoid` (the DPO paper) or `ipo` (squared loss on per-token-averaged log-ratios, as TRL computes it)."""
+    label_smoothing: float = 0.0
+    """Conservative DPO: the share of pairs assumed mislabelled (sigmoid loss only, 0 ≤ ε < 0.5)."""
+    rpo_alpha: float = 0.0
+    """Weight of an SFT term (mean NLL of the chosen answer's tokens), TRL's `loss_type=["sigmoid","sft"]`."""
+    max_steps: int = 100
+    lr: float = 5e-6
+    """Far below SFT's: preference tuning nudges an already useful model (SmolLM2's recipe used 1e-6)."""
+    warmup_steps: int = 0
+    batch_size: int = 8
+    """Pairs per step (each pair is two sequences)."""
+    eval_every: int = 50
+    eval_batches: int = 4
+    ckpt_every: int = 50
+
+
+@dataclass
+class LoRAConfig:
+    """Low-rank adapters (homegrown.posttrain.lora) for SFT and DPO: W + (alpha/rank)·B·A, peft's scaling.
+
+    Only the adapters train and are checkpointed; the final checkpoint also holds the merged weights.
+    """
+
+    rank: int = 0
+    """0 = full fine-tuning; otherwise the adapters' rank r."""
+    alpha: float = 16.0
+    """Scale numerator: the update is (alpha / rank)·B·A, as peft's LoraConfig (without rsLoRA)."""
+    dropout: float = 0.0
+    """Dropout on the adapter's input, training only."""
+    targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    """Comma-separated Llama (transformers) module names; the fused qkv / gate_up get one adapter per part."""
+
+
+@dataclass
 class SynthConfig:
     """Teacher client (homegrown.data.synth): any OpenAI-compatible endpoint, cached, budgeted, resumable."""
 
@@ -377,6 +420,8 @@ class Preset:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     description: str = ""

@@ -10,6 +10,8 @@ RUN/
   sft/data/                   chat data cut from the corpus (posttrain.docqa); MANIFEST.json last = complete
   sft/ckpt/step_N/            the chat model; metrics_sft.jsonl, loss_sft.png
   distill/ckpt/step_N/        a distilled student (distill/teacher.json says from what); metrics_distill.jsonl
+  dpo/ckpt/step_N/            the preference-tuned chat model (dpo/start.json: from what; reference.safetensors:
+                              the start model's log-probs of every pair); metrics_dpo.jsonl, rewards_dpo.png
   eval/                       cached per-model scores (eval.suite)
   report.md                   the report card (eval.report; .json and charts beside it)
   conversations.sqlite        the chat page's conversations (serve)
@@ -45,9 +47,11 @@ BASE = "base"
 """The pretrained model's stage: its checkpoints are RUN/ckpt, every later stage's RUN/<stage>/ckpt."""
 SFT = "sft"
 DISTILL = "distill"
-POSTTRAIN_STAGES = (SFT, DISTILL)
-FINAL_STAGES = (SFT, BASE)
-"""Where a run's final model is looked for, first found wins: the chat model is what chat/serve/export want."""
+DPO = "dpo"
+POSTTRAIN_STAGES = (SFT, DISTILL, DPO)
+FINAL_STAGES = (DPO, SFT, BASE)
+"""Where a run's final model is looked for, first found wins: the chat model is what chat/serve/export want (the
+preference-tuned one when the run has it: DPO starts from the SFT model)."""
 
 
 def step_dir(ckpt_root: Path, step: int) -> Path:

@@ -27,8 +27,8 @@ from homegrown.train import checkpoint as ck
 
 EVAL_FORMAT = "2"
 """Bumped whenever scoring or the record's fields change, so older cached results are recomputed."""
-CHAT_STAGES = (layout.SFT,)
-"""Stages whose models are asked generation questions through the chat template."""
+CHAT_STAGES = (layout.SFT, layout.DPO)
+"""Stages whose models are asked generation questions through the chat template (DPO tunes the SFT model)."""
 
 
 @dataclass

@@ -23,7 +23,7 @@ from tokenizers import Tokenizer
 from homegrown import layout
 from homegrown.bundle import load_chat_format
 from homegrown.chat_template import ChatFormat
-from homegrown.config import ModelConfig, SFTConfig, TrainConfig
+from homegrown.config import LoRAConfig, ModelConfig, SFTConfig, TrainConfig
 from homegrown.data.pack import token_byte_lengths
 from homegrown.errors import HomegrownError
 from homegrown.model import Transformer
@@ -198,8 +198,10 @@ def default_run_dir(base: Path) -> Path:
 
 
 def sft(base: Path, data: Path, run_dir: Path, sft_cfg: SFTConfig, train_cfg: TrainConfig,
-        val: Path | None = None, strict: bool = False, progress: bool = True) -> TrainResult:
-    """Fine-tune the newest checkpoint at `base` on chat JSONL into `run_dir/sft/ckpt` (resuming if present).
+        val: Path | None = None, strict: bool = False, progress: bool = True,
+        lora: LoRAConfig | None = None) -> TrainResult:
+    """Fine-tune the newest checkpoint at `base` on chat JSONL into `run_dir/sft/ckpt` (resuming if present);
+    with `lora` (rank > 0) only low-rank adapters train (posttrain.lora).
 
     Writes metrics_sft.jsonl and loss_sft.png in `run_dir`. Validation is the assistant-token loss on `val`, or
     on 1 in 20 conversations of `data` (then not trained on) when no `val` file is given.
@@ -231,4 +233,4 @@ def sft(base: Path, data: Path, run_dir: Path, sft_cfg: SFTConfig, train_cfg: Tr
 
     return train(model_cfg, cfg, None, run_dir, ckpt / ck.TOKENIZER, init_from=ckpt,
                  batch_source=train_data.sample, stage=layout.SFT, progress=progress,
-                 eval_fn=eval_fn)
+                 eval_fn=eval_fn, lora=lora)

@@ -15,7 +15,7 @@ import json
 import shutil
 import warnings
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +24,12 @@ from safetensors.torch import load_file, save_file
 
 from homegrown import layout
 from homegrown.chat_template import copy_tokenizer_files
-from homegrown.config import ModelConfig
+from homegrown.config import LoRAConfig, ModelConfig
 from homegrown.errors import HomegrownError
 from homegrown.io import atomic_path, finish_dir, start_dir, temp_dir_of
 from homegrown.layout import latest_checkpoint, list_checkpoints
 from homegrown.model import Transformer
+from homegrown.posttrain import lora as lora_mod
 from homegrown.train import distributed
 from homegrown.train.distributed import DistEnv
 
@@ -83,25 +84,45 @@ def _single_process_ok() -> Iterator[None]:
         yield
 
 
-def _full_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Unsharded CPU weights; a collective under FSDP (every rank calls it, rank 0 gets the tensors)."""
+def _full_weights(model: torch.nn.Module, trainable_only: bool = False) -> dict[str, torch.Tensor]:
+    """Unsharded CPU weights (only the trainable ones: adapters); a collective under FSDP (every rank calls it,
+    rank 0 gets the tensors)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True,
+                                                                 ignore_frozen_params=trainable_only))
     state = {k: v.contiguous() for k, v in state.items()}
     if model.cfg.tie_embeddings:
         state.pop("lm_head.weight", None)
     return state
 
 
+def _state_options(adapters: AdapterInfo | None) -> Any:
+    """DCP state-dict options: an adapter run saves and restores only what trains (adapters + their optimizer);
+    the frozen base weights it leaves out come from the base checkpoint."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(ignore_frozen_params=adapters is not None, strict=adapters is None)
+
+
+@dataclass
+class AdapterInfo:
+    """What an adapter (LoRA) run's checkpoints record: the settings and the base checkpoint they adapt."""
+
+    lora: LoRAConfig
+    base: Path
+
+
 def save_training_checkpoint(ckpt_root: Path, step: int, model: torch.nn.Module,
                              optimizers: list[torch.optim.Optimizer], tokenizer_path: Path,
                              trainer_state: dict[str, Any], env: DistEnv, extra: dict[str, Any] | None = None,
-                             keep: int = 0, full_weights: bool = True) -> Path:
+                             keep: int = 0, full_weights: bool = True, adapters: AdapterInfo | None = None) -> Path:
     """A resumable checkpoint, called by every rank: DCP shards from each, the rest from rank 0.
 
     `full_weights=False` skips gathering model.safetensors — for models too large for one host's memory;
-    `consolidate()` writes it later from the shards.
+    `consolidate()` writes it later from the shards. With `adapters` only the adapters (and their optimizer
+    state) are saved — adapter.safetensors, a few MB — and model.safetensors, when written, holds the merged
+    weights, so the checkpoint serves and exports like any other.
     """
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
@@ -109,12 +130,19 @@ def save_training_checkpoint(ckpt_root: Path, step: int, model: torch.nn.Module,
     final = layout.step_dir(ckpt_root, step)
     tmp = start_dir(final) if env.is_main else temp_dir_of(final)
     distributed.barrier(env)
-    model_state, optim_state = get_state_dict(model, optimizers)
+    model_state, optim_state = get_state_dict(model, optimizers, options=_state_options(adapters))
     with _single_process_ok():
         dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=tmp / SHARDED,
                  no_dist=not env.distributed)
+    adapter = _full_weights(model, trainable_only=True) if adapters is not None else None
     weights = _full_weights(model) if full_weights else None
     if env.is_main:
+        if adapter is not None and adapters is not None:
+            save_file(adapter, str(tmp / lora_mod.ADAPTER_WEIGHTS), metadata={"format": "pt", "step": str(step)})
+            (tmp / lora_mod.ADAPTER_CONFIG).write_text(json.dumps(
+                {**asdict(adapters.lora), "base": str(Path(adapters.base).resolve())}, indent=2))
+            if weights is not None:
+                weights = lora_mod.merge_state(weights, adapter, model.cfg, adapters.lora)
         if weights is not None:
             save_file(weights, str(tmp / WEIGHTS), metadata={"format": "pt", "step": str(step)})
         _finish(tmp, final, model.cfg, tokenizer_path, {**trainer_state, "world_size": env.world_size}, extra, keep)
@@ -123,20 +151,26 @@ def save_training_checkpoint(ckpt_root: Path, step: int, model: torch.nn.Module,
 
 
 def load_training_checkpoint(ckpt: Path, model: torch.nn.Module, optimizers: list[torch.optim.Optimizer],
-                             env: DistEnv) -> dict[str, Any]:
-    """Restore model + optimizer from `dcp/` into however this run is sharded; returns the trainer state."""
+                             env: DistEnv, adapters: AdapterInfo | None = None) -> dict[str, Any]:
+    """Restore model + optimizer from `dcp/` into however this run is sharded; returns the trainer state.
+    An adapter run restores its adapters only: the base weights were loaded from the base checkpoint."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     if not (ckpt / SHARDED).is_dir():
         raise HomegrownError(f"{ckpt} has no {SHARDED}/ optimizer state; it can be served, exported or used as "
                              "init weights, but not resumed")
+    if (adapters is None) != (not (ckpt / lora_mod.ADAPTER_CONFIG).exists()):
+        raise HomegrownError(f"{ckpt} was trained {'with' if adapters is None else 'without'} LoRA adapters; resume "
+                             "it with the same lora.rank, or use a new --out directory")
     state = load_trainer_state(ckpt)
-    model_state, optim_state = get_state_dict(model, optimizers)
+    options = _state_options(adapters)
+    model_state, optim_state = get_state_dict(model, optimizers, options=options)
     target = {"model": model_state, "optim": optim_state}
     with _single_process_ok():
         dcp.load(target, checkpoint_id=ckpt / SHARDED, no_dist=not env.distributed)
-    set_state_dict(model, optimizers, model_state_dict=target["model"], optim_state_dict=target["optim"])
+    set_state_dict(model, optimizers, model_state_dict=target["model"], optim_state_dict=target["optim"],
+                   options=options)
     return state
 
 
@@ -159,6 +193,8 @@ def consolidate(ckpt: Path) -> Path:
     ckpt = Path(ckpt)
     if not (ckpt / SHARDED).is_dir():
         raise HomegrownError(f"{ckpt} has no {SHARDED}/ directory to consolidate")
+    if (ckpt / lora_mod.ADAPTER_CONFIG).exists():
+        return merge_adapter_checkpoint(ckpt)
     with torch.device("meta"):
         model = Transformer(ModelConfig.load(ckpt / CONFIG))
     model.to_empty(device="cpu")
@@ -168,6 +204,20 @@ def consolidate(ckpt: Path) -> Path:
     model.load_state_dict(state["model"])
     with atomic_path(ckpt / WEIGHTS) as tmp:
         save_file(weights_state_dict(model), str(tmp), metadata={"format": "pt"})
+    return ckpt / WEIGHTS
+
+
+def merge_adapter_checkpoint(ckpt: Path) -> Path:
+    """Write an adapter checkpoint's model.safetensors: its base checkpoint's weights with the adapters merged."""
+    settings = json.loads((ckpt / lora_mod.ADAPTER_CONFIG).read_text())
+    base = Path(settings.pop("base"))
+    if not (base / WEIGHTS).is_file():
+        raise HomegrownError(f"{ckpt} adapts {base}, which has no {WEIGHTS} any more; the adapters cannot be merged")
+    cfg = ModelConfig.load(ckpt / CONFIG)
+    merged = lora_mod.merge_state(load_file(str(base / WEIGHTS)), load_file(str(ckpt / lora_mod.ADAPTER_WEIGHTS)),
+                                  cfg, LoRAConfig(**settings))
+    with atomic_path(ckpt / WEIGHTS) as tmp:
+        save_file(merged, str(tmp), metadata={"format": "pt"})
     return ckpt / WEIGHTS
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from homegrown import layout
-from homegrown.config import ModelConfig, TrainConfig
+from homegrown.config import LoRAConfig, ModelConfig, TrainConfig
 from homegrown.data.pack import TokenShards, token_byte_lengths
 from homegrown.errors import HomegrownError
 from homegrown.eval.perplexity import evaluate
@@ -37,11 +37,13 @@ from homegrown.train.plots import plot_loss_curve
 Batch = tuple[torch.Tensor, ...]
 BatchSource = Callable[[int, int, torch.Generator], Batch]
 """(batch_size, seq_len, generator) -> (inputs, targets[, loss_mask[, segments]]); SFT plugs its own in here."""
-LossFn = Callable[[torch.nn.Module, Batch], torch.Tensor]
-"""(model, batch already on the device) -> scalar loss; distillation plugs in its teacher-matching loss."""
-EvalFn = Callable[[Transformer], tuple[float, float]]
-"""model -> (val loss, val bits per byte), called under the run's autocast; SFT evaluates on held-out
-conversations instead of val shards."""
+LossFn = Callable[[torch.nn.Module, Batch], "torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]"]
+"""(model, batch already on the device) -> scalar loss, or (loss, metrics): distillation plugs in its
+teacher-matching loss, DPO its preference loss and TRL's reward metrics (averaged over micro-batches and ranks,
+logged beside the loss)."""
+EvalFn = Callable[[Transformer], "tuple[float, float] | tuple[float, float, dict[str, float]]"]
+"""model -> (val loss, val bits per byte[, more metrics to log]), called under the run's autocast; SFT evaluates
+on held-out conversations instead of val shards, DPO on held-out pairs."""
 
 
 def lm_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
@@ -98,6 +100,8 @@ def build_optimizer(model: Transformer, cfg: TrainConfig, fused: bool) -> list[t
     """AdamW everywhere, or Muon on the 2-D hidden matrices with AdamW on embeddings, head and norms."""
     decay, no_decay, hidden = [], [], []
     for name, p in model.named_parameters():
+        if not p.requires_grad:  # frozen base weights of an adapter (LoRA) run
+            continue
         if p.dim() < 2:
             no_decay.append(p)
         elif cfg.optimizer == "muon" and name.startswith("layers."):
@@ -118,7 +122,7 @@ def build_optimizer(model: Transformer, cfg: TrainConfig, fused: bool) -> list[t
     return [adamw, muon]
 
 
-def _generator(seed: int, step: int, micro: int) -> torch.Generator:
+def step_generator(seed: int, step: int, micro: int) -> torch.Generator:
     """The sampler for one micro-batch, derived from (seed, step, micro) alone: this is what makes resume exact."""
     g = torch.Generator()
     g.manual_seed((seed * 1_000_003 + step * 1_009 + micro * 17) % (2**63))
@@ -167,13 +171,16 @@ def _truncate_metrics(path: Path, after_step: int) -> None:
 
 def train(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path | None, run_dir: Path, tokenizer_path: Path,
           init_from: Path | None = None, batch_source: BatchSource | None = None, stage: str = layout.BASE,
-          progress: bool = True, loss_fn: LossFn = lm_loss, eval_fn: EvalFn | None = None) -> TrainResult:
+          progress: bool = True, loss_fn: LossFn = lm_loss, eval_fn: EvalFn | None = None,
+          lora: LoRAConfig | None = None) -> TrainResult:
     """Train (or resume) `stage` of `run_dir` (its checkpoints, metrics and loss curve as homegrown.layout
     places them), starting from `init_from` weights when given.
 
     Resumes automatically when that checkpoint directory already holds a checkpoint. Returns the final one.
     `shard_dir` may be None when both `batch_source` and `eval_fn` are given.
     Under torchrun every rank calls this; rank 0 alone logs, plots and prints.
+    With `lora` (rank > 0) the `init_from` weights are frozen and only adapters train (posttrain.lora); the
+    checkpoints hold the adapters, the last one the merged weights too.
     """
     env = distributed.init_distributed()
     run_dir = Path(run_dir)
@@ -191,6 +198,18 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path | None, run_
     model = Transformer(model_cfg)
     if init_from is not None:
         ck.load_weights(model, ck.resolve_checkpoint(init_from) / ck.WEIGHTS)
+    adapters = None
+    if lora is not None and lora.rank > 0:
+        if init_from is None:
+            raise HomegrownError("LoRA adapts an existing model; it needs a checkpoint to start from")
+        from homegrown.posttrain import lora as lora_mod
+
+        adapted = lora_mod.attach(model, lora)
+        adapters = ck.AdapterInfo(lora, ck.resolve_checkpoint(init_from))
+        if env.is_main:
+            trainable, total = lora_mod.count_trainable(model)
+            console.print(f"{label}: LoRA rank {lora.rank}, alpha {lora.alpha:g} on {lora.targets} of "
+                          f"{len(adapted)} linear layers: {trainable:,} of {total:,} parameters train")
     model.activation_checkpointing = cfg.activation_checkpointing
     model.to(device)
     if env.distributed:
@@ -222,7 +241,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path | None, run_
     resume_from = ck.latest_checkpoint(ckpt_root)
     if resume_from is not None:
         ck.check_same_config(resume_from, model_cfg)
-        state = ck.load_training_checkpoint(resume_from, model, optimizers, env)
+        state = ck.load_training_checkpoint(resume_from, model, optimizers, env, adapters)
         _set_rng_state(state["rng"])
         start_step = int(state["step"])
         if env.is_main:
@@ -245,8 +264,11 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path | None, run_
 
     def save(step: int) -> Path:
         state = {"step": step, "rng": _rng_state()}
+        # An adapter run's intermediate checkpoints are the adapters alone; its last one is servable as well.
+        full = cfg.save_full_weights and (adapters is None or step == cfg.max_steps)
         return ck.save_training_checkpoint(ckpt_root, step, model, optimizers, tokenizer_path, state, env,
-                                           extra=info, keep=cfg.keep_checkpoints, full_weights=cfg.save_full_weights)
+                                           extra=info, keep=cfg.keep_checkpoints, full_weights=full,
+                                           adapters=adapters)
 
     def log(record: dict) -> None:
         if env.is_main:
@@ -263,16 +285,22 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path | None, run_
                 for group in opt.param_groups:
                     group["lr"] = lr_at(step, cfg, group["peak_lr"])
             loss_sum = 0.0
+            extra: dict[str, float] = {}
             for micro in range(cfg.grad_accum):
                 distributed.set_gradient_sync(model, micro == cfg.grad_accum - 1)
                 batch = distributed.rank_slice(batch_source(cfg.batch_size, cfg.seq_len,
-                                                            _generator(cfg.seed, step, micro)), env)
+                                                            step_generator(cfg.seed, step, micro)), env)
                 batch = tuple(t.to(device) for t in batch)
                 with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                    loss = loss_fn(train_fn, batch) / cfg.grad_accum
+                    out = loss_fn(train_fn, batch)
+                loss, metrics = out if isinstance(out, tuple) else (out, {})
+                loss = loss / cfg.grad_accum
                 loss.backward()
                 loss_sum += float(loss.detach())
+                for k, v in metrics.items():
+                    extra[k] = extra.get(k, 0.0) + float(v) / cfg.grad_accum
             loss_sum = distributed.mean_over_ranks(loss_sum, env)
+            extra = {k: distributed.mean_over_ranks(v, env) for k, v in extra.items()}
             if not math.isfinite(loss_sum):
                 raise HomegrownError(
                     f"loss became {loss_sum} at step {step}; lower train.lr and rerun with a new --out")
@@ -285,7 +313,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path | None, run_
             done = step + 1
             tok_window += tokens_per_step
             elapsed = time.perf_counter() - t_window
-            record = {"step": done, "loss": loss_sum, "lr": lr_at(step, cfg, cfg.lr), "grad_norm": grad_norm}
+            record = {"step": done, "loss": loss_sum, **extra, "lr": lr_at(step, cfg, cfg.lr), "grad_norm": grad_norm}
             if done % cfg.log_every == 0 or done == cfg.max_steps:
                 tok_rate = tok_window / max(elapsed, 1e-9)
                 record["tokens_per_s"] = tok_rate
@@ -295,8 +323,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path | None, run_
                 t_window, tok_window = time.perf_counter(), 0
             if done % cfg.eval_every == 0 or done == cfg.max_steps:
                 with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                    val_loss, val_bpb = eval_fn(model)
-                record.update(val_loss=val_loss, val_bpb=val_bpb)
+                    val_loss, val_bpb, *more = eval_fn(model)
+                record.update(val_loss=val_loss, val_bpb=val_bpb, **(more[0] if more else {}))
             log(record)
             bar.update(done, loss=loss_sum, **({"tok/s": f"{tok_rate:,.0f}"} if tok_rate else {}),
                        **({"val_bpb": val_bpb} if math.isfinite(val_bpb) else {}))

@@ -36,3 +36,34 @@ def plot_loss_curve(metrics_path: Path, out_png: Path, title: str = "") -> Path:
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return Path(out_png)
+
+
+def plot_preference_metrics(metrics_path: Path, out_png: Path, title: str = "") -> Path:
+    """DPO's TRL metrics per step: chosen / rejected rewards and their margin, and reward accuracy (train and
+    held-out)."""
+    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    steps = [r["step"] for r in rows]
+    fig, (rewards, acc) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=110)
+    for key, style in (("rewards/chosen", "-"), ("rewards/rejected", "-"), ("rewards/margins", "--")):
+        rewards.plot(steps, [r.get(key, float("nan")) for r in rows], style, lw=1, label=key)
+    rewards.axhline(0, color="grey", lw=0.5)
+    rewards.set_xlabel("step")
+    rewards.set_ylabel("reward (β · log-ratio)")
+    rewards.legend()
+    acc.plot(steps, [r.get("rewards/accuracies", float("nan")) for r in rows], lw=1, alpha=0.6,
+             label="rewards/accuracies (train batch)")
+    evals = [r for r in rows if "val_rewards/accuracies" in r]
+    if evals:
+        acc.plot([r["step"] for r in evals], [r["val_rewards/accuracies"] for r in evals], "o-",
+                 label="held-out reward accuracy")
+    acc.set_ylim(-0.05, 1.05)
+    acc.set_xlabel("step")
+    acc.legend()
+    for ax in (rewards, acc):
+        ax.grid(alpha=0.3)
+    fig.suptitle(title or "preference tuning")
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return Path(out_png)
