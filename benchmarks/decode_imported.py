@@ -130,11 +130,23 @@ def hf_runner(model: torch.nn.Module, prompt: list[int], batch: int) -> Runner:
     return run
 
 
-def llama_cpp_runner(gguf: Path, prompt: list[int], threads: int, n_ctx: int) -> Runner:
-    """llama.cpp's own decode loop through its Python binding: greedy, end-of-text not special-cased."""
-    from llama_cpp import Llama  # an optional side install (--llama-site), never a dependency
+def llama_cpp_runner(gguf: Path, prompt: list[int], threads: int, n_ctx: int, extra_bufts: bool) -> Runner:
+    """llama.cpp's own decode loop through its Python binding: greedy, end-of-text not special-cased.
 
-    llm = Llama(model_path=str(gguf), n_threads=threads, n_threads_batch=threads, n_ctx=n_ctx, verbose=False)
+    Without `extra_bufts` the weights stay in llama.cpp's plain CPU buffers: its AMX repack (an "extra buffer
+    type") segfaults in ggml_backend_amx_mul_mat on the AMX Xeon these figures come from (llama-cpp-python
+    0.3.36), so by default llama.cpp runs its AVX-512 kernels on the Q4_1 file."""
+    import llama_cpp  # an optional side install (--llama-site), never a dependency
+
+    defaults = llama_cpp.llama_model_default_params
+
+    def model_params() -> llama_cpp.llama_model_params:
+        params = defaults()
+        params.use_extra_bufts = extra_bufts
+        return params
+
+    llama_cpp.llama_model_default_params = llama_cpp.llama.llama_cpp.llama_model_default_params = model_params
+    llm = llama_cpp.Llama(model_path=str(gguf), n_threads=threads, n_threads_batch=threads, n_ctx=n_ctx, verbose=False)
 
     def run(new_tokens: int) -> tuple[float, list[list[int]]]:
         out: list[int] = []
@@ -189,6 +201,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per configuration (median)")
     parser.add_argument("--threads", type=int, default=0, help="torch / llama.cpp threads (0 = the usable cores)")
     parser.add_argument("--llama-site", type=Path, help="a site-packages holding llama_cpp (an optional side install)")
+    parser.add_argument("--llama-extra-bufts", action="store_true",
+                        help="let llama.cpp repack weights into its extra (AMX) buffers; it crashed here")
     parser.add_argument("--dtypes", default="fp32,int8,int4",
                         help=f"our engine's weights, comma-separated, among {','.join(DTYPES)} (fp32 always runs)")
     args = parser.parse_args(argv)
@@ -226,7 +240,8 @@ def main(argv: list[str] | None = None) -> None:
             print("llama.cpp: skipped (it needs the GGUF file: pass --gguf)")
         else:
             try:
-                llama = llama_cpp_runner(args.gguf, prompt, threads, len(prompt) + args.new_tokens + 8)
+                llama = llama_cpp_runner(args.gguf, prompt, threads, len(prompt) + args.new_tokens + 8,
+                                         args.llama_extra_bufts)
             except ImportError as e:
                 if args.llama_site is not None:
                     sys.exit(f"llama_cpp is not importable from {args.llama_site}: {e}")
