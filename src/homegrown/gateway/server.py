@@ -8,15 +8,13 @@ awaited before exit.
 
 from __future__ import annotations
 
-import signal
-
 import uvicorn
 
 from homegrown.gateway.app import Gateway, create_app
 from homegrown.gateway.config import GatewayConfig
 from homegrown.gateway.store import RequestLog
 from homegrown.progress import console
-from homegrown.serve.listen import DrainingServer, bind, drained
+from homegrown.serve.listen import DrainingServer, base_url, bind, run_until_drained
 
 DRAIN_TIMEOUT_S = 60
 
@@ -34,16 +32,12 @@ def run_gateway(cfg: GatewayConfig, extend: list | None = None) -> None:
     config = uvicorn.Config(app, host=host, port=port, timeout_graceful_shutdown=DRAIN_TIMEOUT_S,
                             log_level="warning", access_log=False)
     server = DrainingServer(config, gw)  # type: ignore[arg-type]  # it only sets .draining
-    shown = f"[{host}]" if ":" in host else host
-    url = f"http://{shown}:{sock.getsockname()[1]}"
+    url = base_url(host, sock)
     console.print(f"gateway: routes {', '.join(cfg.routes)} over backends {', '.join(cfg.backends)}")
     console.print(f"OpenAI base_url {url}/v1   (client keys {'required' if cfg.keys else 'not required'})")
     console.print(f"metrics         {url}/metrics")
     console.print(f"request log     {cfg.log.db_url}")
-    previous = signal.signal(signal.SIGTERM, drained)
     try:
-        server.run(sockets=[sock])
+        run_until_drained(server, sock)
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        sock.close()
         store.close()

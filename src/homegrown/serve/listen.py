@@ -5,6 +5,7 @@ moment SIGTERM/SIGINT arrives, so /health and new requests answer 503 while runn
 
 from __future__ import annotations
 
+import signal
 import socket
 from types import FrameType
 from typing import Any
@@ -48,3 +49,20 @@ def bind(host: str, port: int) -> socket.socket:
 
 def drained(sig: int, frame: FrameType | None) -> None:
     """uvicorn re-raises the signal it shut down on; after a completed drain that is a normal exit."""
+
+
+def base_url(host: str, sock: socket.socket) -> str:
+    """http://HOST:PORT for the banner, with the port the socket really got (port 0) and IPv6 hosts bracketed."""
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{sock.getsockname()[1]}"
+
+
+def run_until_drained(server: DrainingServer, sock: socket.socket) -> None:
+    """Serve on `sock` until a signal drains the server; a SIGTERM after the drain exits normally (`drained`),
+    and the socket is closed whatever happens."""
+    previous = signal.signal(signal.SIGTERM, drained)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        sock.close()

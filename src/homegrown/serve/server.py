@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 from pathlib import Path
 
 import torch
@@ -22,7 +21,7 @@ from homegrown.layout import RunLayout, run_dir_of
 from homegrown.progress import console
 from homegrown.serve.api import ServerState, create_app
 from homegrown.serve.auth import Authenticator
-from homegrown.serve.listen import DrainingServer, bind, drained
+from homegrown.serve.listen import DrainingServer, base_url, bind, run_until_drained
 from homegrown.serve.metrics import ServeMetrics
 
 log = logging.getLogger(__name__)
@@ -85,18 +84,12 @@ def serve(source: Path, cfg: ServeConfig | None = None, *, api_key: str | None =
     config = uvicorn.Config(app, host=cfg.host, port=cfg.port, timeout_graceful_shutdown=int(cfg.drain_timeout_s),
                             log_level="info", access_log=False)
     server = DrainingServer(config, app.state.server)
-    host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
-    url = f"http://{host}:{sock.getsockname()[1]}"
+    url = base_url(cfg.host, sock)
     console.print(f"serving [bold]{model_name}[/bold] from {source}")
     console.print(f"chat page       {url}/")
     console.print(f"OpenAI base_url {url}/v1   (API key {_key_mode(Authenticator(api_key, keys))})")
     console.print(f"metrics         {url}/metrics")
-    previous = signal.signal(signal.SIGTERM, drained)
-    try:
-        server.run(sockets=[sock])
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        sock.close()
+    run_until_drained(server, sock)
     state: ServerState = app.state.server
     if state.load_error:
         raise HomegrownError(f"could not load {source}: {state.load_error}")
