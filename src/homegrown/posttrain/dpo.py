@@ -39,7 +39,7 @@ from homegrown.model import Transformer
 from homegrown.posttrain.chat import encode_conversation, reserved_markers
 from homegrown.posttrain.lora import parse_targets
 from homegrown.posttrain.pairs import Pair, read_pairs
-from homegrown.posttrain.sft import VAL_EVERY, base_checkpoint
+from homegrown.posttrain.sft import VAL_EVERY, base_checkpoint, report_skipped
 from homegrown.progress import console
 from homegrown.train import checkpoint as ck
 from homegrown.train import distributed
@@ -286,16 +286,6 @@ def start_checkpoint(run_dir: Path, base: Path) -> Path:
     return layout.RunLayout(base).latest(layout.SFT) or base_checkpoint(base)
 
 
-def _report(problems: list[str], what: str, hint: str = " (use --strict to stop at the first malformed line)") -> None:
-    if not problems:
-        return
-    console.print(f"skipped {len(problems)} {what}{hint}:")
-    for p in problems[:10]:
-        console.print(f"  {p}", highlight=False, markup=False)
-    if len(problems) > 10:
-        console.print(f"  … and {len(problems) - 10} more")
-
-
 def _held_out(pair: Pair) -> bool:
     return int(pair.key()[:8], 16) % VAL_EVERY == 0
 
@@ -317,10 +307,10 @@ def dpo(base: Path, data: Path, run_dir: Path, cfg: DPOConfig, train_cfg: TrainC
     tok, chat = load_chat_format(start)
     reserved = reserved_markers(tok)
     read = read_pairs(data, strict, reserved)
-    _report(read.problems, "malformed preference lines")
+    report_skipped(read.problems, "malformed preference lines")
     if val is not None:
         val_read = read_pairs(val, strict, reserved)
-        _report(val_read.problems, "malformed held-out preference lines")
+        report_skipped(val_read.problems, "malformed held-out preference lines")
         train_pairs, val_pairs = read.pairs, val_read.pairs
     else:
         train_pairs = [p for p in read.pairs if not _held_out(p)]
@@ -329,7 +319,7 @@ def dpo(base: Path, data: Path, run_dir: Path, cfg: DPOConfig, train_cfg: TrainC
     tcfg = dpo_train_config(train_cfg, cfg, model_cfg)
     train_data = PairData(tok, chat, train_pairs, tcfg.seq_len)
     val_data = PairData(tok, chat, val_pairs, tcfg.seq_len)
-    _report(train_data.problems + val_data.problems, "pairs that do not fit the context", hint="")
+    report_skipped(train_data.problems + val_data.problems, "pairs that do not fit the context", hint="")
     if not len(train_data) or not len(val_data):
         which = "training" if not len(train_data) else "validation"
         raise HomegrownError(f"no preference pair for {which} fits {tcfg.seq_len} tokens; use shorter prompts and "

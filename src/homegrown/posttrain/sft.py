@@ -159,10 +159,16 @@ def _held_out(messages: list[dict[str, str]]) -> bool:
     return int(digest[:8], 16) % VAL_EVERY == 0
 
 
-def _report_problems(problems: list[str]) -> None:
+SFT_HINT = " (use --strict to stop at the first)"
+
+
+def report_skipped(problems: list[str], what: str,
+                   hint: str = " (use --strict to stop at the first malformed line)") -> None:
+    """Print the lines a fine-tuning stage skipped (the first ten, then a count): SFT and DPO say the same way
+    what they left out, so nothing is dropped silently."""
     if not problems:
         return
-    console.print(f"skipped {len(problems)} malformed chat lines (use --strict to stop at the first):")
+    console.print(f"skipped {len(problems)} {what}{hint}:")
     for p in problems[:10]:
         console.print(f"  {p}", highlight=False, markup=False)
     if len(problems) > 10:
@@ -211,10 +217,10 @@ def sft(base: Path, data: Path, run_dir: Path, sft_cfg: SFTConfig, train_cfg: Tr
     tok, chat = load_chat_format(ckpt)
     reserved = reserved_markers(tok)
     chats = read_chat_jsonl(data, strict, reserved)
-    _report_problems(chats.problems)
+    report_skipped(chats.problems, "malformed chat lines", SFT_HINT)
     if val is not None:
         val_file = read_chat_jsonl(val, strict, reserved)
-        _report_problems(val_file.problems)
+        report_skipped(val_file.problems, "malformed chat lines", SFT_HINT)
         train_convs, val_convs = chats.conversations, val_file.conversations
     else:
         train_convs = [c for c in chats.conversations if not _held_out(c)]
