@@ -780,8 +780,37 @@ def plan(
     proxy: Annotated[str, typer.Option(help="Preset trained by --measure (default: small on CPU).")] = "",
     measure_seconds: Annotated[float | None, _opt(PlanConfig, "measure_seconds")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON on stdout.")] = False,
+    crawl: Annotated[str | None, typer.Option(help="Data side: plan ingesting a named crawl (fineweb).")] = None,
+    data_docs: Annotated[str | None, typer.Option(help="Data side: pages in the crawl (2.64e9, 3G).")] = None,
+    data_bytes: Annotated[str | None, typer.Option(help="Data side: raw HTML bytes (394TiB, 4.3e14).")] = None,
+    snapshots: Annotated[int | None, typer.Option(help="Data side: crawl snapshots (for the per-snapshot check).")] = (
+        None),
+    filter_keep: Annotated[float | None, typer.Option(help="Data side: share of pages the filters keep; default: "
+                                                           "the crawl's, else the measured one.")] = None,
+    dedup_keep: Annotated[float | None, typer.Option(help="Data side: share of filtered pages dedup keeps.")] = None,
+    worker_memory_gb: Annotated[float, typer.Option(help="Data side: memory of one worker (sizes partitions).")] = 4.0,
+    rates: Annotated[Path | None, typer.Option(help="Data side: rates file (default: the shipped one).")] = None,
+    measure_data: Annotated[bool, typer.Option(help="Measure the data stages' rates on the bundled sample and "
+                                                    "write them to --rates-out.")] = False,
+    measure_docs: Annotated[int, typer.Option(help="Sample pages --measure-data uses (all: 100000).")] = 100_000,
+    rates_out: Annotated[Path, typer.Option(help="Where --measure-data writes the rates.")] = Path("data-rates.json"),
 ) -> None:
-    """Size a training run: parameters, FLOPs, memory per GPU, parallel layout, days and cost on a cluster."""
+    """Size a training run: parameters, FLOPs, memory per GPU, parallel layout, days and cost on a cluster.
+
+    With --crawl or --data-docs/--data-bytes: size ingesting a crawl instead (CPU-hours per stage, memory per
+    worker, shuffle, storage), from rates measured by --measure-data.
+    """
+    if measure_data or crawl or data_docs or data_bytes:
+        from homegrown.plan_data import crawl_from, measure_to, print_data_plan
+
+        if measure_data:
+            measure_to(rates_out, measure_docs)
+            rates = rates if rates is not None else rates_out
+            if not (crawl or data_docs or data_bytes):
+                return
+        spec = crawl_from(crawl, data_docs, data_bytes, snapshots, filter_keep, dedup_keep)
+        print_data_plan(spec, rates, worker_memory_gb, as_json)
+        return
     from homegrown.plan import print_plan
 
     shape = {"n_layers": layers, "d_model": d_model, "n_heads": heads, "n_kv_heads": kv_heads,
