@@ -6,6 +6,7 @@ re-run after a crash redoes only the unfinished stage, and pretraining resumes f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -212,10 +213,15 @@ def run(preset: Preset, run_dir: Path, samples: int = 3, progress: bool = True) 
     run_dir = Path(run_dir)
     paths = RunLayout(run_dir)
     record_preset(preset, run_dir)
-    corpus = prepare_corpus(preset.data, paths.corpus, preset.ingest)
-    tok_path = prepare_tokenizer(corpus, preset.model.vocab_size, paths.tokenizer)
-    shards = prepare_shards(corpus, tok_path, paths.shards, preset.data.mixture, preset.data.mixture_max_repeat,
-                            preset.ingest.workers)
+    with contextlib.ExitStack() as ray_scope:
+        if preset.data.source:  # one Ray for ingest and packing: its start-up (~6 s) is paid once, not twice
+            from homegrown.data import engine
+
+            ray_scope.enter_context(engine.connect(preset.ingest.workers, preset.ingest.ray_address))
+        corpus = prepare_corpus(preset.data, paths.corpus, preset.ingest)
+        tok_path = prepare_tokenizer(corpus, preset.model.vocab_size, paths.tokenizer)
+        shards = prepare_shards(corpus, tok_path, paths.shards, preset.data.mixture, preset.data.mixture_max_repeat,
+                                preset.ingest.workers)
     result: TrainResult = train(preset.model, preset.train, shards, run_dir, tok_path, progress=progress)
     chat = prepare_sft(preset, run_dir, result.final_checkpoint, progress=progress)
     tasks = [t.strip() for t in preset.eval.tasks.split(",") if t.strip()]

@@ -11,7 +11,7 @@ from crawl_kit import sample_docs, warc_bytes, write_site
 
 from homegrown.data.corpus import list_shards
 from homegrown.data.ingest import SourceSpec, ingest
-from homegrown.data.mixture import pack_corpus, parse_mixture, plan_mixture
+from homegrown.data.mixture import COUNTS_DIR, pack_corpus, parse_mixture, plan_mixture
 from homegrown.data.pack import TokenShards
 from homegrown.data.provenance import iter_documents
 from homegrown.errors import HomegrownError
@@ -85,6 +85,7 @@ def test_shards_pack_in_parallel_to_the_same_bytes(run: Path, tmp_path: Path) ->
         pack_corpus(run / "corpus", run / "tokenizer.json", tmp_path / str(workers), "web=1,licensed=1", 4.0,
                     workers=workers)
     names = sorted(p.name for p in (tmp_path / "1").iterdir())
+    assert COUNTS_DIR not in names  # the per-shard counts of the first pass are work files
     assert names == sorted(p.name for p in (tmp_path / "2").iterdir()) and len(names) > 3
     for name in names:
         assert (tmp_path / "1" / name).read_bytes() == (tmp_path / "2" / name).read_bytes(), name

@@ -8,23 +8,32 @@ rate is r = w·N / T: below 1 the source is down-sampled, above 1 repeated, capp
 corpus order — a document is emitted while the source's emitted tokens stay within half a document of
 r × tokens seen — so the pick is deterministic, spread evenly over the source and within one document of
 the target. Corpus shards are packed by parallel engine tasks: a first pass counts tokens per document,
-the sampler is replayed over the counts alone to find the state each shard starts from, and each task
-then draws exactly what one pass over the whole corpus would. The achieved shares are written to the
+the sampler is replayed over the counts alone, one shard's count file at a time (no process holds
+every document's count), to find the state each shard starts from, and each task then draws exactly
+what one pass over the whole corpus would. The achieved shares are written to the
 shard index and returned. Val is never mixed: it measures the corpus as it is.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from homegrown.data.corpus import list_shards
 from homegrown.data.pack import PackStats, pack_texts, write_index
 from homegrown.data.provenance import iter_documents_of
 from homegrown.errors import HomegrownError
+from homegrown.io import atomic_open
 from homegrown.layout import SHARD_INDEX
 from homegrown.tokenizer import load_tokenizer
+
+COUNTS_DIR = ".mixture-counts"
+"""Per-shard token counts of the mixture's first pass, under the shard directory while packing."""
+_COUNTS = np.dtype([("source", "<i4"), ("tokens", "<i8")])
 
 
 def parse_mixture(spec: str) -> dict[str, float]:
@@ -107,10 +116,26 @@ def mixed_texts(docs: Iterator[tuple[str, str, int]], rate: dict[str, float], se
             yield text
 
 
-def _count_task(shard: dict[str, Path], tokenizer_path: Path) -> list[tuple[str, int]]:
-    """Engine task: (source, tokens) of each train document of one corpus shard (the mixture's first pass)."""
+def _count_task(shard: dict[str, Path], tokenizer_path: Path, out: Path) -> dict:
+    """Engine task, the mixture's first pass over one corpus shard: each train document's (source, tokens) go
+    to `out` (.npy, in corpus order); returns only the shard's source names and tokens per source, so the
+    driver never holds per-document state."""
     tok = load_tokenizer(tokenizer_path)
-    return [(name, n) for name, _, n in _train_docs(shard, tok)]
+    names: dict[str, int] = {}
+    rows = [(names.setdefault(name, len(names)), n) for name, _, n in _train_docs(shard, tok)]
+    counts = np.array(rows, dtype=_COUNTS)
+    with atomic_open(out, "wb") as f:
+        np.save(f, counts)
+    totals = np.bincount(counts["source"], weights=counts["tokens"], minlength=len(names))
+    return {"names": list(names), "totals": {name: int(totals[i]) for name, i in names.items()}}
+
+
+def _replay(counts: Path, names: list[str], rate: dict[str, float], seen: dict[str, int],
+            emitted: dict[str, int]) -> None:
+    """Advance the sampler's state over one shard's token counts (no text): what `mixed_texts` would emit."""
+    docs = ((names[source], "", n) for source, n in np.load(counts).tolist())
+    for _ in mixed_texts(docs, rate, seen, emitted):
+        pass
 
 
 def _pack_task(shard: dict[str, Path], index: int, tokenizer_path: Path, shard_dir: Path,
@@ -161,17 +186,22 @@ def pack_corpus(corpus: Path, tokenizer_path: Path, shard_dir: Path, mixture: st
     plan = None
     starts: list[tuple[dict[str, int], dict[str, int]] | None] = [None] * len(shards)
     if mixture:
-        sizes = _run(_count_task, [(s, tokenizer_path) for s in shards], workers, "count")
+        work = shard_dir / COUNTS_DIR
+        work.mkdir(exist_ok=True)
+        paths = [work / f"{i:05d}.npy" for i in range(len(shards))]
+        sizes = _run(_count_task, [(s, tokenizer_path, p) for s, p in zip(shards, paths, strict=True)], workers,
+                     "count")
         available: dict[str, int] = {}
-        for name, n in (doc for shard_sizes in sizes for doc in shard_sizes):
+        for name, n in (item for info in sizes for item in info["totals"].items()):
             available[name] = available.get(name, 0) + n
         plan = plan_mixture(available, parse_mixture(mixture), max_repeat)
-        # replay the sampler over token counts only (no text): the state each shard starts from
+        # replay the sampler over token counts only, one shard's file at a time (sequential by nature: a
+        # shard starts where the one before ended): the state each shard starts from
         seen, plan.emitted = dict.fromkeys(plan.rate, 0), dict.fromkeys(plan.rate, 0)
-        for i, shard_sizes in enumerate(sizes):
+        for i, (info, path) in enumerate(zip(sizes, paths, strict=True)):
             starts[i] = (dict(seen), dict(plan.emitted))
-            for _ in mixed_texts(((name, "", n) for name, n in shard_sizes), plan.rate, seen, plan.emitted):
-                pass
+            _replay(path, info["names"], plan.rate, seen, plan.emitted)
+        shutil.rmtree(work)
     calls = [(s, i, tokenizer_path, shard_dir, plan.rate if plan else None, starts[i]) for i, s in enumerate(shards)]
     pieces = _run(_pack_task, calls, workers, "pack")
     extra: dict = {} if packed_since is None else {"packed_since": packed_since}
