@@ -165,7 +165,7 @@ class DataPlan:
     partitions: int
     memory: dict[str, float]
     """Peak bytes per worker: `baseline` (a worker process with the stage code loaded), `partition` (an exact or
-    buckets task), `components` (the one union-find task)."""
+    buckets task), `components` (the one union-find task, over the whole crawl or one snapshot)."""
     shuffle_bytes: float
     storage: dict[str, float]
     rates_info: dict
@@ -213,6 +213,7 @@ def data_plan(crawl: Crawl, rates: dict, worker_memory_bytes: float = 4e9) -> Da
         "baseline": baseline,
         "partition": baseline + largest_keys * SORT_OVERHEAD / partitions,
         "components": baseline + dup_pairs * UNION_FIND_BYTES_PER_PAIR,
+        "components, one snapshot alone": baseline + dup_pairs / crawl.snapshots * UNION_FIND_BYTES_PER_PAIR,
     }
     storage = {
         "raw HTML": crawl.html_bytes,
@@ -303,7 +304,7 @@ def render(plan: DataPlan, console) -> None:
     table.add_row("total", "", "", f"{total:,.0f}", "100%")
     console.print(table)
     res = Table(title="memory, shuffle, storage", show_header=False)
-    res.add_row("dedup partitions", f"{plan.partitions:,} (keys of one partition fit one worker)")
+    res.add_row("dedup partitions", f"{plan.partitions:,} (keys of one partition fit one worker: ingest --shards)")
     for k, v in plan.memory.items():
         res.add_row(f"peak per worker: {k}", _bytes(v))
     res.add_row("dedup shuffle", f"{_bytes(plan.shuffle_bytes)} (keys by partition + candidate pairs)")
