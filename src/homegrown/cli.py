@@ -8,8 +8,11 @@ User errors (HomegrownError) print one line and exit 2; anything else is a bug a
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -94,10 +97,28 @@ OptOutOpt = Annotated[Path | None, typer.Option(help="Opt-out list: domains, URL
 HoldoutOpt = Annotated[float, _opt(IngestConfig, "holdout_fraction", "Fraction of pages held out.")]
 NearOpt = Annotated[float, _opt(IngestConfig, "near_dedup_threshold")]
 NoProgressOpt = Annotated[bool, typer.Option(help="Plain log lines even on a terminal.")]
-LoraRankOpt = Annotated[int | None, _opt(LoRAConfig, "rank", "Default: the preset's lora.rank (0).")]
-LoraAlphaOpt = Annotated[float | None, _opt(LoRAConfig, "alpha", f"Default: {LoRAConfig.alpha:g}.")]
-LoraDropoutOpt = Annotated[float | None, _opt(LoRAConfig, "dropout")]
-LoraTargetsOpt = Annotated[str | None, _opt(LoRAConfig, "targets")]
+LORA_OPTIONS: dict[str, Any] = {
+    "rank": Annotated[int | None, _opt(LoRAConfig, "rank", "Default: the preset's lora.rank (0).")],
+    "alpha": Annotated[float | None, _opt(LoRAConfig, "alpha", f"Default: {LoRAConfig.alpha:g}.")],
+    "dropout": Annotated[float | None, _opt(LoRAConfig, "dropout")],
+    "targets": Annotated[str | None, _opt(LoRAConfig, "targets")],
+}
+"""LoRAConfig field → its `--lora-FIELD` option, for every command that trains with adapters."""
+
+
+def _lora_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Gives a training command the `--lora-*` options (LORA_OPTIONS) after its own; it receives those the user
+    gave as `lora`, a dict of LoRAConfig fields to replace in the preset's (one left out keeps the preset's)."""
+    own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "lora"]
+    added = [inspect.Parameter(f"lora_{field}", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=option)
+             for field, option in LORA_OPTIONS.items()]
+
+    @functools.wraps(command)
+    def with_lora(*args: Any, **kwargs: Any) -> None:
+        command(*args, lora=_given(**{field: kwargs.pop(f"lora_{field}") for field in LORA_OPTIONS}), **kwargs)
+
+    with_lora.__signature__ = inspect.Signature([*own, *added])  # type: ignore[attr-defined]  # what typer reads
+    return with_lora
 
 
 def _preset(name: str, overrides: list[str] | None) -> Preset:
@@ -419,6 +440,7 @@ def checkpoint_consolidate(
 
 
 @app.command()
+@_lora_options
 def sft(
     base: Annotated[Path, typer.Argument(help="Run directory (its pretrained ckpt/) or a ckpt/step_N to start from.")],
     data: Annotated[Path, typer.Option(help="Chat JSONL: one {\"messages\": [{\"role\", \"content\"}, …]} per line.")],
@@ -428,10 +450,8 @@ def sft(
     preset: Annotated[str | None, typer.Option("--preset", "-p", help="Preset for training settings "
                                                "(default: the run's own, else small).")] = None,
     set_: SetOpt = None,
-    lora_rank: LoraRankOpt = None,
-    lora_alpha: LoraAlphaOpt = None,
-    lora_dropout: LoraDropoutOpt = None,
-    lora_targets: LoraTargetsOpt = None,
+    *,
+    lora: dict[str, Any],
 ) -> None:
     """Fine-tune a checkpoint on chat conversations (loss on assistant replies only) into RUN/sft/ckpt."""
     from homegrown.posttrain.sft import default_run_dir
@@ -439,14 +459,14 @@ def sft(
 
     run_dir = out or default_run_dir(base)
     cfg = _run_preset(run_dir, preset, set_, default="small")
-    lora = dataclasses.replace(cfg.lora, **_given(rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout,
-                                                  targets=lora_targets))
-    result = run_sft(base, data, run_dir, cfg.sft, cfg.train, val=val, strict=strict, lora=lora)
+    result = run_sft(base, data, run_dir, cfg.sft, cfg.train, val=val, strict=strict,
+                     lora=dataclasses.replace(cfg.lora, **lora))
     console.print(f"chat model {result.final_checkpoint}  held-out answer loss {result.final_val_loss:.3f} nats/token")
     console.print(f"next       homegrown chat {result.final_checkpoint}")
 
 
 @app.command()
+@_lora_options
 def dpo(
     base: Annotated[Path, typer.Argument(help="Run directory (its chat model: sft/ckpt, else ckpt/) or ckpt/step_N.")],
     data: Annotated[Path, typer.Option(help='Preference JSONL: {"prompt" or "messages", "chosen", "rejected"} '
@@ -462,10 +482,8 @@ def dpo(
     preset: Annotated[str | None, typer.Option("--preset", "-p", help="Preset for training settings "
                                                "(default: the run's own, else small).")] = None,
     set_: SetOpt = None,
-    lora_rank: LoraRankOpt = None,
-    lora_alpha: LoraAlphaOpt = None,
-    lora_dropout: LoraDropoutOpt = None,
-    lora_targets: LoraTargetsOpt = None,
+    *,
+    lora: dict[str, Any],
 ) -> None:
     """Preference-tune a chat model on chosen/rejected pairs (DPO, as TRL) into RUN/dpo/ckpt; resumable."""
     from homegrown.posttrain.dpo import dpo as run_dpo
@@ -475,9 +493,8 @@ def dpo(
     cfg = _run_preset(run_dir, preset, set_, default="small")
     settings = dataclasses.replace(cfg.dpo, **_given(beta=beta, loss=loss, label_smoothing=label_smoothing,
                                                      rpo_alpha=rpo_alpha))
-    lora = dataclasses.replace(cfg.lora, **_given(rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout,
-                                                  targets=lora_targets))
-    result = run_dpo(base, data, run_dir, settings, cfg.train, lora=lora, val=val, strict=strict)
+    result = run_dpo(base, data, run_dir, settings, cfg.train, lora=dataclasses.replace(cfg.lora, **lora), val=val,
+                     strict=strict)
     console.print(f"preference-tuned model {result.final_checkpoint}  held-out DPO loss {result.final_val_loss:.3f}")
     console.print(f"next       homegrown chat {result.final_checkpoint}")
 
