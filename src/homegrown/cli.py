@@ -439,6 +439,19 @@ def checkpoint_consolidate(
     console.print(f"wrote {consolidate(resolve_dcp_checkpoint(checkpoint))}")
 
 
+StrictOpt = Annotated[bool, typer.Option(help="Stop at the first malformed line instead of skipping it.")]
+TrainPresetOpt = Annotated[str | None, typer.Option("--preset", "-p", help="Preset for training settings "
+                                                    "(default: the run's own, else small).")]
+
+
+def _posttrain_run(base: Path, out: Path | None, preset: str | None, set_: list[str] | None) -> tuple[Path, Preset]:
+    """Where a post-training command on `base` writes (`--out`, else BASE's run) and the preset it trains with."""
+    from homegrown.posttrain.sft import default_run_dir
+
+    run_dir = out or default_run_dir(base)
+    return run_dir, _run_preset(run_dir, preset, set_, default="small")
+
+
 @app.command()
 @_lora_options
 def sft(
@@ -446,19 +459,16 @@ def sft(
     data: Annotated[Path, typer.Option(help="Chat JSONL: one {\"messages\": [{\"role\", \"content\"}, …]} per line.")],
     val: Annotated[Path | None, typer.Option(help="Held-out chat JSONL; default: 1 in 20 of --data.")] = None,
     out: Annotated[Path | None, typer.Option(help="Run directory for sft/ckpt (default: BASE's run).")] = None,
-    strict: Annotated[bool, typer.Option(help="Stop at the first malformed line instead of skipping it.")] = False,
-    preset: Annotated[str | None, typer.Option("--preset", "-p", help="Preset for training settings "
-                                               "(default: the run's own, else small).")] = None,
+    strict: StrictOpt = False,
+    preset: TrainPresetOpt = None,
     set_: SetOpt = None,
     *,
     lora: dict[str, Any],
 ) -> None:
     """Fine-tune a checkpoint on chat conversations (loss on assistant replies only) into RUN/sft/ckpt."""
-    from homegrown.posttrain.sft import default_run_dir
     from homegrown.posttrain.sft import sft as run_sft
 
-    run_dir = out or default_run_dir(base)
-    cfg = _run_preset(run_dir, preset, set_, default="small")
+    run_dir, cfg = _posttrain_run(base, out, preset, set_)
     result = run_sft(base, data, run_dir, cfg.sft, cfg.train, val=val, strict=strict,
                      lora=dataclasses.replace(cfg.lora, **lora))
     console.print(f"chat model {result.final_checkpoint}  held-out answer loss {result.final_val_loss:.3f} nats/token")
@@ -473,24 +483,21 @@ def dpo(
                                             "per line (TRL's format; `homegrown data pairs` writes one).")],
     val: Annotated[Path | None, typer.Option(help="Held-out preference JSONL; default: 1 in 20 of --data.")] = None,
     out: Annotated[Path | None, typer.Option(help="Run directory for dpo/ckpt (default: BASE's run).")] = None,
-    strict: Annotated[bool, typer.Option(help="Stop at the first malformed line instead of skipping it.")] = False,
+    strict: StrictOpt = False,
     beta: Annotated[float | None, _opt(DPOConfig, "beta", f"Default: the preset's dpo.beta, {DPOConfig.beta}.")]
         = None,
     loss: Annotated[str | None, _opt(DPOConfig, "loss")] = None,
     label_smoothing: Annotated[float | None, _opt(DPOConfig, "label_smoothing")] = None,
     rpo_alpha: Annotated[float | None, _opt(DPOConfig, "rpo_alpha")] = None,
-    preset: Annotated[str | None, typer.Option("--preset", "-p", help="Preset for training settings "
-                                               "(default: the run's own, else small).")] = None,
+    preset: TrainPresetOpt = None,
     set_: SetOpt = None,
     *,
     lora: dict[str, Any],
 ) -> None:
     """Preference-tune a chat model on chosen/rejected pairs (DPO, as TRL) into RUN/dpo/ckpt; resumable."""
     from homegrown.posttrain.dpo import dpo as run_dpo
-    from homegrown.posttrain.sft import default_run_dir
 
-    run_dir = out or default_run_dir(base)
-    cfg = _run_preset(run_dir, preset, set_, default="small")
+    run_dir, cfg = _posttrain_run(base, out, preset, set_)
     settings = dataclasses.replace(cfg.dpo, **_given(beta=beta, loss=loss, label_smoothing=label_smoothing,
                                                      rpo_alpha=rpo_alpha))
     result = run_dpo(base, data, run_dir, settings, cfg.train, lora=dataclasses.replace(cfg.lora, **lora), val=val,
