@@ -8,8 +8,11 @@ User errors (HomegrownError) print one line and exit 2; anything else is a bug a
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -94,10 +97,28 @@ OptOutOpt = Annotated[Path | None, typer.Option(help="Opt-out list: domains, URL
 HoldoutOpt = Annotated[float, _opt(IngestConfig, "holdout_fraction", "Fraction of pages held out.")]
 NearOpt = Annotated[float, _opt(IngestConfig, "near_dedup_threshold")]
 NoProgressOpt = Annotated[bool, typer.Option(help="Plain log lines even on a terminal.")]
-LoraRankOpt = Annotated[int | None, _opt(LoRAConfig, "rank", "Default: the preset's lora.rank (0).")]
-LoraAlphaOpt = Annotated[float | None, _opt(LoRAConfig, "alpha", f"Default: {LoRAConfig.alpha:g}.")]
-LoraDropoutOpt = Annotated[float | None, _opt(LoRAConfig, "dropout")]
-LoraTargetsOpt = Annotated[str | None, _opt(LoRAConfig, "targets")]
+LORA_OPTIONS: dict[str, Any] = {
+    "rank": Annotated[int | None, _opt(LoRAConfig, "rank", "Default: the preset's lora.rank (0).")],
+    "alpha": Annotated[float | None, _opt(LoRAConfig, "alpha", f"Default: {LoRAConfig.alpha:g}.")],
+    "dropout": Annotated[float | None, _opt(LoRAConfig, "dropout")],
+    "targets": Annotated[str | None, _opt(LoRAConfig, "targets")],
+}
+"""LoRAConfig field → its `--lora-FIELD` option, for every command that trains with adapters."""
+
+
+def _lora_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Gives a training command the `--lora-*` options (LORA_OPTIONS) after its own; it receives those the user
+    gave as `lora`, a dict of LoRAConfig fields to replace in the preset's (one left out keeps the preset's)."""
+    own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "lora"]
+    added = [inspect.Parameter(f"lora_{field}", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=option)
+             for field, option in LORA_OPTIONS.items()]
+
+    @functools.wraps(command)
+    def with_lora(*args: Any, **kwargs: Any) -> None:
+        command(*args, lora=_given(**{field: kwargs.pop(f"lora_{field}") for field in LORA_OPTIONS}), **kwargs)
+
+    with_lora.__signature__ = inspect.Signature([*own, *added])  # type: ignore[attr-defined]  # what typer reads
+    return with_lora
 
 
 def _preset(name: str, overrides: list[str] | None) -> Preset:
@@ -418,66 +439,69 @@ def checkpoint_consolidate(
     console.print(f"wrote {consolidate(resolve_dcp_checkpoint(checkpoint))}")
 
 
+StrictOpt = Annotated[bool, typer.Option(help="Stop at the first malformed line instead of skipping it.")]
+TrainPresetOpt = Annotated[str | None, typer.Option("--preset", "-p", help="Preset for training settings "
+                                                    "(default: the run's own, else small).")]
+
+
+def _posttrain_run(base: Path, out: Path | None, preset: str | None, set_: list[str] | None) -> tuple[Path, Preset]:
+    """Where a post-training command on `base` writes (`--out`, else BASE's run) and the preset it trains with."""
+    from homegrown.posttrain.sft import default_run_dir
+
+    run_dir = out or default_run_dir(base)
+    return run_dir, _run_preset(run_dir, preset, set_, default="small")
+
+
 @app.command()
+@_lora_options
 def sft(
     base: Annotated[Path, typer.Argument(help="Run directory (its pretrained ckpt/) or a ckpt/step_N to start from.")],
     data: Annotated[Path, typer.Option(help="Chat JSONL: one {\"messages\": [{\"role\", \"content\"}, …]} per line.")],
     val: Annotated[Path | None, typer.Option(help="Held-out chat JSONL; default: 1 in 20 of --data.")] = None,
     out: Annotated[Path | None, typer.Option(help="Run directory for sft/ckpt (default: BASE's run).")] = None,
-    strict: Annotated[bool, typer.Option(help="Stop at the first malformed line instead of skipping it.")] = False,
-    preset: Annotated[str | None, typer.Option("--preset", "-p", help="Preset for training settings "
-                                               "(default: the run's own, else small).")] = None,
+    strict: StrictOpt = False,
+    preset: TrainPresetOpt = None,
     set_: SetOpt = None,
-    lora_rank: LoraRankOpt = None,
-    lora_alpha: LoraAlphaOpt = None,
-    lora_dropout: LoraDropoutOpt = None,
-    lora_targets: LoraTargetsOpt = None,
+    *,
+    lora: dict[str, Any],
 ) -> None:
     """Fine-tune a checkpoint on chat conversations (loss on assistant replies only) into RUN/sft/ckpt."""
-    from homegrown.posttrain.sft import default_run_dir
     from homegrown.posttrain.sft import sft as run_sft
 
-    run_dir = out or default_run_dir(base)
-    cfg = _run_preset(run_dir, preset, set_, default="small")
-    lora = dataclasses.replace(cfg.lora, **_given(rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout,
-                                                  targets=lora_targets))
-    result = run_sft(base, data, run_dir, cfg.sft, cfg.train, val=val, strict=strict, lora=lora)
+    run_dir, cfg = _posttrain_run(base, out, preset, set_)
+    result = run_sft(base, data, run_dir, cfg.sft, cfg.train, val=val, strict=strict,
+                     lora=dataclasses.replace(cfg.lora, **lora))
     console.print(f"chat model {result.final_checkpoint}  held-out answer loss {result.final_val_loss:.3f} nats/token")
     console.print(f"next       homegrown chat {result.final_checkpoint}")
 
 
 @app.command()
+@_lora_options
 def dpo(
     base: Annotated[Path, typer.Argument(help="Run directory (its chat model: sft/ckpt, else ckpt/) or ckpt/step_N.")],
     data: Annotated[Path, typer.Option(help='Preference JSONL: {"prompt" or "messages", "chosen", "rejected"} '
                                             "per line (TRL's format; `homegrown data pairs` writes one).")],
     val: Annotated[Path | None, typer.Option(help="Held-out preference JSONL; default: 1 in 20 of --data.")] = None,
     out: Annotated[Path | None, typer.Option(help="Run directory for dpo/ckpt (default: BASE's run).")] = None,
-    strict: Annotated[bool, typer.Option(help="Stop at the first malformed line instead of skipping it.")] = False,
+    strict: StrictOpt = False,
     beta: Annotated[float | None, _opt(DPOConfig, "beta", f"Default: the preset's dpo.beta, {DPOConfig.beta}.")]
         = None,
     loss: Annotated[str | None, _opt(DPOConfig, "loss")] = None,
     label_smoothing: Annotated[float | None, _opt(DPOConfig, "label_smoothing")] = None,
     rpo_alpha: Annotated[float | None, _opt(DPOConfig, "rpo_alpha")] = None,
-    preset: Annotated[str | None, typer.Option("--preset", "-p", help="Preset for training settings "
-                                               "(default: the run's own, else small).")] = None,
+    preset: TrainPresetOpt = None,
     set_: SetOpt = None,
-    lora_rank: LoraRankOpt = None,
-    lora_alpha: LoraAlphaOpt = None,
-    lora_dropout: LoraDropoutOpt = None,
-    lora_targets: LoraTargetsOpt = None,
+    *,
+    lora: dict[str, Any],
 ) -> None:
     """Preference-tune a chat model on chosen/rejected pairs (DPO, as TRL) into RUN/dpo/ckpt; resumable."""
     from homegrown.posttrain.dpo import dpo as run_dpo
-    from homegrown.posttrain.sft import default_run_dir
 
-    run_dir = out or default_run_dir(base)
-    cfg = _run_preset(run_dir, preset, set_, default="small")
+    run_dir, cfg = _posttrain_run(base, out, preset, set_)
     settings = dataclasses.replace(cfg.dpo, **_given(beta=beta, loss=loss, label_smoothing=label_smoothing,
                                                      rpo_alpha=rpo_alpha))
-    lora = dataclasses.replace(cfg.lora, **_given(rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout,
-                                                  targets=lora_targets))
-    result = run_dpo(base, data, run_dir, settings, cfg.train, lora=lora, val=val, strict=strict)
+    result = run_dpo(base, data, run_dir, settings, cfg.train, lora=dataclasses.replace(cfg.lora, **lora), val=val,
+                     strict=strict)
     console.print(f"preference-tuned model {result.final_checkpoint}  held-out DPO loss {result.final_val_loss:.3f}")
     console.print(f"next       homegrown chat {result.final_checkpoint}")
 

@@ -251,7 +251,8 @@ class ServeConfig:
     """Larger request bodies get 413 before they are read whole (a 1M-character stored message fits as UTF-8)."""
     generation_defaults: dict[str, Any] = field(default_factory=dict)
     """Sampling fields for requests that leave them out (`--generation-config`, like vLLM's
-    --override-generation-config): e.g. {"ignore_eos": true, "max_tokens": 200}."""
+    --override-generation-config): e.g. {"ignore_eos": true, "max_tokens": 200}. JSON and tool-call replies end
+    where their grammar does, so they take no stop, stop_token_ids, min_tokens or ignore_eos default."""
 
 
 @dataclass

@@ -82,10 +82,17 @@ class IncrementalDecoder:
     same context as in a full decode. Text whose last character is not complete yet (a multi-byte UTF-8
     character split across byte-level tokens decodes to a trailing U+FFFD) is held back until it is.
     `text` always equals the full decode of `ids` up to the last complete character.
+
+    Special tokens are left out of the text, as a full decode leaves them, except those in `keep`, which are
+    written as their own text: a tool call that opens with a special token (`<tool_call>` in some models'
+    vocabularies) must reach the parser that looks for it.
     """
 
-    def __init__(self, tok: Tokenizer) -> None:
+    def __init__(self, tok: Tokenizer, keep: frozenset[int] = frozenset()) -> None:
         self.tok = tok
+        self._drop: frozenset[int] | None = None  # the special tokens left out, when some are kept
+        if keep:
+            self._drop = special_ids(tok) - keep
         self.ids: list[int] = []
         self.text = ""
         self._prefix = 0  # window start: the tokens before the last cut, kept as context
@@ -94,11 +101,29 @@ class IncrementalDecoder:
     def add(self, token: int) -> str:
         """Append a token; returns the text it completes ("" while a character is still incomplete)."""
         self.ids.append(token)
-        shown = self.tok.decode(self.ids[self._prefix:self._read])
-        window = self.tok.decode(self.ids[self._prefix:])
+        shown = self.decode(self.ids[self._prefix:self._read])
+        window = self.decode(self.ids[self._prefix:])
         if len(window) <= len(shown) or window.endswith("\ufffd"):
             return ""
         piece = window[len(shown):]
         self.text += piece
         self._prefix, self._read = self._read, len(self.ids)
         return piece
+
+    def decode(self, ids: list[int]) -> str:
+        """The whole text of `ids` as this decoder writes it (special tokens skipped but for the kept ones): the
+        same as a full decode that removes the other special tokens first, which is what skipping them does."""
+        if self._drop is None:
+            return self.tok.decode(ids)
+        return self.tok.decode([i for i in ids if i not in self._drop], skip_special_tokens=False)
+
+
+def special_ids(tok: Tokenizer) -> frozenset[int]:
+    """The ids of `tok`'s special tokens: those a decode skips."""
+    return frozenset(i for i, t in tok.get_added_tokens_decoder().items() if t.special)
+
+
+def special_token_id(tok: Tokenizer, text: str) -> int | None:
+    """The id of `text` when it is exactly one special token of `tok`, else None."""
+    token = tok.token_to_id(text) if text else None
+    return token if token is not None and token in special_ids(tok) else None

@@ -1,19 +1,15 @@
 """The teacher client against a real HTTP server on loopback that misbehaves on cue (429, 500, slow, garbage).
 
-The server below is a stand-in for a remote API's failure modes only; synthesize() talks to it through the
-official openai SDK exactly as it would to api.openai.com.
+The server (tests/openai_stub.py) is a stand-in for a remote API's failure modes only; synthesize() talks to it
+through the official openai SDK exactly as it would to api.openai.com.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sqlite3
-import threading
-import time
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -25,6 +21,7 @@ from homegrown.errors import HomegrownError
 from homegrown.model import Transformer
 from homegrown.serve.launch import launch
 from homegrown.train.checkpoint import save_checkpoint
+from tests.openai_stub import ChatStub
 
 MODEL = "teacher-test"
 
@@ -34,64 +31,10 @@ def story_reply(request: dict) -> str:
     return "Once upon a time. " + request["messages"][-1]["content"]
 
 
-class TeacherServer:
-    """Counts requests; `script` holds what to do for the next requests ("429", "500", "slow", "garbage",
-    "not-json", "401"); when it is empty, requests succeed with `reply(request)`."""
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.script: list[str] = []
-        self.reply: Callable[[dict], str] = story_reply
-        self.lock = threading.Lock()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with outer.lock:
-                    outer.requests += 1
-                    action = outer.script.pop(0) if outer.script else "ok"
-                if action == "slow":
-                    time.sleep(1.5)
-                if action in ("429", "500", "401"):
-                    body = json.dumps({"error": {"message": f"scripted {action}", "type": "x"}}).encode()
-                    self._send(int(action), body, {"Retry-After": "0"} if action == "429" else {})
-                elif action == "garbage":
-                    self._send(200, json.dumps({"choices": [{"message": {"content": None}}]}).encode())
-                elif action == "not-json":
-                    self._send(200, b"<html>proxy error</html>")
-                else:
-                    content = outer.reply(request)
-                    body = {"id": "c", "object": "chat.completion", "created": 0, "model": request["model"],
-                            "choices": [{"index": 0, "finish_reason": "stop",
-                                         "message": {"role": "assistant", "content": content}}],
-                            "usage": {"prompt_tokens": 50, "completion_tokens": 50, "total_tokens": 100}}
-                    self._send(200, json.dumps(body).encode())
-
-            def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                with contextlib.suppress(BrokenPipeError):  # the client timed out and went away
-                    self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_port}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-
 @pytest.fixture
-def teacher() -> Iterator[TeacherServer]:
-    server = TeacherServer()
-    yield server
-    server.httpd.shutdown()
-    server.httpd.server_close()
+def teacher() -> Iterator[ChatStub]:
+    with ChatStub(story_reply, usage=(50, 50)) as server:
+        yield server
 
 
 def _cfg(**overrides: object) -> SynthConfig:

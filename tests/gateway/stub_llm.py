@@ -8,20 +8,24 @@ Two roles:
   (a tie when both or neither do); `--prefer first` always says A (a position-biased judge), `--prefer garbage`
   never gives a verdict.
 
-It binds port 0 and prints `listening http://127.0.0.1:PORT` once bound, so tests never guess a free port.
+It binds `--port` (default 0: a free one) and prints `listening http://127.0.0.1:PORT` once bound, so tests
+never guess a free port; a person following the README gives a fixed one.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import sys
-import time
+from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+
+if __package__ in (None, ""):  # run as a script (`python tests/gateway/stub_llm.py`): tests/ lives at the root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.openai_stub import chat_body, error_body, listening_socket
 
 A_START, A_END = "[The Start of Assistant A's Answer]", "[The End of Assistant A's Answer]"
 B_START, B_END = "[The Start of Assistant B's Answer]", "[The End of Assistant B's Answer]"
@@ -76,8 +80,7 @@ def build_app(args: argparse.Namespace) -> FastAPI:
         body = await request.json()
         messages = body.get("messages") or []
         if state["mode"] == "fail":
-            return JSONResponse({"error": {"message": "injected failure", "type": "server_error", "param": None,
-                                           "code": None}}, status_code=500)
+            return JSONResponse(error_body("injected failure", "server_error"), status_code=500)
         if state["mode"] == "hold":
             await state["release"].wait()
         last = next((m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), "")
@@ -86,13 +89,8 @@ def build_app(args: argparse.Namespace) -> FastAPI:
         else:
             text = f"{state['prefix']} {last}".strip()
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
-        completion_tokens = len(text.split())
-        return JSONResponse({
-            "id": f"chatcmpl-stub-{state['requests']}", "object": "chat.completion", "created": int(time.time()),
-            "model": body.get("model", args.model),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens}})
+        return JSONResponse(chat_body(body.get("model", args.model), text, prompt_tokens, len(text.split()),
+                                      rid=f"chatcmpl-stub-{state['requests']}"))
 
     return app
 
@@ -104,10 +102,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prefix", default="")
     parser.add_argument("--prefer", choices=("marker", "first", "garbage"), default="marker")
     parser.add_argument("--marker", default="GOOD")
+    parser.add_argument("--port", type=int, default=0, help="0 (default): a free port, printed once bound")
     args = parser.parse_args(argv)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock = listening_socket(args.port)
     print(f"listening http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
     server = uvicorn.Server(uvicorn.Config(build_app(args), log_level="warning"))
     server.run(sockets=[sock])

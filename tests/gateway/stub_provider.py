@@ -26,15 +26,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+if __package__ in (None, ""):  # run as a script (`python tests/gateway/stub_provider.py`): tests/ lives at the root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.openai_stub import chat_body, error_body, listening_socket
 
 
 def build(name: str, max_prompt_chars: int | None, api_key: str | None) -> FastAPI:
@@ -47,8 +52,7 @@ def build(name: str, max_prompt_chars: int | None, api_key: str | None) -> FastA
 
     def error(status: int, message: str, kind: str, code: str | None = None,
               headers: dict[str, str] | None = None) -> JSONResponse:
-        return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": code}},
-                            status_code=status, headers=headers)
+        return JSONResponse(error_body(message, kind, code), status_code=status, headers=headers)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -92,10 +96,11 @@ def build(name: str, max_prompt_chars: int | None, api_key: str | None) -> FastA
             if kind == "garbage":
                 return Response(b"{not json", media_type="application/json")
             text = " ".join(words)
-            choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-                      if chat else {"index": 0, "text": text, "finish_reason": "stop"})
+            if chat:
+                return JSONResponse(chat_body(body["model"], text, usage["prompt_tokens"],
+                                              usage["completion_tokens"], rid=rid))
             return JSONResponse({"id": rid, "object": obj, "created": created, "model": body["model"],
-                                 "choices": [choice], "usage": usage})
+                                 "choices": [{"index": 0, "text": text, "finish_reason": "stop"}], "usage": usage})
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
         def chunk(delta: str | None, finish: str | None = None, role: bool = False) -> bytes:
@@ -150,12 +155,7 @@ def main() -> None:
     parser.add_argument("--max-prompt-chars", type=int)
     parser.add_argument("--api-key")
     args = parser.parse_args()
-    if args.fd is not None:
-        sock = socket.socket(fileno=args.fd)
-    else:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", args.port))
+    sock = listening_socket(args.port, args.fd)
     port = sock.getsockname()[1]
     print(f"OpenAI base_url http://127.0.0.1:{port}/v1", flush=True)
     config = uvicorn.Config(build(args.name, args.max_prompt_chars, args.api_key), log_level="warning",

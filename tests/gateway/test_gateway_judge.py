@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import openai
 import pytest
@@ -48,6 +49,20 @@ def test_judge_process_verdicts(llm_stubs) -> None:
     assert (win.outcome, loss.outcome, tie.outcome) == ("win", "loss", "tie")
     assert (win.as_a, win.as_b) == ("A", "B")
     assert marker.requests() == 6  # both orders, every pair
+
+
+def test_judge_stub_listens_on_the_port_it_is_given(llm_stubs) -> None:
+    """The README's walk-through starts the stub judge on a fixed --port (the tests' default 0 picks a free one).
+    The port is one this test holds bound, not listening, so no other process can take it meanwhile: with
+    SO_REUSEADDR on both sockets Linux lets the stub bind and listen on it too."""
+    with socket.socket() as held:
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        stub = llm_stubs("--role", "judge", "--port", str(port))
+    assert stub.url == f"http://127.0.0.1:{port}"
+    verdict = asyncio.run(_judge(stub.base_url).compare("p", CONV, "GOOD", "bad"))
+    assert verdict.outcome == "win"
 
 
 def test_position_is_randomised_and_repeatable() -> None:

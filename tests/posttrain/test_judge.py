@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
 
 import pytest
 
@@ -16,6 +14,7 @@ from homegrown.generate import SamplingParams
 from homegrown.posttrain.judge import build_pairs, parse_verdict
 from homegrown.posttrain.pairs import read_pairs
 from homegrown.train.checkpoint import resolve_checkpoint
+from tests.openai_stub import ChatStub
 
 
 def alphabetical(request: dict) -> str:
@@ -25,41 +24,11 @@ def alphabetical(request: dict) -> str:
     return "A" if a < b else "B"
 
 
-class Judge:
-    """A chat-completions endpoint whose verdicts come from `verdict(request)`; counts requests."""
-
-    def __init__(self, verdict: Callable[[dict], str]) -> None:
-        self.requests, self.verdict, self.lock, outer = 0, verdict, threading.Lock(), self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with outer.lock:
-                    outer.requests += 1
-                body = json.dumps({"id": "j", "object": "chat.completion", "created": 0, "model": request["model"],
-                                   "choices": [{"index": 0, "finish_reason": "stop", "message": {
-                                       "role": "assistant", "content": outer.verdict(request)}}],
-                                   "usage": {"prompt_tokens": 40, "completion_tokens": 1, "total_tokens": 41}}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_port}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-
 @pytest.fixture
-def judge() -> Iterator[Judge]:
-    server = Judge(alphabetical)
-    yield server
-    server.httpd.shutdown()
-    server.httpd.server_close()
+def judge() -> Iterator[ChatStub]:
+    """A consistent judge: verdicts by `alphabetical`."""
+    with ChatStub(alphabetical, usage=(40, 1)) as server:
+        yield server
 
 
 def _prompts(path, n=4):
@@ -95,13 +64,9 @@ def test_pairs_follow_the_judge_in_both_orders_and_rerun_from_cache(tiny_base, j
 
 
 def test_a_judge_that_always_picks_the_first_position_yields_no_pairs(tiny_base, tmp_path):
-    server = Judge(lambda request: "A")
-    try:
+    with ChatStub(lambda request: "A", usage=(40, 1)) as server:
         stats = build_pairs(resolve_checkpoint(tiny_base / "ckpt"), _prompts(tmp_path / "prompts.jsonl", n=2),
                             tmp_path / "pairs.jsonl", server.url, "biased", CFG, sampling=SAMPLING, progress=False)
-    finally:
-        server.httpd.shutdown()
-        server.httpd.server_close()
     assert stats.pairs == 0 and stats.ties_or_disagreements == stats.comparisons > 0
     assert (tmp_path / "pairs.jsonl").read_text() == ""
 

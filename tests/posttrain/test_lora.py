@@ -129,3 +129,23 @@ def test_lora_sft_checkpoints_adapters_resumes_and_merges(tiny_base, tmp_path):
 def test_unknown_targets_are_refused_by_name():
     with pytest.raises(HomegrownError, match="qkv"):
         lora.parse_targets("q_proj,qkv")
+
+
+@pytest.mark.parametrize("command,line", [
+    ("sft", {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}),
+    ("dpo", {"prompt": "hi", "chosen": "hello", "rejected": "go away"}),
+])
+def test_lora_options_reach_both_training_commands(tiny_base, tmp_path, command: str, line: dict):
+    """sft and dpo take the same --lora-* options (one definition in cli.py): a bad target given on either
+    command line is refused by name, so the options reached its LoRA settings. In process (typer's runner): the
+    console script itself is run by test_dpo_cli_with_lora."""
+    from typer.testing import CliRunner
+
+    from homegrown.cli import app
+
+    data = tmp_path / "data.jsonl"
+    data.write_text(json.dumps(line) + "\n")
+    done = CliRunner().invoke(app, [command, str(tiny_base), "--data", str(data), "--out", str(tmp_path / "run"),
+                                    "--preset", "tiny", "--lora-rank", "2", "--lora-alpha", "4",
+                                    "--lora-targets", "q_proj,qkv", *(f"--set={s}" for s in TINY)])
+    assert isinstance(done.exception, HomegrownError) and "qkv" in str(done.exception), done.output

@@ -280,3 +280,52 @@ def test_what_would_end_the_reply_elsewhere_is_refused_by_name(server: Server, p
                          "response_format": {"type": "json_object"}})
     error = assert_openai_error(r, 400)
     assert error["param"] == param and param in error["message"]
+
+
+# -- server-side defaults (--generation-config) -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def defaulted(tools_run: Path) -> Iterator[Server]:
+    """`homegrown serve` whose --generation-config sets every default a grammar overrules (ENDS_ELSEWHERE), beside
+    a +100 bias on the end tokens: a free reply shows which defaults applied, and the '}' stop string would cut
+    any JSON object it reached. tools_run, for its context long enough for a prompt with tools."""
+    tok = load_tokenizer(tools_run)
+    config = {"ignore_eos": True, "min_tokens": 2, "stop": ["}"], "stop_token_ids": [tok.token_to_id("{")],
+              "logit_bias": {str(tok.token_to_id(t)): 100 for t in ("<|endoftext|>", "<|end|>")}}
+    srv = start_server(tools_run, "--generation-config", json.dumps(config))
+    yield srv
+    srv.stop()
+
+
+def test_server_defaults_that_end_replies_yield_to_the_grammar(defaulted: Server) -> None:
+    """A client that asks for JSON or a tool call sent nothing wrong, so the server's own ignore_eos, min_tokens,
+    stop and stop_token_ids do not turn its request into a 400: the grammar decides where the reply ends, and
+    the server's other defaults (the bias) still apply. A free request gets all of them."""
+    from tests.serve.test_tool_calling import SCHEMAS as TOOL_SCHEMAS
+    from tests.serve.test_tool_calling import TOOLS
+
+    client = openai.OpenAI(base_url=f"{defaulted.base_url}/v1", api_key=defaulted.api_key, max_retries=0,
+                           timeout=300)
+    fmt = json_schema_format(NESTED)
+    chat = client.chat.completions.create(model=defaulted.model, messages=CHAT, seed=3, max_tokens=BOUND_BYTES,
+                                          response_format=fmt).choices[0]
+    assert chat.finish_reason == "stop"
+    assert_valid(chat.message.content, NESTED)
+    text = client.completions.create(model=defaulted.model, prompt="Person:", seed=4, max_tokens=BOUND_BYTES,
+                                     extra_body={"response_format": fmt}).choices[0]
+    assert text.finish_reason == "stop"
+    assert_valid(text.text, NESTED)
+    call = client.chat.completions.create(model=defaulted.model, messages=CHAT, seed=5, max_tokens=BOUND_BYTES,
+                                          tools=TOOLS, tool_choice="required",
+                                          parallel_tool_calls=False).choices[0]
+    function = call.message.tool_calls[0].function
+    assert call.finish_reason == "tool_calls"
+    assert_valid(function.arguments, TOOL_SCHEMAS[function.name])
+
+    free = {"model": defaulted.model, "prompt": "x", "max_tokens": 4}
+    no_stops = {"stop": None, "stop_token_ids": None}
+    runs_on = client.completions.create(**free, extra_body=no_stops)
+    assert (runs_on.usage.completion_tokens, runs_on.choices[0].finish_reason) == (4, "length")
+    ends = client.completions.create(**free, extra_body={**no_stops, "ignore_eos": False})
+    assert (ends.usage.completion_tokens, ends.choices[0].finish_reason) == (2, "stop")

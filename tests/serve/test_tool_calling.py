@@ -6,18 +6,26 @@ transformers renders the conversation; what cannot be served is a 400 naming the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import jsonschema
 import openai
 import pydantic
 import pytest
+import torch
 
+from homegrown.chat_template import TOOL_CALL_END, TOOL_CALL_START
+from homegrown.config import ServeConfig
+from homegrown.model import Transformer
 from homegrown.serve.protocol import ChatCompletionRequest
 from homegrown.serve.tool_calling import calls_schema, plan_tools
-from tests.serve.conftest import Server
+from homegrown.tokenizer import load_tokenizer
+from homegrown.train.checkpoint import save_checkpoint
+from tests.serve.conftest import TOOLS_MODEL, Server, start_server
 
 WEATHER = {"type": "object", "properties": {
     "city": {"type": "string", "maxLength": 12},
@@ -218,3 +226,73 @@ def test_langchain_rebuilds_streamed_calls(tools_server: Server) -> None:
     assert [(c["name"], c["args"], c["id"]) for c in streamed.tool_calls] == [
         ("get_weather", whole.tool_calls[0]["args"], streamed.tool_calls[0]["id"])]
     jsonschema.validate(streamed.tool_calls[0]["args"], WEATHER)
+
+
+# -- markers that are special tokens ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def special_run(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tools_run with `<tool_call>` and `</tool_call>` added to the tokenizer as special tokens (as some models'
+    vocabularies have them): a decode skips them, so the reply's text holds no marker unless the engine keeps
+    them. The model gets logits for the two new ids."""
+    run = tmp_path_factory.mktemp("special_markers_run")
+    tok = load_tokenizer(tiny_run)
+    assert tok.add_special_tokens([TOOL_CALL_START, TOOL_CALL_END]) == 2
+    tok.save(str(run / "tokenizer.json"))
+    torch.manual_seed(0)
+    model = Transformer(dataclasses.replace(TOOLS_MODEL, vocab_size=tok.get_vocab_size()))
+    save_checkpoint(run / "ckpt", 1, model, run / "tokenizer.json")
+    return run
+
+
+def test_special_token_markers_reach_the_parser_in_the_engine(special_run: Path) -> None:
+    """The grammar writes both markers as their one token each, and the text keeps them (only them: other
+    special tokens are still skipped), so the call is found."""
+    from homegrown.bundle import load_bundle
+    from homegrown.serve.engine import Engine, GenerationParams
+    from homegrown.serve.tool_parser import ToolCallParser
+
+    tok = load_tokenizer(special_run)
+    start, end = tok.token_to_id(TOOL_CALL_START), tok.token_to_id(TOOL_CALL_END)
+    plan = plan_tools(ChatCompletionRequest.model_validate(
+        {"model": "m", "messages": ASK, "tools": TOOLS, "tool_choice": "required", "parallel_tool_calls": False}))
+    engine = Engine(load_bundle(special_run), ServeConfig(max_batch=1)).start()
+    try:
+        assert engine.grammars.marker_ids(plan.constraint) == {start, end}
+        text, ids, _, reason = engine.generate(engine.encode("<|user|>hi<|end|>"), [GenerationParams(
+            max_tokens=MAX_TOKENS, seed=2, constraint=plan.constraint)])[0]
+    finally:
+        engine.stop(drain=False, timeout=30)
+    assert reason == "stop" and ids[0] == start and end in ids
+    assert text.startswith(TOOL_CALL_START + "\n") and text.endswith("\n" + TOOL_CALL_END)
+    assert text == tok.decode(ids, skip_special_tokens=False)
+    parser = ToolCallParser(plan.max_calls)
+    parser.feed(text)
+    parser.finish()
+    assert len(parser.calls) == 1 and not parser.content
+    jsonschema.validate(json.loads(parser.calls[0].arguments), SCHEMAS[parser.calls[0].name])
+
+
+def test_special_token_trigger_makes_a_call_over_http(special_run: Path) -> None:
+    """tool_choice auto with the trigger token pushed up (+100): the model opens a call with it, and the official
+    client gets the call whole and, streamed, rebuilt from the same deltas — none of the markers left as
+    content."""
+    trigger = load_tokenizer(special_run).token_to_id(TOOL_CALL_START)
+    server = start_server(special_run)
+    try:
+        client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=server.api_key, max_retries=0,
+                               timeout=120)
+        kwargs = dict(model=server.model, messages=ASK, tools=TOOLS, parallel_tool_calls=False, seed=4,
+                      max_tokens=MAX_TOKENS, logit_bias={str(trigger): 100})
+        whole = client.chat.completions.create(**kwargs).choices[0]
+        with client.chat.completions.stream(**kwargs) as stream:
+            streamed = stream.get_final_completion().choices[0]
+    finally:
+        server.stop()
+    assert whole.finish_reason == streamed.finish_reason == "tool_calls"
+    assert whole.message.content is None and not streamed.message.content
+    call, = whole.message.tool_calls
+    _valid(call)
+    assert [(c.function.name, c.function.arguments) for c in streamed.message.tool_calls] == [
+        (call.function.name, call.function.arguments)]

@@ -75,17 +75,12 @@ def utc(value: datetime) -> datetime:
 
 
 @dataclass(frozen=True)
-class StoredDecision:
+class StoredDecision(Decision):
+    """A promotion `Decision` as read back: its fields (promotion owns them) plus where and when it was taken."""
+
     id: int
     route: str
     at: datetime
-    action: str
-    from_step: int
-    to_step: int
-    from_percent: float
-    to_percent: float
-    reasons: list[str]
-    evidence: dict
 
 
 class JudgingStore:
@@ -154,8 +149,9 @@ class JudgingStore:
             if changes_only:
                 q = q.where(DecisionRow.action != "hold")
             rows = s.scalars(q).all()
-        return [StoredDecision(r.id, r.route, utc(r.at), r.action, r.from_step, r.to_step, r.from_percent,
-                               r.to_percent, json.loads(r.reasons), json.loads(r.evidence)) for r in rows]
+        return [StoredDecision(id=r.id, route=r.route, at=utc(r.at), action=r.action, from_step=r.from_step,
+                               to_step=r.to_step, from_percent=r.from_percent, to_percent=r.to_percent,
+                               reasons=json.loads(r.reasons), evidence=json.loads(r.evidence)) for r in rows]
 
     def current_step(self, route: str) -> int | None:
         """The ladder step the newest decision left the route at, or None if it never had one."""

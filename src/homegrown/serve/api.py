@@ -33,7 +33,7 @@ from homegrown.config import ServeConfig
 from homegrown.errors import HomegrownError
 from homegrown.serve.auth import Authenticator
 from homegrown.serve.body_limit import BodySizeLimit
-from homegrown.serve.constraint_spec import ConstraintError, ConstraintSpec
+from homegrown.serve.constraint_spec import ENDS_ELSEWHERE, ConstraintError, ConstraintSpec
 from homegrown.serve.engine import (
     ContextLengthError,
     Delta,
@@ -148,9 +148,8 @@ async def _check_constraint(engine: Engine, req: _Sampling) -> None:
 
 
 async def _check_spec(engine: Engine, req: _Sampling, spec: ConstraintSpec, what: str) -> None:
-    for param, on in (("stop", req.stops()), ("stop_token_ids", req.stop_token_ids), ("min_tokens", req.min_tokens),
-                      ("ignore_eos", req.ignore_eos)):
-        if on:
+    for param in ENDS_ELSEWHERE:
+        if getattr(req, param):
             raise APIError(400, f"{param} cannot be combined with {what}: the grammar decides where its JSON "
                                 "ends", param=param)
     await run_in_threadpool(engine.grammars.check, spec)
@@ -364,23 +363,24 @@ async def get_model(model: str, request: Request) -> dict[str, Any]:
 RequestT = TypeVar("RequestT", ChatCompletionRequest, CompletionRequest)
 
 
-def _admit(request: Request, req: RequestT) -> tuple[ServerState, Engine, RequestT]:
+def _admit(request: Request, req: RequestT, calls: bool = False) -> tuple[ServerState, Engine, RequestT]:
     """What both generation endpoints check first: a loaded engine, the served model's name, the server's
-    generation defaults filled in, and token ids the vocabulary has."""
+    generation defaults filled in — but none that a grammar overrules when the reply is JSON (response_format) or
+    tool calls (`calls`: protocol.with_defaults) — and token ids the vocabulary has."""
     state = _state(request)
     engine = _ready(state)
     _check_model(state, req.model)
-    req = with_defaults(req, state.generation_defaults)
+    req = with_defaults(req, state.generation_defaults, constrained=calls or req.constraint() is not None)
     _check_token_ids(engine, req)
     return state, engine, req
 
 
 @v1.post("/chat/completions")
 async def chat_completions(req: ChatCompletionRequest, request: Request) -> Any:
-    state, engine, req = _admit(request, req)
+    plan = plan_tools(req)
+    state, engine, req = _admit(request, req, calls=plan.calls)
     if req.top_logprobs and not req.logprobs:
         raise APIError(400, "top_logprobs requires logprobs=true", param="top_logprobs")
-    plan = plan_tools(req)
     if plan.constraint is not None:
         if req.constraint() is not None:
             raise APIError(400, "response_format cannot be combined with tool calls: the reply is either calls or "

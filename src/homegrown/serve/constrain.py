@@ -28,8 +28,9 @@ The interface (for the engine and for tool calling):
       text; where the model writes `trigger` (default: `begin`) the rest of `begin` is forced, then JSON
       matching one of `schemas`, then `end`; then free text again and more calls (with `parallel=False`,
       nothing more). With `required=True` there is no free text: one call, or (parallel) calls with
-      `separator` between them. A `trigger`/`end` (or the rest of `begin`) that is one special token of the
-      model's tokenizer (Qwen's `<tool_call>`) is matched as that token, else as text.
+      `separator` between them. A special token of the model's tokenizer in `trigger`, `begin` or `end` (a
+      `<tool_call>` that is one token) is matched as that token, the rest as text; `marker_ids(spec)` names
+      those tokens, which the engine then writes into the text, so the parser sees them.
   `param` names the request parameter the spec came from (`response_format`, `tools`): errors name it.
 - `GrammarCompiler(tokenizer, vocab_size, stop_ids)` — one per engine: compiles specs (cached), raising
   `ConstraintError` (a HomegrownError with `.param`) for an invalid or unsupported schema with llguidance's
@@ -56,6 +57,7 @@ from tokenizers import Tokenizer
 
 from homegrown.errors import HomegrownError
 from homegrown.serve.constraint_spec import ConstraintError, ConstraintSpec
+from homegrown.tokenizer import special_ids, special_token_id
 
 JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 """llguidance's JSON options for every schema (they override a schema's own `x-guidance`)."""
@@ -122,6 +124,7 @@ class GrammarCompiler:
                                  f"{vocab_size} logits")
         self.tokenizer, self.vocab_size = tokenizer, vocab_size
         self._ll = llguidance.LLTokenizer(tokenizer.to_str(), n_vocab=vocab_size, eos_token=list(stop_ids))
+        self._specials = special_ids(tokenizer)
         self._cache: dict[ConstraintSpec, llguidance.LLMatcher] = {}
         self._lock = threading.Lock()
 
@@ -181,14 +184,30 @@ class GrammarCompiler:
 
     def _special(self, text: str) -> str | None:
         """`<[id]>` when `text` is exactly one special token of the tokenizer, else None."""
-        token = self.tokenizer.token_to_id(text) if text else None
-        if token is None:
-            return None
-        added = self.tokenizer.get_added_tokens_decoder()
-        return f"<[{token}]>" if token in added and added[token].special else None
+        token = special_token_id(self.tokenizer, text)
+        return None if token is None else f"<[{token}]>"
 
     def _literal(self, text: str) -> str:
+        """`text` as Lark: its special tokens as themselves (`<[id]>`), the text between them as strings — so
+        the end `\n</tool_call>` of a model whose `</tool_call>` is one token is generated as that token."""
+        return " ".join(f"<[{piece}]>" if isinstance(piece, int) else json.dumps(piece)
+                        for piece in self._pieces(text))
+
+    def marker_ids(self, spec: ConstraintSpec) -> frozenset[int]:
+        """The special tokens a tagged spec's grammar writes (in its trigger, begin or end): the engine decodes
+        them into the text, which would otherwise skip them, so the tool-call parser sees its markers."""
+        return frozenset(piece for text in (spec.begin, spec.end) for piece in self._pieces(text)
+                         if isinstance(piece, int))
+
+    def _pieces(self, text: str) -> list[str | int]:
+        """`text` cut at the special tokens it holds, as the tokenizer finds them: text and token ids, in order."""
         if not text:
-            return ""
-        special = self._special(text)
-        return special if special is not None else json.dumps(text)
+            return []
+        encoding = self.tokenizer.encode(text, add_special_tokens=False)
+        pieces: list[str | int] = []
+        at = 0
+        for token, (start, end) in zip(encoding.ids, encoding.offsets, strict=True):
+            if token in self._specials:
+                pieces += [text[at:start], token] if start > at else [token]
+                at = end
+        return [*pieces, text[at:]] if at < len(text) else pieces

@@ -12,6 +12,11 @@ from typing import Any, Literal
 
 from homegrown.errors import HomegrownError
 
+ENDS_ELSEWHERE = ("stop", "stop_token_ids", "min_tokens", "ignore_eos")
+"""Sampling fields that would end or cut a reply elsewhere than its grammar does. A request that sets one beside a
+constraint is a 400 naming it; a server default for one (`--generation-config`) does not apply to a constrained
+request (protocol.with_defaults)."""
+
 
 class ConstraintError(HomegrownError):
     """A schema or grammar that cannot be enforced (invalid, unsatisfiable, or using what llguidance does not

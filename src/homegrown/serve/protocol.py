@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from homegrown.errors import HomegrownError
-from homegrown.serve.constraint_spec import ConstraintSpec
+from homegrown.serve.constraint_spec import ENDS_ELSEWHERE, ConstraintSpec
 
 MAX_TOKENS_LIMIT = 1 << 20
 """Far above any context; keeps absurd integers out of arithmetic while the context check gives the message."""
@@ -292,7 +292,8 @@ class CompletionRequest(_Sampling):
 DEFAULTABLE = ("max_tokens", "temperature", "top_p", "top_k", "min_tokens", "ignore_eos", "seed",
                "presence_penalty", "frequency_penalty", "stop", "stop_token_ids", "logit_bias")
 """Sampling fields `homegrown serve --generation-config` may give a default for (vLLM's
---override-generation-config): a request that sets a field keeps its own value."""
+--override-generation-config): a request that sets a field keeps its own value, and a constrained request
+(JSON or tool calls) takes none of those that would end its reply elsewhere than its grammar (ENDS_ELSEWHERE)."""
 
 
 def parse_generation_defaults(text: str) -> dict[str, Any]:
@@ -316,9 +317,15 @@ def parse_generation_defaults(text: str) -> dict[str, Any]:
     return {key: getattr(checked, key) for key in data}
 
 
-def with_defaults(req: _Sampling, defaults: dict[str, Any]) -> _Sampling:
-    """The request with the server's defaults filled in for the fields it did not send."""
-    missing = {k: v for k, v in defaults.items() if k not in req.model_fields_set}
+def with_defaults(req: _Sampling, defaults: dict[str, Any], constrained: bool) -> _Sampling:
+    """The request with the server's defaults filled in for the fields it did not send.
+
+    A `constrained` request (response_format JSON, or tools whose calls follow a grammar) takes no default that
+    would end its reply elsewhere than the grammar (ENDS_ELSEWHERE): set by the client these are a 400, but a
+    server default such as `{"ignore_eos": true}` is meant for free text, and must not turn a request the client
+    wrote correctly into one — the grammar's end wins, and the server's other defaults still apply."""
+    skipped = ENDS_ELSEWHERE if constrained else ()
+    missing = {k: v for k, v in defaults.items() if k not in req.model_fields_set and k not in skipped}
     return req.model_copy(update=missing) if missing else req
 
 
