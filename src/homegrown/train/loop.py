@@ -360,7 +360,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path | None, run_
                                   f"(saved in {run.budget(stage)})")
             tok_window += tokens_per_step
             elapsed = time.perf_counter() - t_window
-            record = {"step": done, "loss": loss_sum, **extra, "lr": lr_at(step, cfg, cfg.lr), "grad_norm": grad_norm}
+            record = {"step": done, "loss": loss_sum, **extra, "lr": lr_at(step, cfg, cfg.lr), "grad_norm": grad_norm,
+                      "elapsed_s": round(time.perf_counter() - t_start, 3)}
             if done % cfg.log_every == 0 or done == cfg.max_steps:
                 tok_rate = tok_window / max(elapsed, 1e-9)
                 record["tokens_per_s"] = tok_rate
