@@ -137,9 +137,7 @@ def run(
     from homegrown.pipeline import print_summary
     from homegrown.pipeline import run as run_pipeline
 
-    cfg = _preset(preset, set_)
-    if budget is not None:
-        cfg.train.budget_minutes = budget
+    cfg = _preset(preset, [*(set_ or []), *([f"train.budget_minutes={budget}"] if budget is not None else [])])
     if source:
         cfg.data.source = source
     summary = run_pipeline(cfg, out or Path("runs") / preset, samples=samples)

@@ -685,6 +685,9 @@ def apply_overrides(preset: Preset, overrides: list[str]) -> Preset:
     if any(o.startswith("train.max_steps") for o in overrides) and not any(
             o.startswith("train.budget_minutes") for o in overrides):
         preset.train.budget_minutes = 0.0  # an explicit step count wins over the preset's wall-clock budget
+    if preset.train.budget_minutes < 0:
+        raise HomegrownError(f"train.budget_minutes must be 0 (off: use train.max_steps) or a number of minutes, "
+                             f"not {preset.train.budget_minutes:g}")
     if preset.model.max_seq_len < preset.train.seq_len:
         preset.model.max_seq_len = preset.train.seq_len
     if "model.ffn_hidden" not in " ".join(overrides) and any(o.startswith("model.d_model") for o in overrides):

@@ -11,6 +11,8 @@ import torch
 from homegrown.config import apply_overrides, get_preset
 from homegrown.errors import HomegrownError
 from homegrown.layout import RunLayout, list_checkpoints
+from homegrown.posttrain.dpo import dpo_train_config
+from homegrown.posttrain.sft import sft_train_config
 from homegrown.train import budget
 from homegrown.train.loop import train
 
@@ -56,6 +58,11 @@ def test_small_has_a_ten_minute_budget_that_an_explicit_step_count_turns_off():
     assert apply_overrides(get_preset("small"), ["train.max_steps=50"]).train.budget_minutes == 0.0
     both = apply_overrides(get_preset("small"), ["train.max_steps=50", "train.budget_minutes=3"])
     assert both.train.budget_minutes == 3.0
+    with pytest.raises(HomegrownError, match="budget_minutes must be"):
+        apply_overrides(get_preset("tiny"), ["train.budget_minutes=-1"])
+    small = get_preset("small")  # chat tuning keeps its own step count
+    assert sft_train_config(small.train, small.sft, small.model).budget_minutes == 0.0
+    assert dpo_train_config(small.train, small.dpo, small.model).budget_minutes == 0.0
 
 
 def _losses(run_dir):
