@@ -93,13 +93,13 @@ def load_plan(path: Path, budget_minutes: float, key: str) -> BudgetPlan | None:
     return plan if plan.budget_minutes == budget_minutes and plan.fingerprint == key else None
 
 
-def plan_of_checkpoint(state: dict, budget_minutes: float, ckpt: Path) -> BudgetPlan:
+def plan_of_checkpoint(state: dict, budget_minutes: float, ckpt: Path) -> BudgetPlan | None:
     """The plan saved in a checkpoint's trainer state: a resumed run keeps its step count whatever the
-    machine's speed now. Refused when the run was started without this budget (its schedule was another)."""
+    machine's speed now. None when the run was started with a fixed step count (it keeps that one); refused when
+    it was planned for another budget."""
     saved = state.get("budget")
     if saved is None:
-        raise HomegrownError(f"{ckpt} was trained with a fixed train.max_steps, not a wall-clock budget; resume it "
-                             "with train.budget_minutes=0, or start a new run directory")
+        return None
     plan = BudgetPlan(**saved)
     if plan.budget_minutes != budget_minutes:
         raise HomegrownError(f"{ckpt} was planned for train.budget_minutes={plan.budget_minutes:g} "

@@ -225,10 +225,6 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path | None, run_
     model.activation_checkpointing = cfg.activation_checkpointing
     model.to(device)
     if env.distributed:
-        if cfg.optimizer == "muon":
-            raise HomegrownError("train.optimizer=muon is single-process only: Muon orthogonalises whole matrices "
-                                 "and FSDP2 gives each rank row shards of them; use train.optimizer=adamw under "
-                                 "torchrun")
         # On CUDA, FSDP2's policy casts to bf16 itself (fp32 gradient reduction), so autocast is not needed.
         fsdp_bf16 = device.type == "cuda" and amp is not None
         if cfg.compile:
@@ -261,6 +257,12 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path | None, run_
         start_step = int(state["step"])
         if cfg.budget_minutes > 0:
             plan = wallclock.plan_of_checkpoint(state, cfg.budget_minutes, resume_from)
+            if plan is None:  # started with a fixed step count (budget off, or a run from before budgets)
+                fixed = int(json.loads((resume_from / ck.TRAIN_INFO).read_text())["train"]["max_steps"])
+                if env.is_main:
+                    console.print(f"{label}: {resume_from} was started with train.max_steps={fixed}, not a "
+                                  f"wall-clock budget; it keeps that step count")
+                cfg = replace(cfg, budget_minutes=0.0, max_steps=fixed)
         if env.is_main:
             _truncate_metrics(metrics_path, start_step)
             console.print(f"resuming {label} from {resume_from} (step {start_step}, saved by "

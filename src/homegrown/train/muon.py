@@ -12,8 +12,8 @@ fused shape (√3 for qkv); Muon is meant for each linear map on its own, as mod
 Q, K, V. `row_splits` cuts such a matrix into its parts along the output dimension, and each part is
 orthogonalised and scaled as the matrix it stands for.
 
-Single process only: under FSDP2 each rank holds row shards of every matrix, and Newton–Schulz needs whole
-matrices (the loop refuses Muon under torchrun; see loop.build_optimizer).
+Under torchrun (FSDP2) each rank holds row shards of every matrix and Newton–Schulz needs whole ones: each rank
+gathers the matrix, orthogonalises it and keeps its own rows (`Muon._orthogonalised`).
 """
 
 from __future__ import annotations
@@ -93,11 +93,27 @@ class Muon(torch.optim.Optimizer):
                 buf.lerp_(p.grad, 1 - momentum)
                 update = p.grad.lerp(buf, momentum) if group["nesterov"] else buf
                 p.mul_(1 - lr * group["weight_decay"])
-                start = 0
-                for rows in _parts(p.size(0), group["row_splits"]):
-                    part = update[start:start + rows]
-                    scale = math.sqrt(max(1.0, rows / p.size(1)))
-                    ortho = newton_schulz(part, group["ns_steps"], self.ns_dtype)
-                    p[start:start + rows].add_(ortho.to(p.dtype), alpha=-lr * scale)
-                    start += rows
+                p.add_(self._orthogonalised(update, group), alpha=-lr)
         return loss
+
+    def _orthogonalised(self, update: torch.Tensor, group: dict) -> torch.Tensor:
+        """Each logical matrix of `update` orthogonalised and scaled by sqrt(max(1, rows/cols)).
+
+        Under FSDP2 `update` is a DTensor holding this rank's rows: every rank gathers the whole matrix,
+        orthogonalises it (the same inputs give the same result on every rank) and keeps its own rows — no
+        second collective. Redundant compute, one all-gather per matrix: right for the small models trained on
+        CPUs; at scale, assigning whole matrices to ranks (as Dion / nanochat do) would spread the work instead.
+        """
+        from torch.distributed.tensor import DTensor, distribute_tensor
+
+        full = update.full_tensor() if isinstance(update, DTensor) else update
+        parts, start = [], 0
+        for rows in _parts(full.size(0), group["row_splits"]):
+            scale = math.sqrt(max(1.0, rows / full.size(1)))
+            parts.append(newton_schulz(full[start:start + rows], group["ns_steps"], self.ns_dtype).to(full.dtype)
+                         * scale)
+            start += rows
+        ortho = torch.cat(parts) if len(parts) > 1 else parts[0]
+        if isinstance(update, DTensor):
+            return distribute_tensor(ortho, update.device_mesh, update.placements, src_data_rank=None)
+        return ortho
