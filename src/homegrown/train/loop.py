@@ -350,7 +350,9 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path | None, run_
             if probe_end:
                 step_times.append(time.perf_counter() - t_step)
             if done == probe_end:
+                t_plan = time.perf_counter()
                 plan = _plan_budget(cfg, step_times, t_start, lambda: eval_fn(model), amp, device, env, budget_key)
+                t_window += time.perf_counter() - t_plan  # the timed evaluation is not training throughput
                 cfg = replace(cfg, max_steps=plan.max_steps)
                 info.update(train=asdict(cfg), budget=asdict(plan))
                 probe_end = 0
