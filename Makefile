@@ -3,6 +3,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PRESET ?= $(or $(HOMEGROWN_PRESET),small)
 OUT ?= runs/$(PRESET)
+# Minutes of pretraining (`make run BUDGET=30`); empty = the preset's own (small: 10).
+BUDGET ?=
 
 .PHONY: setup run test lint clean smollm2
 
@@ -17,7 +19,7 @@ $(VENV)/.installed: pyproject.toml scripts/install_torch.sh scripts/install_chro
 	touch $@
 
 run: setup
-	$(VENV)/bin/homegrown run --preset $(PRESET) --out $(OUT) --no-serve
+	$(VENV)/bin/homegrown run --preset $(PRESET) --out $(OUT) --no-serve $(if $(BUDGET),--budget $(BUDGET))
 
 test: setup
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -1,9 +1,11 @@
 """Training throughput: our step vs `transformers` LlamaForCausalLM with the identical config, in one run.
 
 Prints tokens/s for both, the ratio, and MFU against the matmul peak measured here in the same run
-(these machines are shared and noisy, so only same-run ratios mean anything).
+(these machines are shared and noisy, so only same-run ratios mean anything). Both sides run the same dtype
+(`--dtype`: plain fp32, or bf16 autocast for both), and the figure names it and the CPU's flags: bf16 is native
+only with AVX-512 BF16 / AMX, so a bf16 figure from one machine says nothing about another.
 
-    python benchmarks/train_throughput.py --preset small [--compile] [--threads 2] [--steps 6]
+    python benchmarks/train_throughput.py --preset small [--dtype fp32|bf16] [--compile] [--threads 2] [--steps 6]
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import torch
 from homegrown.config import apply_overrides, get_preset
 from homegrown.export.hf import hf_config
 from homegrown.model import Transformer
-from homegrown.train.loop import autocast_dtype, build_optimizer
+from homegrown.train.loop import build_optimizer
+from homegrown.train.precision import cpu_flags, reported_flags
 
 
 def matmul_peak(dtype: torch.dtype, sizes: tuple[int, ...] = (1024, 2048, 3072), reps: int = 6) -> float:
@@ -63,13 +66,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--compile", action="store_true", help="torch.compile our model (compile time excluded)")
+    ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                    help="both models run in this dtype (bf16 = autocast, fp32 weights, on both sides)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     preset = apply_overrides(get_preset(args.preset), args.set)
     cfg, tc = preset.model, preset.train
-    device = torch.device("cpu")
-    amp = autocast_dtype(tc.dtype, device)
+    amp = torch.bfloat16 if args.dtype == "bf16" else None
     torch.manual_seed(0)
     x = torch.randint(0, cfg.vocab_size, (tc.batch_size, tc.seq_len))
     y = torch.randint(0, cfg.vocab_size, (tc.batch_size, tc.seq_len))
@@ -94,7 +98,9 @@ def main() -> None:
                                   weight_decay=tc.weight_decay)
 
     def their_step() -> None:
-        theirs(input_ids=x, labels=y).loss.backward()
+        with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
+            loss = theirs(input_ids=x, labels=y).loss
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(theirs.parameters(), tc.grad_clip)
         their_opt.step()
         their_opt.zero_grad(set_to_none=True)
@@ -112,13 +118,15 @@ def main() -> None:
     peak = peak16 if amp == torch.bfloat16 else peak32
     mfu = ours_tps * flops_per_token / peak
     print(f"preset {args.preset}: {ours.num_params():,} params, batch {tc.batch_size}x{tc.seq_len}, "
-          f"threads {torch.get_num_threads()}, autocast {amp or 'fp32'}, compile {args.compile} "
+          f"threads {torch.get_num_threads()}, dtype {args.dtype} on both sides, compile {args.compile} "
           f"(first step {t_compile:.1f}s)")
+    print(f"CPU flags: {reported_flags(cpu_flags())} (torch CPU capability {torch.backends.cpu.get_cpu_capability()})")
     print(f"matmul peak here: fp32 {peak32 / 1e9:.0f} GFLOP/s, bf16 {peak16 / 1e9:.1f} GFLOP/s")
     print(f"homegrown     {ours_tps:8.0f} tokens/s   {ours_tps * flops_per_token / 1e9:6.1f} GFLOP/s   MFU {mfu:.1%}")
     print(f"transformers  {theirs_tps:8.0f} tokens/s   {theirs_tps * flops_per_token / 1e9:6.1f} GFLOP/s   "
-          f"MFU {theirs_tps * flops_per_token / peak32:.1%}")
-    print(f"ratio homegrown/transformers: {ours_tps / theirs_tps:.2f}x")
+          f"MFU {theirs_tps * flops_per_token / peak:.1%}")
+    print(f"ratio homegrown/transformers ({args.dtype} both, {reported_flags(cpu_flags())}): "
+          f"{ours_tps / theirs_tps:.2f}x")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ def test_user_errors_are_one_clear_line(cli, tmp_path):
     _assert_user_error(cli("generate", str(tmp_path / "missing"), "hi"), "no checkpoint found")
     _assert_user_error(cli("run", "--preset", "tiny", "--set", "train.lr", "--out", str(tmp_path)), "must look like")
     _assert_user_error(cli("run", "--preset", "llama-8b", "--out", str(tmp_path)), "far too large")
+    _assert_user_error(cli("run", "--preset", "tiny", "--budget", "-1", "--out", str(tmp_path)), "budget_minutes")
     _assert_user_error(cli("run", "--preset", "tiny", "--source", str(tmp_path / "nothing"), "--out",
                            str(tmp_path / "r")), "does not exist")
 

@@ -32,6 +32,7 @@ from homegrown.config import (
     Preset,
     ServeConfig,
     SynthConfig,
+    TrainConfig,
     apply_overrides,
     field_help,
     get_preset,
@@ -150,12 +151,14 @@ def run(
     serve_: Annotated[bool | None, typer.Option(
         "--serve/--no-serve", help="Serve the chat model at the end (default: only on an interactive terminal).",
         show_default=False)] = None,
+    budget: Annotated[float | None, _opt(TrainConfig, "budget_minutes", "Minutes; default: the preset's "
+                                         "(small: 10, tiny: none).")] = None,
 ) -> None:
     """The whole pipeline on a preset: corpus → tokenizer → shards → pretrain → chat SFT → samples."""
     from homegrown.pipeline import print_summary
     from homegrown.pipeline import run as run_pipeline
 
-    cfg = _preset(preset, set_)
+    cfg = _preset(preset, [*(set_ or []), *([f"train.budget_minutes={budget}"] if budget is not None else [])])
     if source:
         cfg.data.source = source
     summary = run_pipeline(cfg, out or Path("runs") / preset, samples=samples)

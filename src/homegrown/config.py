@@ -81,6 +81,12 @@ class TrainConfig:
     seq_len: int = 256
     grad_accum: int = 1
     max_steps: int = 1000
+    """Steps of the schedule (warmup + cosine decay); with `budget_minutes` set, chosen by the run instead."""
+    budget_minutes: float = 0.0
+    """Wall-clock budget for pretraining: time the first warm-up steps on this machine, then fix the step count so
+    the schedule ends when the budget does (saved in RUN/budget.json and every checkpoint, so a resumed run keeps
+    it). 0 = use `max_steps`; `--set train.max_steps=N` alone turns a preset's budget off. SFT and DPO keep their
+    own step counts; distillation (a student pretrained on the shards) takes the budget too."""
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 50
@@ -91,9 +97,13 @@ class TrainConfig:
     optimizer: str = "adamw"
     """`adamw`, or `muon` (torch.optim.Muon on 2-D hidden weights, AdamW on embeddings, norms and head)."""
     muon_lr: float = 0.02
+    muon_ns_dtype: str = "fp32"
+    """Precision of Muon's Newton–Schulz iteration: `fp32` (runs at the CPU's full matmul rate everywhere) or
+    `bf16` (torch.optim.Muon's choice: emulated ~4× slower per step on CPUs without native bf16)."""
     dtype: str = "auto"
-    """Autocast dtype: `bf16`, `fp32`, or `auto` (bf16 on GPUs, and on CPUs only where it measures faster).
-    Weights and optimizer state stay fp32 either way."""
+    """Autocast dtype: `bf16`, `fp32`, or `auto` — bf16 on GPUs; fp32 on CPUs, decided from the CPU's flags and not
+    by a timing (train/precision.py), until bf16's quality cost on CPU-sized models is measured. Weights and
+    optimizer state stay fp32 either way."""
     compile: bool = False
     eval_every: int = 100
     eval_batches: int = 8
@@ -456,8 +466,10 @@ def _presets() -> dict[str, Preset]:
             # Shape, vocab and lr won benchmarks/sweep_small.py (see benchmarks/RESULTS.md): at a ~10-minute
             # CPU budget a narrow 4-layer model that sees more tokens beats wider/deeper ones.
             ModelConfig(vocab_size=4096, d_model=192, n_layers=4, n_heads=3, n_kv_heads=3, max_seq_len=256),
-            TrainConfig(batch_size=16, seq_len=256, max_steps=720, lr=5e-3, warmup_steps=30, eval_every=120,
-                        eval_batches=8, ckpt_every=120, log_every=10),
+            # A 10-minute wall-clock budget: the step count is fixed at the start from this machine's step time
+            # (720 steps took ~10 min on the slowest 2-core machine here); max_steps applies with budget_minutes=0.
+            TrainConfig(batch_size=16, seq_len=256, max_steps=720, budget_minutes=10.0, lr=5e-3, warmup_steps=30,
+                        eval_every=120, eval_batches=8, ckpt_every=120, log_every=10),
             # ~1.7 min on 2 cores; on a GPU, 60 steps already made 40/40 held-out answers end their turn
             sft=SFTConfig(max_steps=120, lr=1e-3, eval_every=40, ckpt_every=40),
             description="Default demo: about 10 minutes of training on 2 CPU cores, then 2 of chat tuning.",
@@ -671,6 +683,12 @@ def apply_overrides(preset: Preset, overrides: list[str]) -> Preset:
             setattr(section, field_name, _coerce(value.strip(), current))
         except ValueError as e:
             raise HomegrownError(f"bad value in override {item!r}: {e}") from e
+    if any(o.startswith("train.max_steps") for o in overrides) and not any(
+            o.startswith("train.budget_minutes") for o in overrides):
+        preset.train.budget_minutes = 0.0  # an explicit step count wins over the preset's wall-clock budget
+    if preset.train.budget_minutes < 0:
+        raise HomegrownError(f"train.budget_minutes must be 0 (off: use train.max_steps) or a number of minutes, "
+                             f"not {preset.train.budget_minutes:g}")
     if preset.model.max_seq_len < preset.train.seq_len:
         preset.model.max_seq_len = preset.train.seq_len
     if "model.ffn_hidden" not in " ".join(overrides) and any(o.startswith("model.d_model") for o in overrides):

@@ -7,6 +7,7 @@ RUN/
   tokenizer.json              the run's BPE; copied into every checkpoint
   shards/                     packed tokens (data.pack); index.json, written last = complete
   ckpt/step_N/                the pretrained ("base") model; metrics.jsonl, loss_pretrain.png beside RUN
+  budget.json                 the step count `train.budget_minutes` chose (train.budget), kept for resumes
   sft/data/                   chat data cut from the corpus (posttrain.docqa); MANIFEST.json last = complete
   sft/ckpt/step_N/            the chat model; metrics_sft.jsonl, loss_sft.png
   distill/ckpt/step_N/        a distilled student (distill/teacher.json says from what); metrics_distill.jsonl
@@ -133,6 +134,10 @@ class RunLayout:
 
     def loss_png(self, stage: str = BASE) -> Path:
         return self.root / ("loss_pretrain.png" if stage == BASE else f"loss_{stage}.png")
+
+    def budget(self, stage: str = BASE) -> Path:
+        """The step count a wall-clock budget chose (train/budget.py), written before the first checkpoint."""
+        return self.root / ("budget.json" if stage == BASE else f"budget_{stage}.json")
 
     def grads(self, step: int) -> Path:
         return self.root / "grads" / f"step_{step}.safetensors"

@@ -46,6 +46,12 @@ class StepProgress:
             self._task = self._progress.add_task(self.description, total=self.total, completed=self.start, info="")
         return self
 
+    def set_total(self, total: int) -> None:
+        """A total learned after the start (a wall-clock budget fixes its step count after a few steps)."""
+        self.total = total
+        if self._progress is not None:
+            self._progress.update(self._task, total=total)
+
     def update(self, done: int, **fields: float | str) -> None:
         info = "  ".join(f"{k} {v:,.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in fields.items())
         if self._progress is not None:

@@ -158,3 +158,15 @@ def test_compile_under_two_ranks_matches_one_process_gradients(reference: Path, 
     for step in ref:
         assert got[step] == pytest.approx(ref[step], rel=1e-5)
     assert (run / "ckpt" / f"step_{STEPS}" / "model.safetensors").exists()
+
+
+def test_muon_under_two_ranks_matches_one_process(tiny_run: Path, tmp_path: Path):
+    """Muon needs whole matrices: each rank gathers its shards' matrix, orthogonalises it and keeps its own rows."""
+    single, fsdp = _run_dir(tiny_run, tmp_path / "single"), _run_dir(tiny_run, tmp_path / "fsdp2")
+    _pretrain(single, 0, STEPS, "train.optimizer=muon")
+    _pretrain(fsdp, 2, STEPS, "train.optimizer=muon")
+    _assert_same_grads(single, fsdp, range(1, STEPS + 1))  # steps 2.. see the weights Muon moved
+    ref, got = _losses(single), _losses(fsdp)
+    assert got.keys() == ref.keys()
+    for step in ref:
+        assert got[step] == pytest.approx(ref[step], rel=1e-5)

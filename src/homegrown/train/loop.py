@@ -14,7 +14,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +29,13 @@ from homegrown.io import write_text_atomic
 from homegrown.model import Transformer, count_params
 from homegrown.progress import StepProgress, console
 from homegrown.tokenizer import load_tokenizer
+from homegrown.train import budget as wallclock
 from homegrown.train import checkpoint as ck
 from homegrown.train import distributed
 from homegrown.train.distributed import DistEnv
+from homegrown.train.muon import Muon
 from homegrown.train.plots import plot_loss_curve
+from homegrown.train.precision import cpu_flags, reported_flags, run_dtype
 
 Batch = tuple[torch.Tensor, ...]
 BatchSource = Callable[[int, int, torch.Generator], Batch]
@@ -70,42 +73,31 @@ def lr_at(step: int, cfg: TrainConfig, peak: float) -> float:
     return peak * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def _matmul_rate(dtype: torch.dtype, n: int = 512, reps: int = 3) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return reps / (time.perf_counter() - t0)
-
-
 def autocast_dtype(requested: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype to use, or None for plain fp32.
+    """The autocast dtype to use, or None for plain fp32: the deterministic rule of train/precision.py."""
+    return run_dtype(requested, device).autocast
 
-    `auto` is bf16 on CUDA; on a CPU it is bf16 only if a bf16 matmul is actually faster there — CPUs without
-    AVX-512 BF16/AMX emulate it hundreds of times slower (measured on this project's 2-core AMD machines).
-    """
-    if requested == "fp32":
-        return None
-    if requested == "bf16":
-        return torch.bfloat16
-    if requested != "auto":
-        raise HomegrownError(f"train.dtype must be auto, bf16 or fp32, not {requested!r}")
-    if device.type == "cuda":
-        return torch.bfloat16
-    return torch.bfloat16 if _matmul_rate(torch.bfloat16) > 1.2 * _matmul_rate(torch.float32) else None
+
+def muon_row_splits(name: str, cfg: ModelConfig) -> list[int]:
+    """Rows of each logical matrix inside one of our fused weights (q|k|v, gate|up); [] for a plain matrix."""
+    if name.endswith("self_attn.qkv.weight"):
+        return [cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim]
+    if name.endswith("mlp.gate_up.weight"):
+        return [cfg.ffn_hidden, cfg.ffn_hidden]
+    return []
 
 
 def build_optimizer(model: Transformer, cfg: TrainConfig, fused: bool) -> list[torch.optim.Optimizer]:
     """AdamW everywhere, or Muon on the 2-D hidden matrices with AdamW on embeddings, head and norms."""
-    decay, no_decay, hidden = [], [], []
+    decay, no_decay = [], []
+    hidden: dict[tuple[int, ...], list[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:  # frozen base weights of an adapter (LoRA) run
             continue
         if p.dim() < 2:
             no_decay.append(p)
         elif cfg.optimizer == "muon" and name.startswith("layers."):
-            hidden.append(p)
+            hidden.setdefault(tuple(muon_row_splits(name, model.cfg)), []).append(p)
         else:
             decay.append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay, "peak_lr": cfg.lr},
@@ -115,11 +107,29 @@ def build_optimizer(model: Transformer, cfg: TrainConfig, fused: bool) -> list[t
         return [adamw]
     if cfg.optimizer != "muon":
         raise HomegrownError(f"train.optimizer must be adamw or muon, not {cfg.optimizer!r}")
-    # Keller Jordan's scaling (lr ~0.02, sqrt(fan_out/fan_in)); weight decay rescaled so the per-step shrink
-    # lr·wd equals AdamW's, otherwise Muon's ~10× larger lr would decay the hidden matrices ~10× harder.
-    muon = torch.optim.Muon([{"params": hidden, "peak_lr": cfg.muon_lr}], lr=cfg.muon_lr,
-                            weight_decay=cfg.weight_decay * cfg.lr / cfg.muon_lr)
+    if cfg.muon_ns_dtype not in ("fp32", "bf16"):
+        raise HomegrownError(f"train.muon_ns_dtype must be fp32 or bf16, not {cfg.muon_ns_dtype!r}")
+    # Keller Jordan's scaling (lr ~0.02, sqrt(fan_out/fan_in) per logical matrix); weight decay rescaled so the
+    # per-step shrink lr·wd equals AdamW's, otherwise Muon's ~10× larger lr would decay them ~10× harder.
+    muon = Muon([{"params": ps, "row_splits": list(splits), "peak_lr": cfg.muon_lr} for splits, ps in hidden.items()],
+                lr=cfg.muon_lr, weight_decay=cfg.weight_decay * cfg.lr / cfg.muon_lr,
+                ns_dtype=torch.float32 if cfg.muon_ns_dtype == "fp32" else torch.bfloat16)
     return [adamw, muon]
+
+
+def _plan_budget(cfg: TrainConfig, step_times: list[float], t_start: float, evaluate_once: Callable[[], object],
+                 amp: torch.dtype | None, device: torch.device, env: DistEnv, key: str) -> wallclock.BudgetPlan:
+    """Time one evaluation, then choose the step count that fills `cfg.budget_minutes` (train/budget.py).
+
+    Every figure is averaged over ranks first, so all ranks of a torchrun job choose the same count.
+    """
+    t_eval = time.perf_counter()
+    with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        evaluate_once()
+    eval_s = distributed.mean_over_ranks(time.perf_counter() - t_eval, env)
+    times = [distributed.mean_over_ranks(t, env) for t in step_times]
+    elapsed = distributed.mean_over_ranks(time.perf_counter() - t_start, env)
+    return wallclock.plan_steps(cfg.budget_minutes, times, eval_s, elapsed, cfg.eval_every, len(times) + 1, key)
 
 
 def step_generator(seed: int, step: int, micro: int) -> torch.Generator:
@@ -182,6 +192,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path | None, run_
     With `lora` (rank > 0) the `init_from` weights are frozen and only adapters train (posttrain.lora); the
     checkpoints hold the adapters, the last one the merged weights too.
     """
+    t_start = time.perf_counter()
     env = distributed.init_distributed()
     run_dir = Path(run_dir)
     run = layout.RunLayout(run_dir)
@@ -192,7 +203,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path | None, run_
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = env.device
-    amp = autocast_dtype(cfg.dtype, device)
+    dtype = run_dtype(cfg.dtype, device)
+    amp = dtype.autocast
     torch.manual_seed(cfg.seed)
 
     model = Transformer(model_cfg)
@@ -213,9 +225,6 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path | None, run_
     model.activation_checkpointing = cfg.activation_checkpointing
     model.to(device)
     if env.distributed:
-        if cfg.optimizer == "muon":
-            raise HomegrownError("train.optimizer=muon is single-process only: Muon orthogonalises whole matrices "
-                                 "and FSDP shards them; use adamw under torchrun")
         # On CUDA, FSDP2's policy casts to bf16 itself (fp32 gradient reduction), so autocast is not needed.
         fsdp_bf16 = device.type == "cuda" and amp is not None
         if cfg.compile:
@@ -239,31 +248,55 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path | None, run_
 
     start_step = 0
     resume_from = ck.latest_checkpoint(ckpt_root)
+    budget_key = wallclock.fingerprint(model_cfg, cfg, env.world_size)
+    plan: wallclock.BudgetPlan | None = None
     if resume_from is not None:
         ck.check_same_config(resume_from, model_cfg)
         state = ck.load_training_checkpoint(resume_from, model, optimizers, env, adapters)
         _set_rng_state(state["rng"])
         start_step = int(state["step"])
+        if cfg.budget_minutes > 0:
+            plan = wallclock.plan_of_checkpoint(state, cfg.budget_minutes, resume_from)
+            if plan is None:  # started with a fixed step count (budget off, or a run from before budgets)
+                fixed = int(json.loads((resume_from / ck.TRAIN_INFO).read_text())["train"]["max_steps"])
+                if env.is_main:
+                    console.print(f"{label}: {resume_from} was started with train.max_steps={fixed}, not a "
+                                  f"wall-clock budget; it keeps that step count")
+                cfg = replace(cfg, budget_minutes=0.0, max_steps=fixed)
         if env.is_main:
             _truncate_metrics(metrics_path, start_step)
             console.print(f"resuming {label} from {resume_from} (step {start_step}, saved by "
                           f"{state.get('world_size', 1)} rank(s), now {env.world_size})")
-    elif metrics_path.exists() and env.is_main:
-        metrics_path.unlink()
+    else:
+        if cfg.budget_minutes > 0:  # a run killed before its first checkpoint keeps the count it chose
+            plan = wallclock.load_plan(run.budget(stage), cfg.budget_minutes, budget_key)
+        if metrics_path.exists() and env.is_main:
+            metrics_path.unlink()
     distributed.barrier(env)
 
+    probe_end = 0  # > 0 while the step count is still to be chosen from the time the first steps take
+    if plan is not None:
+        cfg = replace(cfg, max_steps=plan.max_steps)
+    elif cfg.budget_minutes > 0:
+        probe_end = wallclock.probe_steps(cfg.warmup_steps)
+        cfg = replace(cfg, max_steps=max(cfg.max_steps, probe_end + 1))
     tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum
     flops_per_step = model.flops_per_token(cfg.seq_len) * tokens_per_step
     n_params = count_params(model_cfg)
     info = {"model": asdict(model_cfg), "train": asdict(cfg), "params": n_params, "device": str(device),
-            "autocast": str(amp), "tokens_per_step": tokens_per_step, "world_size": env.world_size}
+            "autocast": str(amp), "dtype_reason": dtype.reason, "tokens_per_step": tokens_per_step,
+            "world_size": env.world_size, "budget": asdict(plan) if plan else None}
+    if device.type == "cpu":
+        info["cpu_flags"] = reported_flags(cpu_flags())
     if start_step == 0 and env.is_main:
         ranks = f" × {env.world_size} ranks (FSDP2)" if env.distributed else ""
-        console.print(f"{label}: {n_params:,} parameters on {device}{ranks}, autocast {amp or 'off (fp32)'}, "
-                      f"{tokens_per_step:,} tokens/step × {cfg.max_steps} steps")
+        steps = (f"steps for a {cfg.budget_minutes:g}-minute budget, chosen after timing the first {probe_end}"
+                 if probe_end else f"{cfg.max_steps} steps")
+        console.print(f"{label}: {n_params:,} parameters on {device}{ranks}, autocast {amp or 'off (fp32)'} "
+                      f"({dtype.reason}), {tokens_per_step:,} tokens/step × {steps}")
 
     def save(step: int) -> Path:
-        state = {"step": step, "rng": _rng_state()}
+        state = {"step": step, "rng": _rng_state(), **({"budget": asdict(plan)} if plan else {})}
         # An adapter run's intermediate checkpoints are the adapters alone; its last one is servable as well.
         full = cfg.save_full_weights and (adapters is None or step == cfg.max_steps)
         return ck.save_training_checkpoint(ckpt_root, step, model, optimizers, tokenizer_path, state, env,
@@ -279,8 +312,11 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path | None, run_
     val_loss = val_bpb = float("nan")
     t_window, tok_window, tok_rate = time.perf_counter(), 0, 0.0
     final = resume_from if resume_from is not None and start_step >= cfg.max_steps else None
+    step_times: list[float] = []
     with StepProgress(label, cfg.max_steps, start_step, enabled=progress and env.is_main) as bar:
-        for step in range(start_step, cfg.max_steps):
+        step = start_step
+        while step < cfg.max_steps:
+            t_step = time.perf_counter()
             for opt in optimizers:
                 for group in opt.param_groups:
                     group["lr"] = lr_at(step, cfg, group["peak_lr"])
@@ -311,9 +347,25 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path | None, run_
                 opt.step()
                 opt.zero_grad(set_to_none=True)
             done = step + 1
+            if probe_end:
+                step_times.append(time.perf_counter() - t_step)
+            if done == probe_end:
+                t_plan = time.perf_counter()
+                plan = _plan_budget(cfg, step_times, t_start, lambda: eval_fn(model), amp, device, env, budget_key)
+                t_window += time.perf_counter() - t_plan  # the timed evaluation is not training throughput
+                cfg = replace(cfg, max_steps=plan.max_steps)
+                info.update(train=asdict(cfg), budget=asdict(plan))
+                probe_end = 0
+                bar.set_total(cfg.max_steps)
+                if env.is_main:
+                    wallclock.save_plan(plan, run.budget(stage))
+                    console.print(f"{label}: {plan.step_seconds:.3f} s/step, {plan.eval_seconds:.1f} s/eval here: "
+                                  f"{plan.max_steps} steps fill the {plan.budget_minutes:g}-minute budget "
+                                  f"(saved in {run.budget(stage)})")
             tok_window += tokens_per_step
             elapsed = time.perf_counter() - t_window
-            record = {"step": done, "loss": loss_sum, **extra, "lr": lr_at(step, cfg, cfg.lr), "grad_norm": grad_norm}
+            record = {"step": done, "loss": loss_sum, **extra, "lr": lr_at(step, cfg, cfg.lr), "grad_norm": grad_norm,
+                      "elapsed_s": round(time.perf_counter() - t_start, 3)}
             if done % cfg.log_every == 0 or done == cfg.max_steps:
                 tok_rate = tok_window / max(elapsed, 1e-9)
                 record["tokens_per_s"] = tok_rate
@@ -328,10 +380,12 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path | None, run_
             log(record)
             bar.update(done, loss=loss_sum, **({"tok/s": f"{tok_rate:,.0f}"} if tok_rate else {}),
                        **({"val_bpb": val_bpb} if math.isfinite(val_bpb) else {}))
-            if done % cfg.ckpt_every == 0 or done == cfg.max_steps:
+            # No checkpoint before the step count is chosen: a resume must know it (train/budget.py).
+            if (done % cfg.ckpt_every == 0 or done == cfg.max_steps) and not probe_end:
                 final = save(done)
                 if env.is_main:
                     plot_loss_curve(metrics_path, run.loss_png(stage), title=f"{label} — {run_dir.name}")
+            step = done
     if final is None:
         raise HomegrownError(f"{label} ran no steps (max_steps={cfg.max_steps})")
     if not env.is_main:
