@@ -65,6 +65,37 @@ def test_forward_rows_matches_single_sequence_decode(engine: Engine) -> None:
             torch.testing.assert_close(step[row], ref_step[0], atol=1e-4, rtol=1e-4)
 
 
+def test_rows_decoding_in_step_match_single_sequence_decode(engine: Engine) -> None:
+    """Rows at the same length decode without a mask (every cached key is theirs): still each row's logits from
+    Transformer.decode run alone, also with a longer earlier occupant's entries left in a slot."""
+    model = engine.model
+    prompts = [engine.encode(p)[:3] for p in PROMPTS[:3]]
+    assert all(len(p) == 3 for p in prompts)
+    cache = KVCache.allocate(model.cfg, 3)
+    with torch.inference_mode():
+        forward_rows(model, cache, torch.tensor([engine.encode(PROMPTS[2])] * 3), torch.zeros(3, dtype=torch.long),
+                     torch.zeros(3, dtype=torch.long))
+        forward_rows(model, cache, torch.tensor(prompts), torch.zeros(3, dtype=torch.long),
+                     torch.full((3,), 2))
+        nxt = torch.tensor([[5], [6], [7]])
+        step = forward_rows(model, cache, nxt, torch.full((3,), 3), torch.zeros(3, dtype=torch.long))
+        for row, p in enumerate(prompts):
+            single = KVCache.allocate(model.cfg, 1)
+            model.decode(torch.tensor([p]), single)
+            torch.testing.assert_close(step[row], model.decode(nxt[row].view(1, 1), single)[0], atol=1e-4, rtol=1e-4)
+
+
+def test_one_sequence_decode_leaves_the_thread_count_as_it_was(engine: Engine) -> None:
+    """A one-sequence step runs on one thread, then the engine's count comes back: threads started afterwards
+    (torch hands them the last count set) still get it."""
+    engine.generate(engine.encode(PROMPTS[0]), [greedy(4, ignore_eos=True)])
+    seen: list[int] = []
+    thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    assert seen == [engine.threads]
+
+
 def test_batched_greedy_equals_single_sequence(engine: Engine) -> None:
     jobs = [(engine.encode(p), [greedy(30)]) for p in PROMPTS]
     results = run_concurrently(engine, jobs)
