@@ -104,7 +104,7 @@ async def load(base: str, clients: int, requests: int, max_tokens: int,
     result = Result()
     limits = httpx.Limits(max_connections=clients + 4 if shared_client else 1)
     async with contextlib.AsyncExitStack() as stack:
-        pool = [await stack.enter_async_context(httpx.AsyncClient(base_url=base, timeout=600, limits=limits))
+        pool = [await stack.enter_async_context(httpx.AsyncClient(base_url=base, timeout=600, limits=limits, verify=False))
                 for _ in range(1 if shared_client else clients)]
 
         async def user(u: int) -> None:
