@@ -15,7 +15,7 @@ from homegrown.config import ModelConfig, ServeConfig
 from homegrown.errors import HomegrownError
 from homegrown.generate import SamplingParams, stream_tokens
 from homegrown.model import KVCache
-from homegrown.serve.batched import forward_rows
+from homegrown.serve.batched import forward_groups, forward_rows
 from homegrown.serve.engine import ContextLengthError, Engine, EngineBusyError, GenerationParams
 
 PROMPTS = ["The quick brown fox", "In the beginning", "Python is a programming language that",
@@ -63,6 +63,63 @@ def test_forward_rows_matches_single_sequence_decode(engine: Engine) -> None:
             torch.testing.assert_close(batched[row], ref[0], atol=1e-4, rtol=1e-4)
             ref_step = model.decode(nxt[row].view(1, 1), single)
             torch.testing.assert_close(step[row], ref_step[0], atol=1e-4, rtol=1e-4)
+
+
+def test_decode_and_prefill_rows_in_one_pass_match_separate_passes(engine: Engine) -> None:
+    """forward_groups (the running rows' decode and the joiners' prompts packed into one pass) gives each row the
+    logits forward_rows gives it in a pass of its own."""
+    model = engine.model
+    running, joining = [engine.encode(p) for p in PROMPTS[:2]], [engine.encode(p) for p in PROMPTS[2:4]]
+
+    def prompts(cache: KVCache, ids: list[list[int]], first: int) -> tuple:
+        lengths = torch.tensor([len(p) for p in ids])
+        idx = torch.zeros(len(ids), int(lengths.max()), dtype=torch.long)
+        for row, p in enumerate(ids):
+            idx[row, : len(p)] = torch.tensor(p)
+        return idx, torch.zeros(len(ids), dtype=torch.long), lengths - 1, first
+
+    with torch.inference_mode():
+        apart, packed = KVCache.allocate(model.cfg, 4), KVCache.allocate(model.cfg, 4)
+        for cache in (apart, packed):  # the running rows' prompts, in slots 0-1
+            forward_rows(model, cache, *prompts(cache, running, 0)[:3])
+        step = (torch.tensor([[7], [9]]), torch.tensor([len(p) for p in running]), torch.zeros(2, dtype=torch.long), 0)
+        alone = torch.cat([forward_rows(model, apart, *step[:3]),
+                           forward_rows(model, apart, *prompts(apart, joining, 2)[:3], first_slot=2)])
+        together = forward_groups(model, packed, [step, prompts(packed, joining, 2)])
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(packed.k, apart.k, atol=1e-6, rtol=1e-6)
+
+
+def test_a_request_joining_a_running_one_decodes_as_alone(engine: Engine) -> None:
+    """The joiner's prefill and the running sequence's decode share a step (one forward); both still produce
+    exactly the single-sequence tokens. The running sequence's emit holds the engine at its third token until
+    the joiner is queued, so the two overlap whatever the threads' speed."""
+    fresh = Engine(engine.bundle, ServeConfig(max_batch=4)).start()
+    first, second = engine.encode(PROMPTS[0]), engine.encode(PROMPTS[1])
+    queued, done = threading.Event(), [threading.Event(), threading.Event()]
+    out: list[list[int]] = [[], []]
+
+    def emitter(k: int):
+        def emit(_: int, delta) -> None:
+            out[k].extend(delta.token_ids)
+            if k == 0 and len(out[0]) == 3:
+                assert queued.wait(30)
+            if delta.finish_reason:
+                done[k].set()
+        return emit
+
+    try:
+        fresh.submit(first, [greedy(24, ignore_eos=True)], emitter(0))
+        while len(out[0]) < 3 and not done[0].is_set():
+            time.sleep(0.01)
+        fresh.submit(second, [greedy(16)], emitter(1))
+        queued.set()
+        assert done[0].wait(60) and done[1].wait(60)
+    finally:
+        fresh.stop(drain=False, timeout=30)
+    assert out[0] == list(stream_tokens(engine.model, first, SamplingParams(24, 0.0, stop_token_ids=[])))
+    assert out[1] == list(stream_tokens(engine.model, second, SamplingParams(16, 0.0,
+                                                                             stop_token_ids=engine.stop_token_ids)))
 
 
 def test_batched_greedy_equals_single_sequence(engine: Engine) -> None:

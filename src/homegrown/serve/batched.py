@@ -15,6 +15,9 @@ import torch.nn.functional as F
 
 from homegrown.model import KVCache, Transformer, apply_rope, linear
 
+Rows = tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]
+"""One group of rows of one shape: (idx (B, T), starts (B,), last (B,), first cache slot); see forward_rows."""
+
 
 def forward_rows(model: Transformer, cache: KVCache, idx: torch.Tensor, starts: torch.Tensor,
                  last: torch.Tensor, first_slot: int = 0, every_position: torch.Tensor | None = None
@@ -26,40 +29,75 @@ def forward_rows(model: Transformer, cache: KVCache, idx: torch.Tensor, starts: 
     first_slot + b. Right padding (prefill of prompts of unequal length) is allowed: padded positions write
     cache entries that no real query can see and that the slot's next tokens overwrite. `cache.pos` is not used.
     """
+    (x,) = _hidden(model, cache, [(idx, starts, last, first_slot)])
+    logits = _head(model, x[torch.arange(x.shape[0], device=x.device), last])
+    if every_position is None:
+        return logits
+    return logits, _head(model, x[every_position])
+
+
+def forward_groups(model: Transformer, cache: KVCache, groups: list[Rows]) -> torch.Tensor:
+    """`forward_rows` for several groups of rows in one pass: logits (ΣB, V), the groups' rows in order.
+
+    The engine's step is a decode (B rows of one token) and, when requests join, a prefill (J rows of their
+    prompts): as two passes, every layer's fixed cost — a hundred-odd PyTorch calls, most of a small model's
+    decode step on a CPU — is paid twice. Here the linear layers, norms and RoPE run once over all the tokens,
+    packed; only attention runs per group, each against its own slots.
+    """
+    xs = _hidden(model, cache, groups)
+    h = torch.cat([x[torch.arange(x.shape[0], device=x.device), last] for x, (_, _, last, _) in zip(xs, groups,
+                                                                                                    strict=True)])
+    return _head(model, h)
+
+
+def _head(model: Transformer, x: torch.Tensor) -> torch.Tensor:
+    return linear(F.rms_norm(x, (model.cfg.d_model,), model.norm.weight, model.cfg.norm_eps), model.lm_head)
+
+
+def _hidden(model: Transformer, cache: KVCache, groups: list[Rows]) -> list[torch.Tensor]:
+    """The last layer's output (B, T, d) of each group; every token's keys/values written to the cache."""
     cfg = model.cfg
-    b, t = idx.shape
-    device = idx.device
-    n_q, n_qk, n_kv, d = cfg.n_heads, cfg.n_heads + cfg.n_kv_heads, cfg.n_kv_heads, cfg.d_model
-    positions = starts[:, None] + torch.arange(t, device=device)  # (B, T)
-    span = int(positions.max()) + 1
-    if span > cache.max_len:
-        raise ValueError(f"sequence of {span} tokens exceeds the cache's {cache.max_len}")
-    cos, sin = model.rope_cos[positions].unsqueeze(1), model.rope_sin[positions].unsqueeze(1)
+    n_q, n_qk, n_kv, d, hd = cfg.n_heads, cfg.n_heads + cfg.n_kv_heads, cfg.n_kv_heads, cfg.d_model, cfg.head_dim
+    device = groups[0][0].device
+    shapes = [tuple(idx.shape) for idx, _, _, _ in groups]
+    positions = [starts[:, None] + torch.arange(t, device=device) for (_, starts, _, _), (_, t) in zip(groups, shapes,
+                                                                                                        strict=True)]
+    spans = [int(p.max()) + 1 for p in positions]
+    if max(spans) > cache.max_len:
+        raise ValueError(f"sequence of {max(spans)} tokens exceeds the cache's {cache.max_len}")
     # Query (b, i) may see key j when j <= its own position.
-    mask = (torch.arange(span, device=device) <= positions[:, :, None]).unsqueeze(1)  # (B, 1, T, span)
-    rows = torch.arange(first_slot, first_slot + b, device=device)[:, None].expand(b, t)
-    x = model.embed_tokens(idx)
+    masks = [(torch.arange(span, device=device) <= p[:, :, None]).unsqueeze(1) for p, span in zip(positions, spans,
+                                                                                                   strict=True)]
+    flat = torch.cat([p.reshape(-1) for p in positions]) if len(groups) > 1 else positions[0].reshape(-1)
+    slots = torch.cat([torch.arange(first, first + b, device=device).repeat_interleave(t)
+                       for (_, _, _, first), (b, t) in zip(groups, shapes, strict=True)])
+    n = flat.shape[0]
+    cos, sin = model.rope_cos[flat][None, None], model.rope_sin[flat][None, None]  # (1, 1, N, hd)
+    x = model.embed_tokens(torch.cat([idx.reshape(-1) for idx, _, _, _ in groups]))[None]  # (1, N, d): packed
     for i, layer in enumerate(model.layers):
         attn, mlp = layer.self_attn, layer.mlp
         h = F.rms_norm(x, (d,), layer.input_layernorm.weight, cfg.norm_eps)
-        heads = linear(h, attn.qkv).view(b, t, n_qk + n_kv, cfg.head_dim).transpose(1, 2)
+        heads = linear(h, attn.qkv).view(1, n, n_qk + n_kv, hd).transpose(1, 2)
         qk = apply_rope(heads[:, :n_qk], cos, sin)
         layer_k, layer_v = cache.k[i], cache.v[i]
-        layer_k[rows, :, positions] = qk[:, n_q:].transpose(1, 2).to(layer_k.dtype)
-        layer_v[rows, :, positions] = heads[:, n_qk:].transpose(1, 2).to(layer_v.dtype)
-        keys = layer_k[first_slot:first_slot + b, :, :span]
-        values = layer_v[first_slot:first_slot + b, :, :span]
-        y = F.scaled_dot_product_attention(qk[:, :n_q], keys, values, attn_mask=mask, enable_gqa=n_q != n_kv)
-        x = x + linear(y.transpose(1, 2).reshape(b, t, d), attn.o_proj)
+        layer_k[slots, :, flat] = qk[0, n_q:].transpose(0, 1).to(layer_k.dtype)
+        layer_v[slots, :, flat] = heads[0, n_qk:].transpose(0, 1).to(layer_v.dtype)
+        ys, at = [], 0
+        for (_, _, _, first), (b, t), span, mask in zip(groups, shapes, spans, masks, strict=True):
+            q = qk[0, :n_q, at: at + b * t].view(n_q, b, t, hd).transpose(0, 1)
+            keys, values = layer_k[first:first + b, :, :span], layer_v[first:first + b, :, :span]
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=n_q != n_kv)
+            ys.append(y.transpose(1, 2).reshape(b * t, d))
+            at += b * t
+        x = x + linear((ys[0] if len(ys) == 1 else torch.cat(ys))[None], attn.o_proj)
         h = F.rms_norm(x, (d,), layer.post_attention_layernorm.weight, cfg.norm_eps)
         gate, up = linear(h, mlp.gate_up).chunk(2, dim=-1)
         x = x + linear(F.silu(gate).mul_(up), mlp.down_proj)
-    h = F.rms_norm(x[torch.arange(b, device=device), last], (d,), model.norm.weight, cfg.norm_eps)
-    logits = linear(h, model.lm_head)
-    if every_position is None:
-        return logits
-    h = F.rms_norm(x[every_position], (d,), model.norm.weight, cfg.norm_eps)
-    return logits, linear(h, model.lm_head)
+    out, at = [], 0
+    for b, t in shapes:
+        out.append(x[0, at: at + b * t].view(b, t, d))
+        at += b * t
+    return out
 
 
 def move_slot(cache: KVCache, src: int, dst: int, length: int) -> None:

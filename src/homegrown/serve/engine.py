@@ -24,7 +24,7 @@ from homegrown.config import ModelConfig, ServeConfig
 from homegrown.errors import HomegrownError
 from homegrown.generate import SamplingParams, sample_next
 from homegrown.model import KVCache
-from homegrown.serve.batched import forward_rows, move_slot
+from homegrown.serve.batched import forward_groups, forward_rows, move_slot
 from homegrown.serve.constrain import GrammarCompiler, GrammarDeadEnd, Matcher
 from homegrown.serve.constraint_spec import ConstraintSpec
 from homegrown.serve.metrics import ServeMetrics
@@ -346,7 +346,7 @@ class Engine:
                     self._step(joiners)
                 except Exception:  # a bug or OOM must not leave every client hanging
                     log.exception("engine step failed; failing the sequences in the batch")
-                    for seq in [*self._running, *joiners]:
+                    for seq in dict.fromkeys([*self._running, *joiners]):  # joiners may be running already
                         self._finish(seq, "error")
                     self._running = []
                 self._update_gauges()
@@ -357,30 +357,46 @@ class Engine:
             self._finish(seq, "abort")
         self._remove(gone)
         joiners = [s for s in joiners if not s.cancelled]
-        if self._running:
-            self._decode()
-        if joiners:
-            self._prefill(joiners)
+        self._prefill(list(self._running), joiners)
 
-    def _prefill(self, seqs: list[Sequence]) -> None:
-        """Joiners' prompts in right-padded forwards into the slots after the running ones.
+    def _prefill(self, decoding: list[Sequence], seqs: list[Sequence]) -> None:
+        """The running sequences' next tokens and the joiners' prompts, into the slots after the running ones, in
+        as few forwards as can be: one for the decode and the joiners together (forward_groups) when nothing
+        stands in the way.
 
         A prompt that starts like one already in the cache (the same system prompt, or the `n` choices of one
         request) copies those keys/values and computes only the rest. Joiners that share a long prefix with an
-        earlier joiner wait for a second forward so they can copy from it. Sampling comes after both forwards,
-        so no slot moves while prefixes are being copied.
+        earlier joiner wait for a later forward so they can copy from it, and a prompt to be scored
+        (prompt_logprobs) has one of its own. Sampling comes after every forward, so no slot moves while
+        prefixes are being copied.
         """
         fresh: list[Sequence] = []
+        scored: list[Sequence] = []
         followers: list[Sequence] = []
         for seq in seqs:
-            shares = seq.params.prompt_logprobs is None and any(
-                _common_prefix(seq.prompt_ids, f.prompt_ids) >= MIN_SHARED_PREFIX for f in fresh)
-            (followers if shares else fresh).append(seq)
-        batches = [(group, self._forward_prompts(group)) for group in (fresh, followers) if group]
+            if seq.params.prompt_logprobs is not None:
+                scored.append(seq)
+            elif any(_common_prefix(seq.prompt_ids, f.prompt_ids) >= MIN_SHARED_PREFIX for f in fresh + scored):
+                followers.append(seq)
+            else:
+                fresh.append(seq)
+        batches = [(decoding + fresh, self._forward(decoding, fresh))] if decoding or fresh else []
+        batches += [(group, self._forward([], group)) for group in (scored, followers) if group]
         for group, logits in batches:
             self._sample(group, logits)
 
-    def _forward_prompts(self, seqs: list[Sequence]) -> torch.Tensor:
+    def _forward(self, decoding: list[Sequence], seqs: list[Sequence]) -> torch.Tensor:
+        """Logits of the next token of each sequence of `decoding` (running, one token each) and of each joiner
+        of `seqs` (its prompt, placed in the slots after the running ones), in that order."""
+        groups = []
+        if decoding:
+            groups.append((torch.tensor([[s.next_token] for s in decoding], device=self.device),
+                           torch.tensor([s.length for s in decoding], device=self.device),
+                           torch.zeros(len(decoding), dtype=torch.long, device=self.device), 0))
+            for seq in decoding:
+                seq.length += 1
+        if not seqs:
+            return forward_groups(self.model, self.cache, groups)
         first = len(self._running)
         # A reused prefix has no logits, so a prompt to be scored is computed whole.
         scored = [row for row, seq in enumerate(seqs) if seq.params.prompt_logprobs is not None]
@@ -393,18 +409,19 @@ class Engine:
             seq.length = len(seq.prompt_ids)
         starts = torch.tensor(reused, device=self.device)
         last = torch.tensor([len(s) for s in suffixes], device=self.device) - 1
-        if scored:
-            logits, every = forward_rows(self.model, self.cache, idx.to(self.device), starts, last, first_slot=first,
-                                         every_position=torch.tensor(scored, device=self.device))
-            for row, row_logits in zip(scored, every, strict=True):
-                seq = seqs[row]
-                self._send(seq, Delta("", [], [], prompt_logprobs=self._score_prompt(seq, row_logits)))
-        else:
-            logits = forward_rows(self.model, self.cache, idx.to(self.device), starts, last, first_slot=first)
         self._running.extend(seqs)
         self.reused_prompt_tokens += sum(reused)
         if self.metrics:
             self.metrics.prompt_tokens_reused.inc(sum(reused))
+        if not scored:
+            return forward_groups(self.model, self.cache, [*groups, (idx.to(self.device), starts, last, first)])
+        if groups:
+            raise ValueError("prompts to be scored are forwarded without decode rows")
+        logits, every = forward_rows(self.model, self.cache, idx.to(self.device), starts, last, first_slot=first,
+                                     every_position=torch.tensor(scored, device=self.device))
+        for row, row_logits in zip(scored, every, strict=True):
+            seq = seqs[row]
+            self._send(seq, Delta("", [], [], prompt_logprobs=self._score_prompt(seq, row_logits)))
         return logits
 
     def _score_prompt(self, seq: Sequence, logits: torch.Tensor) -> list[TokenLogprob | None]:
@@ -430,16 +447,6 @@ class Engine:
         if best:
             move_slot(self.cache, donor, slot, best)
         return best
-
-    def _decode(self) -> None:
-        seqs = self._running
-        idx = torch.tensor([[s.next_token] for s in seqs], device=self.device)
-        starts = torch.tensor([s.length for s in seqs], device=self.device)
-        last = torch.zeros(len(seqs), dtype=torch.long, device=self.device)
-        logits = forward_rows(self.model, self.cache, idx, starts, last)
-        for seq in seqs:
-            seq.length += 1
-        self._sample(list(seqs), logits)
 
     def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
         """One token per sequence (each with its own generator and penalties), then text out and finish checks."""
