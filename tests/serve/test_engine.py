@@ -306,6 +306,45 @@ def test_shared_prompt_prefix_is_copied_not_recomputed(engine: Engine) -> None:
     assert [c[1] for c in choices] == [a[1] for a in alone]
 
 
+def test_a_finished_sequence_keeps_its_cache_for_the_next_prompt(engine: Engine) -> None:
+    """A freed slot keeps the keys/values of the sequence that left it: the next turn of that conversation (its
+    prompt and reply, then more) copies them, from the joiner's own slot or swapped in from another free one, and
+    still decodes exactly as alone. A and B are queued before the engine starts, so they join in one step; A ends
+    first and B, moved into its slot, swaps A's cache out to slot 1, where A's next turn finds it."""
+    fresh = Engine(engine.bundle, ServeConfig(max_batch=4))
+    a, b = engine.encode(PROMPTS[2]), engine.encode(PROMPTS[0])
+    out: dict[str, list[int]] = {"a": [], "b": []}
+    done = threading.Event()
+
+    def emitter(name: str):
+        def emit(_: int, delta) -> None:
+            out[name].extend(delta.token_ids)
+            if delta.finish_reason and name == "b":
+                done.set()
+        return emit
+
+    fresh.submit(a, [greedy(4, ignore_eos=True)], emitter("a"))
+    fresh.submit(b, [greedy(12, ignore_eos=True)], emitter("b"))
+    fresh.start()
+    alone = Engine(engine.bundle, ServeConfig(max_batch=1)).start()  # the reference: nothing cached to reuse
+    try:
+        assert done.wait(60)
+        assert out["b"] == list(stream_tokens(engine.model, b, SamplingParams(12, 0.0, stop_token_ids=[])))
+        for ids, reply in ((a, out["a"]), (b, out["b"])):
+            turn = ids + reply + engine.encode(" Tell me more.")
+            before = fresh.reused_prompt_tokens
+            [(_, tokens, lps, _)] = fresh.generate(turn, [greedy(10, logprobs=True, top_logprobs=3)])
+            assert fresh.reused_prompt_tokens - before == len(ids) + len(reply) - 1  # the last token was never fed
+            [(_, ref, ref_lps, _)] = alone.generate(turn, [greedy(10, logprobs=True, top_logprobs=3)])
+            assert tokens == ref
+            for got, want in zip(lps, ref_lps, strict=True):  # the keys/values copied are the ones computed alone
+                assert [i for i, _ in got.top] == [i for i, _ in want.top]
+                assert [v for _, v in got.top] == pytest.approx([v for _, v in want.top], abs=1e-4)
+    finally:
+        fresh.stop(drain=False, timeout=30)
+        alone.stop(drain=False, timeout=30)
+
+
 def test_max_model_len_bounds_the_cache_and_the_context(serve_run):
     bundle = load_bundle(serve_run)
     short = Engine(bundle, ServeConfig(max_batch=2, max_model_len=32))

@@ -105,3 +105,12 @@ def move_slot(cache: KVCache, src: int, dst: int, length: int) -> None:
     so every decode step reads the cache as a slice (a view) rather than a gathered copy."""
     cache.k[:, dst, :, :length] = cache.k[:, src, :, :length]
     cache.v[:, dst, :, :length] = cache.v[:, src, :, :length]
+
+
+def swap_slots(cache: KVCache, a: int, b: int, length: int) -> None:
+    """Exchange the first `length` cache entries of slots `a` and `b` (a finished sequence's keys/values move out
+    of the running slots without being lost)."""
+    for t in (cache.k, cache.v):
+        held = t[:, a, :, :length].clone()
+        t[:, a, :, :length] = t[:, b, :, :length]
+        t[:, b, :, :length] = held

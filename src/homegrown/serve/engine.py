@@ -24,7 +24,7 @@ from homegrown.config import ModelConfig, ServeConfig
 from homegrown.errors import HomegrownError
 from homegrown.generate import SamplingParams, sample_next
 from homegrown.model import KVCache
-from homegrown.serve.batched import forward_groups, forward_rows, move_slot
+from homegrown.serve.batched import forward_groups, forward_rows, move_slot, swap_slots
 from homegrown.serve.constrain import GrammarCompiler, GrammarDeadEnd, Matcher
 from homegrown.serve.constraint_spec import ConstraintSpec
 from homegrown.serve.metrics import ServeMetrics
@@ -208,6 +208,9 @@ class Engine:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.reused_prompt_tokens = 0
+        self._kept: dict[int, list[int]] = {}
+        """Free slots → the tokens whose keys/values they still hold (a finished sequence's prompt and reply), for
+        a later prompt that starts the same way: the same system prompt, or the next turn of a conversation."""
         self._grammars: GrammarCompiler | None = None
         self._grammars_lock = threading.Lock()
 
@@ -349,6 +352,7 @@ class Engine:
                     for seq in dict.fromkeys([*self._running, *joiners]):  # joiners may be running already
                         self._finish(seq, "error")
                     self._running = []
+                    self._kept.clear()
                 self._update_gauges()
 
     def _step(self, joiners: list[Sequence]) -> None:
@@ -400,8 +404,13 @@ class Engine:
         first = len(self._running)
         # A reused prefix has no logits, so a prompt to be scored is computed whole.
         scored = [row for row, seq in enumerate(seqs) if seq.params.prompt_logprobs is not None]
-        reused = [0 if row in scored else self._reuse_prefix(seq.prompt_ids, first + row)
-                  for row, seq in enumerate(seqs)]
+        reused = []
+        for row, seq in enumerate(seqs):
+            if row in scored:
+                self._kept.pop(first + row, None)  # overwritten whole
+                reused.append(0)
+            else:
+                reused.append(self._reuse_prefix(seq.prompt_ids, first + row))
         suffixes = [seq.prompt_ids[p:] for seq, p in zip(seqs, reused, strict=True)]
         idx = torch.zeros(len(seqs), max(map(len, suffixes)), dtype=torch.long)
         for row, (seq, suffix) in enumerate(zip(seqs, suffixes, strict=True)):
@@ -437,15 +446,25 @@ class Engine:
         return [None, *(TokenLogprob(t, lp, top) for t, lp, top in zip(ids[1:], chosen, tops, strict=True))]
 
     def _reuse_prefix(self, ids: list[int], slot: int) -> int:
-        """Copy the longest cached prefix of `ids` (from a running sequence's prompt) into `slot`; its length.
-        At least the last prompt token is always computed, since its logits start the reply."""
+        """Bring the longest cached prefix of `ids` into `slot`, the joiner's; its length. Donors are the running
+        sequences' prompts (copied) and what free slots kept (the joiner's own slot: used in place; another:
+        swapped with the joiner's, so that neither is lost). At least the last prompt token is always computed,
+        since its logits start the reply."""
         best, donor = 0, -1
-        for i, other in enumerate(self._running):
-            p = _common_prefix(ids, other.prompt_ids, len(ids) - 1)
+        candidates = [(i, other.prompt_ids) for i, other in enumerate(self._running)] + list(self._kept.items())
+        for i, held in candidates:
+            p = _common_prefix(ids, held, len(ids) - 1)
             if p > best:
                 best, donor = p, i
-        if best:
-            move_slot(self.cache, donor, slot, best)
+        own = self._kept.pop(slot, None)
+        if donor < len(self._running):
+            if best:
+                move_slot(self.cache, donor, slot, best)
+        elif donor != slot:
+            held = self._kept.pop(donor)
+            swap_slots(self.cache, donor, slot, max(len(held), len(own or ())))
+            if own:
+                self._kept[donor] = own
         return best
 
     def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
@@ -587,15 +606,20 @@ class Engine:
         seq.last_token_at = now
 
     def _remove(self, seqs: list[Sequence]) -> None:
-        """Free slots, keeping the running ones contiguous by moving the last sequence into each hole."""
+        """Free slots, keeping the running ones contiguous: the last sequence moves into each hole, and the one
+        that left goes to the last's slot, where its keys/values stay for a later prompt (`_kept`)."""
         for seq in seqs:
             if seq not in self._running:
                 continue
             i = self._running.index(seq)
             last = self._running.pop()
+            free = len(self._running)
             if last is not seq:
-                move_slot(self.cache, len(self._running), i, last.length)
+                swap_slots(self.cache, free, i, max(last.length, seq.length))
                 self._running[i] = last
+            held = [*seq.prompt_ids, *seq.out_ids][: seq.length]  # the last sampled token was never fed
+            if held:
+                self._kept[free] = held
 
     def _update_gauges(self) -> None:
         if self.metrics:
