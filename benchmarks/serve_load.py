@@ -96,8 +96,15 @@ async def one_request(client: httpx.AsyncClient, prompt: str, max_tokens: int, r
             result.tpot.append((last - first) / (tokens - 1))
 
 
+def prompt_for(user: int, i: int, unique: bool) -> str:
+    """The fixed set in turn; with `unique`, each request's text starts differently, so that the server finds no
+    earlier prompt to reuse beyond the chat template's first tokens (its prefix cache: engine._kept)."""
+    prompt = PROMPTS[(user + i) % len(PROMPTS)]
+    return f"Request {user}.{i}: {prompt}" if unique else prompt
+
+
 async def load(base: str, clients: int, requests: int, max_tokens: int,
-               shared_client: bool = False) -> tuple[Result, float]:
+               shared_client: bool = False, unique: bool = False) -> tuple[Result, float]:
     """Each simulated user has its own httpx client (one keep-alive connection), as separate users would: one
     client shared by all of them costs the load generator more CPU per request the more connections its pool
     holds (3× at 64 clients than at 16, measured), CPU taken from the server on the same cores. `shared_client`
@@ -113,7 +120,7 @@ async def load(base: str, clients: int, requests: int, max_tokens: int,
         async def user(u: int) -> None:
             client = pool[u % len(pool)]
             for i in range(requests):
-                await one_request(client, PROMPTS[(u + i) % len(PROMPTS)], max_tokens, result)
+                await one_request(client, prompt_for(u, i, unique), max_tokens, result)
 
         start = time.perf_counter()
         await asyncio.gather(*(user(u) for u in range(clients)))
@@ -128,13 +135,13 @@ def pct(values: list[float], q: float) -> float:
 
 
 def measure(source: Path, max_batch: int, clients_list: list[int], requests: int, max_tokens: int,
-            shared_client: bool = False) -> dict:
+            shared_client: bool = False, unique: bool = False) -> dict:
     server = Server(source, max_batch)
     rows = {}
     try:
         asyncio.run(load(server.base, 1, 1, max_tokens))  # warm-up
         for clients in clients_list:
-            result, wall = asyncio.run(load(server.base, clients, requests, max_tokens, shared_client))
+            result, wall = asyncio.run(load(server.base, clients, requests, max_tokens, shared_client, unique))
             rows[clients] = {
                 "ttft_p50_ms": 1000 * pct(result.ttft, 0.5), "ttft_p95_ms": 1000 * pct(result.ttft, 0.95),
                 "tpot_ms": 1000 * statistics.mean(result.tpot) if result.tpot else float("nan"),
@@ -161,12 +168,15 @@ def main() -> None:
     ap.add_argument("--compare-at", type=int, default=16, help="clients at which batching is compared to batch 1")
     ap.add_argument("--shared-client", action="store_true",
                     help="all simulated users share one httpx client (the method before 2026-12-03; see load())")
+    ap.add_argument("--unique-prompts", action="store_true",
+                    help="every request's prompt differs from its first words (no prefix reuse between requests)")
     args = ap.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
+    options = (args.shared_client, args.unique_prompts)
 
-    batched = measure(args.source, args.max_batch, clients, args.requests, args.max_tokens, args.shared_client)
+    batched = measure(args.source, args.max_batch, clients, args.requests, args.max_tokens, *options)
     at = args.compare_at if args.compare_at in clients else max(clients)
-    single = measure(args.source, 1, [at], args.requests, args.max_tokens, args.shared_client)
+    single = measure(args.source, 1, [at], args.requests, args.max_tokens, *options)
 
     print("\n| clients | TTFT p50 (ms) | TTFT p95 (ms) | TPOT (ms) | output tok/s | req/s | failed |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
