@@ -3,9 +3,12 @@
 Requests join and leave between decode steps, so a short reply never waits for a long one and the batch stays
 full under load; that is what makes a small model cheap to serve. The KV cache is preallocated once for
 `max_batch` slots × `max_model_len` tokens (fewer slots when they would not fit in `kv_cache_gib`); running
-sequences occupy slots 0..B-1 (a finished sequence's slot is refilled by moving the last one down), so a step
-reads the cache as a plain slice. Each sequence samples with
-its own `torch.Generator`, so a seed gives the same text whatever else shares the batch.
+sequences occupy slots 0..B-1 (a finished sequence's slot is refilled by swapping the last one down), so a step
+reads the cache as a plain slice. A freed slot keeps the keys/values of the sequence that left it, and a later
+prompt that starts the same way (a system prompt, the next turn of a conversation) copies them instead of
+computing them again. One forward per step serves the running sequences' decode and the joiners' prefill
+together. Each sequence samples with its own `torch.Generator`, so a seed gives the same text whatever else
+shares the batch.
 """
 
 from __future__ import annotations
