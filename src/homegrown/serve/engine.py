@@ -427,8 +427,7 @@ class Engine:
             self.metrics.prompt_tokens_reused.inc(sum(reused))
         if not scored:
             return forward_groups(self.model, self.cache, [*groups, (idx.to(self.device), starts, last, first)])
-        if groups:
-            raise ValueError("prompts to be scored are forwarded without decode rows")
+        # Scored prompts come alone (`_prefill`): their logits at every position are needed too.
         logits, every = forward_rows(self.model, self.cache, idx.to(self.device), starts, last, first_slot=first,
                                      every_position=torch.tensor(scored, device=self.device))
         for row, row_logits in zip(scored, every, strict=True):
