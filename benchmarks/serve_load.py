@@ -1,9 +1,10 @@
 """Claim: continuous batching serves ≥ 4× the output tokens/s of one-request-at-a-time at 16 concurrent clients.
 
 Starts the real `homegrown serve` on a checkpoint (once with --max-batch 64, once with --max-batch 1, the peer
-measured in the same run), then N concurrent streaming chat clients (1, 4, 16, 64) each send R requests from a
-fixed prompt set. Per setting: TTFT p50/p95 (request sent → first content chunk), time per output token
-(after the first), output tokens/s and requests/s over the wall time, and failed requests, which must be 0.
+measured in the same run), then N concurrent streaming chat clients (1, 4, 16, 64), each with its own HTTP
+client, send R requests each from a fixed prompt set. Per setting: TTFT p50/p95 (request sent → first content
+chunk), time per output token (after the first), output tokens/s and requests/s over the wall time, and failed
+requests, which must be 0.
 Output tokens are the server's own `usage` counts (stream_options.include_usage).
 
     python benchmarks/serve_load.py runs/small
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -94,13 +96,31 @@ async def one_request(client: httpx.AsyncClient, prompt: str, max_tokens: int, r
             result.tpot.append((last - first) / (tokens - 1))
 
 
-async def load(base: str, clients: int, requests: int, max_tokens: int) -> tuple[Result, float]:
+def prompt_for(user: int, i: int, unique: bool) -> str:
+    """The fixed set in turn; with `unique`, each request's text starts differently, so that the server finds no
+    earlier prompt to reuse beyond the chat template's first tokens (its prefix cache: engine._kept)."""
+    prompt = PROMPTS[(user + i) % len(PROMPTS)]
+    return f"Request {user}.{i}: {prompt}" if unique else prompt
+
+
+async def load(base: str, clients: int, requests: int, max_tokens: int,
+               shared_client: bool = False, unique: bool = False) -> tuple[Result, float]:
+    """Each simulated user has its own httpx client (one keep-alive connection), as separate users would: one
+    client shared by all of them costs the load generator more CPU per request the more connections its pool
+    holds (3× at 64 clients than at 16, measured), CPU taken from the server on the same cores. `shared_client`
+    keeps the old single pool, for comparison."""
     result = Result()
-    limits = httpx.Limits(max_connections=clients + 4)
-    async with httpx.AsyncClient(base_url=base, timeout=600, limits=limits) as client:
+    limits = httpx.Limits(max_connections=clients + 4 if shared_client else 1)
+    async with contextlib.AsyncExitStack() as stack:
+        # Plain http on loopback: no TLS context (httpx's default one costs 25 ms of CPU per client).
+        pool = [await stack.enter_async_context(httpx.AsyncClient(base_url=base, timeout=600, limits=limits,
+                                                                  verify=False))
+                for _ in range(1 if shared_client else clients)]
+
         async def user(u: int) -> None:
+            client = pool[u % len(pool)]
             for i in range(requests):
-                await one_request(client, PROMPTS[(u + i) % len(PROMPTS)], max_tokens, result)
+                await one_request(client, prompt_for(u, i, unique), max_tokens, result)
 
         start = time.perf_counter()
         await asyncio.gather(*(user(u) for u in range(clients)))
@@ -114,13 +134,14 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, round(q * (len(values) - 1)))]
 
 
-def measure(source: Path, max_batch: int, clients_list: list[int], requests: int, max_tokens: int) -> dict:
+def measure(source: Path, max_batch: int, clients_list: list[int], requests: int, max_tokens: int,
+            shared_client: bool = False, unique: bool = False) -> dict:
     server = Server(source, max_batch)
     rows = {}
     try:
         asyncio.run(load(server.base, 1, 1, max_tokens))  # warm-up
         for clients in clients_list:
-            result, wall = asyncio.run(load(server.base, clients, requests, max_tokens))
+            result, wall = asyncio.run(load(server.base, clients, requests, max_tokens, shared_client, unique))
             rows[clients] = {
                 "ttft_p50_ms": 1000 * pct(result.ttft, 0.5), "ttft_p95_ms": 1000 * pct(result.ttft, 0.95),
                 "tpot_ms": 1000 * statistics.mean(result.tpot) if result.tpot else float("nan"),
@@ -145,12 +166,17 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--max-batch", type=int, default=64)
     ap.add_argument("--compare-at", type=int, default=16, help="clients at which batching is compared to batch 1")
+    ap.add_argument("--shared-client", action="store_true",
+                    help="all simulated users share one httpx client (the method before 2026-12-03; see load())")
+    ap.add_argument("--unique-prompts", action="store_true",
+                    help="every request's prompt differs from its first words (no prefix reuse between requests)")
     args = ap.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
+    options = (args.shared_client, args.unique_prompts)
 
-    batched = measure(args.source, args.max_batch, clients, args.requests, args.max_tokens)
+    batched = measure(args.source, args.max_batch, clients, args.requests, args.max_tokens, *options)
     at = args.compare_at if args.compare_at in clients else max(clients)
-    single = measure(args.source, 1, [at], args.requests, args.max_tokens)
+    single = measure(args.source, 1, [at], args.requests, args.max_tokens, *options)
 
     print("\n| clients | TTFT p50 (ms) | TTFT p95 (ms) | TPOT (ms) | output tok/s | req/s | failed |")
     print("|---:|---:|---:|---:|---:|---:|---:|")

@@ -15,7 +15,7 @@ from homegrown.config import ModelConfig, ServeConfig
 from homegrown.errors import HomegrownError
 from homegrown.generate import SamplingParams, stream_tokens
 from homegrown.model import KVCache
-from homegrown.serve.batched import forward_rows
+from homegrown.serve.batched import forward_groups, forward_rows
 from homegrown.serve.engine import ContextLengthError, Engine, EngineBusyError, GenerationParams
 
 PROMPTS = ["The quick brown fox", "In the beginning", "Python is a programming language that",
@@ -94,6 +94,63 @@ def test_one_sequence_decode_leaves_the_thread_count_as_it_was(engine: Engine) -
     thread.start()
     thread.join()
     assert seen == [engine.threads]
+
+
+def test_decode_and_prefill_rows_in_one_pass_match_separate_passes(engine: Engine) -> None:
+    """forward_groups (the running rows' decode and the joiners' prompts packed into one pass) gives each row the
+    logits forward_rows gives it in a pass of its own."""
+    model = engine.model
+    running, joining = [engine.encode(p) for p in PROMPTS[:2]], [engine.encode(p) for p in PROMPTS[2:4]]
+
+    def prompts(cache: KVCache, ids: list[list[int]], first: int) -> tuple:
+        lengths = torch.tensor([len(p) for p in ids])
+        idx = torch.zeros(len(ids), int(lengths.max()), dtype=torch.long)
+        for row, p in enumerate(ids):
+            idx[row, : len(p)] = torch.tensor(p)
+        return idx, torch.zeros(len(ids), dtype=torch.long), lengths - 1, first
+
+    with torch.inference_mode():
+        apart, packed = KVCache.allocate(model.cfg, 4), KVCache.allocate(model.cfg, 4)
+        for cache in (apart, packed):  # the running rows' prompts, in slots 0-1
+            forward_rows(model, cache, *prompts(cache, running, 0)[:3])
+        step = (torch.tensor([[7], [9]]), torch.tensor([len(p) for p in running]), torch.zeros(2, dtype=torch.long), 0)
+        alone = torch.cat([forward_rows(model, apart, *step[:3]),
+                           forward_rows(model, apart, *prompts(apart, joining, 2)[:3], first_slot=2)])
+        together = forward_groups(model, packed, [step, prompts(packed, joining, 2)])
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(packed.k, apart.k, atol=1e-6, rtol=1e-6)
+
+
+def test_a_request_joining_a_running_one_decodes_as_alone(engine: Engine) -> None:
+    """The joiner's prefill and the running sequence's decode share a step (one forward); both still produce
+    exactly the single-sequence tokens. The running sequence's emit holds the engine at its third token until
+    the joiner is queued, so the two overlap whatever the threads' speed."""
+    fresh = Engine(engine.bundle, ServeConfig(max_batch=4)).start()
+    first, second = engine.encode(PROMPTS[0]), engine.encode(PROMPTS[1])
+    queued, done = threading.Event(), [threading.Event(), threading.Event()]
+    out: list[list[int]] = [[], []]
+
+    def emitter(k: int):
+        def emit(_: int, delta) -> None:
+            out[k].extend(delta.token_ids)
+            if k == 0 and len(out[0]) == 3:
+                assert queued.wait(30)
+            if delta.finish_reason:
+                done[k].set()
+        return emit
+
+    try:
+        fresh.submit(first, [greedy(24, ignore_eos=True)], emitter(0))
+        while len(out[0]) < 3 and not done[0].is_set():
+            time.sleep(0.01)
+        fresh.submit(second, [greedy(16)], emitter(1))
+        queued.set()
+        assert done[0].wait(60) and done[1].wait(60)
+    finally:
+        fresh.stop(drain=False, timeout=30)
+    assert out[0] == list(stream_tokens(engine.model, first, SamplingParams(24, 0.0, stop_token_ids=[])))
+    assert out[1] == list(stream_tokens(engine.model, second, SamplingParams(16, 0.0,
+                                                                             stop_token_ids=engine.stop_token_ids)))
 
 
 def test_batched_greedy_equals_single_sequence(engine: Engine) -> None:
@@ -278,6 +335,45 @@ def test_shared_prompt_prefix_is_copied_not_recomputed(engine: Engine) -> None:
     assert engine.reused_prompt_tokens - before >= 2 * (len(second) - 1)
     alone = [engine.generate(second, [GenerationParams(max_tokens=5, temperature=1.0, seed=s)])[0] for s in range(3)]
     assert [c[1] for c in choices] == [a[1] for a in alone]
+
+
+def test_a_finished_sequence_keeps_its_cache_for_the_next_prompt(engine: Engine) -> None:
+    """A freed slot keeps the keys/values of the sequence that left it: the next turn of that conversation (its
+    prompt and reply, then more) copies them, from the joiner's own slot or swapped in from another free one, and
+    still decodes exactly as alone. A and B are queued before the engine starts, so they join in one step; A ends
+    first and B, moved into its slot, swaps A's cache out to slot 1, where A's next turn finds it."""
+    fresh = Engine(engine.bundle, ServeConfig(max_batch=4))
+    a, b = engine.encode(PROMPTS[2]), engine.encode(PROMPTS[0])
+    out: dict[str, list[int]] = {"a": [], "b": []}
+    done = threading.Event()
+
+    def emitter(name: str):
+        def emit(_: int, delta) -> None:
+            out[name].extend(delta.token_ids)
+            if delta.finish_reason and name == "b":
+                done.set()
+        return emit
+
+    fresh.submit(a, [greedy(4, ignore_eos=True)], emitter("a"))
+    fresh.submit(b, [greedy(12, ignore_eos=True)], emitter("b"))
+    fresh.start()
+    alone = Engine(engine.bundle, ServeConfig(max_batch=1)).start()  # the reference: nothing cached to reuse
+    try:
+        assert done.wait(60)
+        assert out["b"] == list(stream_tokens(engine.model, b, SamplingParams(12, 0.0, stop_token_ids=[])))
+        for ids, reply in ((a, out["a"]), (b, out["b"])):
+            turn = ids + reply + engine.encode(" Tell me more.")
+            before = fresh.reused_prompt_tokens
+            [(_, tokens, lps, _)] = fresh.generate(turn, [greedy(10, logprobs=True, top_logprobs=3)])
+            assert fresh.reused_prompt_tokens - before == len(ids) + len(reply) - 1  # the last token was never fed
+            [(_, ref, ref_lps, _)] = alone.generate(turn, [greedy(10, logprobs=True, top_logprobs=3)])
+            assert tokens == ref
+            for got, want in zip(lps, ref_lps, strict=True):  # the keys/values copied are the ones computed alone
+                assert [i for i, _ in got.top] == [i for i, _ in want.top]
+                assert [v for _, v in got.top] == pytest.approx([v for _, v in want.top], abs=1e-4)
+    finally:
+        fresh.stop(drain=False, timeout=30)
+        alone.stop(drain=False, timeout=30)
 
 
 def test_max_model_len_bounds_the_cache_and_the_context(serve_run):

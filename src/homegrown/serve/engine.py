@@ -3,9 +3,12 @@
 Requests join and leave between decode steps, so a short reply never waits for a long one and the batch stays
 full under load; that is what makes a small model cheap to serve. The KV cache is preallocated once for
 `max_batch` slots × `max_model_len` tokens (fewer slots when they would not fit in `kv_cache_gib`); running
-sequences occupy slots 0..B-1 (a finished sequence's slot is refilled by moving the last one down), so a step
-reads the cache as a plain slice. Each sequence samples with
-its own `torch.Generator`, so a seed gives the same text whatever else shares the batch.
+sequences occupy slots 0..B-1 (a finished sequence's slot is refilled by swapping the last one down), so a step
+reads the cache as a plain slice. A freed slot keeps the keys/values of the sequence that left it, and a later
+prompt that starts the same way (a system prompt, the next turn of a conversation) copies them instead of
+computing them again. One forward per step serves the running sequences' decode and the joiners' prefill
+together. Each sequence samples with its own `torch.Generator`, so a seed gives the same text whatever else
+shares the batch.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from homegrown.config import ModelConfig, ServeConfig
 from homegrown.errors import HomegrownError
 from homegrown.generate import SamplingParams, sample_next
 from homegrown.model import KVCache
-from homegrown.serve.batched import forward_rows, head_logits, hidden_rows, move_slot
+from homegrown.serve.batched import forward_groups, forward_rows, head_logits, hidden_last, move_slot, swap_slots
 from homegrown.serve.constrain import GrammarCompiler, GrammarDeadEnd, Matcher
 from homegrown.serve.constraint_spec import ConstraintSpec
 from homegrown.serve.metrics import ServeMetrics
@@ -132,7 +135,7 @@ class Sequence:
     """One choice being generated. Mutated only by the engine thread, except `cancelled`."""
 
     def __init__(self, index: int, prompt_ids: list[int], params: GenerationParams, emit: Emit,
-                 device: torch.device, vocab_size: int, detok: IncrementalDecoder) -> None:
+                 device: torch.device, vocab_size: int) -> None:
         self.index, self.prompt_ids, self.params, self.emit = index, prompt_ids, params, emit
         self.generator = torch.Generator(device=device)
         if params.seed is not None:
@@ -151,7 +154,7 @@ class Sequence:
             self.held_off = torch.tensor(sorted(self.stop_ids), dtype=torch.long, device=device)
         self.stop_from = 0  # characters of text before which stop strings are not looked for (min_tokens)
         self.searched = 0  # characters of text already searched for stop strings
-        self.detok = detok  # the reply's text, decoded as it grows
+        self.detok: IncrementalDecoder | None = None  # the reply's text, decoded as it grows
         self.matcher: Matcher | None = None  # the grammar's state, for a constrained sequence
         self.out_ids: list[int] = []
         self.unsent_ids: list[int] = []
@@ -209,6 +212,9 @@ class Engine:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.reused_prompt_tokens = 0
+        self._kept: dict[int, list[int]] = {}
+        """Free slots → the tokens whose keys/values they still hold (a finished sequence's prompt and reply), for
+        a later prompt that starts the same way: the same system prompt, or the next turn of a conversation."""
         self._grammars: GrammarCompiler | None = None
         self._grammars_lock = threading.Lock()
         self.threads = torch.get_num_threads()
@@ -285,8 +291,8 @@ class Engine:
             if p.constraint is not None and set(p.stop_token_ids) - set(self.stop_token_ids):
                 raise HomegrownError(f"stop_token_ids cannot be combined with {p.constraint.param}: the grammar "
                                      "decides where the output ends")
-        seqs = [Sequence(i, list(prompt_ids), p, emit, self.device, self.model.cfg.vocab_size,
-                         IncrementalDecoder(self.tokenizer, self._markers(p))) for i, p in enumerate(params)]
+        seqs = [Sequence(i, list(prompt_ids), p, emit, self.device, self.model.cfg.vocab_size)
+                for i, p in enumerate(params)]
         for seq in seqs:  # compiled (or found in the cache) before queueing, so a bad schema queues nothing
             if seq.params.constraint is not None:
                 seq.matcher = self.grammars.matcher(seq.params.constraint)
@@ -300,11 +306,6 @@ class Engine:
         if self.metrics:
             self.metrics.prompt_tokens.inc(len(prompt_ids) * len(seqs))
         return seqs
-
-    def _markers(self, params: GenerationParams) -> frozenset[int]:
-        """Special tokens the sequence's text keeps: those its grammar writes as markers (a tool call's
-        `<tool_call>` when it is one token), which the reply's parser must see; none without a constraint."""
-        return frozenset() if params.constraint is None else self.grammars.marker_ids(params.constraint)
 
     def abort(self, seqs: list[Sequence]) -> None:
         """Free the slots of sequences nobody is reading any more (a client that went away)."""
@@ -355,9 +356,10 @@ class Engine:
                     self._step(joiners)
                 except Exception:  # a bug or OOM must not leave every client hanging
                     log.exception("engine step failed; failing the sequences in the batch")
-                    for seq in [*self._running, *joiners]:
+                    for seq in dict.fromkeys([*self._running, *joiners]):  # joiners may be running already
                         self._finish(seq, "error")
                     self._running = []
+                    self._kept.clear()
                 self._update_gauges()
 
     def _step(self, joiners: list[Sequence]) -> None:
@@ -366,35 +368,61 @@ class Engine:
             self._finish(seq, "abort")
         self._remove(gone)
         joiners = [s for s in joiners if not s.cancelled]
-        if self._running:
-            self._decode()
-        if joiners:
-            self._prefill(joiners)
+        self._prefill(list(self._running), joiners)
 
-    def _prefill(self, seqs: list[Sequence]) -> None:
-        """Joiners' prompts in right-padded forwards into the slots after the running ones.
+    def _prefill(self, decoding: list[Sequence], seqs: list[Sequence]) -> None:
+        """The running sequences' next tokens and the joiners' prompts, into the slots after the running ones, in
+        as few forwards as can be: one for the decode and the joiners together (forward_groups) when nothing
+        stands in the way.
 
         A prompt that starts like one already in the cache (the same system prompt, or the `n` choices of one
         request) copies those keys/values and computes only the rest. Joiners that share a long prefix with an
-        earlier joiner wait for a second forward so they can copy from it. Sampling comes after both forwards,
-        so no slot moves while prefixes are being copied.
+        earlier joiner wait for a later forward so they can copy from it, and a prompt to be scored
+        (prompt_logprobs) has one of its own. Sampling comes after every forward, so no slot moves while
+        prefixes are being copied.
         """
         fresh: list[Sequence] = []
+        scored: list[Sequence] = []
         followers: list[Sequence] = []
         for seq in seqs:
-            shares = seq.params.prompt_logprobs is None and any(
-                _common_prefix(seq.prompt_ids, f.prompt_ids) >= MIN_SHARED_PREFIX for f in fresh)
-            (followers if shares else fresh).append(seq)
-        batches = [(group, self._forward_prompts(group)) for group in (fresh, followers) if group]
+            if seq.params.prompt_logprobs is not None:
+                scored.append(seq)
+            elif any(_common_prefix(seq.prompt_ids, f.prompt_ids) >= MIN_SHARED_PREFIX for f in fresh + scored):
+                followers.append(seq)
+            else:
+                fresh.append(seq)
+        batches = [(decoding + fresh, self._forward(decoding, fresh))] if decoding or fresh else []
+        batches += [(group, self._forward([], group)) for group in (scored, followers) if group]
         for group, logits in batches:
             self._sample(group, logits)
 
-    def _forward_prompts(self, seqs: list[Sequence]) -> torch.Tensor:
+    def _forward(self, decoding: list[Sequence], seqs: list[Sequence]) -> torch.Tensor:
+        """Logits of the next token of each sequence of `decoding` (running, one token each) and of each joiner
+        of `seqs` (its prompt, placed in the slots after the running ones), in that order."""
+        groups = []
+        if decoding:
+            groups.append((torch.tensor([[s.next_token] for s in decoding], device=self.device),
+                           torch.tensor([s.length for s in decoding], device=self.device),
+                           torch.zeros(len(decoding), dtype=torch.long, device=self.device), 0))
+            for seq in decoding:
+                seq.length += 1
+        if not seqs:
+            if len(decoding) > 1:
+                return forward_groups(self.model, self.cache, groups)
+            with self._one_thread_if(True):
+                hidden = hidden_last(self.model, self.cache, groups)
+            # The head is one large matmul (SmolLM2: 49,152 × 576), worth every thread even at batch 1.
+            return head_logits(self.model, hidden)
         first = len(self._running)
         # A reused prefix has no logits, so a prompt to be scored is computed whole.
         scored = [row for row, seq in enumerate(seqs) if seq.params.prompt_logprobs is not None]
-        reused = [0 if row in scored else self._reuse_prefix(seq.prompt_ids, first + row)
-                  for row, seq in enumerate(seqs)]
+        reused = []
+        for row, seq in enumerate(seqs):
+            if row in scored:
+                self._kept.pop(first + row, None)  # overwritten whole
+                reused.append(0)
+            else:
+                reused.append(self._reuse_prefix(seq.prompt_ids, first + row))
         suffixes = [seq.prompt_ids[p:] for seq, p in zip(seqs, reused, strict=True)]
         idx = torch.zeros(len(seqs), max(map(len, suffixes)), dtype=torch.long)
         for row, (seq, suffix) in enumerate(zip(seqs, suffixes, strict=True)):
@@ -402,18 +430,18 @@ class Engine:
             seq.length = len(seq.prompt_ids)
         starts = torch.tensor(reused, device=self.device)
         last = torch.tensor([len(s) for s in suffixes], device=self.device) - 1
-        if scored:
-            logits, every = forward_rows(self.model, self.cache, idx.to(self.device), starts, last, first_slot=first,
-                                         every_position=torch.tensor(scored, device=self.device))
-            for row, row_logits in zip(scored, every, strict=True):
-                seq = seqs[row]
-                self._send(seq, Delta("", [], [], prompt_logprobs=self._score_prompt(seq, row_logits)))
-        else:
-            logits = forward_rows(self.model, self.cache, idx.to(self.device), starts, last, first_slot=first)
         self._running.extend(seqs)
         self.reused_prompt_tokens += sum(reused)
         if self.metrics:
             self.metrics.prompt_tokens_reused.inc(sum(reused))
+        if not scored:
+            return forward_groups(self.model, self.cache, [*groups, (idx.to(self.device), starts, last, first)])
+        # Scored prompts come alone (`_prefill`): their logits at every position are needed too.
+        logits, every = forward_rows(self.model, self.cache, idx.to(self.device), starts, last, first_slot=first,
+                                     every_position=torch.tensor(scored, device=self.device))
+        for row, row_logits in zip(scored, every, strict=True):
+            seq = seqs[row]
+            self._send(seq, Delta("", [], [], prompt_logprobs=self._score_prompt(seq, row_logits)))
         return logits
 
     def _score_prompt(self, seq: Sequence, logits: torch.Tensor) -> list[TokenLogprob | None]:
@@ -429,15 +457,25 @@ class Engine:
         return [None, *(TokenLogprob(t, lp, top) for t, lp, top in zip(ids[1:], chosen, tops, strict=True))]
 
     def _reuse_prefix(self, ids: list[int], slot: int) -> int:
-        """Copy the longest cached prefix of `ids` (from a running sequence's prompt) into `slot`; its length.
-        At least the last prompt token is always computed, since its logits start the reply."""
+        """Bring the longest cached prefix of `ids` into `slot`, the joiner's; its length. Donors are the running
+        sequences' prompts (copied) and what free slots kept (the joiner's own slot: used in place; another:
+        swapped with the joiner's, so that neither is lost). At least the last prompt token is always computed,
+        since its logits start the reply."""
         best, donor = 0, -1
-        for i, other in enumerate(self._running):
-            p = _common_prefix(ids, other.prompt_ids, len(ids) - 1)
+        candidates = [(i, other.prompt_ids) for i, other in enumerate(self._running)] + list(self._kept.items())
+        for i, held in candidates:
+            p = _common_prefix(ids, held, len(ids) - 1)
             if p > best:
                 best, donor = p, i
-        if best:
-            move_slot(self.cache, donor, slot, best)
+        own = self._kept.pop(slot, None)
+        if donor < len(self._running):
+            if best:
+                move_slot(self.cache, donor, slot, best)
+        elif donor != slot:
+            held = self._kept.pop(donor)
+            swap_slots(self.cache, donor, slot, max(len(held), len(own or ())))
+            if own:
+                self._kept[donor] = own
         return best
 
     @contextmanager
@@ -459,18 +497,6 @@ class Engine:
             yield
         finally:
             torch.set_num_threads(self.threads)
-
-    def _decode(self) -> None:
-        seqs = self._running
-        idx = torch.tensor([[s.next_token] for s in seqs], device=self.device)
-        starts = torch.tensor([s.length for s in seqs], device=self.device)
-        with self._one_thread_if(len(seqs) == 1):
-            hidden = hidden_rows(self.model, self.cache, idx, starts)
-        # The head is one large matmul (SmolLM2: 49,152 × 576), worth every thread even at batch 1.
-        logits = head_logits(self.model, hidden[:, 0])
-        for seq in seqs:
-            seq.length += 1
-        self._sample(list(seqs), logits)
 
     def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
         """One token per sequence (each with its own generator and penalties), then text out and finish checks."""
@@ -552,6 +578,8 @@ class Engine:
         still become a stop string. Returns True when the sequence is finished (stop string or max_tokens).
         Only the new tokens are decoded and only the new text searched: per step the cost does not grow with
         the reply (a full decode is made once, at the end)."""
+        if seq.detok is None:
+            seq.detok = IncrementalDecoder(self.tokenizer)
         for token in seq.out_ids[len(seq.detok.ids):]:
             seq.detok.add(token)
         text = seq.detok.text  # up to the last complete character
@@ -584,7 +612,7 @@ class Engine:
 
     def _finish(self, seq: Sequence, reason: str, text: str | None = None) -> None:
         if text is None:
-            text = seq.detok.decode(seq.out_ids) if reason in ("stop", "length") else ""
+            text = self.tokenizer.decode(seq.out_ids) if reason in ("stop", "length") else ""
         rest = text[seq.sent_chars:] if len(text) > seq.sent_chars else ""
         self._send(seq, Delta(rest, seq.unsent_ids, seq.unsent_logprobs, reason, len(seq.out_ids)))
         seq.sent_chars = len(text)
@@ -609,15 +637,20 @@ class Engine:
         seq.last_token_at = now
 
     def _remove(self, seqs: list[Sequence]) -> None:
-        """Free slots, keeping the running ones contiguous by moving the last sequence into each hole."""
+        """Free slots, keeping the running ones contiguous: the last sequence moves into each hole, and the one
+        that left goes to the last's slot, where its keys/values stay for a later prompt (`_kept`)."""
         for seq in seqs:
             if seq not in self._running:
                 continue
             i = self._running.index(seq)
             last = self._running.pop()
+            free = len(self._running)
             if last is not seq:
-                move_slot(self.cache, len(self._running), i, last.length)
+                swap_slots(self.cache, free, i, max(last.length, seq.length))
                 self._running[i] = last
+            held = [*seq.prompt_ids, *seq.out_ids][: seq.length]  # the last sampled token was never fed
+            if held:
+                self._kept[free] = held
 
     def _update_gauges(self) -> None:
         if self.metrics:

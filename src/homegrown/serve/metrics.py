@@ -23,7 +23,8 @@ class ServeMetrics:
         self.waiting = Gauge("homegrown_requests_waiting", "Sequences queued for a batch slot.", registry=r)
         self.prompt_tokens = Counter("homegrown_prompt_tokens", "Prompt tokens prefilled.", registry=r)
         self.prompt_tokens_reused = Counter("homegrown_prompt_tokens_reused",
-                                            "Prompt tokens copied from a running sequence's cache, not computed.",
+                                            "Prompt tokens copied from the cache (a running or a finished "
+                                            "sequence's), not computed.",
                                             registry=r)
         self.generation_tokens = Counter("homegrown_generation_tokens", "Tokens generated.", registry=r)
         self.tokens_per_second = Gauge("homegrown_generation_tokens_per_second",
