@@ -82,8 +82,8 @@ def _start() -> None:
         where = kwargs.get("address", "local")
         raise HomegrownError(f"cannot start or reach Ray ({where}): {err}; check --ray-address "
                              "(ray://HOST:10001 or HOST:6379) or leave it empty for a local Ray; a cluster "
-                             "started with RAY_AUTH_MODE=token also needs RAY_AUTH_MODE=token and its RAY_AUTH_TOKEN (or "
-                             "RAY_AUTH_TOKEN_PATH) in this command's environment") from err
+                             "started with RAY_AUTH_MODE=token also needs RAY_AUTH_MODE=token and its RAY_AUTH_TOKEN "
+                             "(or RAY_AUTH_TOKEN_PATH) in this command's environment") from err
 
 
 def run_tasks(fn: Callable[..., Any], calls: Sequence[tuple], workers: int, label: str,
