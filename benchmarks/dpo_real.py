@@ -165,12 +165,14 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=32, help="longest sampled answer")
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--tie-margin", type=float, default=0.05, help="judge: F1 difference that counts as a tie")
-    ap.add_argument("--epochs", type=float, default=2.0)
+    ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--batch", type=int, default=4, help="pairs per step")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--beta", type=float, default=0.1)
     ap.add_argument("--lora-rank", type=int, default=32, help="0 = full fine-tuning")
     ap.add_argument("--lora-alpha", type=float, default=32)
+    ap.add_argument("--eval-every", type=int, default=0, help="held-out reward accuracy every N steps (0: at the "
+                    "end only; each costs a forward pass over the held-out pairs)")
     ap.add_argument("--eval-samples", type=int, default=4, help="answers per held-out prompt for the win rate")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--report", action="store_true", help="also `homegrown report` both models side by side")
@@ -178,7 +180,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.train_prompts, args.held_prompts, args.samples, args.max_tokens = 6, 4, 2, 16
-        args.epochs, args.batch, args.eval_samples, args.report_items = 1.0, 2, 1, 2
+        args.epochs, args.batch, args.eval_samples, args.report_items, args.eval_every = 1.0, 2, 1, 2, 1
         args.work = args.work.with_name(args.work.name + "_quick")
 
     args.work.mkdir(parents=True, exist_ok=True)
@@ -199,6 +201,9 @@ def main() -> None:
         for name, prompts in (("train", train_prompts), ("held", held_prompts)):
             t0 = time.perf_counter()
             pairs[name] = args.work / f"pairs_{name}.jsonl"
+            if pairs[name].with_name(pairs[name].name + ".manifest.json").exists():
+                print(f"reusing {pairs[name]} (delete it and its manifest to sample again)", flush=True)
+                continue
             cli("data", "pairs", str(start), "--prompts", str(prompts), "--judge-url", url,
                 "--judge-model", "token-f1-reference", "--out", str(pairs[name]), "--samples", str(args.samples),
                 "--max-tokens", str(args.max_tokens), "--temperature", str(args.temperature),
@@ -213,7 +218,7 @@ def main() -> None:
         cli("dpo", str(start), "--data", str(pairs["train"]), "--val", str(pairs["held"]), "--out", str(run),
             "--beta", str(args.beta), "--lora-rank", str(args.lora_rank), "--lora-alpha", str(args.lora_alpha),
             "--set", "train.dtype=fp32", "--set", f"dpo.max_steps={steps}", "--set", f"dpo.batch_size={args.batch}",
-            "--set", f"dpo.lr={args.lr}", "--set", f"dpo.eval_every={max(1, steps // 4)}",
+            "--set", f"dpo.lr={args.lr}", "--set", f"dpo.eval_every={args.eval_every or steps}",
             "--set", f"dpo.ckpt_every={steps}", "--set", f"dpo.warmup_steps={max(1, steps // 10)}",
             "--set", f"dpo.eval_batches={math.ceil(n_pairs['held'] / args.batch)}")
         times["dpo_s"] = time.perf_counter() - t0
