@@ -3,7 +3,15 @@ import torch
 
 from homegrown.config import ModelConfig
 from homegrown.errors import HomegrownError
-from homegrown.generate import NUCLEUS_CANDIDATES, SamplingParams, _nucleus, sample_next, stream_text, stream_tokens
+from homegrown.generate import (
+    NUCLEUS_CANDIDATES,
+    SamplingParams,
+    _nucleus,
+    sample_batch,
+    sample_next,
+    stream_text,
+    stream_tokens,
+)
 from homegrown.model import Transformer
 
 
@@ -93,3 +101,23 @@ def test_stream_text_holds_back_a_split_character_until_it_is_whole(model):
         assert not any(p.endswith("\ufffd") for p in pieces)
         split += len(whole) < len(ids) + 1  # some prefix ended inside a character and was held back
     assert split  # the property was exercised, not vacuous
+
+
+def test_sample_batch_rows_are_stream_tokens_with_their_own_seeds(model):
+    """Batched answers to one prompt: each row is what its seed samples alone, whatever the other rows sample."""
+    params = SamplingParams(max_tokens=25, temperature=1.0)
+    alone = [list(stream_tokens(model, [1, 2, 3], SamplingParams(max_tokens=25, temperature=1.0, seed=s)))
+             for s in (7, 8)]
+    assert sample_batch(model, [1, 2, 3], [7], params) == alone[:1]
+    batched = sample_batch(model, [1, 2, 3], [7, 8], params)
+    assert batched[0] != batched[1]
+    assert batched == alone
+
+
+def test_sample_batch_stops_each_row_at_a_stop_token(model):
+    free = sample_batch(model, [1, 2, 3], [3, 4], SamplingParams(max_tokens=30, temperature=1.0))
+    stop = free[0][4]
+    stopped = sample_batch(model, [1, 2, 3], [3, 4], SamplingParams(max_tokens=30, temperature=1.0,
+                                                                     stop_token_ids=[stop]))
+    for got, row in zip(stopped, free, strict=True):
+        assert got == (row[:row.index(stop)] if stop in row else row)

@@ -97,6 +97,41 @@ def stream_tokens(model: Transformer, prompt_ids: list[int], params: SamplingPar
             logits = model.decode(torch.tensor([[token]], device=device), cache)
 
 
+@torch.inference_mode()
+def sample_batch(model: Transformer, prompt_ids: list[int], seeds: list[int],
+                 params: SamplingParams) -> list[list[int]]:
+    """One sampled answer per seed to the same prompt, decoded together as one batch: a CPU decode step reads
+    every weight whatever the batch, so k answers cost about what one does. Row r is sampled with its own
+    generator seeded `seeds[r]` (`params.seed` is not used), so with one seed it is exactly `stream_tokens`'
+    answer; stop tokens end a row and are not included."""
+    params.validate()
+    if not prompt_ids:
+        raise HomegrownError("the prompt is empty after tokenization")
+    if len(prompt_ids) + params.max_tokens > model.cfg.max_seq_len:
+        raise HomegrownError(f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the "
+                             f"model's context of {model.cfg.max_seq_len} tokens; shorten the prompt or lower "
+                             "max_tokens")
+    weight = next(model.parameters())
+    device = weight.device
+    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+    cache = KVCache.allocate(model.cfg, len(seeds), len(prompt_ids) + params.max_tokens, dtype=weight.dtype,
+                             device=device)
+    logits = model.decode(torch.tensor([prompt_ids] * len(seeds), device=device), cache)
+    answers: list[list[int]] = [[] for _ in seeds]
+    done = [False] * len(seeds)
+    for i in range(params.max_tokens):
+        tokens = [int(sample_next(logits[r:r + 1], params, g)) for r, g in enumerate(generators)]
+        for r, token in enumerate(tokens):
+            if not done[r]:
+                done[r] = token in params.stop_token_ids
+                if not done[r]:
+                    answers[r].append(token)
+        if all(done) or i + 1 == params.max_tokens:
+            break
+        logits = model.decode(torch.tensor([[t] for t in tokens], device=device), cache)
+    return answers
+
+
 def generate_text(model: Transformer, tok: Tokenizer, prompt: str, params: SamplingParams) -> str:
     ids = tok.encode(prompt, add_special_tokens=False).ids
     return tok.decode(list(stream_tokens(model, ids, params)))

@@ -32,11 +32,13 @@ def _close(ours: float, theirs: float) -> bool:
     return abs(ours - theirs) <= 1e-3 * max(abs(ours), abs(theirs)) + 1e-6
 
 
-@pytest.mark.parametrize("loss", ["sigmoid", "ipo", "rpo"])
+@pytest.mark.parametrize("loss", ["sigmoid", "ipo", "rpo", "label_smoothing"])
 def test_dpo_steps_match_trl(tiny_base, tmp_path, loss):
     from homegrown.posttrain.trl_reference import batch_order, run_trl_dpo
 
-    extra = {"sigmoid": [], "ipo": ["dpo.loss=ipo"], "rpo": ["dpo.rpo_alpha=0.5"]}[loss]
+    extra = {"sigmoid": [], "ipo": ["dpo.loss=ipo"], "rpo": ["dpo.rpo_alpha=0.5"],
+             # conservative DPO; TRL computes it as its `aot` loss, the same formula for one pair per step
+             "label_smoothing": ["dpo.label_smoothing=0.2", "dpo.batch_size=1"]}[loss]
     preset = apply_overrides(get_preset("tiny"), [*SETTINGS, *extra])
     data = write_pairs(tmp_path / "pairs.jsonl")
     out = tmp_path / "run"

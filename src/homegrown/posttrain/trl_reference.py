@@ -42,6 +42,18 @@ def _span(mask: list[int]) -> tuple[int, int]:
     return ones[0], ones[-1] + 1
 
 
+def _trl_loss(cfg: DPOConfig, tcfg: TrainConfig) -> str:
+    """TRL's loss_type for ours. Conservative DPO (sigmoid with label smoothing ε: −(1−ε)·logσ(βΔ) − ε·logσ(−βΔ))
+    is not TRL's `sigmoid` in TRL 1.x, which ignores `label_smoothing`; its `aot` loss is exactly that formula on
+    the batch's Δ sorted, which for one pair per step is Δ itself — so the comparison needs batch size 1."""
+    if cfg.loss == "sigmoid" and cfg.label_smoothing:
+        if tcfg.batch_size != 1:
+            raise ValueError("label smoothing is compared with TRL's `aot` loss, which equals conservative DPO only "
+                             f"for one pair per step, not {tcfg.batch_size}")
+        return "aot"
+    return cfg.loss
+
+
 def run_trl_dpo(hf_dir: Path, data: PairData, order: list[list[int]], cfg: DPOConfig, tcfg: TrainConfig,
                 out_dir: Path) -> list[dict[str, Any]]:
     """TRL's per-step logs (loss, rewards/*) for the batches of `order`, trained from the model in `hf_dir`."""
@@ -66,12 +78,13 @@ def run_trl_dpo(hf_dir: Path, data: PairData, order: list[list[int]], cfg: DPOCo
     tokenizer = AutoTokenizer.from_pretrained(hf_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    loss_type = [cfg.loss] + (["sft"] if cfg.rpo_alpha else [])
+    loss_type = [_trl_loss(cfg, tcfg)] + (["sft"] if cfg.rpo_alpha else [])
     args = TRLConfig(
         output_dir=str(out_dir), per_device_train_batch_size=tcfg.batch_size, max_steps=len(order),
         learning_rate=tcfg.lr, lr_scheduler_type="constant", warmup_steps=0,
         adam_beta1=tcfg.beta1, adam_beta2=tcfg.beta2, adam_epsilon=1e-8, weight_decay=tcfg.weight_decay,
         max_grad_norm=tcfg.grad_clip, optim="adamw_torch", beta=cfg.beta, loss_type=loss_type,
+        label_smoothing=cfg.label_smoothing,
         loss_weights=[1.0, cfg.rpo_alpha] if cfg.rpo_alpha else None, precompute_ref_log_probs=True,
         max_length=None, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, bf16=False,
         seed=tcfg.seed, data_seed=tcfg.seed, dataloader_num_workers=0, disable_tqdm=True, disable_dropout=True,
