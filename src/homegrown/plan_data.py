@@ -409,6 +409,19 @@ class _Clock:
         return out
 
 
+def _own_peak_rss() -> float:
+    """This process's peak resident bytes. Linux's VmHWM belongs to the process's own memory map; ru_maxrss does
+    not: a child started by vfork (Python's subprocess) inherits its parent's peak at exec, so under a 4 GB test
+    runner it read 4 GB before this process had loaded anything."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1]) * 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0
+
+
 def _dir_bytes(path: Path, pattern: str = "*") -> int:
     return sum(p.stat().st_size for p in path.glob(pattern) if p.is_file())
 
@@ -494,7 +507,7 @@ def measure_rates(docs: int = 100_000, files: int = 4, vocab: int = 8192, note: 
             "tokens_per_text_byte": packed["tokens"] / text_bytes,
             "token_bytes": token_dtype(tok.get_vocab_size()).itemsize,
             "tokenizer_vocab": tok.get_vocab_size(),
-            "worker_baseline_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0,
+            "worker_baseline_bytes": _own_peak_rss(),
         }
     units = {"extract": html_bytes, "pack": text_bytes}
     stages = {}

@@ -135,7 +135,7 @@ class Sequence:
     """One choice being generated. Mutated only by the engine thread, except `cancelled`."""
 
     def __init__(self, index: int, prompt_ids: list[int], params: GenerationParams, emit: Emit,
-                 device: torch.device, vocab_size: int) -> None:
+                 device: torch.device, vocab_size: int, detok: IncrementalDecoder) -> None:
         self.index, self.prompt_ids, self.params, self.emit = index, prompt_ids, params, emit
         self.generator = torch.Generator(device=device)
         if params.seed is not None:
@@ -154,7 +154,7 @@ class Sequence:
             self.held_off = torch.tensor(sorted(self.stop_ids), dtype=torch.long, device=device)
         self.stop_from = 0  # characters of text before which stop strings are not looked for (min_tokens)
         self.searched = 0  # characters of text already searched for stop strings
-        self.detok: IncrementalDecoder | None = None  # the reply's text, decoded as it grows
+        self.detok = detok  # the reply's text, decoded as it grows
         self.matcher: Matcher | None = None  # the grammar's state, for a constrained sequence
         self.out_ids: list[int] = []
         self.unsent_ids: list[int] = []
@@ -291,8 +291,8 @@ class Engine:
             if p.constraint is not None and set(p.stop_token_ids) - set(self.stop_token_ids):
                 raise HomegrownError(f"stop_token_ids cannot be combined with {p.constraint.param}: the grammar "
                                      "decides where the output ends")
-        seqs = [Sequence(i, list(prompt_ids), p, emit, self.device, self.model.cfg.vocab_size)
-                for i, p in enumerate(params)]
+        seqs = [Sequence(i, list(prompt_ids), p, emit, self.device, self.model.cfg.vocab_size,
+                         IncrementalDecoder(self.tokenizer, self._markers(p))) for i, p in enumerate(params)]
         for seq in seqs:  # compiled (or found in the cache) before queueing, so a bad schema queues nothing
             if seq.params.constraint is not None:
                 seq.matcher = self.grammars.matcher(seq.params.constraint)
@@ -306,6 +306,11 @@ class Engine:
         if self.metrics:
             self.metrics.prompt_tokens.inc(len(prompt_ids) * len(seqs))
         return seqs
+
+    def _markers(self, params: GenerationParams) -> frozenset[int]:
+        """Special tokens the sequence's text keeps: those its grammar writes as markers (a tool call's
+        `<tool_call>` when it is one token), which the reply's parser must see; none without a constraint."""
+        return frozenset() if params.constraint is None else self.grammars.marker_ids(params.constraint)
 
     def abort(self, seqs: list[Sequence]) -> None:
         """Free the slots of sequences nobody is reading any more (a client that went away)."""
@@ -578,8 +583,6 @@ class Engine:
         still become a stop string. Returns True when the sequence is finished (stop string or max_tokens).
         Only the new tokens are decoded and only the new text searched: per step the cost does not grow with
         the reply (a full decode is made once, at the end)."""
-        if seq.detok is None:
-            seq.detok = IncrementalDecoder(self.tokenizer)
         for token in seq.out_ids[len(seq.detok.ids):]:
             seq.detok.add(token)
         text = seq.detok.text  # up to the last complete character
@@ -612,7 +615,7 @@ class Engine:
 
     def _finish(self, seq: Sequence, reason: str, text: str | None = None) -> None:
         if text is None:
-            text = self.tokenizer.decode(seq.out_ids) if reason in ("stop", "length") else ""
+            text = seq.detok.decode(seq.out_ids) if reason in ("stop", "length") else ""
         rest = text[seq.sent_chars:] if len(text) > seq.sent_chars else ""
         self._send(seq, Delta(rest, seq.unsent_ids, seq.unsent_logprobs, reason, len(seq.out_ids)))
         seq.sent_chars = len(text)
