@@ -52,9 +52,10 @@ class Result:
 class Server:
     """`homegrown serve` in a child process (homegrown.serve.launch), stopped with SIGTERM (its graceful path)."""
 
-    def __init__(self, source: Path, max_batch: int) -> None:
+    def __init__(self, source: Path, max_batch: int, threads: int = 0) -> None:
         work = Path(tempfile.mkdtemp())
-        self.proc = launch(source, "--max-batch", str(max_batch), "--model-name", "bench", "--db-url",
+        self.proc = launch(source, "--max-batch", str(max_batch), *(["--threads", str(threads)] if threads else []),
+                           "--model-name", "bench", "--db-url",
                            f"sqlite:///{work / 'bench.sqlite'}", "--max-waiting", "4096", log=work / "serve.log",
                            env={**os.environ, "HOMEGROWN_API_KEY": ""}, timeout=300)
         self.base = self.proc.base_url
@@ -135,8 +136,8 @@ def pct(values: list[float], q: float) -> float:
 
 
 def measure(source: Path, max_batch: int, clients_list: list[int], requests: int, max_tokens: int,
-            shared_client: bool = False, unique: bool = False) -> dict:
-    server = Server(source, max_batch)
+            shared_client: bool = False, unique: bool = False, threads: int = 0) -> dict:
+    server = Server(source, max_batch, threads)
     rows = {}
     try:
         asyncio.run(load(server.base, 1, 1, max_tokens))  # warm-up
@@ -165,6 +166,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=4, help="requests per client")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--max-batch", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=0, help="`serve --threads` for both servers (0: serve's default)")
     ap.add_argument("--compare-at", type=int, default=16, help="clients at which batching is compared to batch 1")
     ap.add_argument("--shared-client", action="store_true",
                     help="all simulated users share one httpx client (the method before 2026-12-03; see load())")
@@ -172,7 +174,7 @@ def main() -> None:
                     help="every request's prompt differs from its first words (no prefix reuse between requests)")
     args = ap.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
-    options = (args.shared_client, args.unique_prompts)
+    options = (args.shared_client, args.unique_prompts, args.threads)
 
     batched = measure(args.source, args.max_batch, clients, args.requests, args.max_tokens, *options)
     at = args.compare_at if args.compare_at in clients else max(clients)
