@@ -412,9 +412,7 @@ class Engine:
             for seq in decoding:
                 seq.length += 1
         if not seqs:
-            if len(decoding) > 1:
-                return forward_groups(self.model, self.cache, groups)
-            with self._one_thread_if(True):
+            with self._one_thread_if(len(decoding) == 1):
                 hidden = hidden_last(self.model, self.cache, groups)
             # The head is one large matmul (SmolLM2: 49,152 × 576), worth every thread even at batch 1.
             return head_logits(self.model, hidden)
