@@ -39,7 +39,7 @@ from homegrown.model import Transformer
 from homegrown.posttrain.chat import encode_conversation, reserved_markers
 from homegrown.posttrain.lora import parse_targets
 from homegrown.posttrain.pairs import Pair, read_pairs
-from homegrown.posttrain.sft import VAL_EVERY, base_checkpoint, report_skipped
+from homegrown.posttrain.sft import base_checkpoint, report_skipped, split_held_out
 from homegrown.progress import console
 from homegrown.train import checkpoint as ck
 from homegrown.train import distributed
@@ -287,10 +287,6 @@ def start_checkpoint(run_dir: Path, base: Path) -> Path:
     return layout.RunLayout(base).latest(layout.SFT) or base_checkpoint(base)
 
 
-def _held_out(pair: Pair) -> bool:
-    return int(pair.key()[:8], 16) % VAL_EVERY == 0
-
-
 def dpo(base: Path, data: Path, run_dir: Path, cfg: DPOConfig, train_cfg: TrainConfig,
         lora: LoRAConfig | None = None, val: Path | None = None, strict: bool = False,
         progress: bool = True) -> TrainResult:
@@ -314,8 +310,7 @@ def dpo(base: Path, data: Path, run_dir: Path, cfg: DPOConfig, train_cfg: TrainC
         report_skipped(val_read.problems, "malformed held-out preference lines")
         train_pairs, val_pairs = read.pairs, val_read.pairs
     else:
-        train_pairs = [p for p in read.pairs if not _held_out(p)]
-        val_pairs = [p for p in read.pairs if _held_out(p)] or read.pairs[:1]
+        train_pairs, val_pairs = split_held_out(read.pairs, Pair.key)
         console.print(f"no --val file: holding out {len(val_pairs)} of {len(read.pairs)} pairs")
     tcfg = dpo_train_config(train_cfg, cfg, model_cfg)
     train_data = PairData(tok, chat, train_pairs, tcfg.seq_len)

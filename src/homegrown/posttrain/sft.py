@@ -11,9 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -34,6 +35,8 @@ from homegrown.train.loop import TrainResult, train
 
 VAL_EVERY = 20
 """Without --val, one conversation in VAL_EVERY (chosen by content hash) is held out for validation."""
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -154,9 +157,17 @@ def assistant_loss(model: Transformer, data: PackedChats, byte_lengths: torch.Te
     return nll_sum / max(n_tokens, 1.0), nll_sum / math.log(2) / max(n_bytes, 1)
 
 
-def _held_out(messages: list[dict[str, str]]) -> bool:
-    digest = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()
-    return int(digest[:8], 16) % VAL_EVERY == 0
+def split_held_out(items: list[T], hex_key: Callable[[T], str]) -> tuple[list[T], list[T]]:
+    """(train, val) without a --val file: one item in VAL_EVERY by the first 8 hex digits of its content hash, so
+    the split does not move when lines are added or reordered; at least one item is held out."""
+    held = [int(hex_key(item)[:8], 16) % VAL_EVERY == 0 for item in items]
+    train = [item for item, h in zip(items, held, strict=True) if not h]
+    val = [item for item, h in zip(items, held, strict=True) if h]
+    return train, val or items[:1]
+
+
+def _messages_hash(messages: list[dict[str, str]]) -> str:
+    return hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()
 
 
 SFT_HINT = " (use --strict to stop at the first)"
@@ -223,8 +234,7 @@ def sft(base: Path, data: Path, run_dir: Path, sft_cfg: SFTConfig, train_cfg: Tr
         report_skipped(val_file.problems, "malformed chat lines", SFT_HINT)
         train_convs, val_convs = chats.conversations, val_file.conversations
     else:
-        train_convs = [c for c in chats.conversations if not _held_out(c)]
-        val_convs = [c for c in chats.conversations if _held_out(c)] or chats.conversations[:1]
+        train_convs, val_convs = split_held_out(chats.conversations, _messages_hash)
         console.print(f"no --val file: holding out {len(val_convs)} of {len(chats.conversations)} conversations")
     cfg = sft_train_config(train_cfg, sft_cfg, model_cfg)
     train_data = PackedChats(tok, chat, train_convs, cfg.seq_len)
