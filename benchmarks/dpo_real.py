@@ -40,19 +40,17 @@ from pathlib import Path
 
 import openai
 import torch
+from dpo_trl import GGUF, import_once
 from safetensors.torch import load_file
 
 from homegrown.config import resolve_preset
 from homegrown.eval.tasks import token_f1
 from homegrown.generate import SamplingParams
-from homegrown.importer import import_model
-from homegrown.layout import SAMPLE_DIR, RunLayout
+from homegrown.layout import SAMPLE_DIR
 from homegrown.posttrain.docqa import build_docqa
 from homegrown.posttrain.judge import judge_messages, parse_verdict, sample_answers
 from homegrown.train.checkpoint import resolve_checkpoint
 
-GGUF = Path(os.environ.get("HOMEGROWN_CACHE", Path.home() / ".cache/homegrown/models")) / \
-    "SmolLM2-135M-Instruct.Q4_1.gguf"
 HERE = Path(__file__).resolve().parent
 
 
@@ -194,10 +192,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
     t0 = time.perf_counter()
-    imported = args.work / "import"
-    if RunLayout(imported).latest() is None:
-        import_model(args.gguf, imported)
-    start = resolve_checkpoint(imported / "ckpt")
+    imported, start = import_once(args.gguf, args.work)
     train_prompts, held_prompts, refs_path = docqa_prompts(args.work, args.train_prompts, args.held_prompts,
                                                            args.seed)
     refs = json.loads(refs_path.read_text())

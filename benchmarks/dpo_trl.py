@@ -37,6 +37,14 @@ GGUF = Path(os.environ.get("HOMEGROWN_CACHE", Path.home() / ".cache/homegrown/mo
     "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+def import_once(gguf: Path, work: Path) -> tuple[Path, Path]:
+    """The GGUF imported into WORK/import (once; later runs reuse it): the run directory and its checkpoint."""
+    imported = work / "import"
+    if RunLayout(imported).latest() is None:
+        import_model(gguf, imported)
+    return imported, resolve_checkpoint(imported / "ckpt")
+
+
 def docqa_pairs(work: Path, n: int, held_out: int) -> tuple[Path, Path]:
     """`n` training and `held_out` evaluation pairs from the docqa conversations of the val pages: a question's
     own answer chosen, the next question's answer rejected. The two sets share no question."""
@@ -70,10 +78,7 @@ def main() -> None:
     args = ap.parse_args()
 
     args.work.mkdir(parents=True, exist_ok=True)
-    imported = args.work / "import"
-    if RunLayout(imported).latest() is None:
-        import_model(args.gguf, imported)
-    start = resolve_checkpoint(imported / "ckpt")
+    imported, start = import_once(args.gguf, args.work)
     data, val = docqa_pairs(args.work, args.pairs, args.held_out)
     preset = apply_overrides(resolve_preset(None, RunLayout(imported).preset, [], "small"), [
         "train.dtype=fp32", "train.weight_decay=0", "train.min_lr_ratio=1.0", f"train.seq_len={args.seq_len}",

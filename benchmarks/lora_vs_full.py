@@ -26,11 +26,9 @@ import sys
 from pathlib import Path
 
 import torch
-from dpo_trl import GGUF, docqa_pairs
+from dpo_trl import GGUF, docqa_pairs, import_once
 
 from homegrown.config import LoRAConfig, ModelConfig
-from homegrown.importer import import_model
-from homegrown.layout import RunLayout
 from homegrown.model import Transformer
 from homegrown.posttrain.lora import attach, count_trainable
 from homegrown.train.checkpoint import resolve_checkpoint
@@ -97,10 +95,7 @@ def main() -> None:
     args = ap.parse_args()
 
     args.work.mkdir(parents=True, exist_ok=True)
-    imported = args.work / "import"
-    if RunLayout(imported).latest() is None:
-        import_model(args.gguf, imported)
-    start = resolve_checkpoint(imported / "ckpt")
+    _, start = import_once(args.gguf, args.work)
     data, val = docqa_pairs(args.work, args.pairs, 2)
     rows = [run_mode("full", start, data, val, args.work, args, 0),
             run_mode(f"lora_r{args.lora_rank}", start, data, val, args.work, args, args.lora_rank)]
