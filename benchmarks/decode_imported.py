@@ -49,6 +49,7 @@ from homegrown.config import ServeConfig
 from homegrown.export.hf import export_hf
 from homegrown.importer import import_model
 from homegrown.serve.engine import Delta, Engine, GenerationParams
+from homegrown.train.precision import cpu_flags
 
 DTYPES = ("fp32", "bf16", "int8", "int4")
 DEFAULT_GGUF = Path.home() / ".cache" / "homegrown" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -70,10 +71,8 @@ def cpu_name() -> str:
 
 def cpu_features() -> str:
     """What decides bf16's speed here: native bf16 dot products (AVX-512-BF16) and AMX tiles, or neither."""
-    try:
-        flags = set(next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
-                         if line.startswith("flags")).split())
-    except (OSError, StopIteration):
+    flags = cpu_flags()
+    if not flags:
         return "unknown"
     have = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8") if f in flags]
     return ", ".join(have) or "no AVX2"

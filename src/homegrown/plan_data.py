@@ -379,17 +379,18 @@ def write_sample_crawl(out: Path, docs: int, files: int, seed: int = 0) -> tuple
 
 
 def _host() -> dict[str, Any]:
-    model, flags = platform.processor() or platform.machine(), []
+    from homegrown.train.precision import cpu_flags
+
+    model = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
             if key.strip() == "model name" and model in ("", platform.machine(), platform.processor()):
                 model = value.strip()
-            elif key.strip() == "flags" and not flags:
-                wanted = ("avx", "avx2", "avx512f", "avx512bw", "sse4_2", "bmi2", "sha_ni", "aes")
-                flags = [f for f in value.split() if f in wanted]
     except OSError:
         pass
+    have = cpu_flags()
+    flags = [f for f in ("avx", "avx2", "avx512f", "avx512bw", "sse4_2", "bmi2", "sha_ni", "aes") if f in have]
     return {"cpu_model": model, "cpu_flags": flags, "cores": os.cpu_count(), "python": platform.python_version(),
             "loadavg": [round(x, 2) for x in os.getloadavg()]}
 
