@@ -1,0 +1,174 @@
+"""Recipe ablations for `small`: one change at a time, each a real `homegrown pretrain`, scored on the whole val split.
+
+Every variant trains from scratch on a base run's tokenizer and shards (`make run` builds them) with the preset's
+recipe plus that variant's `--set` overrides, for a fixed number of steps — by default the step count the
+10-minute budget bought on a quiet 2-core machine (1,154), so a variant is compared at the schedule a user gets.
+Fixing steps (not wall-clock) makes the quality figure independent of load: variants can run side by side, one
+thread each. Changes that alter the cost of a step are compared at the budget separately: `--probe` times a few
+steps of each variant alone (2 threads, run it on a quiet machine) and the table converts the budget into
+steps for it (`budget_steps`); rerun such a variant at that count with `--steps`.
+
+Results go to OUT/results.jsonl (one line per finished variant; a finished variant is skipped on rerun), and
+the table prints Δ bits/byte against the variant named `base` for the same seed.
+
+    python benchmarks/ablate.py runs/small --out runs/ablate --variant base: \\
+        --variant muon:train.optimizer=muon --seeds 1337 --jobs 2
+    python benchmarks/ablate.py runs/small --out runs/ablate --table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from homegrown.data.pack import TokenShards, token_byte_lengths
+from homegrown.eval.perplexity import evaluate
+from homegrown.tokenizer import load_tokenizer
+from homegrown.train.checkpoint import load_model, resolve_checkpoint
+from homegrown.train.precision import cpu_flags, reported_flags
+
+BUDGET_STEPS = 1154
+"""Steps the small preset's 10-minute budget fixed on a quiet run of this 2-core Xeon (RESULTS, issue 16)."""
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    name, _, sets = text.partition(":")
+    return name, [s for s in sets.split(",") if s]
+
+
+def prepare(base: Path, run: Path) -> None:
+    """A fresh run directory sharing the base run's tokenizer and shards (copied: a run owns its directory)."""
+    run.mkdir(parents=True, exist_ok=True)
+    if not (run / "tokenizer.json").exists():
+        shutil.copy(base / "tokenizer.json", run / "tokenizer.json")
+    if not (run / "shards").exists():
+        shutil.copytree(base / "shards", run / "shards")
+
+
+def whole_val_bpb(run: Path) -> float:
+    ckpt = resolve_checkpoint(run / "ckpt")
+    model = load_model(ckpt)
+    tok = load_tokenizer(ckpt)
+    _, bpb = evaluate(model, TokenShards(run / "shards", "val"), torch.from_numpy(token_byte_lengths(tok)), 16,
+                      model.cfg.max_seq_len, None, torch.device("cpu"), None)
+    return bpb
+
+
+def train_seconds(run: Path) -> float:
+    """Training wall-clock of the run from its metrics (the loop logs elapsed seconds per step record)."""
+    last = 0.0
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if "elapsed_s" in rec:
+            last = float(rec["elapsed_s"])
+    return last
+
+
+def run_variant(base: Path, out: Path, name: str, sets: list[str], seed: int, steps: int, threads: int,
+                preset: str) -> dict:
+    run = out / f"{name}-s{seed}"
+    prepare(base, run)
+    cmd = [sys.executable, "-m", "homegrown", "pretrain", str(run), "--preset", preset,
+           "--set", f"train.max_steps={steps}", "--set", f"train.seed={seed}", "--set", f"train.threads={threads}",
+           "--set", f"train.ckpt_every={steps}", "--set", f"train.eval_every={steps}"]
+    for s in sets:
+        cmd += ["--set", s]
+    t0 = time.perf_counter()
+    with open(run / "train.log", "a") as log:
+        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TERM": "dumb"})
+    wall = time.perf_counter() - t0
+    torch.set_num_threads(threads)
+    return {"variant": name, "sets": sets, "seed": seed, "steps": steps, "bpb": whole_val_bpb(run),
+            "wall_s": round(wall, 1), "threads": threads, "date": time.strftime("%Y-%m-%d %H:%M"),
+            "load": os.getloadavg()[0]}
+
+
+def probe(base: Path, out: Path, name: str, sets: list[str], preset: str, steps: int = 24) -> float:
+    """Seconds per step of a variant alone on all cores (the first 4 steps, warm-up, are excluded)."""
+    run = out / "probe" / name
+    shutil.rmtree(run, ignore_errors=True)
+    prepare(base, run)
+    cmd = [sys.executable, "-m", "homegrown", "pretrain", str(run), "--preset", preset,
+           "--set", f"train.max_steps={steps}", "--set", "train.log_every=1", "--set", f"train.ckpt_every={steps}",
+           "--set", f"train.eval_every={steps}"]
+    for s in sets:
+        cmd += ["--set", s]
+    subprocess.run(cmd, check=True, capture_output=True)
+    times = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    stamps = [(r["step"], r["elapsed_s"]) for r in times if "elapsed_s" in r and "loss" in r]
+    (s0, t0), (s1, t1) = stamps[3], stamps[-1]
+    return (t1 - t0) / (s1 - s0)
+
+
+def table(out: Path) -> None:
+    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()] \
+        if (out / "results.jsonl").exists() else []
+    probes = json.loads((out / "probe.json").read_text()) if (out / "probe.json").exists() else {}
+    base = {r["seed"]: r["bpb"] for r in rows if r["variant"] == "base" and r["steps"] == BUDGET_STEPS}
+    base_step = probes.get("base")
+    print(f"{'variant':<22} {'seed':>5} {'steps':>6} {'bits/byte':>9} {'Δ vs base':>9} {'s/step':>7} "
+          f"{'budget_steps':>12}  sets")
+    for r in sorted(rows, key=lambda r: (r["variant"] != "base", r["variant"], r["seed"], r["steps"])):
+        delta = f"{r['bpb'] - base[r['seed']]:+.4f}" if r["seed"] in base else "-"
+        s = probes.get(r["variant"])
+        budget = f"{round(BUDGET_STEPS * base_step / s)}" if s and base_step else "-"
+        print(f"{r['variant']:<22} {r['seed']:>5} {r['steps']:>6} {r['bpb']:>9.4f} {delta:>9} "
+              f"{s or float('nan'):>7.3f} {budget:>12}  {' '.join(r['sets'])}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("base", type=Path, help="a run with tokenizer.json and shards/ (e.g. runs/small)")
+    ap.add_argument("--out", type=Path, default=Path("runs/ablate"))
+    ap.add_argument("--variant", action="append", default=[], help="NAME:section.field=value,... (repeatable)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1337])
+    ap.add_argument("--steps", type=int, default=BUDGET_STEPS)
+    ap.add_argument("--jobs", type=int, default=1, help="variants trained side by side, one thread each if > 1")
+    ap.add_argument("--preset", default="small")
+    ap.add_argument("--probe", action="store_true", help="time each variant alone instead (quiet machine)")
+    ap.add_argument("--table", action="store_true", help="print the table of OUT/results.jsonl and exit")
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    variants = [parse_variant(v) for v in args.variant]
+    if args.table:
+        table(args.out)
+        return
+    if args.probe:
+        path = args.out / "probe.json"
+        probes = json.loads(path.read_text()) if path.exists() else {}
+        for name, sets in variants:
+            probes[name] = probe(args.base, args.out, name, sets, args.preset)
+            print(f"{name}: {probes[name]:.3f} s/step (load {os.getloadavg()[0]:.1f}; "
+                  f"flags {reported_flags(cpu_flags())})", flush=True)
+            path.write_text(json.dumps(probes, indent=1))
+        return
+    done = set()
+    results = args.out / "results.jsonl"
+    if results.exists():
+        done = {(r["variant"], r["seed"], r["steps"]) for r in map(json.loads, results.read_text().splitlines())}
+    todo = [(n, s, seed) for n, s in variants for seed in args.seeds if (n, seed, args.steps) not in done]
+    threads = 1 if args.jobs > 1 else 0
+
+    def one(job: tuple[str, list[str], int]) -> None:
+        name, sets, seed = job
+        rec = run_variant(args.base, args.out, name, sets, seed, args.steps, threads, args.preset)
+        with open(results, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        print(f"{name} seed {seed}: {rec['bpb']:.4f} bits/byte ({rec['wall_s']} s)", flush=True)
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        list(pool.map(one, todo))
+    table(args.out)
+
+
+if __name__ == "__main__":
+    main()
