@@ -7,6 +7,7 @@ from homegrown.config import (
     PRESET_NAMES,
     SECTIONS,
     IngestConfig,
+    ModelConfig,
     Preset,
     ServeConfig,
     apply_overrides,
@@ -127,3 +128,16 @@ def test_field_docs_are_the_docstrings_under_the_fields():
     assert field_help(ServeConfig, "max_n").startswith("Largest `n`")
     with pytest.raises(KeyError, match="no field 'nope'"):
         field_help(ServeConfig, "nope")
+
+
+ARCH_SWITCHES = {"qk_norm": ("true", True)}
+"""Issue 16's architecture switches: the `--set model.X=` text and the value it gives."""
+
+
+def test_architecture_switches_are_off_in_every_preset_and_set_by_name():
+    default = ModelConfig()
+    for name in PRESET_NAMES:
+        model = get_preset(name).model
+        assert all(getattr(model, field) == getattr(default, field) for field in ARCH_SWITCHES), name
+    for field, (text, value) in ARCH_SWITCHES.items():
+        assert getattr(apply_overrides(get_preset("small"), [f"model.{field}={text}"]).model, field) == value

@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -118,3 +119,55 @@ def test_activation_checkpointing_gives_the_same_gradients():
         model(x, x).backward()
     for (name, a), b in zip(plain.named_parameters(), recomputed.parameters(), strict=True):
         torch.testing.assert_close(b.grad, a.grad, msg=name)
+
+
+SWITCHES = {"qk_norm": {"qk_norm": True}}
+"""Each architecture switch of issue 16 (ModelConfig fields, off by default) on its own."""
+NEW_WEIGHTS = {"qk_norm": ("self_attn.q_norm.weight", "self_attn.k_norm.weight")}
+"""Parameters a switch adds to every block."""
+
+
+@pytest.mark.parametrize("switch", SWITCHES)
+def test_switch_trains_a_step_and_its_weights_get_gradients(switch: str) -> None:
+    model = _model(**SWITCHES[switch]).train()
+    idx = torch.randint(0, 97, (2, 17))
+    loss = model(idx[:, :-1], idx[:, 1:])
+    assert torch.isfinite(loss)
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    for suffix in NEW_WEIGHTS.get(switch, ()):
+        grads = [p.grad for name, p in model.named_parameters() if name.endswith(suffix)]
+        assert len(grads) == model.cfg.n_layers and all(g.abs().sum() > 0 for g in grads), suffix
+
+
+@pytest.mark.parametrize("switch", SWITCHES)
+def test_switch_decode_and_cached_forward_equal_the_full_forward(switch: str) -> None:
+    model = _model(**SWITCHES[switch])
+    with torch.no_grad():
+        for p in model.parameters():  # norm weights off their init of ones, so a skipped norm would show
+            p.add_(torch.randn_like(p) * 0.1)
+    idx = torch.randint(0, 97, (2, 20))
+    with torch.no_grad():
+        full = model(idx)
+        cache = KVCache.allocate(model.cfg, 2)
+        cached = torch.cat([model(idx[:, :12], cache=cache)] + [model(idx[:, i:i + 1], cache=cache)
+                                                                for i in range(12, 20)], dim=1)
+        model.prepare_for_inference()
+        cache = KVCache.allocate(model.cfg, 2)
+        got = [model.decode(idx[:, :12], cache)]
+        got += [model.decode(idx[:, i:i + 1], cache) for i in range(12, 20)]
+    torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.stack(got, dim=1), full[:, 11:], atol=1e-5, rtol=1e-5)
+
+
+def test_qk_norm_normalises_each_head_before_rope() -> None:
+    """q and k heads leave `norm_qk` with RMS 1 times their weight, per head: Qwen3's q_norm / k_norm."""
+    attn = _model(qk_norm=True).layers[0].self_attn
+    with torch.no_grad():
+        attn.q_norm.weight.fill_(2.0)
+        out = attn.norm_qk(torch.randn(3, 4 + 2, 5, 8) * 7)
+    rms = out.pow(2).mean(-1).sqrt()
+    torch.testing.assert_close(rms[:, :4], torch.full_like(rms[:, :4], 2.0), atol=1e-4, rtol=0)
+    torch.testing.assert_close(rms[:, 4:], torch.ones_like(rms[:, 4:]), atol=1e-4, rtol=0)
+    assert set(_model().state_dict()) < set(_model(qk_norm=True).state_dict())

@@ -33,13 +33,18 @@ class ModelConfig:
     n_heads: int = 4
     n_kv_heads: int = 4
     ffn_hidden: int = 0
-    """0 means the Llama rule: 8/3·d rounded up to a multiple of `ffn_multiple_of`."""
+    """0 means the Llama rule: 8/3·d rounded up to a multiple of `ffn_multiple_of` (4·d for `mlp=relu2`, the same
+    parameter count without the gate)."""
     ffn_multiple_of: int = 64
     max_seq_len: int = 256
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
     init_std: float = 0.02
+    qk_norm: bool = False
+    """RMSNorm (a learned weight per head dimension) on every query and key head after the projection, before
+    RoPE, as Qwen3 and OLMo-2 do: attention logits stay bounded, so higher learning rates stay stable. Exports as
+    Qwen3 (transformers `Qwen3ForCausalLM`, GGUF `qwen3`)."""
 
     def __post_init__(self) -> None:
         if self.ffn_hidden == 0:

@@ -151,13 +151,26 @@ class Attention(nn.Module):
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         self.qkv = nn.Linear(cfg.d_model, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
+        self.qk_norm = cfg.qk_norm
+        if cfg.qk_norm:  # absent otherwise, so a plain model's state dict keeps exactly Llama's tensors
+            self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
+            self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
+
+    def norm_qk(self, qk: torch.Tensor) -> torch.Tensor:
+        """The q and k heads (B, n_heads + n_kv_heads, T, head_dim) ready for RoPE: each head RMS-normalised over
+        head_dim with the shared q or k weight when `qk_norm` is on (Qwen3's q_norm/k_norm), else as they are.
+        Every forward path (training, `decode`, the serving engine's batched one) goes through here."""
+        if not self.qk_norm:
+            return qk
+        q, k = qk.split([self.n_heads, self.n_kv_heads], dim=1)
+        return torch.cat([self.q_norm(q), self.k_norm(k)], dim=1)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: KVCache | None, layer: int, mask: torch.Tensor | None = None) -> torch.Tensor:
         b, t, _ = x.shape
         heads = self.qkv(x).view(b, t, self.n_heads + 2 * self.n_kv_heads, self.head_dim).transpose(1, 2)
         # q and k heads are adjacent in the fused output, so one RoPE call rotates both.
-        q, k = apply_rope(heads[:, : self.n_heads + self.n_kv_heads], cos, sin).split(
+        q, k = apply_rope(self.norm_qk(heads[:, : self.n_heads + self.n_kv_heads]), cos, sin).split(
             [self.n_heads, self.n_kv_heads], dim=1)
         v = heads[:, self.n_heads + self.n_kv_heads:]
         gqa = self.n_heads != self.n_kv_heads
@@ -297,7 +310,7 @@ class Transformer(nn.Module):
             attn, mlp = layer.self_attn, layer.mlp
             h = F.rms_norm(x, (d,), layer.input_layernorm.weight, cfg.norm_eps)
             heads = linear(h, attn.qkv).view(b, t, n_qk + cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)
-            qk = apply_rope(heads[:, :n_qk], cos, sin)
+            qk = apply_rope(attn.norm_qk(heads[:, :n_qk]), cos, sin)
             keys, values = cache.k[i, :b], cache.v[i, :b]
             keys[:, :, start:start + t] = qk[:, n_q:]
             values[:, :, start:start + t] = heads[:, n_qk:]

@@ -90,7 +90,7 @@ def _hidden(model: Transformer, cache: KVCache, groups: list[Rows]) -> list[torc
         attn, mlp = layer.self_attn, layer.mlp
         h = F.rms_norm(x, (d,), layer.input_layernorm.weight, cfg.norm_eps)
         heads = linear(h, attn.qkv).view(1, n, n_qk + n_kv, hd).transpose(1, 2)
-        qk = apply_rope(heads[:, :n_qk], cos, sin)
+        qk = apply_rope(attn.norm_qk(heads[:, :n_qk]), cos, sin)
         layer_k, layer_v = cache.k[i], cache.v[i]
         layer_k.view(-1, hd).index_copy_(0, writes, qk[0, n_q:].reshape(-1, hd).to(layer_k.dtype))
         layer_v.view(-1, hd).index_copy_(0, writes, heads[0, n_qk:].reshape(-1, hd).to(layer_v.dtype))
