@@ -121,10 +121,11 @@ def test_activation_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(b.grad, a.grad, msg=name)
 
 
-SWITCHES = {"qk_norm": {"qk_norm": True}}
+SWITCHES = {"qk_norm": {"qk_norm": True}, "zero_init_proj": {"zero_init_proj": True}}
 """Each architecture switch of issue 16 (ModelConfig fields, off by default) on its own."""
-NEW_WEIGHTS = {"qk_norm": ("self_attn.q_norm.weight", "self_attn.k_norm.weight")}
-"""Parameters a switch adds to every block."""
+NEW_WEIGHTS = {"qk_norm": ("self_attn.q_norm.weight", "self_attn.k_norm.weight"),
+               "zero_init_proj": ("self_attn.o_proj.weight", "mlp.down_proj.weight")}
+"""Parameters a switch adds to (or initialises differently in) every block: their gradients must not be zero."""
 
 
 @pytest.mark.parametrize("switch", SWITCHES)
@@ -171,3 +172,13 @@ def test_qk_norm_normalises_each_head_before_rope() -> None:
     torch.testing.assert_close(rms[:, :4], torch.full_like(rms[:, :4], 2.0), atol=1e-4, rtol=0)
     torch.testing.assert_close(rms[:, 4:], torch.ones_like(rms[:, 4:]), atol=1e-4, rtol=0)
     assert set(_model().state_dict()) < set(_model(qk_norm=True).state_dict())
+
+
+def test_zero_init_proj_starts_every_block_as_the_identity() -> None:
+    model = _model(zero_init_proj=True)
+    zeroed = [p for name, p in model.named_parameters() if name.endswith(("o_proj.weight", "down_proj.weight"))]
+    assert len(zeroed) == 2 * model.cfg.n_layers and all(not p.any() for p in zeroed)
+    assert all(p.std() > 0 for name, p in model.named_parameters() if name.endswith(("qkv.weight", "gate_up.weight")))
+    idx = torch.randint(0, 97, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx), model.lm_head(model.norm(model.embed_tokens(idx))))

@@ -45,6 +45,9 @@ class ModelConfig:
     """RMSNorm (a learned weight per head dimension) on every query and key head after the projection, before
     RoPE, as Qwen3 and OLMo-2 do: attention logits stay bounded, so higher learning rates stay stable. Exports as
     Qwen3 (transformers `Qwen3ForCausalLM`, GGUF `qwen3`)."""
+    zero_init_proj: bool = False
+    """Initialise the attention output and MLP down projections to zero (modded-nanogpt), so every block starts as
+    the identity on the residual stream; initialisation only, the model and its exports are unchanged."""
 
     def __post_init__(self) -> None:
         if self.ffn_hidden == 0:

@@ -236,11 +236,14 @@ class Transformer(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """GPT-2/Llama init: N(0, 0.02), residual output projections shrunk by depth so the stream stays O(1)."""
+        """GPT-2/Llama init: N(0, 0.02), residual output projections shrunk by depth so the stream stays O(1) — or
+        zero with `zero_init_proj`, so each block starts as the identity and learns its way in."""
         std = self.cfg.init_std
         for name, p in self.named_parameters():
             if p.dim() == 1:
                 nn.init.ones_(p)
+            elif self.cfg.zero_init_proj and name.endswith(("o_proj.weight", "down_proj.weight")):
+                nn.init.zeros_(p)
             elif name.endswith(("o_proj.weight", "down_proj.weight")):
                 nn.init.normal_(p, mean=0.0, std=std / math.sqrt(2 * self.cfg.n_layers))
             else:
