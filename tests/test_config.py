@@ -130,7 +130,7 @@ def test_field_docs_are_the_docstrings_under_the_fields():
         field_help(ServeConfig, "nope")
 
 
-ARCH_SWITCHES = {"qk_norm": ("true", True), "zero_init_proj": ("true", True)}
+ARCH_SWITCHES = {"qk_norm": ("true", True), "zero_init_proj": ("true", True), "logit_softcap": ("15", 15.0)}
 """Issue 16's architecture switches: the `--set model.X=` text and the value it gives."""
 
 

@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from homegrown.config import ModelConfig
+from homegrown.errors import HomegrownError
 from homegrown.model import KVCache, Transformer, count_params, cross_entropy, linear
 
 
@@ -121,7 +122,8 @@ def test_activation_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(b.grad, a.grad, msg=name)
 
 
-SWITCHES = {"qk_norm": {"qk_norm": True}, "zero_init_proj": {"zero_init_proj": True}}
+SWITCHES = {"qk_norm": {"qk_norm": True}, "zero_init_proj": {"zero_init_proj": True},
+            "logit_softcap": {"logit_softcap": 0.5}}
 """Each architecture switch of issue 16 (ModelConfig fields, off by default) on its own."""
 NEW_WEIGHTS = {"qk_norm": ("self_attn.q_norm.weight", "self_attn.k_norm.weight"),
                "zero_init_proj": ("self_attn.o_proj.weight", "mlp.down_proj.weight")}
@@ -182,3 +184,18 @@ def test_zero_init_proj_starts_every_block_as_the_identity() -> None:
     idx = torch.randint(0, 97, (2, 12))
     with torch.no_grad():
         torch.testing.assert_close(model(idx), model.lm_head(model.norm(model.embed_tokens(idx))))
+
+
+def test_logit_softcap_bounds_the_logits_the_loss_sees() -> None:
+    """c·tanh(logits / c) of the uncapped model's logits, in forward and in the loss; a negative cap is refused."""
+    plain, capped = _model(), _model(logit_softcap=0.5)
+    capped.load_state_dict(plain.state_dict())
+    idx = torch.randint(0, 97, (2, 12))
+    with torch.no_grad():
+        raw, got = plain(idx), capped(idx)
+        loss = capped(idx[:, :-1], idx[:, 1:])
+    assert raw.abs().max() > 0.5 and got.abs().max() < 0.5
+    torch.testing.assert_close(got, 0.5 * torch.tanh(raw / 0.5))
+    torch.testing.assert_close(loss, F.cross_entropy(got[:, :-1].reshape(-1, 97), idx[:, 1:].reshape(-1)))
+    with pytest.raises(HomegrownError, match="logit_softcap"):
+        ModelConfig(logit_softcap=-1.0)

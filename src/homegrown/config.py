@@ -48,6 +48,9 @@ class ModelConfig:
     zero_init_proj: bool = False
     """Initialise the attention output and MLP down projections to zero (modded-nanogpt), so every block starts as
     the identity on the residual stream; initialisation only, the model and its exports are unchanged."""
+    logit_softcap: float = 0.0
+    """When > 0, logits become c·tanh(logits / c) with c this value (Gemma 2 uses 30, modded-nanogpt 15-30) in
+    training and in every inference path; 0 = off. No Llama or Qwen3 model has it, so HF/GGUF export refuses it."""
 
     def __post_init__(self) -> None:
         if self.ffn_hidden == 0:
@@ -57,6 +60,8 @@ class ModelConfig:
             raise HomegrownError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         if self.n_heads % self.n_kv_heads:
             raise HomegrownError(f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}")
+        if self.logit_softcap < 0:
+            raise HomegrownError(f"model.logit_softcap must be 0 (off) or a positive cap, not {self.logit_softcap:g}")
 
     @property
     def head_dim(self) -> int:

@@ -115,6 +115,15 @@ def segment_layout(segments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return idx - seg_start, mask.unsqueeze(1)
 
 
+def softcap(logits: torch.Tensor, cap: float) -> torch.Tensor:
+    """Gemma 2's soft cap, cap·tanh(logits / cap): logits stay inside (-cap, cap), nearly unchanged well below it,
+    so the model cannot win loss by inflating them. 0 = off (the logits as they are). Every path that makes logits
+    (`Transformer.forward` and `decode`, the engine's `head_logits`) applies it."""
+    if not cap:
+        return logits
+    return torch.tanh(logits / cap) * cap
+
+
 def linear(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
     """x · Wᵀ for the generation paths (`Transformer.decode`, the serving engine's `forward_rows`).
 
@@ -284,10 +293,10 @@ class Transformer(nn.Module):
                 x = layer(x, cos, sin, cache, i, mask)
         if cache is not None:
             cache.pos += t
-        x = self.norm(x)
+        logits = softcap(self.lm_head(self.norm(x)), self.cfg.logit_softcap)
         if targets is None:
-            return self.lm_head(x)
-        return cross_entropy(self.lm_head(x), targets, loss_mask)
+            return logits
+        return cross_entropy(logits, targets, loss_mask)
 
     def decode(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Logits (B, V) for the last of `idx`'s (B, T) tokens, fed after `cache.pos`: the generation path.
@@ -325,7 +334,7 @@ class Transformer(nn.Module):
             x = x + linear(F.silu(gate).mul_(up), mlp.down_proj)
         cache.pos += t
         x = F.rms_norm(x[:, -1], (d,), self.norm.weight, cfg.norm_eps)
-        return linear(x, self.lm_head)
+        return softcap(linear(x, self.lm_head), cfg.logit_softcap)
 
     def prepare_for_inference(self) -> Transformer:
         """Switch to eval mode and, on CPU, store every fp32 Linear weight column-major (same shape and values).

@@ -177,6 +177,15 @@ def test_transformers_gguf_loader_reads_the_qwen3_export(tmp_path: Path, tokeniz
         torch.testing.assert_close(hf(ids).logits, model(ids), atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize(("switch", "value"), [("logit_softcap", 30.0)])
+def test_options_no_standard_model_has_are_refused_by_name(tmp_path: Path, tokenizer_path: Path, switch: str,
+                                                           value: object) -> None:
+    _, ckpt = _checkpoint(tmp_path, tokenizer_path, True, **{switch: value})
+    with pytest.raises(HomegrownError, match=f"cannot export to GGUF: .*model.{switch}="):
+        export_gguf(ckpt, tmp_path / "m.gguf", "f32")
+    assert not (tmp_path / "m.gguf").exists()
+
+
 def test_quantized_types_and_sizes(tmp_path: Path, tokenizer_path: Path) -> None:
     _, ckpt = _checkpoint(tmp_path, tokenizer_path, False)
     sizes = {}

@@ -94,6 +94,18 @@ def test_greedy_generation_matches_transformers(tmp_path: Path, tokenizer_path: 
     assert len(ours) == 20 and len(set(ours)) > 3, "the test model should decode a varied, full-length sequence"
 
 
+@pytest.mark.parametrize(("switch", "value"), [("logit_softcap", 30.0)])
+def test_options_no_standard_model_has_are_refused_by_name(tmp_path: Path, tokenizer_path: Path, switch: str,
+                                                           value: object, cli) -> None:
+    _, ckpt = _checkpoint(tmp_path, tokenizer_path, True, **{switch: value})
+    with pytest.raises(HomegrownError, match=f"cannot export to transformers: .*model.{switch}="):
+        export_hf(ckpt, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+    done = cli("export", str(ckpt), "--format", "hf", "--out", str(tmp_path / "hf"))
+    assert done.returncode == 2 and f"model.{switch}" in done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+
+
 def test_auto_tokenizer_and_chat_template(tmp_path: Path, tokenizer_path: Path) -> None:
     _, ckpt = _checkpoint(tmp_path, tokenizer_path, True)
     out = export_hf(ckpt, tmp_path / "hf")

@@ -10,7 +10,7 @@ from homegrown.config import ModelConfig
 from homegrown.model import KVCache, Transformer
 from homegrown.serve.batched import forward_groups, forward_rows, head_logits, hidden_last
 
-SWITCHES = {"plain": {}, "qk_norm": {"qk_norm": True}}
+SWITCHES = {"plain": {}, "qk_norm": {"qk_norm": True}, "logit_softcap": {"logit_softcap": 0.5}}
 
 
 def _model(**switches) -> Transformer:

@@ -27,7 +27,7 @@ from tokenizers import Tokenizer, models
 from homegrown.chat_template import ChatFormat, read_chat_format
 from homegrown.config import ModelConfig
 from homegrown.errors import HomegrownError
-from homegrown.export.hf import architecture, to_hf_state
+from homegrown.export.hf import architecture, check_exportable, to_hf_state
 from homegrown.gguf_tokenizer import SUPPORTED_PRE, pre_tokenizer_for
 from homegrown.io import atomic_path
 from homegrown.layout import BASE, locate
@@ -217,6 +217,7 @@ def export_gguf(ckpt: Path, out_file: Path, outtype: str = "f16") -> Path:
     if not tokenizer_path.exists():
         raise HomegrownError(f"{ckpt} has no {TOKENIZER}; export a checkpoint written by homegrown training")
     cfg = ModelConfig.load(ckpt / CONFIG)
+    check_exportable(cfg, "GGUF")
     tok = _tokenizer_fields(tokenizer_path, cfg.vocab_size)
     chat = read_chat_format(ckpt, load_tokenizer(ckpt))
     ids = _special_ids(chat, ckpt)

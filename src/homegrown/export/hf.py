@@ -1,7 +1,7 @@
 """Write and read the `transformers` Llama layout, so vLLM, TGI and the HF ecosystem serve our models as-is.
 
 A model trained with `qk_norm` is a Qwen3 (Llama plus per-head q/k RMSNorm, nothing else changed) and goes out
-as `Qwen3ForCausalLM`.
+as `Qwen3ForCausalLM`; an architecture switch no standard model has is refused by name (`check_exportable`).
 
 Our model fuses q/k/v and gate/up into single matmuls (model.py explains why); Llama keeps them apart, so
 export splits rows and import concatenates them. RoPE already uses the rotate-half layout HF applies to
@@ -33,6 +33,17 @@ SHARD_INDEX = "model.safetensors.index.json"
 HF_TOKENIZER = "tokenizer.json"
 """transformers' file name (a fast tokenizer), which our checkpoints happen to share."""
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+def check_exportable(cfg: ModelConfig, target: str) -> None:
+    """Refuse, naming the option, an architecture switch that neither Llama nor Qwen3 has: the exported model would
+    silently compute something else in transformers, vLLM or llama.cpp."""
+    foreign = []
+    if cfg.logit_softcap:
+        foreign.append(f"model.logit_softcap={cfg.logit_softcap:g} (logit soft-capping)")
+    if foreign:
+        raise HomegrownError(f"cannot export to {target}: this checkpoint uses {' and '.join(foreign)}, which no "
+                             "Llama or Qwen3 model has; only models trained without it can be exported")
 
 
 def architecture(cfg: ModelConfig) -> str:
@@ -126,6 +137,7 @@ def export_hf(ckpt: Path, out_dir: Path) -> Path:
     if not tokenizer_path.exists():
         raise HomegrownError(f"{ckpt} has no {TOKENIZER}; export a checkpoint written by homegrown training")
     cfg = ModelConfig.load(ckpt / CONFIG)
+    check_exportable(cfg, "transformers")
     state = load_file(str(ckpt / WEIGHTS))
     tok = load_tokenizer(tokenizer_path)
     chat = read_chat_format(ckpt, tok)

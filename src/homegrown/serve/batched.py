@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from homegrown.model import KVCache, Transformer, apply_rope, linear
+from homegrown.model import KVCache, Transformer, apply_rope, linear, softcap
 
 Rows = tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]
 """One group of rows of one shape: (idx (B, T), starts (B,), last (B,), first cache slot); see forward_rows."""
@@ -56,8 +56,10 @@ def hidden_last(model: Transformer, cache: KVCache, groups: list[Rows]) -> torch
 
 
 def head_logits(model: Transformer, x: torch.Tensor) -> torch.Tensor:
-    """Logits (…, V) of hidden states (…, d): the final norm, then the head."""
-    return linear(F.rms_norm(x, (model.cfg.d_model,), model.norm.weight, model.cfg.norm_eps), model.lm_head)
+    """Logits (…, V) of hidden states (…, d): the final norm, then the head (soft-capped with `logit_softcap`)."""
+    cfg = model.cfg
+    return softcap(linear(F.rms_norm(x, (cfg.d_model,), model.norm.weight, cfg.norm_eps), model.lm_head),
+                   cfg.logit_softcap)
 
 
 def _hidden(model: Transformer, cache: KVCache, groups: list[Rows]) -> list[torch.Tensor]:
