@@ -123,10 +123,11 @@ def test_activation_checkpointing_gives_the_same_gradients():
 
 
 SWITCHES = {"qk_norm": {"qk_norm": True}, "zero_init_proj": {"zero_init_proj": True},
-            "logit_softcap": {"logit_softcap": 0.5}}
+            "logit_softcap": {"logit_softcap": 0.5}, "relu2": {"mlp": "relu2"}}
 """Each architecture switch of issue 16 (ModelConfig fields, off by default) on its own."""
 NEW_WEIGHTS = {"qk_norm": ("self_attn.q_norm.weight", "self_attn.k_norm.weight"),
-               "zero_init_proj": ("self_attn.o_proj.weight", "mlp.down_proj.weight")}
+               "zero_init_proj": ("self_attn.o_proj.weight", "mlp.down_proj.weight"),
+               "relu2": ("mlp.up_proj.weight", "mlp.down_proj.weight")}
 """Parameters a switch adds to (or initialises differently in) every block: their gradients must not be zero."""
 
 
@@ -199,3 +200,19 @@ def test_logit_softcap_bounds_the_logits_the_loss_sees() -> None:
     torch.testing.assert_close(loss, F.cross_entropy(got[:, :-1].reshape(-1, 97), idx[:, 1:].reshape(-1)))
     with pytest.raises(HomegrownError, match="logit_softcap"):
         ModelConfig(logit_softcap=-1.0)
+
+
+def test_relu2_mlp_has_swiglus_parameter_count_and_computes_relu_squared() -> None:
+    swiglu, relu2 = ModelConfig(d_model=192, n_heads=3, n_kv_heads=3), ModelConfig(d_model=192, n_heads=3,
+                                                                                    n_kv_heads=3, mlp="relu2")
+    assert (swiglu.ffn_hidden, relu2.ffn_hidden) == (512, 768)
+    assert count_params(relu2) == count_params(swiglu)
+    model = _model(mlp="relu2")
+    mlp = model.layers[0].mlp
+    assert not hasattr(mlp, "gate_up")
+    x = torch.randn(3, 32)
+    with torch.no_grad():
+        expected = F.relu(x @ mlp.up_proj.weight.T).pow(2) @ mlp.down_proj.weight.T
+        torch.testing.assert_close(mlp(x), expected)
+    with pytest.raises(HomegrownError, match=r"unknown model\.mlp 'geglu'; choose one of: swiglu, relu2"):
+        ModelConfig(mlp="geglu")

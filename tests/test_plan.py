@@ -66,7 +66,7 @@ def test_analytic_counts_equal_the_model_for_every_preset(name):
 def test_explicit_shapes_agree_with_the_model_too():
     small = {"d_model": 96, "n_layers": 3, "n_heads": 6, "n_kv_heads": 2, "vocab_size": 1000}
     for cfg in (LLAMA3_405B, MT_NLG_530B, ModelConfig(**small, tie_embeddings=False),
-                ModelConfig(**small, qk_norm=True)):
+                ModelConfig(**small, qk_norm=True), ModelConfig(**small, mlp="relu2", tie_embeddings=False)):
         with torch.device("meta"):
             model = Transformer(cfg)
         assert param_counts(cfg).total == model.num_params()

@@ -99,17 +99,25 @@ def test_quantized_model_decode_matches_its_forward_and_is_deterministic(kind: s
     torch.testing.assert_close(steps[0], full[:, 11:], atol=3e-2, rtol=0)
 
 
+SWITCHES = {"qk_norm": {"qk_norm": True}, "relu2": {"mlp": "relu2"}, "logit_softcap": {"logit_softcap": 0.5}}
+"""Architecture switches with their own serving arithmetic (q/k norms, the relu² MLP's up_proj, the cap)."""
+
+
 @pytest.mark.parametrize("kind", QUANT_KINDS)
-def test_quantized_qk_norm_model_keeps_fp32_norms_and_serves_as_it_decodes(kind: str) -> None:
-    """A `qk_norm` model quantizes its matmuls only; decode, the engine's batched pass and forward agree."""
-    model = _tiny(qk_norm=True)
+@pytest.mark.parametrize("switch", SWITCHES)
+def test_quantized_switch_models_serve_as_they_decode(kind: str, switch: str) -> None:
+    """Only the matmuls are quantized (q/k norm weights stay fp32); decode, the engine's batched pass and forward
+    agree."""
+    model = _tiny(**SWITCHES[switch])
     with torch.no_grad():
-        for block in model.layers:
-            block.self_attn.q_norm.weight.uniform_(0.5, 2.0)
-            block.self_attn.k_norm.weight.uniform_(0.5, 2.0)
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.uniform_(0.5, 2.0)  # norms off their init of ones, so a skipped one would show
     model = quantize_model(model, kind)
+    layers = [m for m in model.modules() if isinstance(m, (Int8Linear, Int4Linear))]
+    assert len(layers) == 2 * 4 + 1  # qkv, o_proj, gate_up or up_proj, down_proj per block; the head
     norms = [p for name, p in model.named_parameters() if name.endswith(("q_norm.weight", "k_norm.weight"))]
-    assert len(norms) == 4 and all(p.dtype == torch.float32 for p in norms)
+    assert len(norms) == (4 if switch == "qk_norm" else 0) and all(p.dtype == torch.float32 for p in norms)
     idx = torch.randint(0, 100, (2, 20))
     with torch.inference_mode():
         full = model(idx).float()

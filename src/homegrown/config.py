@@ -22,6 +22,9 @@ from typing import Any
 from homegrown.errors import HomegrownError
 from homegrown.io import write_json_atomic
 
+MLP_KINDS = ("swiglu", "relu2")
+"""`ModelConfig.mlp` choices (model.py builds one module class per kind)."""
+
 
 @dataclass
 class ModelConfig:
@@ -51,10 +54,17 @@ class ModelConfig:
     logit_softcap: float = 0.0
     """When > 0, logits become c·tanh(logits / c) with c this value (Gemma 2 uses 30, modded-nanogpt 15-30) in
     training and in every inference path; 0 = off. No Llama or Qwen3 model has it, so HF/GGUF export refuses it."""
+    mlp: str = "swiglu"
+    """`swiglu` (Llama's gated SiLU) or `relu2`: up → relu(x)² → down without a gate (modded-nanogpt's MLP), whose
+    default width 4·d has SwiGLU's parameter count. Setting it with `--set` recomputes `ffn_hidden` unless that is
+    set too. No Llama or Qwen3 model has relu2, so HF/GGUF export refuses it."""
 
     def __post_init__(self) -> None:
+        if self.mlp not in MLP_KINDS:
+            raise HomegrownError(f"unknown model.mlp {self.mlp!r}; choose one of: {', '.join(MLP_KINDS)}")
         if self.ffn_hidden == 0:
-            hidden = int(8 * self.d_model / 3)
+            # relu2's one 4·d matrix pair holds as many weights as SwiGLU's three 8/3·d ones
+            hidden = 4 * self.d_model if self.mlp == "relu2" else int(8 * self.d_model / 3)
             self.ffn_hidden = self.ffn_multiple_of * ((hidden + self.ffn_multiple_of - 1) // self.ffn_multiple_of)
         if self.d_model % self.n_heads:
             raise HomegrownError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
@@ -669,6 +679,7 @@ def _coerce(value: str, current: Any) -> Any:
 def apply_overrides(preset: Preset, overrides: list[str]) -> Preset:
     """Apply `section.field=value` strings (e.g. `train.lr=1e-3`, `model.n_layers=4`,
     `ingest.filters.min_words=20`, `ingest.languages=en,fr`) to a preset in place."""
+    mlp = preset.model.mlp
     for item in overrides:
         key, sep, value = item.partition("=")
         path = key.strip().split(".")
@@ -704,7 +715,8 @@ def apply_overrides(preset: Preset, overrides: list[str]) -> Preset:
                              f"not {preset.train.budget_minutes:g}")
     if preset.model.max_seq_len < preset.train.seq_len:
         preset.model.max_seq_len = preset.train.seq_len
-    if "model.ffn_hidden" not in " ".join(overrides) and any(o.startswith("model.d_model") for o in overrides):
+    resized = any(o.startswith("model.d_model") for o in overrides) or preset.model.mlp != mlp
+    if "model.ffn_hidden" not in " ".join(overrides) and resized:
         preset.model.ffn_hidden = 0
     preset.model.__post_init__()
     return preset

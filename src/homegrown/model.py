@@ -212,6 +212,32 @@ class SwiGLU(nn.Module):
         gate, up = self.gate_up(x).split(self.hidden, dim=-1)
         return self.down_proj(F.silu(gate) * up)
 
+    def infer(self, x: torch.Tensor) -> torch.Tensor:
+        """`forward` for the generation paths (`Transformer.decode`, the engine's batched pass): through `linear`,
+        in place where no gradient is kept."""
+        gate, up = linear(x, self.gate_up).chunk(2, dim=-1)
+        return linear(F.silu(gate).mul_(up), self.down_proj)
+
+
+class ReLU2(nn.Module):
+    """modded-nanogpt's MLP: up → relu(x)² → down, no gate (`mlp=relu2`)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.up_proj = nn.Linear(cfg.d_model, cfg.ffn_hidden, bias=False)
+        self.down_proj = nn.Linear(cfg.ffn_hidden, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.relu(self.up_proj(x)).square())
+
+    def infer(self, x: torch.Tensor) -> torch.Tensor:
+        """`forward` for the generation paths, as `SwiGLU.infer`."""
+        return linear(F.relu(linear(x, self.up_proj)).square_(), self.down_proj)
+
+
+MLPS: dict[str, type[nn.Module]] = {"swiglu": SwiGLU, "relu2": ReLU2}
+"""The module of each `ModelConfig.mlp` kind (config.MLP_KINDS)."""
+
 
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
@@ -219,7 +245,7 @@ class Block(nn.Module):
         self.input_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.self_attn = Attention(cfg)
         self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.mlp = SwiGLU(cfg)
+        self.mlp = MLPS[cfg.mlp](cfg)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: KVCache | None, layer: int, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -319,7 +345,7 @@ class Transformer(nn.Module):
             mask = torch.ones(t, start + t, dtype=torch.bool, device=idx.device).tril(diagonal=start)
         x = self.embed_tokens(idx)
         for i, layer in enumerate(self.layers):
-            attn, mlp = layer.self_attn, layer.mlp
+            attn = layer.self_attn
             h = F.rms_norm(x, (d,), layer.input_layernorm.weight, cfg.norm_eps)
             heads = linear(h, attn.qkv).view(b, t, n_qk + cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)
             qk = apply_rope(attn.norm_qk(heads[:, :n_qk]), cos, sin)
@@ -330,8 +356,7 @@ class Transformer(nn.Module):
                                                attn_mask=mask, enable_gqa=n_q != cfg.n_kv_heads)
             x = x + linear(y.transpose(1, 2).reshape(b, t, d), attn.o_proj)
             h = F.rms_norm(x, (d,), layer.post_attention_layernorm.weight, cfg.norm_eps)
-            gate, up = linear(h, mlp.gate_up).chunk(2, dim=-1)
-            x = x + linear(F.silu(gate).mul_(up), mlp.down_proj)
+            x = x + layer.mlp.infer(h)
         cache.pos += t
         x = F.rms_norm(x[:, -1], (d,), self.norm.weight, cfg.norm_eps)
         return softcap(linear(x, self.lm_head), cfg.logit_softcap)

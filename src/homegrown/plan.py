@@ -88,10 +88,10 @@ class ParamCounts:
 
 def param_counts(cfg: ModelConfig) -> ParamCounts:
     """Count the tensors model.py allocates: fused QKV, output projection (and the q/k norms with `qk_norm`), fused
-    gate/up, down, two RMSNorms."""
+    gate/up (up alone for `relu2`), down, two RMSNorms."""
     d, hd = cfg.d_model, cfg.head_dim
     attention = d * (cfg.n_heads + 2 * cfg.n_kv_heads) * hd + cfg.n_heads * hd * d + (2 * hd if cfg.qk_norm else 0)
-    mlp = 3 * d * cfg.ffn_hidden
+    mlp = (2 if cfg.mlp == "relu2" else 3) * d * cfg.ffn_hidden
     per_layer = attention + mlp + 2 * d
     embedding = cfg.vocab_size * d
     head = cfg.vocab_size * d

@@ -177,7 +177,7 @@ def test_transformers_gguf_loader_reads_the_qwen3_export(tmp_path: Path, tokeniz
         torch.testing.assert_close(hf(ids).logits, model(ids), atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize(("switch", "value"), [("logit_softcap", 30.0)])
+@pytest.mark.parametrize(("switch", "value"), [("logit_softcap", 30.0), ("mlp", "relu2")])
 def test_options_no_standard_model_has_are_refused_by_name(tmp_path: Path, tokenizer_path: Path, switch: str,
                                                            value: object) -> None:
     _, ckpt = _checkpoint(tmp_path, tokenizer_path, True, **{switch: value})

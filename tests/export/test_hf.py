@@ -94,7 +94,7 @@ def test_greedy_generation_matches_transformers(tmp_path: Path, tokenizer_path: 
     assert len(ours) == 20 and len(set(ours)) > 3, "the test model should decode a varied, full-length sequence"
 
 
-@pytest.mark.parametrize(("switch", "value"), [("logit_softcap", 30.0)])
+@pytest.mark.parametrize(("switch", "value"), [("logit_softcap", 30.0), ("mlp", "relu2")])
 def test_options_no_standard_model_has_are_refused_by_name(tmp_path: Path, tokenizer_path: Path, switch: str,
                                                            value: object, cli) -> None:
     _, ckpt = _checkpoint(tmp_path, tokenizer_path, True, **{switch: value})

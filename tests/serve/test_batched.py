@@ -10,7 +10,8 @@ from homegrown.config import ModelConfig
 from homegrown.model import KVCache, Transformer
 from homegrown.serve.batched import forward_groups, forward_rows, head_logits, hidden_last
 
-SWITCHES = {"plain": {}, "qk_norm": {"qk_norm": True}, "logit_softcap": {"logit_softcap": 0.5}}
+SWITCHES = {"plain": {}, "qk_norm": {"qk_norm": True}, "logit_softcap": {"logit_softcap": 0.5},
+            "relu2": {"mlp": "relu2"}}
 
 
 def _model(**switches) -> Transformer:

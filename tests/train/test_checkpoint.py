@@ -14,7 +14,7 @@ from homegrown.model import Transformer
 from homegrown.train.checkpoint import CONFIG, check_same_config, load_model, save_checkpoint
 
 SHAPE = {"vocab_size": 512, "d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "max_seq_len": 32}
-SWITCHES = {"qk_norm": True, "zero_init_proj": True, "logit_softcap": 15.0}
+SWITCHES = {"qk_norm": True, "zero_init_proj": True, "logit_softcap": 15.0, "mlp": "relu2"}
 """Every switch on at once, each away from its default."""
 
 

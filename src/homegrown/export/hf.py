@@ -41,6 +41,8 @@ def check_exportable(cfg: ModelConfig, target: str) -> None:
     foreign = []
     if cfg.logit_softcap:
         foreign.append(f"model.logit_softcap={cfg.logit_softcap:g} (logit soft-capping)")
+    if cfg.mlp != "swiglu":
+        foreign.append(f"model.mlp={cfg.mlp} (their MLP is SwiGLU)")
     if foreign:
         raise HomegrownError(f"cannot export to {target}: this checkpoint uses {' and '.join(foreign)}, which no "
                              "Llama or Qwen3 model has; only models trained without it can be exported")

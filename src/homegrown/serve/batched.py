@@ -89,7 +89,7 @@ def _hidden(model: Transformer, cache: KVCache, groups: list[Rows]) -> list[torc
     cos, sin = model.rope_cos[flat][None, None], model.rope_sin[flat][None, None]  # (1, 1, N, hd)
     x = model.embed_tokens(torch.cat([idx.reshape(-1) for idx, _, _, _ in groups]))[None]  # (1, N, d): packed
     for i, layer in enumerate(model.layers):
-        attn, mlp = layer.self_attn, layer.mlp
+        attn = layer.self_attn
         h = F.rms_norm(x, (d,), layer.input_layernorm.weight, cfg.norm_eps)
         heads = linear(h, attn.qkv).view(1, n, n_qk + n_kv, hd).transpose(1, 2)
         qk = apply_rope(attn.norm_qk(heads[:, :n_qk]), cos, sin)
@@ -105,8 +105,7 @@ def _hidden(model: Transformer, cache: KVCache, groups: list[Rows]) -> list[torc
             at += b * t
         x = x + linear((ys[0] if len(ys) == 1 else torch.cat(ys))[None], attn.o_proj)
         h = F.rms_norm(x, (d,), layer.post_attention_layernorm.weight, cfg.norm_eps)
-        gate, up = linear(h, mlp.gate_up).chunk(2, dim=-1)
-        x = x + linear(F.silu(gate).mul_(up), mlp.down_proj)
+        x = x + layer.mlp.infer(h)
     out, at = [], 0
     for b, t in shapes:
         out.append(x[0, at: at + b * t].view(b, t, d))
