@@ -170,3 +170,19 @@ def test_muon_under_two_ranks_matches_one_process(tiny_run: Path, tmp_path: Path
     assert got.keys() == ref.keys()
     for step in ref:
         assert got[step] == pytest.approx(ref[step], rel=1e-5)
+
+
+def test_architecture_switches_under_two_ranks_match_one_process(tiny_run: Path, tmp_path: Path):
+    """Issue 16's switches all on (q/k norms inside the FSDP2 blocks, zero-initialised projections, soft-capped
+    logits, the relu² MLP): two ranks compute one process's gradients and losses."""
+    switches = ["model.qk_norm=true", "model.zero_init_proj=true", "model.logit_softcap=15", "model.mlp=relu2"]
+    single, fsdp = _run_dir(tiny_run, tmp_path / "single"), _run_dir(tiny_run, tmp_path / "fsdp2")
+    _pretrain(single, 0, 2, *switches)
+    _pretrain(fsdp, 2, 2, *switches)
+    grads = load_file(str(fsdp / "grads" / "step_1.safetensors"))
+    assert {"layers.0.self_attn.q_norm.weight", "layers.1.mlp.up_proj.weight"} <= grads.keys()
+    _assert_same_grads(single, fsdp, range(1, 3))
+    ref, got = _losses(single), _losses(fsdp)
+    assert got.keys() == ref.keys()
+    for step in ref:
+        assert got[step] == pytest.approx(ref[step], rel=1e-5)
