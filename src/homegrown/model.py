@@ -3,6 +3,10 @@
 Q/K/V and gate/up are each one fused matmul because on small widths (and on CPUs) the launch and memory
 traffic of three thin matmuls costs more than the math; `export/hf.py` splits them back into Llama's names.
 RoPE uses the "rotate half" layout so exported weights behave identically in `transformers`.
+
+Issue 16's architecture switches (ModelConfig `qk_norm`, `zero_init_proj`, `logit_softcap`, `mlp="relu2"`) are
+off by default, and then the model, its tensors and its init are exactly the plain Llama above. Each switch lives
+in one place every forward path calls (`Attention.norm_qk`, `softcap`, the MLP module's `forward`/`infer`).
 """
 
 from __future__ import annotations

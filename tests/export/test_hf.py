@@ -96,14 +96,19 @@ def test_greedy_generation_matches_transformers(tmp_path: Path, tokenizer_path: 
 
 @pytest.mark.parametrize(("switch", "value"), [("logit_softcap", 30.0), ("mlp", "relu2")])
 def test_options_no_standard_model_has_are_refused_by_name(tmp_path: Path, tokenizer_path: Path, switch: str,
-                                                           value: object, cli) -> None:
+                                                           value: object) -> None:
     _, ckpt = _checkpoint(tmp_path, tokenizer_path, True, **{switch: value})
     with pytest.raises(HomegrownError, match=f"cannot export to transformers: .*model.{switch}="):
         export_hf(ckpt, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
+
+
+def test_cli_export_names_every_option_it_cannot_export(tmp_path: Path, tokenizer_path: Path, cli) -> None:
+    _, ckpt = _checkpoint(tmp_path, tokenizer_path, True, logit_softcap=30.0, mlp="relu2")
     done = cli("export", str(ckpt), "--format", "hf", "--out", str(tmp_path / "hf"))
-    assert done.returncode == 2 and f"model.{switch}" in done.stdout + done.stderr
-    assert "Traceback" not in done.stdout + done.stderr
+    output = done.stdout + done.stderr
+    assert done.returncode == 2 and "model.logit_softcap=30" in output and "model.mlp=relu2" in output
+    assert "Traceback" not in output and not (tmp_path / "hf").exists()
 
 
 def test_auto_tokenizer_and_chat_template(tmp_path: Path, tokenizer_path: Path) -> None:
