@@ -181,9 +181,11 @@ def _saved_bytes(block, cfg: ModelConfig, batch: int, seq: int) -> int:
     return sum(storages.values())
 
 
-@pytest.mark.parametrize(("heads", "kv_heads"), [(4, 4), (8, 2)])
-def test_model_activation_rule_counts_what_autograd_saves(heads, kv_heads):
-    cfg = ModelConfig(vocab_size=512, d_model=256, n_layers=1, n_heads=heads, n_kv_heads=kv_heads, max_seq_len=64)
+@pytest.mark.parametrize(("heads", "kv_heads", "switches"), [(4, 4, {}), (8, 2, {}), (8, 2, {"qk_norm": True}),
+                                                           (4, 4, {"mlp": "relu2"})])
+def test_model_activation_rule_counts_what_autograd_saves(heads, kv_heads, switches):
+    cfg = ModelConfig(vocab_size=512, d_model=256, n_layers=1, n_heads=heads, n_kv_heads=kv_heads, max_seq_len=64,
+                      **switches)
     block = Block(cfg).to(torch.bfloat16)
     # The difference of two batch sizes is what scales with tokens: weights and RoPE tables cancel out.
     per_sequence = _saved_bytes(block, cfg, 2, 64) - _saved_bytes(block, cfg, 1, 64)
