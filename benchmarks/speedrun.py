@@ -91,6 +91,7 @@ def run_baseline(run_dir: Path, cfg: ModelConfig, tc: TrainConfig, minutes: floa
     from transformers import LlamaConfig, LlamaForCausalLM
 
     t_start = time.perf_counter()
+    tc = replace(tc, schedule="cosine")  # the plain loop's recipe, whatever schedule `--set` gives our side
     torch.manual_seed(tc.seed)
     model = LlamaForCausalLM(LlamaConfig(**hf_config(cfg, torch.float32, 0, 0), attn_implementation="sdpa"))
     opt = _adamw(model, tc)

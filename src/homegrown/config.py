@@ -81,7 +81,7 @@ class TrainConfig:
     seq_len: int = 256
     grad_accum: int = 1
     max_steps: int = 1000
-    """Steps of the schedule (warmup + cosine decay); with `budget_minutes` set, chosen by the run instead."""
+    """Steps of the schedule (warmup + `schedule`); with `budget_minutes` set, chosen by the run instead."""
     budget_minutes: float = 0.0
     """Wall-clock budget for pretraining: time the first warm-up steps on this machine, then fix the step count so
     the schedule ends when the budget does (saved in RUN/budget.json and every checkpoint, so a resumed run keeps
@@ -90,6 +90,13 @@ class TrainConfig:
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 50
+    schedule: str = "cosine"
+    """Learning-rate shape after the linear warm-up, for every optimizer group (each scaled to its own peak):
+    `cosine` (decay from the peak to `min_lr_ratio`·peak over all remaining steps) or `wsd` (warmup–stable–decay:
+    hold the peak, then decay *linearly* to `min_lr_ratio`·peak over the last `decay_frac` of the steps, as
+    nanochat and modded-nanogpt do). Either ends at `max_steps`, so with `budget_minutes` it ends with the budget."""
+    decay_frac: float = 0.2
+    """`schedule=wsd` only: share of `max_steps` spent in the final linear decay (0 = none, 1 = all after warm-up)."""
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -123,6 +130,17 @@ class TrainConfig:
     init_from: str = ""
     """Checkpoint or run directory to continue pretraining from (e.g. an imported model): its weights, shape and
     tokenizer replace the preset's model and the run's tokenizer; empty = random init (pretraining from scratch)."""
+
+    def check(self) -> None:
+        """Refuse recipe values the loop cannot honour, by name, before any stage starts."""
+        if self.schedule not in SCHEDULES:
+            raise HomegrownError(f"train.schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
+        if not 0.0 <= self.decay_frac <= 1.0:
+            raise HomegrownError(f"train.decay_frac must be between 0 and 1, not {self.decay_frac:g}")
+
+
+SCHEDULES = ("cosine", "wsd")
+"""Learning-rate schedules `train.schedule` names; homegrown.train.loop.lr_at implements them."""
 
 
 @dataclass
@@ -689,6 +707,7 @@ def apply_overrides(preset: Preset, overrides: list[str]) -> Preset:
     if preset.train.budget_minutes < 0:
         raise HomegrownError(f"train.budget_minutes must be 0 (off: use train.max_steps) or a number of minutes, "
                              f"not {preset.train.budget_minutes:g}")
+    preset.train.check()
     if preset.model.max_seq_len < preset.train.seq_len:
         preset.model.max_seq_len = preset.train.seq_len
     if "model.ffn_hidden" not in " ".join(overrides) and any(o.startswith("model.d_model") for o in overrides):

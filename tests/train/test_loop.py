@@ -1,8 +1,10 @@
 import json
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ import torch
 from homegrown.config import TrainConfig, apply_overrides, get_preset
 from homegrown.errors import HomegrownError
 from homegrown.train.checkpoint import list_checkpoints, load_model, save_checkpoint
-from homegrown.train.loop import lr_at, train
+from homegrown.train.loop import decay_start, lr_at, train
 
 TINY = ["train.threads=1", "train.dtype=fp32"]
 
@@ -27,6 +29,47 @@ def test_lr_warmup_then_cosine_to_floor():
     assert lr_at(55, cfg, 1.0) == pytest.approx(0.55)
     assert lr_at(100, cfg, 1.0) == pytest.approx(0.1)
     assert all(lr_at(s, cfg, 1.0) >= lr_at(s + 1, cfg, 1.0) for s in range(10, 100))
+
+
+def test_lr_wsd_holds_the_peak_then_decays_linearly_over_the_last_fifth():
+    cfg = TrainConfig(max_steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.1, schedule="wsd", decay_frac=0.2)
+    assert decay_start(cfg) == 80
+    assert lr_at(0, cfg, 2.0) == pytest.approx(0.2)  # warm-up exactly as cosine's
+    assert lr_at(9, cfg, 2.0) == 2.0  # warm-up end
+    assert lr_at(10, cfg, 2.0) == lr_at(79, cfg, 2.0) == lr_at(80, cfg, 2.0) == 2.0  # stable, through decay start
+    assert lr_at(90, cfg, 2.0) == pytest.approx(2.0 * (0.1 + 0.9 * 10 / 20))
+    assert lr_at(99, cfg, 2.0) == pytest.approx(2.0 * (0.1 + 0.9 * 1 / 20))  # the last step
+    assert lr_at(100, cfg, 2.0) == pytest.approx(0.2)  # the floor, where the schedule ends
+    everything = replace(cfg, decay_frac=1.0)  # the decay never starts inside the warm-up
+    assert decay_start(everything) == 10 and lr_at(55, everything, 1.0) == pytest.approx(0.1 + 0.9 * 45 / 90)
+    assert lr_at(99, replace(cfg, decay_frac=0.0), 1.0) == 1.0  # no decay at all
+
+
+def test_unknown_schedule_and_bad_decay_share_are_refused_by_name():
+    with pytest.raises(HomegrownError, match=r"train\.schedule must be one of cosine, wsd, not 'linear'"):
+        apply_overrides(get_preset("tiny"), ["train.schedule=linear"])
+    with pytest.raises(HomegrownError, match=r"train\.decay_frac must be between 0 and 1, not 1\.5"):
+        apply_overrides(get_preset("tiny"), ["train.schedule=wsd", "train.decay_frac=1.5"])
+    with pytest.raises(HomegrownError, match=r"train\.schedule must be one of"):
+        lr_at(60, TrainConfig(schedule="linear"), 1.0)
+
+
+def test_wsd_run_killed_mid_schedule_resumes_with_identical_losses(tiny_run, tmp_path, capsys):
+    """Killed (its later checkpoints gone) in the stable phase; the resumed run crosses into the decay."""
+    preset = apply_overrides(get_preset("tiny"), [*TINY, "train.schedule=wsd", "train.decay_frac=0.5",
+                                                  "train.max_steps=20", "train.ckpt_every=7",
+                                                  "train.eval_every=100", "train.keep_checkpoints=0"])
+    args = (preset.model, preset.train, tiny_run / "shards", tmp_path, tiny_run / "tokenizer.json")
+    train(*args, progress=False)
+    reference = _losses(tmp_path)
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lrs[5:11] == [preset.train.lr] * 6 and lrs[-1] < lrs[11] < lrs[10]  # stable, then decaying from 10
+    for ckpt in list_checkpoints(tmp_path / "ckpt")[1:]:
+        shutil.rmtree(ckpt)
+    capsys.readouterr()
+    assert train(*args, progress=False).steps == 20
+    assert "(step 7," in capsys.readouterr().err  # resumed from its first checkpoint, not started afresh
+    assert _losses(tmp_path) == reference  # exact float equality, step for step
 
 
 def test_tiny_training_learns_and_writes_artifacts(tiny_run, tmp_path):

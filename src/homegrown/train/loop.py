@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from homegrown import layout
-from homegrown.config import LoRAConfig, ModelConfig, TrainConfig
+from homegrown.config import SCHEDULES, LoRAConfig, ModelConfig, TrainConfig
 from homegrown.data.pack import TokenShards, token_byte_lengths
 from homegrown.errors import HomegrownError
 from homegrown.eval.perplexity import evaluate
@@ -65,12 +65,30 @@ class TrainResult:
     tokens_per_second: float
 
 
+def decay_start(cfg: TrainConfig) -> int:
+    """First step of `wsd`'s linear decay: the last `decay_frac` of `max_steps`, never inside the warm-up."""
+    return max(cfg.warmup_steps, cfg.max_steps - round(cfg.decay_frac * cfg.max_steps))
+
+
 def lr_at(step: int, cfg: TrainConfig, peak: float) -> float:
-    """Linear warmup then cosine decay to `min_lr_ratio·peak` at `max_steps`."""
+    """Learning rate of `step` for a group peaking at `peak`: linear warmup, then `cfg.schedule` — cosine decay,
+    or `wsd`'s constant peak then linear decay from `decay_start` — to `min_lr_ratio·peak` at `max_steps`.
+
+    The warm-up does not depend on `max_steps` under either schedule: train/budget.py times warm-up steps
+    before it chooses the step count.
+    """
     if step < cfg.warmup_steps:
         return peak * (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
-    return peak * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    if cfg.schedule == "cosine":
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+        return peak * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    if cfg.schedule == "wsd":
+        start = decay_start(cfg)
+        if step < start:
+            return peak
+        left = max(0, cfg.max_steps - step) / max(1, cfg.max_steps - start)
+        return peak * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * left)
+    raise HomegrownError(f"train.schedule must be one of {', '.join(SCHEDULES)}, not {cfg.schedule!r}")
 
 
 def autocast_dtype(requested: str, device: torch.device) -> torch.dtype | None:
@@ -193,6 +211,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path | None, run_
     checkpoints hold the adapters, the last one the merged weights too.
     """
     t_start = time.perf_counter()
+    cfg.check()
     env = distributed.init_distributed()
     run_dir = Path(run_dir)
     run = layout.RunLayout(run_dir)
