@@ -97,6 +97,15 @@ class TrainConfig:
     nanochat and modded-nanogpt do). Either ends at `max_steps`, so with `budget_minutes` it ends with the budget."""
     decay_frac: float = 0.2
     """`schedule=wsd` only: share of `max_steps` spent in the final linear decay (0 = none, 1 = all after warm-up)."""
+    embed_lr_mult: float = 1.0
+    """Peak rate of the token embedding = `lr`·this, in an AdamW param group of its own (with `optimizer=muon`
+    too) that `schedule` scales like every group; weight decay as for every matrix. With `model.tie_embeddings`
+    the embedding is also the head, so this is the tied matrix's rate. Nanochat and modded-nanogpt give the
+    embedding a far larger rate than the hidden matrices."""
+    head_lr_mult: float = 1.0
+    """Peak rate of the untied lm head = `lr`·this (its own AdamW group, as `embed_lr_mult`). With
+    `model.tie_embeddings` there is no separate head — the embedding is the head (`embed_lr_mult`) — and a value
+    other than 1 is refused rather than ignored."""
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -137,6 +146,9 @@ class TrainConfig:
             raise HomegrownError(f"train.schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
         if not 0.0 <= self.decay_frac <= 1.0:
             raise HomegrownError(f"train.decay_frac must be between 0 and 1, not {self.decay_frac:g}")
+        for name in ("embed_lr_mult", "head_lr_mult"):
+            if not getattr(self, name) > 0:
+                raise HomegrownError(f"train.{name} must be positive, not {getattr(self, name):g}")
 
 
 SCHEDULES = ("cosine", "wsd")

@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from homegrown.config import TrainConfig, apply_overrides, get_preset
+from homegrown.config import LoRAConfig, TrainConfig, apply_overrides, get_preset
 from homegrown.errors import HomegrownError
+from homegrown.model import Transformer
+from homegrown.posttrain import lora as lora_mod
 from homegrown.train.checkpoint import list_checkpoints, load_model, save_checkpoint
-from homegrown.train.loop import decay_start, lr_at, train
+from homegrown.train.loop import build_optimizer, decay_start, lr_at, set_lrs, train
 
 TINY = ["train.threads=1", "train.dtype=fp32"]
 
@@ -70,6 +72,63 @@ def test_wsd_run_killed_mid_schedule_resumes_with_identical_losses(tiny_run, tmp
     assert train(*args, progress=False).steps == 20
     assert "(step 7," in capsys.readouterr().err  # resumed from its first checkpoint, not started afresh
     assert _losses(tmp_path) == reference  # exact float equality, step for step
+
+
+def _group_of(optimizer, param):
+    return next(g for g in optimizer.param_groups if any(p is param for p in g["params"]))
+
+
+def test_embedding_and_head_take_their_lr_multiples_through_the_schedule():
+    preset = apply_overrides(get_preset("tiny"), ["model.tie_embeddings=false", "train.optimizer=muon",
+                                                  "train.embed_lr_mult=3", "train.head_lr_mult=0.5"])
+    cfg = preset.train
+    model = Transformer(preset.model)
+    adamw, muon = build_optimizer(model, cfg, fused=False)
+    set_lrs([adamw, muon], 30, cfg)  # inside the cosine decay: every rate is its peak times the same factor
+    factor = lr_at(30, cfg, 1.0)
+    assert 0.1 < factor < 1
+    embedding, head = _group_of(adamw, model.embed_tokens.weight), _group_of(adamw, model.lm_head.weight)
+    assert embedding["params"] == [model.embed_tokens.weight] and head["params"] == [model.lm_head.weight]
+    assert embedding["lr"] == pytest.approx(3 * cfg.lr * factor) and head["lr"] == pytest.approx(0.5 * cfg.lr * factor)
+    assert embedding["weight_decay"] == head["weight_decay"] == cfg.weight_decay  # matrices: decayed as before
+    norms = _group_of(adamw, model.norm.weight)
+    assert norms["lr"] == pytest.approx(cfg.lr * factor) and norms["weight_decay"] == 0.0
+    assert [g["lr"] for g in muon.param_groups] == pytest.approx([cfg.muon_lr * factor] * len(muon.param_groups))
+
+    default = apply_overrides(get_preset("tiny"), ["model.tie_embeddings=false"])
+    plain = Transformer(default.model)
+    (adamw,) = build_optimizer(plain, default.train, fused=False)
+    assert len(adamw.param_groups) == 2  # multipliers of 1: the groups (and updates) of before the switches
+    assert _group_of(adamw, plain.embed_tokens.weight) is _group_of(adamw, plain.lm_head.weight)
+
+
+def test_lr_multipliers_with_nothing_to_act_on_are_refused():
+    tied = apply_overrides(get_preset("tiny"), ["train.head_lr_mult=2"])
+    with pytest.raises(HomegrownError, match="the embedding is the head"):
+        build_optimizer(Transformer(tied.model), tied.train, fused=False)
+    frozen = apply_overrides(get_preset("tiny"), ["train.embed_lr_mult=2"])
+    model = Transformer(frozen.model)
+    lora_mod.attach(model, LoRAConfig(rank=2))
+    with pytest.raises(HomegrownError, match=r"embed_tokens\.weight is frozen"):
+        build_optimizer(model, frozen.train, fused=False)
+    with pytest.raises(HomegrownError, match=r"train\.embed_lr_mult must be positive"):
+        apply_overrides(get_preset("tiny"), ["train.embed_lr_mult=0"])
+
+
+def test_run_with_own_embedding_and_head_rates_resumes_with_identical_losses(tiny_run, tmp_path, capsys):
+    """The extra AdamW groups' state round-trips through the checkpoint."""
+    preset = apply_overrides(get_preset("tiny"), [*TINY, "model.tie_embeddings=false", "train.embed_lr_mult=4",
+                                                  "train.head_lr_mult=0.5", "train.max_steps=12",
+                                                  "train.ckpt_every=6", "train.eval_every=100",
+                                                  "train.keep_checkpoints=0"])
+    args = (preset.model, preset.train, tiny_run / "shards", tmp_path, tiny_run / "tokenizer.json")
+    train(*args, progress=False)
+    reference = _losses(tmp_path)
+    shutil.rmtree(tmp_path / "ckpt" / "step_12")
+    capsys.readouterr()
+    train(*args, progress=False)
+    assert "(step 6," in capsys.readouterr().err
+    assert _losses(tmp_path) == reference
 
 
 def test_tiny_training_learns_and_writes_artifacts(tiny_run, tmp_path):
