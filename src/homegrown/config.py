@@ -107,6 +107,11 @@ class TrainConfig:
     `model.tie_embeddings` there is no separate head — the embedding is the head (`embed_lr_mult`) — and a value
     other than 1 is refused rather than ignored."""
     weight_decay: float = 0.1
+    z_loss: float = 0.0
+    """PaLM's auxiliary z-loss: this coefficient × logsumexp(logits)², averaged over the loss's tokens, is added
+    to the training loss (pretraining, SFT; not to validation) to keep the softmax normaliser near 1; logged as
+    `z_loss` (the average, before the coefficient) beside `ce_loss`. 0 = off. Stages with a loss of their own
+    (distillation) refuse it; DPO's config sets it to 0."""
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
@@ -149,6 +154,8 @@ class TrainConfig:
         for name in ("embed_lr_mult", "head_lr_mult"):
             if not getattr(self, name) > 0:
                 raise HomegrownError(f"train.{name} must be positive, not {getattr(self, name):g}")
+        if self.z_loss < 0:
+            raise HomegrownError(f"train.z_loss must be 0 (off) or positive, not {self.z_loss:g}")
 
 
 SCHEDULES = ("cosine", "wsd")

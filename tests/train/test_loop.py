@@ -14,8 +14,9 @@ from homegrown.config import LoRAConfig, TrainConfig, apply_overrides, get_prese
 from homegrown.errors import HomegrownError
 from homegrown.model import Transformer
 from homegrown.posttrain import lora as lora_mod
+from homegrown.posttrain.dpo import dpo_train_config
 from homegrown.train.checkpoint import list_checkpoints, load_model, save_checkpoint
-from homegrown.train.loop import build_optimizer, decay_start, lr_at, set_lrs, train
+from homegrown.train.loop import build_optimizer, decay_start, lm_loss, lm_loss_with_z, lr_at, set_lrs, train
 
 TINY = ["train.threads=1", "train.dtype=fp32"]
 
@@ -129,6 +130,46 @@ def test_run_with_own_embedding_and_head_rates_resumes_with_identical_losses(tin
     train(*args, progress=False)
     assert "(step 6," in capsys.readouterr().err
     assert _losses(tmp_path) == reference
+
+
+def test_z_loss_is_palms_term_beside_the_same_cross_entropy():
+    """Against torch's cross-entropy and logsumexp on the same logits, with and without a loss mask, gradients too."""
+    torch.manual_seed(0)
+    model = Transformer(get_preset("tiny").model)
+    x, y = torch.randint(0, 512, (2, 16)), torch.randint(0, 512, (2, 16))
+    mask = (torch.arange(16) % 3 != 0).long().expand(2, 16)
+    for batch in ((x, y), (x, y, mask)):
+        keep = batch[2].bool() if len(batch) > 2 else torch.ones_like(y, dtype=torch.bool)
+        model.zero_grad()
+        logits = model(x)[keep]
+        ce = torch.nn.functional.cross_entropy(logits, y[keep])
+        z = torch.logsumexp(logits, dim=-1).square().mean()
+        (ce + 0.01 * z).backward()
+        expected = model.lm_head.weight.grad.clone()
+        ce, z = float(ce.detach()), float(z.detach())
+        model.zero_grad()
+        total, metrics = lm_loss_with_z(0.01)(model, batch)
+        total.backward()
+        assert float(metrics["ce_loss"]) == pytest.approx(ce, rel=1e-6)
+        assert float(metrics["z_loss"]) == pytest.approx(z, rel=1e-6) and z > 30  # ≈ log(512)² at init
+        assert float(total.detach()) == pytest.approx(ce + 0.01 * z, rel=1e-6)
+        with torch.no_grad():
+            assert float(metrics["ce_loss"]) == float(lm_loss(model, batch))  # the loss without it, exactly
+        assert torch.allclose(model.lm_head.weight.grad, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_z_loss_trains_logged_apart_and_only_on_the_language_model_loss(tiny_run, tmp_path):
+    preset = apply_overrides(get_preset("tiny"), [*TINY, "train.z_loss=1e-3", "train.max_steps=3",
+                                                  "train.eval_every=100"])
+    args = (preset.model, preset.train, tiny_run / "shards", tmp_path, tiny_run / "tokenizer.json")
+    train(*args, progress=False)
+    for record in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()):
+        assert record["loss"] == pytest.approx(record["ce_loss"] + 1e-3 * record["z_loss"], rel=1e-6)
+    with pytest.raises(HomegrownError, match=r"train\.z_loss=0\.001 is added to the language-model loss"):
+        train(*args, progress=False, stage="distill", loss_fn=lambda model, batch: model(batch[0]).sum())
+    assert dpo_train_config(preset.train, preset.dpo, preset.model).z_loss == 0.0  # DPO's loss is its own
+    with pytest.raises(HomegrownError, match=r"train\.z_loss must be"):
+        apply_overrides(get_preset("tiny"), ["train.z_loss=-1"])
 
 
 def test_tiny_training_learns_and_writes_artifacts(tiny_run, tmp_path):

@@ -26,7 +26,7 @@ from homegrown.data.pack import TokenShards, token_byte_lengths
 from homegrown.errors import HomegrownError
 from homegrown.eval.perplexity import evaluate
 from homegrown.io import write_text_atomic
-from homegrown.model import Transformer, count_params
+from homegrown.model import Transformer, count_params, cross_entropy
 from homegrown.progress import StepProgress, console
 from homegrown.tokenizer import load_tokenizer
 from homegrown.train import budget as wallclock
@@ -54,6 +54,28 @@ def lm_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     mask = batch[2] if len(batch) > 2 else None
     segments = batch[3] if len(batch) > 3 else None
     return model(batch[0], batch[1], loss_mask=mask, segments=segments)
+
+
+def lm_loss_with_z(coefficient: float) -> LossFn:
+    """`lm_loss` plus PaLM's z-loss: `coefficient`·logsumexp(logits)², averaged over the same tokens.
+
+    It pulls log Z towards 0 so the logits cannot drift upwards together (PaLM; OLMo 2 uses it too). Computed
+    here from the model's logits and model.cross_entropy (the loss `lm_loss` gets inside the model), at the
+    cost of one more pass over the logits; both parts are returned as metrics, logged beside the loss.
+    """
+    def loss(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        mask = batch[2] if len(batch) > 2 else None
+        logits = model(batch[0], segments=batch[3] if len(batch) > 3 else None)
+        ce = cross_entropy(logits, batch[1], mask)
+        lse2 = torch.logsumexp(logits.float(), dim=-1).square()
+        if mask is None:
+            z = lse2.mean()
+        else:
+            weights = mask.float()
+            z = (lse2 * weights).sum() / weights.sum().clamp(min=1)
+        return ce + coefficient * z, {"ce_loss": ce.detach(), "z_loss": z.detach()}
+
+    return loss
 
 
 @dataclass
@@ -264,6 +286,11 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path | None, run_
     """
     t_start = time.perf_counter()
     cfg.check()
+    if cfg.z_loss > 0:
+        if loss_fn is not lm_loss:
+            raise HomegrownError(f"train.z_loss={cfg.z_loss:g} is added to the language-model loss, and {stage} "
+                                 f"trains with a loss of its own; set train.z_loss=0")
+        loss_fn = lm_loss_with_z(cfg.z_loss)
     env = distributed.init_distributed()
     run_dir = Path(run_dir)
     run = layout.RunLayout(run_dir)
