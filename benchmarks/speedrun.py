@@ -158,7 +158,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir", type=Path, help="a run directory holding tokenizer.json and shards/ (make run's)")
     ap.add_argument("--preset", default="small")
-    ap.add_argument("--set", action="append", default=[], help="override for both sides' shape and recipe")
+    ap.add_argument("--set", action="append", default=[],
+                    help="override for both sides' shape and recipe; the baseline stays a plain loop (cosine, "
+                         "one AdamW rate, no z-loss)")
     ap.add_argument("--minutes", type=float, default=10.0, help="our budget")
     ap.add_argument("--baseline-minutes", type=float, nargs="+", default=[10.0, 20.0])
     ap.add_argument("--points", type=int, default=8, help="snapshots scored per run")
