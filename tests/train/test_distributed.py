@@ -161,10 +161,15 @@ def test_compile_under_two_ranks_matches_one_process_gradients(reference: Path, 
 
 
 def test_muon_under_two_ranks_matches_one_process(tiny_run: Path, tmp_path: Path):
-    """Muon needs whole matrices: each rank gathers its shards' matrix, orthogonalises it and keeps its own rows."""
+    """Muon needs whole matrices: each rank gathers its shards' matrix, orthogonalises it and keeps its own rows.
+
+    With issue 16's recipe switches on as well: the embedding's and the head's AdamW groups are found by name
+    in the sharded model too, and wsd and the z-loss act alike on one and two ranks."""
     single, fsdp = _run_dir(tiny_run, tmp_path / "single"), _run_dir(tiny_run, tmp_path / "fsdp2")
-    _pretrain(single, 0, STEPS, "train.optimizer=muon")
-    _pretrain(fsdp, 2, STEPS, "train.optimizer=muon")
+    recipe = ["train.optimizer=muon", "model.tie_embeddings=false", "train.embed_lr_mult=3", "train.head_lr_mult=0.5",
+              "train.schedule=wsd", "train.decay_frac=0.5", "train.min_lr_ratio=0.1", "train.z_loss=1e-4"]
+    _pretrain(single, 0, STEPS, *recipe)
+    _pretrain(fsdp, 2, STEPS, *recipe)
     _assert_same_grads(single, fsdp, range(1, STEPS + 1))  # steps 2.. see the weights Muon moved
     ref, got = _losses(single), _losses(fsdp)
     assert got.keys() == ref.keys()
