@@ -335,6 +335,9 @@ class SFTConfig:
     max_steps: int = 150
     lr: float = 1e-3
     """Lower than pretraining: the model should learn the format without forgetting what it read."""
+    optimizer: str = "adamw"
+    """Fine-tuning's own optimizer, not the preset's pretraining one: `train.muon_lr` is sized for training from
+    scratch and Muon has not been measured for fine-tuning here; `muon` takes it anyway."""
     warmup_steps: int = 10
     batch_size: int = 16
     eval_every: int = 50
@@ -387,6 +390,8 @@ class DPOConfig:
     """Weight of an SFT term (mean NLL of the chosen answer's tokens), TRL's `loss_type=["sigmoid","sft"]`."""
     max_steps: int = 100
     lr: float = 5e-6
+    optimizer: str = "adamw"
+    """DPO's own optimizer (as SFT's): AdamW whatever the preset pretrains with."""
     """Far below SFT's: preference tuning nudges an already useful model (SmolLM2's recipe used 1e-6)."""
     warmup_steps: int = 0
     batch_size: int = 8

@@ -65,6 +65,15 @@ def test_small_has_a_ten_minute_budget_that_an_explicit_step_count_turns_off():
     assert dpo_train_config(small.train, small.dpo, small.model).budget_minutes == 0.0
 
 
+def test_fine_tuning_keeps_its_own_optimizer_whatever_pretraining_uses():
+    muon = apply_overrides(get_preset("small"), ["train.optimizer=muon"])
+    assert sft_train_config(muon.train, muon.sft, muon.model).optimizer == "adamw"
+    assert dpo_train_config(muon.train, muon.dpo, muon.model).optimizer == "adamw"
+    chosen = apply_overrides(get_preset("small"), ["sft.optimizer=muon", "dpo.optimizer=muon"])
+    assert sft_train_config(chosen.train, chosen.sft, chosen.model).optimizer == "muon"
+    assert dpo_train_config(chosen.train, chosen.dpo, chosen.model).optimizer == "muon"
+
+
 def _losses(run_dir):
     return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 

@@ -188,7 +188,8 @@ def report_skipped(problems: list[str], what: str,
 
 def sft_train_config(train_cfg: TrainConfig, sft_cfg: SFTConfig, model_cfg: ModelConfig) -> TrainConfig:
     """The preset's TrainConfig with the SFT schedule; rows no longer than the model's context."""
-    return replace(train_cfg, max_steps=sft_cfg.max_steps, lr=sft_cfg.lr, warmup_steps=sft_cfg.warmup_steps,
+    return replace(train_cfg, max_steps=sft_cfg.max_steps, lr=sft_cfg.lr, optimizer=sft_cfg.optimizer,
+                   warmup_steps=sft_cfg.warmup_steps,
                    batch_size=sft_cfg.batch_size, eval_every=sft_cfg.eval_every, eval_batches=sft_cfg.eval_batches,
                    ckpt_every=sft_cfg.ckpt_every, seq_len=min(train_cfg.seq_len, model_cfg.max_seq_len),
                    grad_accum=1, budget_minutes=0.0)
