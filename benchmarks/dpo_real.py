@@ -24,7 +24,9 @@ Work that does not wait on the step before it runs beside it, as a second nice'd
 model's `homegrown eval` (for the report) while the pairs are sampled, its win-rate answers while `homegrown dpo`
 trains, and the DPO model's eval while the DPO model samples its own; `homegrown report` then reuses both evals.
 
-    nice -n 10 python benchmarks/dpo_real.py                 # the figure (defaults; see --help for the budget)
+    nice -n 10 python benchmarks/dpo_real.py                 # the first, 120 + 50-prompt run (the defaults)
+    nice -n 10 python benchmarks/dpo_real.py --work runs/dpo_real_big --train-prompts 280 --held-prompts 120 \
+        --epochs 4 --report --report-items 20 --report-val-pages 6   # the pre-registered run (~57 min, RESULTS.md)
     python benchmarks/dpo_real.py --quick                    # smoke test: 6+4 prompts, 2 steps
 """
 
