@@ -9,7 +9,8 @@ steps of each variant alone (2 threads, run it on a quiet machine) and the table
 steps for it (`budget_steps`); rerun such a variant at that count with `--steps`.
 
 Results go to OUT/results.jsonl (one line per finished variant; a finished variant is skipped on rerun), and
-the table prints Δ bits/byte against the variant named `base` for the same seed.
+the table prints Δ bits/byte against each row's reference variant (`--ref`, default `base`: changes can be
+stacked, e.g. QK-norm measured on top of Muon) at the same seed and step count.
 
     python benchmarks/ablate.py runs/small --out runs/ablate --variant base: \\
         --variant muon:train.optimizer=muon --seeds 1337 --jobs 2
@@ -74,7 +75,7 @@ def train_seconds(run: Path) -> float:
 
 
 def run_variant(base: Path, out: Path, name: str, sets: list[str], seed: int, steps: int, threads: int,
-                preset: str) -> dict:
+                preset: str, ref: str) -> dict:
     run = out / f"{name}-s{seed}"
     prepare(base, run)
     cmd = [sys.executable, "-m", "homegrown", "pretrain", str(run), "--preset", preset,
@@ -86,8 +87,9 @@ def run_variant(base: Path, out: Path, name: str, sets: list[str], seed: int, st
     with open(run / "train.log", "a") as log:
         subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TERM": "dumb"})
     wall = time.perf_counter() - t0
-    torch.set_num_threads(threads)
-    return {"variant": name, "sets": sets, "seed": seed, "steps": steps, "bpb": whole_val_bpb(run),
+    if threads:
+        torch.set_num_threads(threads)
+    return {"variant": name, "ref": ref, "sets": sets, "seed": seed, "steps": steps, "bpb": whole_val_bpb(run),
             "wall_s": round(wall, 1), "threads": threads, "date": time.strftime("%Y-%m-%d %H:%M"),
             "load": os.getloadavg()[0]}
 
@@ -113,15 +115,17 @@ def table(out: Path) -> None:
     rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()] \
         if (out / "results.jsonl").exists() else []
     probes = json.loads((out / "probe.json").read_text()) if (out / "probe.json").exists() else {}
-    base = {r["seed"]: r["bpb"] for r in rows if r["variant"] == "base" and r["steps"] == BUDGET_STEPS}
+    bpb = {(r["variant"], r["seed"], r["steps"]): r["bpb"] for r in rows}
     base_step = probes.get("base")
-    print(f"{'variant':<22} {'seed':>5} {'steps':>6} {'bits/byte':>9} {'Δ vs base':>9} {'s/step':>7} "
+    print(f"{'variant':<22} {'vs':<12} {'seed':>5} {'steps':>6} {'bits/byte':>9} {'Δ':>8} {'s/step':>7} "
           f"{'budget_steps':>12}  sets")
     for r in sorted(rows, key=lambda r: (r["variant"] != "base", r["variant"], r["seed"], r["steps"])):
-        delta = f"{r['bpb'] - base[r['seed']]:+.4f}" if r["seed"] in base else "-"
+        ref = r.get("ref", "base")
+        other = bpb.get((ref, r["seed"], r["steps"]))
+        delta = f"{r['bpb'] - other:+.4f}" if other is not None and ref != r["variant"] else "-"
         s = probes.get(r["variant"])
         budget = f"{round(BUDGET_STEPS * base_step / s)}" if s and base_step else "-"
-        print(f"{r['variant']:<22} {r['seed']:>5} {r['steps']:>6} {r['bpb']:>9.4f} {delta:>9} "
+        print(f"{r['variant']:<22} {ref:<12} {r['seed']:>5} {r['steps']:>6} {r['bpb']:>9.4f} {delta:>8} "
               f"{s or float('nan'):>7.3f} {budget:>12}  {' '.join(r['sets'])}")
 
 
@@ -134,6 +138,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=BUDGET_STEPS)
     ap.add_argument("--jobs", type=int, default=1, help="variants trained side by side, one thread each if > 1")
     ap.add_argument("--preset", default="small")
+    ap.add_argument("--ref", default="base", help="variant each of these is compared against in the table")
     ap.add_argument("--probe", action="store_true", help="time each variant alone instead (quiet machine)")
     ap.add_argument("--table", action="store_true", help="print the table of OUT/results.jsonl and exit")
     args = ap.parse_args()
@@ -160,7 +165,8 @@ def main() -> None:
 
     def one(job: tuple[str, list[str], int]) -> None:
         name, sets, seed = job
-        rec = run_variant(args.base, args.out, name, sets, seed, args.steps, threads, args.preset)
+        rec = run_variant(args.base, args.out, name, sets, seed, args.steps, threads, args.preset,
+                          args.ref)
         with open(results, "a") as f:
             f.write(json.dumps(rec) + "\n")
         print(f"{name} seed {seed}: {rec['bpb']:.4f} bits/byte ({rec['wall_s']} s)", flush=True)

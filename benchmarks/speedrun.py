@@ -91,6 +91,7 @@ def run_baseline(run_dir: Path, cfg: ModelConfig, tc: TrainConfig, minutes: floa
     from transformers import LlamaConfig, LlamaForCausalLM
 
     t_start = time.perf_counter()
+    tc = replace(tc, schedule="cosine")  # the plain loop's recipe, whatever schedule `--set` gives our side
     torch.manual_seed(tc.seed)
     model = LlamaForCausalLM(LlamaConfig(**hf_config(cfg, torch.float32, 0, 0), attn_implementation="sdpa"))
     opt = _adamw(model, tc)
@@ -157,7 +158,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir", type=Path, help="a run directory holding tokenizer.json and shards/ (make run's)")
     ap.add_argument("--preset", default="small")
-    ap.add_argument("--set", action="append", default=[], help="override for both sides' shape and recipe")
+    ap.add_argument("--set", action="append", default=[],
+                    help="override for both sides' shape and recipe; the baseline stays a plain loop (cosine, "
+                         "one AdamW rate, no z-loss)")
     ap.add_argument("--minutes", type=float, default=10.0, help="our budget")
     ap.add_argument("--baseline-minutes", type=float, nargs="+", default=[10.0, 20.0])
     ap.add_argument("--points", type=int, default=8, help="snapshots scored per run")

@@ -7,6 +7,7 @@ from homegrown.config import (
     PRESET_NAMES,
     SECTIONS,
     IngestConfig,
+    ModelConfig,
     Preset,
     ServeConfig,
     apply_overrides,
@@ -107,6 +108,8 @@ def test_a_saved_preset_is_checked_whole(tmp_path):
         load_preset(path)
     older = json.loads(json.dumps(good))
     del older["serve"], older["ingest"]  # written before these sections existed: they take their defaults
+    for recipe in ("schedule", "decay_frac", "embed_lr_mult", "head_lr_mult", "z_loss"):  # from before these
+        del older["train"][recipe]
     path.write_text(json.dumps(older))
     assert load_preset(path) == get_preset("tiny")
 
@@ -127,3 +130,27 @@ def test_field_docs_are_the_docstrings_under_the_fields():
     assert field_help(ServeConfig, "max_n").startswith("Largest `n`")
     with pytest.raises(KeyError, match="no field 'nope'"):
         field_help(ServeConfig, "nope")
+
+
+ARCH_SWITCHES = {"qk_norm": ("true", True), "zero_init_proj": ("true", True), "logit_softcap": ("15", 15.0),
+                 "mlp": ("relu2", "relu2")}
+"""Issue 16's architecture switches: the `--set model.X=` text and the value it gives."""
+
+
+def test_architecture_switches_are_off_in_every_preset_and_set_by_name():
+    default = ModelConfig()
+    for name in PRESET_NAMES:
+        model = get_preset(name).model
+        assert all(getattr(model, field) == getattr(default, field) for field in ARCH_SWITCHES), name
+    for field, (text, value) in ARCH_SWITCHES.items():
+        assert getattr(apply_overrides(get_preset("small"), [f"model.{field}={text}"]).model, field) == value
+
+
+def test_switching_the_mlp_recomputes_its_width_unless_it_is_set():
+    relu2 = apply_overrides(get_preset("small"), ["model.mlp=relu2"]).model
+    assert relu2.ffn_hidden == 4 * relu2.d_model == 768
+    assert count_params(relu2) == count_params(get_preset("small").model)
+    assert apply_overrides(get_preset("small"), ["model.mlp=relu2", "model.ffn_hidden=256"]).model.ffn_hidden == 256
+    assert apply_overrides(get_preset("gpt2-124m"), ["model.mlp=swiglu"]).model.ffn_hidden == 3072  # unchanged
+    with pytest.raises(HomegrownError, match=r"unknown model\.mlp 'gelu'"):
+        apply_overrides(get_preset("small"), ["model.mlp=gelu"])

@@ -175,6 +175,34 @@ def test_transformers_directory_imports_with_matching_logits(tmp_path: Path, tin
     assert load_tokenizer(result.checkpoint).get_vocab() == tok.get_vocab()
 
 
+def test_transformers_qwen3_directory_imports_as_qk_norm(tmp_path: Path, tiny_run: Path) -> None:
+    """A Qwen3 made by transformers (heads of width / heads, full attention) is our model with `qk_norm`."""
+    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+    tok = load_tokenizer(tiny_run / "tokenizer.json")
+    config = Qwen3Config(vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=64,
+                         rope_parameters={"rope_type": "default", "rope_theta": 31337.0}, tie_word_embeddings=True,
+                         eos_token_id=tok.token_to_id("<|endoftext|>"))
+    torch.manual_seed(7)
+    reference = Qwen3ForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, p in reference.named_parameters():
+            if name.endswith(("q_norm.weight", "k_norm.weight")):
+                p.uniform_(0.5, 2.0)  # off their init of ones, so a dropped or swapped norm would show
+    src = tmp_path / "hf"
+    reference.save_pretrained(src)
+    PreTrainedTokenizerFast(tokenizer_file=str(tiny_run / "tokenizer.json"), eos_token="<|endoftext|>").save_pretrained(
+        src)
+    result = import_model(src, tmp_path / "run")
+    assert result.architecture == "Qwen3ForCausalLM"
+    model = load_model(result.run_dir).eval()
+    assert model.cfg.qk_norm and model.cfg.tie_embeddings
+    ids = torch.randint(0, config.vocab_size, (2, 30), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), reference(ids).logits, atol=1e-4, rtol=0)
+
+
 def test_transformers_directory_without_safetensors_is_refused(tmp_path: Path, tiny_run: Path) -> None:
     src = tmp_path / "hf"
     src.mkdir()
@@ -193,7 +221,7 @@ def test_transformers_directory_of_another_architecture_is_named(tmp_path: Path,
     (src / "model.safetensors").write_bytes(b"")
     (src / "tokenizer.json").write_bytes((tiny_run / "tokenizer.json").read_bytes())
     (src / "tokenizer_config.json").write_text("{}")
-    with pytest.raises(HomegrownError, match="'qwen2' model; only Llama-architecture"):
+    with pytest.raises(HomegrownError, match="'qwen2' model; only Llama- and Qwen3-architecture"):
         import_model(src, tmp_path / "run")
 
 
@@ -305,15 +333,22 @@ def test_tiny_gguf_metadata_and_chat_files(tmp_path: Path) -> None:
     assert tok.encode("the<|eot|>", add_special_tokens=False).tokens == ["t", "he", "<|eot|>"]
 
 
-def test_our_gguf_export_imports_back_exactly(tmp_path: Path, tiny_run: Path) -> None:
-    """export/gguf.py permutes q/k for llama.cpp and writes the tokenizer as gpt-2; import must undo both."""
+@pytest.mark.parametrize("qk_norm", [False, True], ids=["llama", "qwen3"])
+def test_our_gguf_export_imports_back_exactly(tmp_path: Path, tiny_run: Path, qk_norm: bool) -> None:
+    """export/gguf.py permutes q/k for llama.cpp (not for qwen3) and writes the tokenizer as gpt-2; import must undo
+    both."""
     tok_path = tiny_run / "tokenizer.json"
     tok = load_tokenizer(tok_path)
     torch.manual_seed(3)
     model = Transformer(ModelConfig(vocab_size=tok.get_vocab_size(), d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
-                                    max_seq_len=64, rope_theta=5000.0, norm_eps=1e-6)).eval()
+                                    max_seq_len=64, rope_theta=5000.0, norm_eps=1e-6, qk_norm=qk_norm)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.uniform_(0.5, 2.0)  # norms off their init of ones, so a swapped q/k norm would show
     ckpt = save_checkpoint(tmp_path / "ckpt", 1, model, tok_path)
     result = import_model(export_gguf(ckpt, tmp_path / "m.gguf", "f32"), tmp_path / "run")
+    assert result.architecture == ("qwen3" if qk_norm else "llama")
     back = load_model(result.run_dir)
     assert back.cfg == model.cfg
     for name, tensor in model.state_dict().items():
@@ -332,7 +367,7 @@ def test_unpermute_inverts_the_export_permutation() -> None:
 
 def test_unsupported_architecture_is_named(tmp_path: Path) -> None:
     write_gguf(tmp_path / "m.gguf", arch="gemma")
-    with pytest.raises(HomegrownError, match="'gemma' model; only the llama architecture"):
+    with pytest.raises(HomegrownError, match="'gemma' model; only the llama and qwen3 architectures"):
         import_model(tmp_path / "m.gguf", tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
@@ -349,6 +384,10 @@ def test_extra_tensor_and_unknown_pre_tokenizer_are_refused(tmp_path: Path) -> N
     write_gguf(tmp_path / "rope.gguf", tensors=tensors)
     with pytest.raises(HomegrownError, match="scaled RoPE"):
         import_model(tmp_path / "rope.gguf", tmp_path / "run")
+    tensors = {**_tiny_tensors(), "blk.0.attn_q_norm.weight": np.ones(TINY.head_dim, np.float32)}
+    write_gguf(tmp_path / "qnorm.gguf", tensors=tensors)
+    with pytest.raises(HomegrownError, match=r"tensor blk\.0\.attn_q_norm\.weight is not part of a llama model"):
+        import_model(tmp_path / "qnorm.gguf", tmp_path / "run")
     write_gguf(tmp_path / "pre.gguf", pre="llama-bpe")
     with pytest.raises(HomegrownError, match="pre-tokenizer 'llama-bpe' is not supported"):
         import_model(tmp_path / "pre.gguf", tmp_path / "run")

@@ -1,7 +1,9 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
 from homegrown.config import ModelConfig
+from homegrown.errors import HomegrownError
 from homegrown.model import KVCache, Transformer, count_params, cross_entropy, linear
 
 
@@ -118,3 +120,99 @@ def test_activation_checkpointing_gives_the_same_gradients():
         model(x, x).backward()
     for (name, a), b in zip(plain.named_parameters(), recomputed.parameters(), strict=True):
         torch.testing.assert_close(b.grad, a.grad, msg=name)
+
+
+SWITCHES = {"qk_norm": {"qk_norm": True}, "zero_init_proj": {"zero_init_proj": True},
+            "logit_softcap": {"logit_softcap": 0.5}, "relu2": {"mlp": "relu2"}}
+"""Each architecture switch of issue 16 (ModelConfig fields, off by default) on its own."""
+NEW_WEIGHTS = {"qk_norm": ("self_attn.q_norm.weight", "self_attn.k_norm.weight"),
+               "zero_init_proj": ("self_attn.o_proj.weight", "mlp.down_proj.weight"),
+               "relu2": ("mlp.up_proj.weight", "mlp.down_proj.weight")}
+"""Parameters a switch adds to (or initialises differently in) every block: their gradients must not be zero."""
+
+
+@pytest.mark.parametrize("switch", SWITCHES)
+def test_switch_trains_a_step_and_its_weights_get_gradients(switch: str) -> None:
+    model = _model(**SWITCHES[switch]).train()
+    idx = torch.randint(0, 97, (2, 17))
+    loss = model(idx[:, :-1], idx[:, 1:])
+    assert torch.isfinite(loss)
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    for suffix in NEW_WEIGHTS.get(switch, ()):
+        grads = [p.grad for name, p in model.named_parameters() if name.endswith(suffix)]
+        assert len(grads) == model.cfg.n_layers and all(g.abs().sum() > 0 for g in grads), suffix
+
+
+@pytest.mark.parametrize("switch", SWITCHES)
+def test_switch_decode_and_cached_forward_equal_the_full_forward(switch: str) -> None:
+    model = _model(**SWITCHES[switch])
+    with torch.no_grad():
+        for p in model.parameters():  # norm weights off their init of ones, so a skipped norm would show
+            p.add_(torch.randn_like(p) * 0.1)
+    idx = torch.randint(0, 97, (2, 20))
+    with torch.no_grad():
+        full = model(idx)
+        cache = KVCache.allocate(model.cfg, 2)
+        cached = torch.cat([model(idx[:, :12], cache=cache)] + [model(idx[:, i:i + 1], cache=cache)
+                                                                for i in range(12, 20)], dim=1)
+        model.prepare_for_inference()
+        cache = KVCache.allocate(model.cfg, 2)
+        got = [model.decode(idx[:, :12], cache)]
+        got += [model.decode(idx[:, i:i + 1], cache) for i in range(12, 20)]
+    torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.stack(got, dim=1), full[:, 11:], atol=1e-5, rtol=1e-5)
+
+
+def test_qk_norm_normalises_each_head_before_rope() -> None:
+    """q and k heads leave `norm_qk` with RMS 1 times their weight, per head: Qwen3's q_norm / k_norm."""
+    attn = _model(qk_norm=True).layers[0].self_attn
+    with torch.no_grad():
+        attn.q_norm.weight.fill_(2.0)
+        out = attn.norm_qk(torch.randn(3, 4 + 2, 5, 8) * 7)
+    rms = out.pow(2).mean(-1).sqrt()
+    torch.testing.assert_close(rms[:, :4], torch.full_like(rms[:, :4], 2.0), atol=1e-4, rtol=0)
+    torch.testing.assert_close(rms[:, 4:], torch.ones_like(rms[:, 4:]), atol=1e-4, rtol=0)
+    assert set(_model().state_dict()) < set(_model(qk_norm=True).state_dict())
+
+
+def test_zero_init_proj_starts_every_block_as_the_identity() -> None:
+    model = _model(zero_init_proj=True)
+    zeroed = [p for name, p in model.named_parameters() if name.endswith(("o_proj.weight", "down_proj.weight"))]
+    assert len(zeroed) == 2 * model.cfg.n_layers and all(not p.any() for p in zeroed)
+    assert all(p.std() > 0 for name, p in model.named_parameters() if name.endswith(("qkv.weight", "gate_up.weight")))
+    idx = torch.randint(0, 97, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx), model.lm_head(model.norm(model.embed_tokens(idx))))
+
+
+def test_logit_softcap_bounds_the_logits_the_loss_sees() -> None:
+    """c·tanh(logits / c) of the uncapped model's logits, in forward and in the loss; a negative cap is refused."""
+    plain, capped = _model(), _model(logit_softcap=0.5)
+    capped.load_state_dict(plain.state_dict())
+    idx = torch.randint(0, 97, (2, 12))
+    with torch.no_grad():
+        raw, got = plain(idx), capped(idx)
+        loss = capped(idx[:, :-1], idx[:, 1:])
+    assert raw.abs().max() > 0.5 and got.abs().max() < 0.5
+    torch.testing.assert_close(got, 0.5 * torch.tanh(raw / 0.5))
+    torch.testing.assert_close(loss, F.cross_entropy(got[:, :-1].reshape(-1, 97), idx[:, 1:].reshape(-1)))
+    with pytest.raises(HomegrownError, match="logit_softcap"):
+        ModelConfig(logit_softcap=-1.0)
+
+
+def test_relu2_mlp_has_swiglus_parameter_count_and_computes_relu_squared() -> None:
+    swiglu, relu2 = ModelConfig(d_model=192, n_heads=3, n_kv_heads=3), ModelConfig(d_model=192, n_heads=3,
+                                                                                    n_kv_heads=3, mlp="relu2")
+    assert (swiglu.ffn_hidden, relu2.ffn_hidden) == (512, 768)
+    assert count_params(relu2) == count_params(swiglu)
+    model = _model(mlp="relu2")
+    mlp = model.layers[0].mlp
+    assert not hasattr(mlp, "gate_up")
+    x = torch.randn(3, 32)
+    with torch.no_grad():
+        expected = F.relu(x @ mlp.up_proj.weight.T).pow(2) @ mlp.down_proj.weight.T
+        torch.testing.assert_close(mlp(x), expected)
+    with pytest.raises(HomegrownError, match=r"unknown model\.mlp 'geglu'; choose one of: swiglu, relu2"):
+        ModelConfig(mlp="geglu")

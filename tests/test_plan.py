@@ -64,8 +64,9 @@ def test_analytic_counts_equal_the_model_for_every_preset(name):
 
 
 def test_explicit_shapes_agree_with_the_model_too():
-    for cfg in (LLAMA3_405B, MT_NLG_530B, ModelConfig(d_model=96, n_layers=3, n_heads=6, n_kv_heads=2,
-                                                       vocab_size=1000, tie_embeddings=False)):
+    small = {"d_model": 96, "n_layers": 3, "n_heads": 6, "n_kv_heads": 2, "vocab_size": 1000}
+    for cfg in (LLAMA3_405B, MT_NLG_530B, ModelConfig(**small, tie_embeddings=False),
+                ModelConfig(**small, qk_norm=True), ModelConfig(**small, mlp="relu2", tie_embeddings=False)):
         with torch.device("meta"):
             model = Transformer(cfg)
         assert param_counts(cfg).total == model.num_params()
@@ -180,9 +181,11 @@ def _saved_bytes(block, cfg: ModelConfig, batch: int, seq: int) -> int:
     return sum(storages.values())
 
 
-@pytest.mark.parametrize(("heads", "kv_heads"), [(4, 4), (8, 2)])
-def test_model_activation_rule_counts_what_autograd_saves(heads, kv_heads):
-    cfg = ModelConfig(vocab_size=512, d_model=256, n_layers=1, n_heads=heads, n_kv_heads=kv_heads, max_seq_len=64)
+@pytest.mark.parametrize(("heads", "kv_heads", "switches"), [(4, 4, {}), (8, 2, {}), (8, 2, {"qk_norm": True}),
+                                                           (4, 4, {"mlp": "relu2"})])
+def test_model_activation_rule_counts_what_autograd_saves(heads, kv_heads, switches):
+    cfg = ModelConfig(vocab_size=512, d_model=256, n_layers=1, n_heads=heads, n_kv_heads=kv_heads, max_seq_len=64,
+                      **switches)
     block = Block(cfg).to(torch.bfloat16)
     # The difference of two batch sizes is what scales with tokens: weights and RoPE tables cancel out.
     per_sequence = _saved_bytes(block, cfg, 2, 64) - _saved_bytes(block, cfg, 1, 64)

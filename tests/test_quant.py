@@ -16,6 +16,7 @@ from homegrown.errors import HomegrownError
 from homegrown.model import KVCache, Transformer
 from homegrown.quant import (
     INT4_GROUP,
+    QUANT_KINDS,
     Int4Linear,
     Int8Embedding,
     Int8Linear,
@@ -24,6 +25,7 @@ from homegrown.quant import (
     quantize_int8,
     quantize_model,
 )
+from homegrown.serve.batched import forward_rows
 
 
 def _layer(out_features: int = 48, in_features: int = 64) -> nn.Linear:
@@ -67,11 +69,11 @@ def test_int8_embedding_rows_are_the_heads_rows() -> None:
     torch.testing.assert_close(table(idx).float(), Int8Linear(q, scale).dequantized()[idx], atol=1e-2, rtol=1e-2)
 
 
-def _tiny(tie: bool = True) -> Transformer:
+def _tiny(tie: bool = True, **switches) -> Transformer:
     torch.manual_seed(0)
     # d_model 64 / ffn 128: shapes int4 packs (out % 16, in % 32); the vocab of 100 does not, so it stays int8.
     cfg = ModelConfig(vocab_size=100, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=48,
-                      ffn_hidden=128, tie_embeddings=tie)
+                      ffn_hidden=128, tie_embeddings=tie, **switches)
     return Transformer(cfg).eval()
 
 
@@ -95,6 +97,36 @@ def test_quantized_model_decode_matches_its_forward_and_is_deterministic(kind: s
             steps.append(torch.stack(got, dim=1).float())
     assert torch.equal(steps[0], steps[1])
     torch.testing.assert_close(steps[0], full[:, 11:], atol=3e-2, rtol=0)
+
+
+SWITCHES = {"qk_norm": {"qk_norm": True}, "relu2": {"mlp": "relu2"}, "logit_softcap": {"logit_softcap": 0.5}}
+"""Architecture switches with their own serving arithmetic (q/k norms, the relu² MLP's up_proj, the cap)."""
+
+
+@pytest.mark.parametrize("kind", QUANT_KINDS)
+@pytest.mark.parametrize("switch", SWITCHES)
+def test_quantized_switch_models_serve_as_they_decode(kind: str, switch: str) -> None:
+    """Only the matmuls are quantized (q/k norm weights stay fp32); decode, the engine's batched pass and forward
+    agree."""
+    model = _tiny(**SWITCHES[switch])
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.uniform_(0.5, 2.0)  # norms off their init of ones, so a skipped one would show
+    model = quantize_model(model, kind)
+    layers = [m for m in model.modules() if isinstance(m, (Int8Linear, Int4Linear))]
+    assert len(layers) == 2 * 4 + 1  # qkv, o_proj, gate_up or up_proj, down_proj per block; the head
+    norms = [p for name, p in model.named_parameters() if name.endswith(("q_norm.weight", "k_norm.weight"))]
+    assert len(norms) == (4 if switch == "qk_norm" else 0) and all(p.dtype == torch.float32 for p in norms)
+    idx = torch.randint(0, 100, (2, 20))
+    with torch.inference_mode():
+        full = model(idx).float()
+        cache = KVCache.allocate(model.cfg, 2, dtype=torch.bfloat16)
+        decoded = model.decode(idx, cache).float()
+        rows = forward_rows(model, KVCache.allocate(model.cfg, 2, dtype=torch.bfloat16), idx,
+                            torch.zeros(2, dtype=torch.long), torch.full((2,), 19)).float()
+    torch.testing.assert_close(decoded, full[:, -1], atol=3e-2, rtol=0)
+    torch.testing.assert_close(rows, full[:, -1], atol=3e-2, rtol=0)
 
 
 def test_quantization_is_refused_where_there_is_no_kernel() -> None:

@@ -605,7 +605,8 @@ def export(
 
 @app.command("import")
 def import_(
-    src: Annotated[Path, typer.Argument(help="A .gguf file (llama architecture) or a transformers Llama directory.")],
+    src: Annotated[Path, typer.Argument(help="A .gguf file (llama or qwen3 architecture) or a transformers Llama "
+                                             "or Qwen3 directory.")],
     out: Annotated[Path, typer.Option(help="Run directory to create; the model goes to OUT/ckpt/step_0.")],
 ) -> None:
     """Import open weights as an ordinary run that generate, chat, serve, eval, export and sft accept."""

@@ -22,6 +22,9 @@ from typing import Any
 from homegrown.errors import HomegrownError
 from homegrown.io import write_json_atomic
 
+MLP_KINDS = ("swiglu", "relu2")
+"""`ModelConfig.mlp` choices (model.py builds one module class per kind)."""
+
 
 @dataclass
 class ModelConfig:
@@ -33,22 +36,42 @@ class ModelConfig:
     n_heads: int = 4
     n_kv_heads: int = 4
     ffn_hidden: int = 0
-    """0 means the Llama rule: 8/3·d rounded up to a multiple of `ffn_multiple_of`."""
+    """0 means the Llama rule: 8/3·d rounded up to a multiple of `ffn_multiple_of` (4·d for `mlp=relu2`, the same
+    parameter count without the gate)."""
     ffn_multiple_of: int = 64
     max_seq_len: int = 256
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
     init_std: float = 0.02
+    qk_norm: bool = False
+    """RMSNorm (a learned weight per head dimension) on every query and key head after the projection, before
+    RoPE, as Qwen3 and OLMo-2 do: attention logits stay bounded, so higher learning rates stay stable. Exports as
+    Qwen3 (transformers `Qwen3ForCausalLM`, GGUF `qwen3`)."""
+    zero_init_proj: bool = False
+    """Initialise the attention output and MLP down projections to zero (modded-nanogpt), so every block starts as
+    the identity on the residual stream; initialisation only, the model and its exports are unchanged."""
+    logit_softcap: float = 0.0
+    """When > 0, logits become c·tanh(logits / c) with c this value (Gemma 2 uses 30, modded-nanogpt 15-30) in
+    training and in every inference path; 0 = off. No Llama or Qwen3 model has it, so HF/GGUF export refuses it."""
+    mlp: str = "swiglu"
+    """`swiglu` (Llama's gated SiLU) or `relu2`: up → relu(x)² → down without a gate (modded-nanogpt's MLP), whose
+    default width 4·d has SwiGLU's parameter count. Setting it with `--set` recomputes `ffn_hidden` unless that is
+    set too. No Llama or Qwen3 model has relu2, so HF/GGUF export refuses it."""
 
     def __post_init__(self) -> None:
+        if self.mlp not in MLP_KINDS:
+            raise HomegrownError(f"unknown model.mlp {self.mlp!r}; choose one of: {', '.join(MLP_KINDS)}")
         if self.ffn_hidden == 0:
-            hidden = int(8 * self.d_model / 3)
+            # relu2's one 4·d matrix pair holds as many weights as SwiGLU's three 8/3·d ones
+            hidden = 4 * self.d_model if self.mlp == "relu2" else int(8 * self.d_model / 3)
             self.ffn_hidden = self.ffn_multiple_of * ((hidden + self.ffn_multiple_of - 1) // self.ffn_multiple_of)
         if self.d_model % self.n_heads:
             raise HomegrownError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         if self.n_heads % self.n_kv_heads:
             raise HomegrownError(f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}")
+        if self.logit_softcap < 0:
+            raise HomegrownError(f"model.logit_softcap must be 0 (off) or a positive cap, not {self.logit_softcap:g}")
 
     @property
     def head_dim(self) -> int:
@@ -81,7 +104,7 @@ class TrainConfig:
     seq_len: int = 256
     grad_accum: int = 1
     max_steps: int = 1000
-    """Steps of the schedule (warmup + cosine decay); with `budget_minutes` set, chosen by the run instead."""
+    """Steps of the schedule (warmup + `schedule`); with `budget_minutes` set, chosen by the run instead."""
     budget_minutes: float = 0.0
     """Wall-clock budget for pretraining: time the first warm-up steps on this machine, then fix the step count so
     the schedule ends when the budget does (saved in RUN/budget.json and every checkpoint, so a resumed run keeps
@@ -90,7 +113,28 @@ class TrainConfig:
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 50
+    schedule: str = "cosine"
+    """Learning-rate shape after the linear warm-up, for every optimizer group (each scaled to its own peak):
+    `cosine` (decay from the peak to `min_lr_ratio`·peak over all remaining steps) or `wsd` (warmup–stable–decay:
+    hold the peak, then decay *linearly* to `min_lr_ratio`·peak over the last `decay_frac` of the steps, as
+    nanochat and modded-nanogpt do). Either ends at `max_steps`, so with `budget_minutes` it ends with the budget."""
+    decay_frac: float = 0.2
+    """`schedule=wsd` only: share of `max_steps` spent in the final linear decay (0 = none, 1 = all after warm-up)."""
+    embed_lr_mult: float = 1.0
+    """Peak rate of the token embedding = `lr`·this, in an AdamW param group of its own (with `optimizer=muon`
+    too) that `schedule` scales like every group; weight decay as for every matrix. With `model.tie_embeddings`
+    the embedding is also the head, so this is the tied matrix's rate. Nanochat and modded-nanogpt give the
+    embedding a far larger rate than the hidden matrices."""
+    head_lr_mult: float = 1.0
+    """Peak rate of the untied lm head = `lr`·this (its own AdamW group, as `embed_lr_mult`). With
+    `model.tie_embeddings` there is no separate head — the embedding is the head (`embed_lr_mult`) — and a value
+    other than 1 is refused rather than ignored."""
     weight_decay: float = 0.1
+    z_loss: float = 0.0
+    """PaLM's auxiliary z-loss: this coefficient × logsumexp(logits)², averaged over the loss's tokens, is added
+    to the training loss (pretraining, SFT; not to validation) to keep the softmax normaliser near 1; logged as
+    `z_loss` (the average, before the coefficient) beside `ce_loss`. 0 = off. Stages with a loss of their own
+    (distillation) refuse it; DPO's config sets it to 0."""
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
@@ -123,6 +167,22 @@ class TrainConfig:
     init_from: str = ""
     """Checkpoint or run directory to continue pretraining from (e.g. an imported model): its weights, shape and
     tokenizer replace the preset's model and the run's tokenizer; empty = random init (pretraining from scratch)."""
+
+    def check(self) -> None:
+        """Refuse recipe values the loop cannot honour, by name, before any stage starts."""
+        if self.schedule not in SCHEDULES:
+            raise HomegrownError(f"train.schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
+        if not 0.0 <= self.decay_frac <= 1.0:
+            raise HomegrownError(f"train.decay_frac must be between 0 and 1, not {self.decay_frac:g}")
+        for name in ("embed_lr_mult", "head_lr_mult"):
+            if not getattr(self, name) > 0:
+                raise HomegrownError(f"train.{name} must be positive, not {getattr(self, name):g}")
+        if self.z_loss < 0:
+            raise HomegrownError(f"train.z_loss must be 0 (off) or positive, not {self.z_loss:g}")
+
+
+SCHEDULES = ("cosine", "wsd")
+"""Learning-rate schedules `train.schedule` names; homegrown.train.loop.lr_at implements them."""
 
 
 @dataclass
@@ -656,6 +716,7 @@ def _coerce(value: str, current: Any) -> Any:
 def apply_overrides(preset: Preset, overrides: list[str]) -> Preset:
     """Apply `section.field=value` strings (e.g. `train.lr=1e-3`, `model.n_layers=4`,
     `ingest.filters.min_words=20`, `ingest.languages=en,fr`) to a preset in place."""
+    mlp = preset.model.mlp
     for item in overrides:
         key, sep, value = item.partition("=")
         path = key.strip().split(".")
@@ -689,9 +750,11 @@ def apply_overrides(preset: Preset, overrides: list[str]) -> Preset:
     if preset.train.budget_minutes < 0:
         raise HomegrownError(f"train.budget_minutes must be 0 (off: use train.max_steps) or a number of minutes, "
                              f"not {preset.train.budget_minutes:g}")
+    preset.train.check()
     if preset.model.max_seq_len < preset.train.seq_len:
         preset.model.max_seq_len = preset.train.seq_len
-    if "model.ffn_hidden" not in " ".join(overrides) and any(o.startswith("model.d_model") for o in overrides):
+    resized = any(o.startswith("model.d_model") for o in overrides) or preset.model.mlp != mlp
+    if "model.ffn_hidden" not in " ".join(overrides) and resized:
         preset.model.ffn_hidden = 0
     preset.model.__post_init__()
     return preset

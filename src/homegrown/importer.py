@@ -1,4 +1,5 @@
-"""`homegrown import`: open weights (a GGUF file or a transformers Llama directory) → an ordinary run directory.
+"""`homegrown import`: open weights (a GGUF file or a transformers Llama or Qwen3 directory) → an ordinary run
+directory.
 
 What comes out is what every other command already reads — `RUN/ckpt/step_0/` with fp32 `model.safetensors`,
 `config.json` and `tokenizer.json` — plus the model's chat metadata as the Hugging Face files that carry it:
@@ -7,9 +8,10 @@ EOS plus the template's end-of-turn token). The same tokenizer files also sit at
 `pretrain`/`sft` on the run take their tokenizer from, so checkpoints trained from the import keep them.
 
 GGUF tensors are dequantized by the `gguf` package's own `gguf.quants` (llama.cpp's reference code in numpy), and
-q/k rows are put back from llama.cpp's interleaved RoPE order into the rotate-half order our model (and HF) use —
-the inverse of what `export/gguf.py` does. Only what our model implements is accepted; anything else (another
-architecture, scaled RoPE, experts, an unlisted tensor type) fails naming what was found.
+q/k rows of a `llama` file are put back from llama.cpp's interleaved RoPE order into the rotate-half order our model
+(and HF) use — the inverse of what `export/gguf.py` does; a `qwen3` file's are already in that order. Only what our
+model implements is accepted; anything else (another architecture, scaled RoPE, experts, an unlisted tensor type)
+fails naming what was found.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from homegrown.chat_template import GENERATION_CONFIG, TOKENIZER_CONFIG, ChatTem
 from homegrown.config import ModelConfig, Preset, get_preset, save_preset
 from homegrown.errors import HomegrownError
 from homegrown.export.gguf import hf_name, unpermute_rope
-from homegrown.export.hf import SHARD_INDEX, _from_hf_state, load_hf
+from homegrown.export.hf import SHARD_INDEX, _from_hf_state, architecture, load_hf
 from homegrown.gguf_tokenizer import GGUFVocab, build_tokenizer
 from homegrown.io import atomic_path, write_json_atomic
 from homegrown.layout import TOKENIZER, RunLayout
@@ -41,6 +43,7 @@ from homegrown.train.checkpoint import WEIGHTS, save_checkpoint
 Q = gguf.GGMLQuantizationType
 SUPPORTED_TYPES = (Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q4_K, Q.Q6_K)
 IMPORT_INFO = "import.json"
+GGUF_ARCHITECTURES = ("llama", "qwen3")
 
 
 @dataclass
@@ -116,38 +119,41 @@ def _f32(x: float) -> float:
 
 
 def _gguf_config(meta: _Metadata, tensor_names: set[str]) -> ModelConfig:
+    """The model a `llama` or `qwen3` GGUF describes (Qwen3 is Llama with per-head q/k norms: `qk_norm`)."""
     arch = meta.need("general.architecture")
-    if arch != "llama":
-        raise HomegrownError(f"{meta.path} holds a {arch!r} model; only the llama architecture can be imported")
-    d, n_heads = int(meta.need("llama.embedding_length")), int(meta.need("llama.attention.head_count"))
+    if arch not in GGUF_ARCHITECTURES:
+        raise HomegrownError(f"{meta.path} holds a {arch!r} model; only the {' and '.join(GGUF_ARCHITECTURES)} "
+                             "architectures can be imported")
+    d, n_heads = int(meta.need(f"{arch}.embedding_length")), int(meta.need(f"{arch}.attention.head_count"))
     head_dim = d // n_heads
     unsupported = []
-    if int(meta.get("llama.expert_count", 0) or 0) > 0:
-        unsupported.append(f"{meta.get('llama.expert_count')} experts (mixture of experts)")
-    if int(meta.get("llama.attention.key_length", head_dim)) != head_dim or d % n_heads:
-        unsupported.append(f"head size {meta.get('llama.attention.key_length')} with width {d} and {n_heads} heads")
-    if int(meta.get("llama.rope.dimension_count", head_dim)) != head_dim:
-        unsupported.append(f"RoPE on {meta.get('llama.rope.dimension_count')} of {head_dim} head dimensions")
-    scaling = meta.get("llama.rope.scaling.type", "none")
+    if int(meta.get(f"{arch}.expert_count", 0) or 0) > 0:
+        unsupported.append(f"{meta.get(f'{arch}.expert_count')} experts (mixture of experts)")
+    if int(meta.get(f"{arch}.attention.key_length", head_dim)) != head_dim or d % n_heads:
+        unsupported.append(f"head size {meta.get(f'{arch}.attention.key_length')} with width {d} and {n_heads} heads")
+    if int(meta.get(f"{arch}.rope.dimension_count", head_dim)) != head_dim:
+        unsupported.append(f"RoPE on {meta.get(f'{arch}.rope.dimension_count')} of {head_dim} head dimensions")
+    scaling = meta.get(f"{arch}.rope.scaling.type", "none")
     if scaling not in ("none", "") or "rope_freqs.weight" in tensor_names:
         unsupported.append(f"scaled RoPE ({scaling if scaling not in ('none', '') else 'rope_freqs'})")
     if unsupported:
         raise HomegrownError(f"{meta.path} uses {', '.join(unsupported)}, which homegrown's model does not implement")
     tokens = meta.get("tokenizer.ggml.tokens")
-    vocab = meta.get("llama.vocab_size") or (len(tokens) if tokens else None)
+    vocab = meta.get(f"{arch}.vocab_size") or (len(tokens) if tokens else None)
     if vocab is None:
         raise HomegrownError(f"{meta.path} states no vocabulary size and has no token list")
     return ModelConfig(
         vocab_size=int(vocab),
         d_model=d,
-        n_layers=int(meta.need("llama.block_count")),
+        n_layers=int(meta.need(f"{arch}.block_count")),
         n_heads=n_heads,
-        n_kv_heads=int(meta.get("llama.attention.head_count_kv", n_heads)),
-        ffn_hidden=int(meta.need("llama.feed_forward_length")),
-        max_seq_len=int(meta.get("llama.context_length", 2048)),
-        rope_theta=_f32(meta.get("llama.rope.freq_base", 10000.0)),
-        norm_eps=_f32(meta.need("llama.attention.layer_norm_rms_epsilon")),
+        n_kv_heads=int(meta.get(f"{arch}.attention.head_count_kv", n_heads)),
+        ffn_hidden=int(meta.need(f"{arch}.feed_forward_length")),
+        max_seq_len=int(meta.get(f"{arch}.context_length", 2048)),
+        rope_theta=_f32(meta.get(f"{arch}.rope.freq_base", 10000.0)),
+        norm_eps=_f32(meta.need(f"{arch}.attention.layer_norm_rms_epsilon")),
         tie_embeddings="output.weight" not in tensor_names,
+        qk_norm=arch == "qwen3",
     )
 
 
@@ -170,21 +176,22 @@ def _read_gguf(path: Path) -> _Loaded:
     meta = _Metadata(reader, path)
     names = {t.name for t in reader.tensors}
     cfg = _gguf_config(meta, names)
+    arch = architecture(cfg)
     hf_state: dict[str, torch.Tensor] = {}
     for tensor in reader.tensors:
         name = hf_name(tensor.name)
-        if name is None:
-            raise HomegrownError(f"{path}: tensor {tensor.name} is not part of a Llama model homegrown can run")
+        if name is None or (name.endswith("_norm.weight") and ".self_attn." in name and not cfg.qk_norm):
+            raise HomegrownError(f"{path}: tensor {tensor.name} is not part of a {arch} model homegrown can run")
         arr = _dequantize(tensor, path)
-        if name.endswith("q_proj.weight"):
+        if arch == "llama" and name.endswith("q_proj.weight"):  # qwen3's RoPE rotates halves, as ours does
             arr = unpermute_rope(arr, cfg.n_heads)
-        elif name.endswith("k_proj.weight"):
+        elif arch == "llama" and name.endswith("k_proj.weight"):
             arr = unpermute_rope(arr, cfg.n_kv_heads)
         hf_state[name] = torch.from_numpy(arr)
     model = _build(cfg, _from_hf_state(hf_state, cfg, path), path)
     tokenizer, tokenizer_config, generation_config = _gguf_tokenizer(meta, cfg)
     types = Counter(Q(t.tensor_type).name for t in reader.tensors)
-    return _Loaded(model, tokenizer, tokenizer_config, generation_config, "llama", dict(types.most_common()),
+    return _Loaded(model, tokenizer, tokenizer_config, generation_config, arch, dict(types.most_common()),
                    pre_tokenizer=meta.get("tokenizer.ggml.pre", "default"))
 
 

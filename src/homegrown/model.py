@@ -3,6 +3,10 @@
 Q/K/V and gate/up are each one fused matmul because on small widths (and on CPUs) the launch and memory
 traffic of three thin matmuls costs more than the math; `export/hf.py` splits them back into Llama's names.
 RoPE uses the "rotate half" layout so exported weights behave identically in `transformers`.
+
+Issue 16's architecture switches (ModelConfig `qk_norm`, `zero_init_proj`, `logit_softcap`, `mlp="relu2"`) are
+off by default, and then the model, its tensors and its init are exactly the plain Llama above. Each switch lives
+in one place every forward path calls (`Attention.norm_qk`, `softcap`, the MLP module's `forward`/`infer`).
 """
 
 from __future__ import annotations
@@ -115,6 +119,15 @@ def segment_layout(segments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return idx - seg_start, mask.unsqueeze(1)
 
 
+def softcap(logits: torch.Tensor, cap: float) -> torch.Tensor:
+    """Gemma 2's soft cap, cap·tanh(logits / cap): logits stay inside (-cap, cap), nearly unchanged well below it,
+    so the model cannot win loss by inflating them. 0 = off (the logits as they are). Every path that makes logits
+    (`Transformer.forward` and `decode`, the engine's `head_logits`) applies it."""
+    if not cap:
+        return logits
+    return torch.tanh(logits / cap) * cap
+
+
 def linear(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
     """x · Wᵀ for the generation paths (`Transformer.decode`, the serving engine's `forward_rows`).
 
@@ -151,13 +164,26 @@ class Attention(nn.Module):
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         self.qkv = nn.Linear(cfg.d_model, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
+        self.qk_norm = cfg.qk_norm
+        if cfg.qk_norm:  # absent otherwise, so a plain model's state dict keeps exactly Llama's tensors
+            self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
+            self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
+
+    def norm_qk(self, qk: torch.Tensor) -> torch.Tensor:
+        """The q and k heads (B, n_heads + n_kv_heads, T, head_dim) ready for RoPE: each head RMS-normalised over
+        head_dim with the shared q or k weight when `qk_norm` is on (Qwen3's q_norm/k_norm), else as they are.
+        Every forward path (training, `decode`, the serving engine's batched one) goes through here."""
+        if not self.qk_norm:
+            return qk
+        q, k = qk.split([self.n_heads, self.n_kv_heads], dim=1)
+        return torch.cat([self.q_norm(q), self.k_norm(k)], dim=1)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: KVCache | None, layer: int, mask: torch.Tensor | None = None) -> torch.Tensor:
         b, t, _ = x.shape
         heads = self.qkv(x).view(b, t, self.n_heads + 2 * self.n_kv_heads, self.head_dim).transpose(1, 2)
         # q and k heads are adjacent in the fused output, so one RoPE call rotates both.
-        q, k = apply_rope(heads[:, : self.n_heads + self.n_kv_heads], cos, sin).split(
+        q, k = apply_rope(self.norm_qk(heads[:, : self.n_heads + self.n_kv_heads]), cos, sin).split(
             [self.n_heads, self.n_kv_heads], dim=1)
         v = heads[:, self.n_heads + self.n_kv_heads:]
         gqa = self.n_heads != self.n_kv_heads
@@ -190,6 +216,32 @@ class SwiGLU(nn.Module):
         gate, up = self.gate_up(x).split(self.hidden, dim=-1)
         return self.down_proj(F.silu(gate) * up)
 
+    def infer(self, x: torch.Tensor) -> torch.Tensor:
+        """`forward` for the generation paths (`Transformer.decode`, the engine's batched pass): through `linear`,
+        in place where no gradient is kept."""
+        gate, up = linear(x, self.gate_up).chunk(2, dim=-1)
+        return linear(F.silu(gate).mul_(up), self.down_proj)
+
+
+class ReLU2(nn.Module):
+    """modded-nanogpt's MLP: up → relu(x)² → down, no gate (`mlp=relu2`)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.up_proj = nn.Linear(cfg.d_model, cfg.ffn_hidden, bias=False)
+        self.down_proj = nn.Linear(cfg.ffn_hidden, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.relu(self.up_proj(x)).square())
+
+    def infer(self, x: torch.Tensor) -> torch.Tensor:
+        """`forward` for the generation paths, as `SwiGLU.infer`."""
+        return linear(F.relu(linear(x, self.up_proj)).square_(), self.down_proj)
+
+
+MLPS: dict[str, type[nn.Module]] = {"swiglu": SwiGLU, "relu2": ReLU2}
+"""The module of each `ModelConfig.mlp` kind (config.MLP_KINDS)."""
+
 
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
@@ -197,7 +249,7 @@ class Block(nn.Module):
         self.input_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.self_attn = Attention(cfg)
         self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.mlp = SwiGLU(cfg)
+        self.mlp = MLPS[cfg.mlp](cfg)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: KVCache | None, layer: int, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -223,11 +275,14 @@ class Transformer(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """GPT-2/Llama init: N(0, 0.02), residual output projections shrunk by depth so the stream stays O(1)."""
+        """GPT-2/Llama init: N(0, 0.02), residual output projections shrunk by depth so the stream stays O(1) — or
+        zero with `zero_init_proj`, so each block starts as the identity and learns its way in."""
         std = self.cfg.init_std
         for name, p in self.named_parameters():
             if p.dim() == 1:
                 nn.init.ones_(p)
+            elif self.cfg.zero_init_proj and name.endswith(("o_proj.weight", "down_proj.weight")):
+                nn.init.zeros_(p)
             elif name.endswith(("o_proj.weight", "down_proj.weight")):
                 nn.init.normal_(p, mean=0.0, std=std / math.sqrt(2 * self.cfg.n_layers))
             else:
@@ -268,10 +323,10 @@ class Transformer(nn.Module):
                 x = layer(x, cos, sin, cache, i, mask)
         if cache is not None:
             cache.pos += t
-        x = self.norm(x)
+        logits = softcap(self.lm_head(self.norm(x)), self.cfg.logit_softcap)
         if targets is None:
-            return self.lm_head(x)
-        return cross_entropy(self.lm_head(x), targets, loss_mask)
+            return logits
+        return cross_entropy(logits, targets, loss_mask)
 
     def decode(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Logits (B, V) for the last of `idx`'s (B, T) tokens, fed after `cache.pos`: the generation path.
@@ -294,10 +349,10 @@ class Transformer(nn.Module):
             mask = torch.ones(t, start + t, dtype=torch.bool, device=idx.device).tril(diagonal=start)
         x = self.embed_tokens(idx)
         for i, layer in enumerate(self.layers):
-            attn, mlp = layer.self_attn, layer.mlp
+            attn = layer.self_attn
             h = F.rms_norm(x, (d,), layer.input_layernorm.weight, cfg.norm_eps)
             heads = linear(h, attn.qkv).view(b, t, n_qk + cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)
-            qk = apply_rope(heads[:, :n_qk], cos, sin)
+            qk = apply_rope(attn.norm_qk(heads[:, :n_qk]), cos, sin)
             keys, values = cache.k[i, :b], cache.v[i, :b]
             keys[:, :, start:start + t] = qk[:, n_q:]
             values[:, :, start:start + t] = heads[:, n_qk:]
@@ -305,11 +360,10 @@ class Transformer(nn.Module):
                                                attn_mask=mask, enable_gqa=n_q != cfg.n_kv_heads)
             x = x + linear(y.transpose(1, 2).reshape(b, t, d), attn.o_proj)
             h = F.rms_norm(x, (d,), layer.post_attention_layernorm.weight, cfg.norm_eps)
-            gate, up = linear(h, mlp.gate_up).chunk(2, dim=-1)
-            x = x + linear(F.silu(gate).mul_(up), mlp.down_proj)
+            x = x + layer.mlp.infer(h)
         cache.pos += t
         x = F.rms_norm(x[:, -1], (d,), self.norm.weight, cfg.norm_eps)
-        return linear(x, self.lm_head)
+        return softcap(linear(x, self.lm_head), cfg.logit_softcap)
 
     def prepare_for_inference(self) -> Transformer:
         """Switch to eval mode and, on CPU, store every fp32 Linear weight column-major (same shape and values).

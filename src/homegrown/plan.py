@@ -87,10 +87,11 @@ class ParamCounts:
 
 
 def param_counts(cfg: ModelConfig) -> ParamCounts:
-    """Count the tensors model.py allocates: fused QKV, output projection, fused gate/up, down, two RMSNorms."""
+    """Count the tensors model.py allocates: fused QKV, output projection (and the q/k norms with `qk_norm`), fused
+    gate/up (up alone for `relu2`), down, two RMSNorms."""
     d, hd = cfg.d_model, cfg.head_dim
-    attention = d * (cfg.n_heads + 2 * cfg.n_kv_heads) * hd + cfg.n_heads * hd * d
-    mlp = 3 * d * cfg.ffn_hidden
+    attention = d * (cfg.n_heads + 2 * cfg.n_kv_heads) * hd + cfg.n_heads * hd * d + (2 * hd if cfg.qk_norm else 0)
+    mlp = (2 if cfg.mlp == "relu2" else 3) * d * cfg.ffn_hidden
     per_layer = attention + mlp + 2 * d
     embedding = cfg.vocab_size * d
     head = cfg.vocab_size * d
@@ -144,8 +145,10 @@ def activation_bytes_per_layer(cfg: ModelConfig, seq_len: int, micro_batch: int,
 
     `model`: what homegrown's own `model.Block` saves with bf16 parameters (FSDP2's mixed precision), counted
     tensor by tensor with autograd's saved-tensor hooks (tests/test_plan.py re-counts it): per token
-    26h + 6·h_kv + 8·ffn bytes, where h_kv = KV heads × head size. 16h of that is RMSNorm's fp32 upcast
-    (input and normalised values, per norm); SDPA never stores the s×s scores, so none equals selective.
+    26h + 6·h_kv + 8·ffn bytes, where h_kv = KV heads × head size (4·ffn for the ungated `relu2` MLP; with
+    `qk_norm`, 10h + 8·h_kv + 4·(heads + KV heads) more: the q/k norms' fp32 upcast, normalised values and
+    per-head rstd). 16h of that is RMSNorm's fp32 upcast (input and normalised values, per norm); SDPA never
+    stores the s×s scores, so none equals selective.
     model.py has no tensor parallelism of its own: for t > 1 this assumes a Megatron-style sequence-parallel
     split of the same tensors.
     """
@@ -155,7 +158,10 @@ def activation_bytes_per_layer(cfg: ModelConfig, seq_len: int, micro_batch: int,
     if recompute == "full":
         return 2.0 * sbh / tp
     if rule == "model":
-        per_token = 26 * cfg.d_model + 6 * cfg.n_kv_heads * cfg.head_dim + 8 * cfg.ffn_hidden
+        h_kv = cfg.n_kv_heads * cfg.head_dim
+        per_token = 26 * cfg.d_model + 6 * h_kv + (4 if cfg.mlp == "relu2" else 8) * cfg.ffn_hidden
+        if cfg.qk_norm:
+            per_token += 10 * cfg.n_heads * cfg.head_dim + 8 * h_kv + 4 * (cfg.n_heads + cfg.n_kv_heads)
         return seq_len * micro_batch * per_token / tp
     if recompute == "selective":
         return 34.0 * sbh / tp

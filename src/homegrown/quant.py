@@ -12,7 +12,9 @@ on any x86 CPU: that needs no AVX-512-BF16 or AMX, unlike bf16 weights, whose ma
 
 What is quantized: every Linear of the blocks (int8, or int4 where its shape packs: out % 16 and in % 32), and the
 embedding and the head in int8 (per row), kept tied when the model ties them — the head is the layer the logits
-are most sensitive to, and llama.cpp's Q4 files keep it at 8 bits too. Norm weights and the KV cache are bf16.
+are most sensitive to, and llama.cpp's Q4 files keep it at 8 bits too. Norm weights and the KV cache are bf16,
+except the per-head q/k norms of a `qk_norm` model, which stay fp32 (head_dim values per layer; their scale
+multiplies straight into the attention logits, and the norm computes in fp32 anyway).
 """
 
 from __future__ import annotations
@@ -138,4 +140,9 @@ def quantize_model(model: nn.Module, kind: str) -> nn.Module:
                 if isinstance(child, nn.Linear):
                     packs = kind == "int4" and int4_packs(*child.weight.shape)
                     setattr(parent, name, Int4Linear(child) if packs else Int8Linear.from_linear(child))
-    return model.to(COMPUTE_DTYPE)
+    model.to(COMPUTE_DTYPE)
+    for block in model.layers:
+        if block.self_attn.qk_norm:
+            block.self_attn.q_norm.float()
+            block.self_attn.k_norm.float()
+    return model

@@ -1,6 +1,7 @@
 """GGUF export: read the file back with `gguf.GGUFReader` and run it through a numpy forward pass written from
 llama.cpp's `llama` semantics (interleaved-pair RoPE on the permuted q/k, RMSNorm eps from metadata, GQA,
-SwiGLU); its logits must be our model's."""
+SwiGLU) — or its `qwen3` ones for a `qk_norm` model (per-head q/k RMSNorm, then NEOX rotate-half RoPE); its logits
+must be our model's. transformers' own GGUF loader reads the qwen3 file as a second, independent check."""
 
 from __future__ import annotations
 
@@ -23,12 +24,14 @@ from homegrown.train.checkpoint import save_checkpoint
 SPECIAL = ["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 
 
-def _checkpoint(root: Path, tokenizer_path: Path, tied: bool) -> tuple[Transformer, Path]:
-    """A small GQA model (head_dim 16, rows a multiple of q8_0's 32-wide blocks) with weights pushed off the init."""
+def _checkpoint(root: Path, tokenizer_path: Path, tied: bool, **shape: object) -> tuple[Transformer, Path]:
+    """A small GQA model (head_dim 16, rows a multiple of q8_0's 32-wide blocks) with weights pushed off the init;
+    `shape` overrides fields (architecture switches, head sizes)."""
     torch.manual_seed(0)
     vocab = load_tokenizer(tokenizer_path).get_vocab_size()
-    cfg = ModelConfig(vocab_size=vocab, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=64,
-                      rope_theta=5000.0, norm_eps=1e-6, tie_embeddings=tied)
+    fields = {"d_model": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, **shape}
+    cfg = ModelConfig(vocab_size=vocab, max_seq_len=64, rope_theta=5000.0, norm_eps=1e-6, tie_embeddings=tied,
+                      **fields)
     model = Transformer(cfg).eval()
     with torch.no_grad():
         for p in model.parameters():
@@ -67,13 +70,24 @@ def _rope_pairs(x: np.ndarray, base: float) -> np.ndarray:
     return out
 
 
+def _rope_halves(x: np.ndarray, base: float) -> np.ndarray:
+    """llama.cpp's LLAMA_ROPE_TYPE_NEOX (qwen3): rotate (x[i], x[i + D/2]) by pos·base^(-2i/d). x: (T, H, D)."""
+    t, _, d = x.shape
+    theta = np.arange(t)[:, None] * base ** (-np.arange(0, d, 2) / d)
+    cos, sin = np.cos(theta)[:, None, :], np.sin(theta)[:, None, :]
+    x0, x1 = x[..., : d // 2], x[..., d // 2:]
+    return np.concatenate([x0 * cos - x1 * sin, x0 * sin + x1 * cos], axis=-1)
+
+
 def reference_logits(path: Path, ids: list[int]) -> np.ndarray:
     """(T, vocab) logits for one sequence, using only the GGUF's metadata and tensors."""
     reader = gguf.GGUFReader(path)
     meta, w = _fields(reader), _weights(reader)
-    n_layers, n_heads = meta["llama.block_count"], meta["llama.attention.head_count"]
-    n_kv, eps = meta["llama.attention.head_count_kv"], meta["llama.attention.layer_norm_rms_epsilon"]
-    base, d_rope = meta["llama.rope.freq_base"], meta["llama.rope.dimension_count"]
+    arch = meta["general.architecture"]
+    assert arch in ("llama", "qwen3")
+    n_layers, n_heads = meta[f"{arch}.block_count"], meta[f"{arch}.attention.head_count"]
+    n_kv, eps = meta[f"{arch}.attention.head_count_kv"], meta[f"{arch}.attention.layer_norm_rms_epsilon"]
+    base, d_rope = meta[f"{arch}.rope.freq_base"], meta[f"{arch}.rope.dimension_count"]
     x = w["token_embd.weight"][ids]
     t, d = x.shape
     head_dim = d // n_heads
@@ -83,8 +97,13 @@ def reference_logits(path: Path, ids: list[int]) -> np.ndarray:
         def p(name: str, i: int = i) -> np.ndarray:
             return w[f"blk.{i}.{name}.weight"]
         h = _rms_norm(x, p("attn_norm"), eps)
-        q = _rope_pairs((h @ p("attn_q").T).reshape(t, n_heads, head_dim), base)
-        k = _rope_pairs((h @ p("attn_k").T).reshape(t, n_kv, head_dim), base)
+        q = (h @ p("attn_q").T).reshape(t, n_heads, head_dim)
+        k = (h @ p("attn_k").T).reshape(t, n_kv, head_dim)
+        if arch == "qwen3":
+            q = _rope_halves(_rms_norm(q, p("attn_q_norm"), eps), base)
+            k = _rope_halves(_rms_norm(k, p("attn_k_norm"), eps), base)
+        else:
+            q, k = _rope_pairs(q, base), _rope_pairs(k, base)
         v = (h @ p("attn_v").T).reshape(t, n_kv, head_dim)
         group = n_heads // n_kv
         heads = []
@@ -115,13 +134,19 @@ def tokenizer_path(tiny_run: Path) -> Path:
     return tiny_run / "tokenizer.json"
 
 
-@pytest.mark.parametrize(("tied", "outtype"), [(True, "f32"), (False, "f32"), (True, "f16"), (False, "q8_0")])
-def test_reference_forward_matches_model(tmp_path: Path, tokenizer_path: Path, tied: bool, outtype: str) -> None:
-    model, ckpt = _checkpoint(tmp_path, tokenizer_path, tied)
+@pytest.mark.parametrize(("tied", "outtype", "qk_norm"), [
+    (True, "f32", False), (False, "f32", False), (True, "f16", False), (False, "q8_0", False),
+    (True, "f32", True), (False, "q8_0", True)])
+def test_reference_forward_matches_model(tmp_path: Path, tokenizer_path: Path, tied: bool, outtype: str,
+                                         qk_norm: bool) -> None:
+    model, ckpt = _checkpoint(tmp_path, tokenizer_path, tied, qk_norm=qk_norm)
     path = export_gguf(ckpt, tmp_path / "model.gguf", outtype)
-    names = {t.name for t in gguf.GGUFReader(path).tensors}
+    reader = gguf.GGUFReader(path)
+    names = {t.name for t in reader.tensors}
     assert ("output.weight" in names) is not tied
     assert {"token_embd.weight", "output_norm.weight", "blk.1.attn_k.weight", "blk.0.ffn_gate.weight"} <= names
+    assert ({"blk.0.attn_q_norm.weight", "blk.1.attn_k_norm.weight"} <= names) is qk_norm
+    assert _fields(reader)["general.architecture"] == ("qwen3" if qk_norm else "llama")
     agree = total = 0
     for ids in _sequences(tokenizer_path):
         with torch.no_grad():
@@ -135,6 +160,30 @@ def test_reference_forward_matches_model(tmp_path: Path, tokenizer_path: Path, t
         total += len(ids)
     floor = {"f32": 1.0, "f16": 0.95, "q8_0": 0.85}[outtype]
     assert agree / total >= floor, f"greedy top-1 agrees on {agree}/{total}"
+
+
+def test_transformers_gguf_loader_reads_the_qwen3_export(tmp_path: Path, tokenizer_path: Path) -> None:
+    """transformers' GGUF reader (its own tensor-name map and Qwen3 modelling code) gives our logits. It takes the
+    head size from Qwen3Config's default (128), not the file, so the model here has 128-wide heads."""
+    transformers = pytest.importorskip("transformers")
+    model, ckpt = _checkpoint(tmp_path, tokenizer_path, True, qk_norm=True, d_model=256, n_heads=2, n_kv_heads=1,
+                              ffn_hidden=128)
+    path = export_gguf(ckpt, tmp_path / "model.gguf", "f32")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=path.name, dtype=torch.float32,
+                                                           attn_implementation="eager").eval()
+    assert type(hf).__name__ == "Qwen3ForCausalLM"
+    ids = torch.tensor(_sequences(tokenizer_path)[:1])
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, model(ids), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize(("switch", "value"), [("logit_softcap", 30.0), ("mlp", "relu2")])
+def test_options_no_standard_model_has_are_refused_by_name(tmp_path: Path, tokenizer_path: Path, switch: str,
+                                                           value: object) -> None:
+    _, ckpt = _checkpoint(tmp_path, tokenizer_path, True, **{switch: value})
+    with pytest.raises(HomegrownError, match=f"cannot export to GGUF: .*model.{switch}="):
+        export_gguf(ckpt, tmp_path / "m.gguf", "f32")
+    assert not (tmp_path / "m.gguf").exists()
 
 
 def test_quantized_types_and_sizes(tmp_path: Path, tokenizer_path: Path) -> None:

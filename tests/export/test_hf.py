@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -37,12 +38,12 @@ def tokenizer_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _checkpoint(root: Path, tokenizer_path: Path, tied: bool) -> tuple[Transformer, Path]:
+def _checkpoint(root: Path, tokenizer_path: Path, tied: bool, **switches: object) -> tuple[Transformer, Path]:
     """A small GQA model whose weights are pushed away from the init, so greedy decoding is not one token."""
     torch.manual_seed(0)
     vocab = load_tokenizer(tokenizer_path).get_vocab_size()
     cfg = ModelConfig(vocab_size=vocab, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=64,
-                      rope_theta=5000.0, tie_embeddings=tied)
+                      rope_theta=5000.0, tie_embeddings=tied, **switches)
     model = Transformer(cfg).eval()
     with torch.no_grad():
         for p in model.parameters():
@@ -55,16 +56,24 @@ def _hf_model(path: Path) -> torch.nn.Module:
                                                              attn_implementation="eager").eval()
 
 
-@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
-def test_transformers_logits_match(tmp_path: Path, tokenizer_path: Path, tied: bool) -> None:
-    model, ckpt = _checkpoint(tmp_path, tokenizer_path, tied)
+EXPORTS = {"tied": (True, {}, "LlamaForCausalLM"), "untied": (False, {}, "LlamaForCausalLM"),
+           "qk_norm": (False, {"qk_norm": True}, "Qwen3ForCausalLM"),
+           "zero_init_proj": (True, {"zero_init_proj": True}, "LlamaForCausalLM")}
+"""Model options the HF export supports: (tied head, architecture switches, the class transformers loads)."""
+
+
+@pytest.mark.parametrize("variant", EXPORTS)
+def test_transformers_logits_match(tmp_path: Path, tokenizer_path: Path, variant: str) -> None:
+    tied, switches, hf_class = EXPORTS[variant]
+    model, ckpt = _checkpoint(tmp_path, tokenizer_path, tied, **switches)
     out = export_hf(ckpt, tmp_path / "hf")
     with safe_open(str(out / "model.safetensors"), framework="pt") as f:
         names = set(f.keys())
     assert ("lm_head.weight" in names) is not tied
     assert "model.layers.1.self_attn.k_proj.weight" in names and "model.layers.0.mlp.gate_proj.weight" in names
+    assert ("model.layers.1.self_attn.q_norm.weight" in names) is bool(switches.get("qk_norm"))
     hf = _hf_model(out)
-    assert type(hf).__name__ == "LlamaForCausalLM"
+    assert type(hf).__name__ == hf_class
     x = torch.randint(0, model.cfg.vocab_size, (2, 40), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         diff = (hf(x).logits - model(x)).abs().max().item()
@@ -85,6 +94,23 @@ def test_greedy_generation_matches_transformers(tmp_path: Path, tokenizer_path: 
     assert len(ours) == 20 and len(set(ours)) > 3, "the test model should decode a varied, full-length sequence"
 
 
+@pytest.mark.parametrize(("switch", "value"), [("logit_softcap", 30.0), ("mlp", "relu2")])
+def test_options_no_standard_model_has_are_refused_by_name(tmp_path: Path, tokenizer_path: Path, switch: str,
+                                                           value: object) -> None:
+    _, ckpt = _checkpoint(tmp_path, tokenizer_path, True, **{switch: value})
+    with pytest.raises(HomegrownError, match=f"cannot export to transformers: .*model.{switch}="):
+        export_hf(ckpt, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+
+
+def test_cli_export_names_every_option_it_cannot_export(tmp_path: Path, tokenizer_path: Path, cli) -> None:
+    _, ckpt = _checkpoint(tmp_path, tokenizer_path, True, logit_softcap=30.0, mlp="relu2")
+    done = cli("export", str(ckpt), "--format", "hf", "--out", str(tmp_path / "hf"))
+    output = done.stdout + done.stderr
+    assert done.returncode == 2 and "model.logit_softcap=30" in output and "model.mlp=relu2" in output
+    assert "Traceback" not in output and not (tmp_path / "hf").exists()
+
+
 def test_auto_tokenizer_and_chat_template(tmp_path: Path, tokenizer_path: Path) -> None:
     _, ckpt = _checkpoint(tmp_path, tokenizer_path, True)
     out = export_hf(ckpt, tmp_path / "hf")
@@ -103,11 +129,12 @@ def test_auto_tokenizer_and_chat_template(tmp_path: Path, tokenizer_path: Path) 
     assert stop == hf_tok.convert_tokens_to_ids(["<|endoftext|>", "<|end|>"]), "chat generation must stop at <|end|>"
 
 
-@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
-def test_load_hf_round_trip(tmp_path: Path, tokenizer_path: Path, tied: bool) -> None:
-    model, ckpt = _checkpoint(tmp_path, tokenizer_path, tied)
+@pytest.mark.parametrize("variant", EXPORTS)
+def test_load_hf_round_trip(tmp_path: Path, tokenizer_path: Path, variant: str) -> None:
+    tied, switches, _ = EXPORTS[variant]
+    model, ckpt = _checkpoint(tmp_path, tokenizer_path, tied, **switches)
     back = load_hf(export_hf(ckpt, tmp_path / "hf")).eval()
-    assert back.cfg == model.cfg
+    assert back.cfg == replace(model.cfg, zero_init_proj=False)  # how it was initialised is not part of the model
     assert (back.lm_head.weight is back.embed_tokens.weight) is tied
     x = torch.randint(0, model.cfg.vocab_size, (2, 30))
     with torch.no_grad():

@@ -8,9 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from homegrown.config import LoRAConfig, apply_overrides, get_preset
+from homegrown.config import LoRAConfig, ModelConfig, apply_overrides, get_preset
 from homegrown.errors import HomegrownError
 from homegrown.export.hf import export_hf
+from homegrown.model import Transformer
 from homegrown.posttrain import lora
 from homegrown.posttrain.docqa import build_docqa
 from homegrown.posttrain.sft import sft
@@ -149,3 +150,26 @@ def test_lora_options_reach_both_training_commands(tiny_base, tmp_path, command:
                                     "--preset", "tiny", "--lora-rank", "2", "--lora-alpha", "4",
                                     "--lora-targets", "q_proj,qkv", *(f"--set={s}" for s in TINY)])
     assert isinstance(done.exception, HomegrownError) and "qkv" in str(done.exception), done.output
+
+
+def test_relu2_mlp_takes_adapters_on_up_and_down_and_refuses_a_gate():
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=16, mlp="relu2")
+    with pytest.raises(HomegrownError, match=r"gate_proj.*relu2"):
+        lora.attach(Transformer(cfg), LoRAConfig(rank=4))
+    settings = LoRAConfig(rank=4, alpha=8, targets="q_proj,up_proj,down_proj")
+    model = Transformer(cfg)
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    assert lora.attach(model, settings) == [f"layers.{i}.{m}" for i in range(2)
+                                            for m in ("self_attn.qkv", "mlp.down_proj", "mlp.up_proj")]
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".lora_B." in name:
+                p.normal_(0, 0.05)
+    merged = Transformer(cfg)
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    merged.load_state_dict(lora.merge_state(state, lora.adapter_state(state), cfg, settings))
+    assert not torch.equal(merged.state_dict()["layers.0.mlp.up_proj.weight"], base["layers.0.mlp.up_proj.weight"])
+    ids = torch.randint(0, 64, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(merged.eval()(ids), model.eval()(ids), rtol=1e-5, atol=1e-5)

@@ -108,3 +108,22 @@ def test_budgeted_run_is_the_run_with_its_saved_step_count_killed_or_not(tiny_ru
     # a run started with a fixed step count (or before budgets existed) keeps it when resumed with a budget
     assert _train(tiny_run, reference, ["train.budget_minutes=0.02"]).steps == steps
     assert _losses(reference) == _losses(run)
+
+
+def test_wsd_schedule_ends_with_the_budget(tiny_run, tmp_path):
+    """The count the budget fixes is the wsd schedule's own: with every step after the warm-up in the decay, each
+    logged rate follows from that count alone, and the run is the fixed-step run of that count."""
+    wsd = ["train.schedule=wsd", "train.decay_frac=1.0", "train.ckpt_every=1000"]
+    run = tmp_path / "budgeted"
+    steps = _train(tiny_run, run, [*wsd, "train.budget_minutes=0.02"]).steps
+    tiny = get_preset("tiny").train
+    lr, floor, warm = tiny.lr, tiny.min_lr_ratio, tiny.warmup_steps
+    assert steps > warm  # the budget always buys at least one step past the timed warm-up
+    logged = [json.loads(line)["lr"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    expected = [lr * (s + 1) / warm if s < warm else lr * (floor + (1 - floor) * (steps - s) / (steps - warm))
+                for s in range(steps)]
+    assert logged == pytest.approx(expected)
+    assert logged[-1] == pytest.approx(lr * (floor + (1 - floor) / (steps - warm)))  # one step before the floor
+    reference = tmp_path / "reference"
+    _train(tiny_run, reference, [*wsd, f"train.max_steps={steps}"])
+    assert _losses(run) == _losses(reference)

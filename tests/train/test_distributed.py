@@ -161,11 +161,32 @@ def test_compile_under_two_ranks_matches_one_process_gradients(reference: Path, 
 
 
 def test_muon_under_two_ranks_matches_one_process(tiny_run: Path, tmp_path: Path):
-    """Muon needs whole matrices: each rank gathers its shards' matrix, orthogonalises it and keeps its own rows."""
+    """Muon needs whole matrices: each rank gathers its shards' matrix, orthogonalises it and keeps its own rows.
+
+    With issue 16's recipe switches on as well: the embedding's and the head's AdamW groups are found by name
+    in the sharded model too, and wsd and the z-loss act alike on one and two ranks."""
     single, fsdp = _run_dir(tiny_run, tmp_path / "single"), _run_dir(tiny_run, tmp_path / "fsdp2")
-    _pretrain(single, 0, STEPS, "train.optimizer=muon")
-    _pretrain(fsdp, 2, STEPS, "train.optimizer=muon")
+    recipe = ["train.optimizer=muon", "model.tie_embeddings=false", "train.embed_lr_mult=3", "train.head_lr_mult=0.5",
+              "train.schedule=wsd", "train.decay_frac=0.5", "train.min_lr_ratio=0.1", "train.z_loss=1e-4"]
+    _pretrain(single, 0, STEPS, *recipe)
+    _pretrain(fsdp, 2, STEPS, *recipe)
     _assert_same_grads(single, fsdp, range(1, STEPS + 1))  # steps 2.. see the weights Muon moved
+    ref, got = _losses(single), _losses(fsdp)
+    assert got.keys() == ref.keys()
+    for step in ref:
+        assert got[step] == pytest.approx(ref[step], rel=1e-5)
+
+
+def test_architecture_switches_under_two_ranks_match_one_process(tiny_run: Path, tmp_path: Path):
+    """Issue 16's switches all on (q/k norms inside the FSDP2 blocks, zero-initialised projections, soft-capped
+    logits, the relu² MLP): two ranks compute one process's gradients and losses."""
+    switches = ["model.qk_norm=true", "model.zero_init_proj=true", "model.logit_softcap=15", "model.mlp=relu2"]
+    single, fsdp = _run_dir(tiny_run, tmp_path / "single"), _run_dir(tiny_run, tmp_path / "fsdp2")
+    _pretrain(single, 0, 2, *switches)
+    _pretrain(fsdp, 2, 2, *switches)
+    grads = load_file(str(fsdp / "grads" / "step_1.safetensors"))
+    assert {"layers.0.self_attn.q_norm.weight", "layers.1.mlp.up_proj.weight"} <= grads.keys()
+    _assert_same_grads(single, fsdp, range(1, 3))
     ref, got = _losses(single), _losses(fsdp)
     assert got.keys() == ref.keys()
     for step in ref:

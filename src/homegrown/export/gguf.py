@@ -6,6 +6,10 @@ so q and k rows are permuted within each head exactly as llama.cpp's `convert_hf
 does — k with the KV-head count. The byte-level BPE tokenizer goes in as llama.cpp's "gpt2" model under the
 name of its pre-tokenizer: "gpt-2" for ours (the regex `tokenizers`' ByteLevel(use_regex=True) applies), the one
 an imported model came with for it ("smollm" for SmolLM2), so `homegrown import` of the file gives the same ids.
+
+A `qk_norm` model goes out as llama.cpp's `qwen3` architecture (attn_q_norm / attn_k_norm per block), whose RoPE is
+NEOX-style — rotate-half, ours — so its q and k rows are written as they are, as convert_hf_to_gguf.py's Qwen3
+converter does.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from tokenizers import Tokenizer, models
 from homegrown.chat_template import ChatFormat, read_chat_format
 from homegrown.config import ModelConfig
 from homegrown.errors import HomegrownError
-from homegrown.export.hf import to_hf_state
+from homegrown.export.hf import architecture, check_exportable, to_hf_state
 from homegrown.gguf_tokenizer import SUPPORTED_PRE, pre_tokenizer_for
 from homegrown.io import atomic_path
 from homegrown.layout import BASE, locate
@@ -42,6 +46,8 @@ _LAYER_NAMES = {
     "self_attn.k_proj": "attn_k",
     "self_attn.v_proj": "attn_v",
     "self_attn.o_proj": "attn_output",
+    "self_attn.q_norm": "attn_q_norm",
+    "self_attn.k_norm": "attn_k_norm",
     "post_attention_layernorm": "ffn_norm",
     "mlp.gate_proj": "ffn_gate",
     "mlp.up_proj": "ffn_up",
@@ -95,13 +101,15 @@ def hf_name(gguf_tensor: str) -> str | None:
 
 
 def gguf_tensors(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, np.ndarray]:
-    """Our training-layout state dict → float32 arrays under llama.cpp names, q/k permuted for its RoPE."""
+    """Our training-layout state dict → float32 arrays under llama.cpp names, q/k permuted for the `llama`
+    architecture's interleaved RoPE (`qwen3` rotates halves, as we do)."""
+    permute = architecture(cfg) == "llama"
     out: dict[str, np.ndarray] = {}
     for name, tensor in to_hf_state(state, cfg).items():
         arr = tensor.detach().to(torch.float32).cpu().numpy()
-        if name.endswith("self_attn.q_proj.weight"):
+        if permute and name.endswith("self_attn.q_proj.weight"):
             arr = permute_rope(arr, cfg.n_heads)
-        elif name.endswith("self_attn.k_proj.weight"):
+        elif permute and name.endswith("self_attn.k_proj.weight"):
             arr = permute_rope(arr, cfg.n_kv_heads)
         out[gguf_name(name)] = np.ascontiguousarray(arr)
     return out
@@ -209,6 +217,7 @@ def export_gguf(ckpt: Path, out_file: Path, outtype: str = "f16") -> Path:
     if not tokenizer_path.exists():
         raise HomegrownError(f"{ckpt} has no {TOKENIZER}; export a checkpoint written by homegrown training")
     cfg = ModelConfig.load(ckpt / CONFIG)
+    check_exportable(cfg, "GGUF")
     tok = _tokenizer_fields(tokenizer_path, cfg.vocab_size)
     chat = read_chat_format(ckpt, load_tokenizer(ckpt))
     ids = _special_ids(chat, ckpt)
@@ -216,7 +225,7 @@ def export_gguf(ckpt: Path, out_file: Path, outtype: str = "f16") -> Path:
     qtype, file_type = OUTTYPES[outtype]
 
     with atomic_path(out_file) as tmp:
-        _write_gguf(gguf.GGUFWriter(str(tmp), "llama"), ckpt, cfg, tok, chat, ids, tensors, qtype, file_type)
+        _write_gguf(gguf.GGUFWriter(str(tmp), architecture(cfg)), ckpt, cfg, tok, chat, ids, tensors, qtype, file_type)
     return out_file
 
 
@@ -235,6 +244,9 @@ def _write_gguf(writer: gguf.GGUFWriter, ckpt: Path, cfg: ModelConfig, tok: dict
         writer.add_layer_norm_rms_eps(cfg.norm_eps)
         writer.add_rope_freq_base(cfg.rope_theta)
         writer.add_rope_dimension_count(cfg.head_dim)
+        if cfg.qk_norm:  # Qwen3's converter states the head size (its models' need not be width / heads)
+            writer.add_key_length(cfg.head_dim)
+            writer.add_value_length(cfg.head_dim)
         writer.add_vocab_size(cfg.vocab_size)
         writer.add_file_type(file_type)
 

@@ -1,5 +1,8 @@
 """Write and read the `transformers` Llama layout, so vLLM, TGI and the HF ecosystem serve our models as-is.
 
+A model trained with `qk_norm` is a Qwen3 (Llama plus per-head q/k RMSNorm, nothing else changed) and goes out
+as `Qwen3ForCausalLM`; an architecture switch no standard model has is refused by name (`check_exportable`).
+
 Our model fuses q/k/v and gate/up into single matmuls (model.py explains why); Llama keeps them apart, so
 export splits rows and import concatenates them. RoPE already uses the rotate-half layout HF applies to
 `q_proj`/`k_proj`, so no head permutation is needed. Nothing here imports `transformers`: exporting must work
@@ -32,10 +35,30 @@ HF_TOKENIZER = "tokenizer.json"
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
+def check_exportable(cfg: ModelConfig, target: str) -> None:
+    """Refuse, naming the option, an architecture switch that neither Llama nor Qwen3 has: the exported model would
+    silently compute something else in transformers, vLLM or llama.cpp."""
+    foreign = []
+    if cfg.logit_softcap:
+        foreign.append(f"model.logit_softcap={cfg.logit_softcap:g} (logit soft-capping)")
+    if cfg.mlp != "swiglu":
+        foreign.append(f"model.mlp={cfg.mlp} (their MLP is SwiGLU)")
+    if foreign:
+        raise HomegrownError(f"cannot export to {target}: this checkpoint uses {' and '.join(foreign)}, which no "
+                             "Llama or Qwen3 model has; only models trained without it can be exported")
+
+
+def architecture(cfg: ModelConfig) -> str:
+    """transformers' model_type for `cfg`: `qwen3` with q/k norms, else `llama`."""
+    return "qwen3" if cfg.qk_norm else "llama"
+
+
 def hf_config(cfg: ModelConfig, dtype: torch.dtype, bos_id: int, eos_id: int) -> dict[str, Any]:
-    """LlamaConfig fields for `cfg`. `rope_theta` is written twice: transformers 5 reads `rope_parameters`,
-    transformers 4 and most other readers (vLLM, llama.cpp converters) read the top-level key."""
+    """LlamaConfig (or Qwen3Config) fields for `cfg`. `rope_theta` is written twice: transformers 5 reads
+    `rope_parameters`, transformers 4 and most other readers (vLLM, llama.cpp converters) read the top-level key."""
     dtype_name = _DTYPE_NAMES.get(dtype, "float32")
+    qwen3 = {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "use_sliding_window": False,
+             "sliding_window": None, "max_window_layers": cfg.n_layers}
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -61,6 +84,7 @@ def hf_config(cfg: ModelConfig, dtype: torch.dtype, bos_id: int, eos_id: int) ->
         "eos_token_id": eos_id,
         "pad_token_id": eos_id,
         "use_cache": True,
+        **(qwen3 if architecture(cfg) == "qwen3" else {}),
     }
 
 
@@ -88,6 +112,9 @@ def to_hf_state(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, t
             dst + "mlp.up_proj.weight": up.clone(),
             dst + "mlp.down_proj.weight": state[src + "mlp.down_proj.weight"],
         })
+        if cfg.qk_norm:
+            for norm in ("self_attn.q_norm.weight", "self_attn.k_norm.weight"):
+                out[dst + norm] = state[src + norm]
     return out
 
 
@@ -99,7 +126,8 @@ def _check_out_dir(out_dir: Path) -> None:
 
 
 def export_hf(ckpt: Path, out_dir: Path) -> Path:
-    """Write checkpoint (or run dir) `ckpt` as a transformers Llama directory at `out_dir`, atomically.
+    """Write checkpoint (or run dir) `ckpt` as a transformers Llama (Qwen3 with `qk_norm`) directory at
+    `out_dir`, atomically.
 
     The result loads with `AutoModelForCausalLM` / `AutoTokenizer` and serves with vLLM; the model's own chat
     template and a generation config that stops at its stop tokens (EOS and end of turn) travel with it, so chat
@@ -111,6 +139,7 @@ def export_hf(ckpt: Path, out_dir: Path) -> Path:
     if not tokenizer_path.exists():
         raise HomegrownError(f"{ckpt} has no {TOKENIZER}; export a checkpoint written by homegrown training")
     cfg = ModelConfig.load(ckpt / CONFIG)
+    check_exportable(cfg, "transformers")
     state = load_file(str(ckpt / WEIGHTS))
     tok = load_tokenizer(tokenizer_path)
     chat = read_chat_format(ckpt, tok)
@@ -152,11 +181,12 @@ def _rope_theta(config: dict[str, Any]) -> float:
 
 
 def _model_config(config: dict[str, Any], source: Path) -> ModelConfig:
-    """Map LlamaConfig fields to ModelConfig, refusing features our model does not have."""
-    if config.get("model_type") != "llama":
+    """Map LlamaConfig (or Qwen3Config) fields to ModelConfig, refusing features our model does not have."""
+    if config.get("model_type") not in ("llama", "qwen3"):
         found = config.get("model_type") or config.get("architectures")
-        raise HomegrownError(f"{source} holds a {found!r} model; only Llama-architecture models can be imported")
-    unsupported = [key for key in ("attention_bias", "mlp_bias") if config.get(key)]
+        raise HomegrownError(f"{source} holds a {found!r} model; only Llama- and Qwen3-architecture models can be "
+                             "imported")
+    unsupported = [key for key in ("attention_bias", "mlp_bias", "use_sliding_window") if config.get(key)]
     if config.get("hidden_act", "silu") != "silu":
         unsupported.append(f"hidden_act={config['hidden_act']}")
     n_heads = config["num_attention_heads"]
@@ -177,6 +207,7 @@ def _model_config(config: dict[str, Any], source: Path) -> ModelConfig:
         norm_eps=config.get("rms_norm_eps", 1e-6),
         tie_embeddings=bool(config.get("tie_word_embeddings", False)),
         init_std=config.get("initializer_range", 0.02),
+        qk_norm=config["model_type"] == "qwen3",
     )
 
 
@@ -200,7 +231,8 @@ def _read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def _from_hf_state(hf: dict[str, torch.Tensor], cfg: ModelConfig, source: Path) -> dict[str, torch.Tensor]:
-    """Our state dict from Llama tensors, fusing q/k/v and gate/up in the row order model.py splits them."""
+    """Our state dict from Llama (or Qwen3) tensors, fusing q/k/v and gate/up in the row order model.py splits
+    them."""
     def take(name: str) -> torch.Tensor:
         if name not in hf:
             raise HomegrownError(f"{source} is missing tensor {name}; the export is incomplete or not a Llama model")
@@ -220,12 +252,15 @@ def _from_hf_state(hf: dict[str, torch.Tensor], cfg: ModelConfig, source: Path) 
             dst + "mlp.gate_up.weight": torch.cat(mlp, dim=0),
             dst + "mlp.down_proj.weight": take(src + "mlp.down_proj.weight"),
         })
+        if cfg.qk_norm:
+            for norm in ("self_attn.q_norm.weight", "self_attn.k_norm.weight"):
+                state[dst + norm] = take(src + norm)
     return state
 
 
 def load_hf(hf_dir: Path) -> Transformer:
-    """Read a transformers Llama directory into our (fp32) Transformer, so exported models round-trip and
-    Llama-architecture models from elsewhere can be served or fine-tuned with homegrown."""
+    """Read a transformers Llama or Qwen3 directory into our (fp32) Transformer, so exported models round-trip and
+    models of those architectures from elsewhere can be served or fine-tuned with homegrown."""
     hf_dir = Path(hf_dir)
     config_path = hf_dir / CONFIG
     if not config_path.exists():

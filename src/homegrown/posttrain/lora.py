@@ -26,7 +26,8 @@ ADAPTER_CONFIG = "adapter_config.json"
 
 # Our fused module → the Llama module names of its row blocks, in order.
 FUSED = {"self_attn.qkv": ("q_proj", "k_proj", "v_proj"), "mlp.gate_up": ("gate_proj", "up_proj")}
-SINGLE = {"self_attn.o_proj": "o_proj", "mlp.down_proj": "down_proj"}
+SINGLE = {"self_attn.o_proj": "o_proj", "mlp.down_proj": "down_proj", "mlp.up_proj": "up_proj"}
+"""Unfused modules; `mlp.up_proj` exists only in a `mlp=relu2` model (no gate, so nothing to fuse)."""
 TARGET_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -42,6 +43,8 @@ def parse_targets(targets: str) -> list[str]:
 
 def _row_blocks(cfg: ModelConfig, module: str) -> list[tuple[str, int, int]]:
     """(Llama name, first row, end row) of each part of one of our linear layers."""
+    if module == "mlp.up_proj":
+        return [("up_proj", 0, cfg.ffn_hidden)]
     if module in SINGLE:
         return [(SINGLE[module], 0, cfg.d_model)]
     if module == "self_attn.qkv":
@@ -99,10 +102,15 @@ def attach(model: nn.Module, lora: LoRAConfig) -> list[str]:
     if not 0.0 <= lora.dropout < 1.0:
         raise HomegrownError(f"lora.dropout must be in [0, 1), got {lora.dropout}")
     wanted = set(parse_targets(lora.targets))
+    relu2 = model.cfg.mlp == "relu2"
+    if relu2 and "gate_proj" in wanted:
+        raise HomegrownError(f"lora.targets {lora.targets!r} names gate_proj, but this model's MLP is relu2 "
+                             "(model.mlp), which has no gate; leave gate_proj out of lora.targets")
+    paths = [p for p in (*FUSED, *SINGLE) if p != ("mlp.gate_up" if relu2 else "mlp.up_proj")]
     model.requires_grad_(False)
     adapted = []
     for i, block in enumerate(model.layers):
-        for path in (*FUSED, *SINGLE):
+        for path in paths:
             blocks = [b for b in _row_blocks(model.cfg, path) if b[0] in wanted]
             if not blocks:
                 continue

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from homegrown.model import KVCache, Transformer, apply_rope, linear
+from homegrown.model import KVCache, Transformer, apply_rope, linear, softcap
 
 Rows = tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]
 """One group of rows of one shape: (idx (B, T), starts (B,), last (B,), first cache slot); see forward_rows."""
@@ -56,8 +56,10 @@ def hidden_last(model: Transformer, cache: KVCache, groups: list[Rows]) -> torch
 
 
 def head_logits(model: Transformer, x: torch.Tensor) -> torch.Tensor:
-    """Logits (…, V) of hidden states (…, d): the final norm, then the head."""
-    return linear(F.rms_norm(x, (model.cfg.d_model,), model.norm.weight, model.cfg.norm_eps), model.lm_head)
+    """Logits (…, V) of hidden states (…, d): the final norm, then the head (soft-capped with `logit_softcap`)."""
+    cfg = model.cfg
+    return softcap(linear(F.rms_norm(x, (cfg.d_model,), model.norm.weight, cfg.norm_eps), model.lm_head),
+                   cfg.logit_softcap)
 
 
 def _hidden(model: Transformer, cache: KVCache, groups: list[Rows]) -> list[torch.Tensor]:
@@ -87,10 +89,10 @@ def _hidden(model: Transformer, cache: KVCache, groups: list[Rows]) -> list[torc
     cos, sin = model.rope_cos[flat][None, None], model.rope_sin[flat][None, None]  # (1, 1, N, hd)
     x = model.embed_tokens(torch.cat([idx.reshape(-1) for idx, _, _, _ in groups]))[None]  # (1, N, d): packed
     for i, layer in enumerate(model.layers):
-        attn, mlp = layer.self_attn, layer.mlp
+        attn = layer.self_attn
         h = F.rms_norm(x, (d,), layer.input_layernorm.weight, cfg.norm_eps)
         heads = linear(h, attn.qkv).view(1, n, n_qk + n_kv, hd).transpose(1, 2)
-        qk = apply_rope(heads[:, :n_qk], cos, sin)
+        qk = apply_rope(attn.norm_qk(heads[:, :n_qk]), cos, sin)
         layer_k, layer_v = cache.k[i], cache.v[i]
         layer_k.view(-1, hd).index_copy_(0, writes, qk[0, n_q:].reshape(-1, hd).to(layer_k.dtype))
         layer_v.view(-1, hd).index_copy_(0, writes, heads[0, n_qk:].reshape(-1, hd).to(layer_v.dtype))
@@ -103,8 +105,7 @@ def _hidden(model: Transformer, cache: KVCache, groups: list[Rows]) -> list[torc
             at += b * t
         x = x + linear((ys[0] if len(ys) == 1 else torch.cat(ys))[None], attn.o_proj)
         h = F.rms_norm(x, (d,), layer.post_attention_layernorm.weight, cfg.norm_eps)
-        gate, up = linear(h, mlp.gate_up).chunk(2, dim=-1)
-        x = x + linear(F.silu(gate).mul_(up), mlp.down_proj)
+        x = x + layer.mlp.infer(h)
     out, at = [], 0
     for b, t in shapes:
         out.append(x[0, at: at + b * t].view(b, t, d))

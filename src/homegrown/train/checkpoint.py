@@ -262,8 +262,9 @@ def load_weights(model: Transformer, weights_path: Path) -> None:
 
 
 def check_same_config(ckpt: Path, cfg: ModelConfig) -> None:
-    """Resuming into a run with a different shape would silently mix models; say so instead."""
-    saved = json.loads((ckpt / CONFIG).read_text())
+    """Resuming into a run with a different shape would silently mix models; say so instead. The saved config is
+    read through `ModelConfig`, so a field added since it was written compares as its default (what it meant)."""
+    saved = asdict(ModelConfig.load(ckpt / CONFIG))
     current = asdict(cfg)
     diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {v!r}" for k, v in current.items() if saved.get(k) != v]
     if diffs:

@@ -21,12 +21,12 @@ import numpy as np
 import torch
 
 from homegrown import layout
-from homegrown.config import LoRAConfig, ModelConfig, TrainConfig
+from homegrown.config import SCHEDULES, LoRAConfig, ModelConfig, TrainConfig
 from homegrown.data.pack import TokenShards, token_byte_lengths
 from homegrown.errors import HomegrownError
 from homegrown.eval.perplexity import evaluate
 from homegrown.io import write_text_atomic
-from homegrown.model import Transformer, count_params
+from homegrown.model import Transformer, count_params, cross_entropy
 from homegrown.progress import StepProgress, console
 from homegrown.tokenizer import load_tokenizer
 from homegrown.train import budget as wallclock
@@ -56,6 +56,28 @@ def lm_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     return model(batch[0], batch[1], loss_mask=mask, segments=segments)
 
 
+def lm_loss_with_z(coefficient: float) -> LossFn:
+    """`lm_loss` plus PaLM's z-loss: `coefficient`·logsumexp(logits)², averaged over the same tokens.
+
+    It pulls log Z towards 0 so the logits cannot drift upwards together (PaLM; OLMo 2 uses it too). Computed
+    here from the model's logits and model.cross_entropy (the loss `lm_loss` gets inside the model), at the
+    cost of one more pass over the logits; both parts are returned as metrics, logged beside the loss.
+    """
+    def loss(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        mask = batch[2] if len(batch) > 2 else None
+        logits = model(batch[0], segments=batch[3] if len(batch) > 3 else None)
+        ce = cross_entropy(logits, batch[1], mask)
+        lse2 = torch.logsumexp(logits.float(), dim=-1).square()
+        if mask is None:
+            z = lse2.mean()
+        else:
+            weights = mask.float()
+            z = (lse2 * weights).sum() / weights.sum().clamp(min=1)
+        return ce + coefficient * z, {"ce_loss": ce.detach(), "z_loss": z.detach()}
+
+    return loss
+
+
 @dataclass
 class TrainResult:
     final_checkpoint: Path
@@ -65,12 +87,30 @@ class TrainResult:
     tokens_per_second: float
 
 
+def decay_start(cfg: TrainConfig) -> int:
+    """First step of `wsd`'s linear decay: the last `decay_frac` of `max_steps`, never inside the warm-up."""
+    return max(cfg.warmup_steps, cfg.max_steps - round(cfg.decay_frac * cfg.max_steps))
+
+
 def lr_at(step: int, cfg: TrainConfig, peak: float) -> float:
-    """Linear warmup then cosine decay to `min_lr_ratio·peak` at `max_steps`."""
+    """Learning rate of `step` for a group peaking at `peak`: linear warmup, then `cfg.schedule` — cosine decay,
+    or `wsd`'s constant peak then linear decay from `decay_start` — to `min_lr_ratio·peak` at `max_steps`.
+
+    The warm-up does not depend on `max_steps` under either schedule: train/budget.py times warm-up steps
+    before it chooses the step count.
+    """
     if step < cfg.warmup_steps:
         return peak * (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
-    return peak * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    if cfg.schedule == "cosine":
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+        return peak * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    if cfg.schedule == "wsd":
+        start = decay_start(cfg)
+        if step < start:
+            return peak
+        left = max(0, cfg.max_steps - step) / max(1, cfg.max_steps - start)
+        return peak * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * left)
+    raise HomegrownError(f"train.schedule must be one of {', '.join(SCHEDULES)}, not {cfg.schedule!r}")
 
 
 def autocast_dtype(requested: str, device: torch.device) -> torch.dtype | None:
@@ -87,14 +127,51 @@ def muon_row_splits(name: str, cfg: ModelConfig) -> list[int]:
     return []
 
 
+EMBEDDING = "embed_tokens.weight"
+HEAD = "lm_head.weight"
+"""The parameters `train.embed_lr_mult` and `train.head_lr_mult` scale, by their names in our Transformer."""
+
+
+def is_named(name: str, leaf: str) -> bool:
+    """`name` is the parameter `leaf`, also behind a wrapper's prefix (`_orig_mod.`, `module.`). FSDP2's
+    fully_shard keeps the names as they are; this guards the matching against wrappers that do not."""
+    return name == leaf or name.endswith("." + leaf)
+
+
+def _own_rate_groups(model: Transformer, cfg: TrainConfig) -> dict[str, float]:
+    """{parameter name: lr multiplier} for the parameters whose AdamW group has a rate other than `lr`.
+
+    Only multipliers other than 1 get a group of their own, so the default optimizer is exactly the one before
+    these switches existed (same groups, same updates, and older checkpoints' optimizer state still loads).
+    """
+    own = {name: mult for name, mult in ((EMBEDDING, cfg.embed_lr_mult), (HEAD, cfg.head_lr_mult)) if mult != 1.0}
+    if HEAD in own and model.cfg.tie_embeddings:
+        raise HomegrownError(f"train.head_lr_mult={cfg.head_lr_mult:g} has no head to act on: with "
+                             f"model.tie_embeddings=true the embedding is the head (its rate is train.embed_lr_mult);"
+                             f" set model.tie_embeddings=false for a separate head, or train.head_lr_mult=1")
+    return own
+
+
 def build_optimizer(model: Transformer, cfg: TrainConfig, fused: bool) -> list[torch.optim.Optimizer]:
-    """AdamW everywhere, or Muon on the 2-D hidden matrices with AdamW on embeddings, head and norms."""
+    """AdamW everywhere, or Muon on the 2-D hidden matrices with AdamW on embeddings, head and norms.
+
+    Every group carries its `peak_lr`, which the schedule scales (`set_lrs`): `lr`, `lr`·`embed_lr_mult` and
+    `lr`·`head_lr_mult` for the AdamW groups (the last two only when not 1), `muon_lr` for Muon's. Weight decay
+    goes to matrices only. A multiplier that finds no trainable parameter to act on is refused, not ignored.
+    """
+    own = _own_rate_groups(model, cfg)
     decay, no_decay = [], []
+    separate: dict[str, list[torch.nn.Parameter]] = {leaf: [] for leaf in own}
     hidden: dict[tuple[int, ...], list[torch.nn.Parameter]] = {}
+    frozen: set[str] = set()
     for name, p in model.named_parameters():
+        leaf = next((leaf for leaf in own if is_named(name, leaf)), None)
         if not p.requires_grad:  # frozen base weights of an adapter (LoRA) run
+            frozen.update([leaf] if leaf else [])
             continue
-        if p.dim() < 2:
+        if leaf is not None:
+            separate[leaf].append(p)
+        elif p.dim() < 2:
             no_decay.append(p)
         elif cfg.optimizer == "muon" and name.startswith("layers."):
             hidden.setdefault(tuple(muon_row_splits(name, model.cfg)), []).append(p)
@@ -102,6 +179,14 @@ def build_optimizer(model: Transformer, cfg: TrainConfig, fused: bool) -> list[t
             decay.append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay, "peak_lr": cfg.lr},
               {"params": no_decay, "weight_decay": 0.0, "peak_lr": cfg.lr}]
+    for leaf, params in separate.items():
+        field = "embed_lr_mult" if leaf == EMBEDDING else "head_lr_mult"
+        if not params:
+            why = "is frozen in this run (an adapter run trains its adapters only)" if leaf in frozen else "is absent"
+            raise HomegrownError(f"train.{field}={own[leaf]:g} has nothing to act on: {leaf} {why}; "
+                                 f"set train.{field}=1")
+        groups.append({"params": params, "weight_decay": cfg.weight_decay if params[0].dim() >= 2 else 0.0,
+                       "peak_lr": cfg.lr * own[leaf]})
     adamw = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused or None)
     if cfg.optimizer == "adamw":
         return [adamw]
@@ -115,6 +200,13 @@ def build_optimizer(model: Transformer, cfg: TrainConfig, fused: bool) -> list[t
                 lr=cfg.muon_lr, weight_decay=cfg.weight_decay * cfg.lr / cfg.muon_lr,
                 ns_dtype=torch.float32 if cfg.muon_ns_dtype == "fp32" else torch.bfloat16)
     return [adamw, muon]
+
+
+def set_lrs(optimizers: list[torch.optim.Optimizer], step: int, cfg: TrainConfig) -> None:
+    """The schedule's rate for `step` in every group of every optimizer, each scaled to its own `peak_lr`."""
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg, group["peak_lr"])
 
 
 def _plan_budget(cfg: TrainConfig, step_times: list[float], t_start: float, evaluate_once: Callable[[], object],
@@ -193,6 +285,12 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path | None, run_
     checkpoints hold the adapters, the last one the merged weights too.
     """
     t_start = time.perf_counter()
+    cfg.check()
+    if cfg.z_loss > 0:
+        if loss_fn is not lm_loss:
+            raise HomegrownError(f"train.z_loss={cfg.z_loss:g} is added to the language-model loss, and {stage} "
+                                 f"trains with a loss of its own; set train.z_loss=0")
+        loss_fn = lm_loss_with_z(cfg.z_loss)
     env = distributed.init_distributed()
     run_dir = Path(run_dir)
     run = layout.RunLayout(run_dir)
@@ -317,9 +415,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path | None, run_
         step = start_step
         while step < cfg.max_steps:
             t_step = time.perf_counter()
-            for opt in optimizers:
-                for group in opt.param_groups:
-                    group["lr"] = lr_at(step, cfg, group["peak_lr"])
+            set_lrs(optimizers, step, cfg)
             loss_sum = 0.0
             extra: dict[str, float] = {}
             for micro in range(cfg.grad_accum):
