@@ -20,13 +20,23 @@ Every step is the CLI a user runs:
    against the references (what the judge ranks by).
 6. With `--report`: `homegrown report` of both models side by side (held-out bits/byte, task suite).
 
-    nice -n 10 python benchmarks/dpo_real.py                 # the figure (defaults; see --help for the budget)
+Work that does not wait on the step before it runs beside it, as a second nice'd one-thread process: the start
+model's `homegrown eval` (for the report) while the pairs are sampled, its win-rate answers while `homegrown dpo`
+trains, and the DPO model's eval while the DPO model samples its own; `homegrown report` then reuses both evals.
+
+    nice -n 10 python benchmarks/dpo_real.py                 # the first, 120 + 50-prompt run (the defaults)
+    nice -n 10 python benchmarks/dpo_real.py --work runs/dpo_real_big --train-prompts 280 --held-prompts 120 \
+        --epochs 4 --report --report-items 20 --report-val-pages 6   # the pre-registered run (~57 min, RESULTS.md)
     python benchmarks/dpo_real.py --quick                    # smoke test: 6+4 prompts, 2 steps
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
+import concurrent.futures
+import gzip
+import itertools
 import json
 import math
 import os
@@ -36,7 +46,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import openai
 import torch
@@ -44,6 +56,7 @@ from dpo_trl import GGUF, import_once
 from safetensors.torch import load_file
 
 from homegrown.config import resolve_preset
+from homegrown.data.sources import iter_corpus
 from homegrown.eval.tasks import token_f1
 from homegrown.generate import SamplingParams
 from homegrown.layout import SAMPLE_DIR
@@ -52,14 +65,25 @@ from homegrown.posttrain.judge import judge_messages, parse_verdict, sample_answ
 from homegrown.train.checkpoint import resolve_checkpoint
 
 HERE = Path(__file__).resolve().parent
+T = TypeVar("T")
+
+
+def cli_start(*args: str) -> subprocess.Popen:
+    """One `homegrown` command, as a user runs it (same interpreter, same sources), started and not waited for."""
+    cmd = [sys.executable, "-m", "homegrown", *args]
+    print("$ homegrown " + " ".join(args), flush=True)
+    return subprocess.Popen(cmd, env={**os.environ, "OPENAI_API_KEY": "unused-by-the-local-judge",
+                                      "OMP_NUM_THREADS": str(torch.get_num_threads())})
+
+
+def finish(proc: subprocess.Popen) -> None:
+    if proc.wait() != 0:
+        raise SystemExit(f"`{' '.join(map(str, proc.args[2:]))}` failed with exit code {proc.returncode}")
 
 
 def cli(*args: str) -> None:
-    """One `homegrown` command, as a user runs it (same interpreter, same sources)."""
-    cmd = [sys.executable, "-m", "homegrown", *args]
-    print("$ homegrown " + " ".join(args), flush=True)
-    subprocess.run(cmd, check=True, env={**os.environ, "OPENAI_API_KEY": "unused-by-the-local-judge",
-                                         "OMP_NUM_THREADS": str(torch.get_num_threads())})
+    """One `homegrown` command, run to its end."""
+    finish(cli_start(*args))
 
 
 def docqa_prompts(work: Path, n_train: int, n_held: int, seed: int) -> tuple[Path, Path, Path]:
@@ -84,6 +108,16 @@ def docqa_prompts(work: Path, n_train: int, n_held: int, seed: int) -> tuple[Pat
         out.append(work / name)
     (work / "references.json").write_text(json.dumps({q: refs[q] for q in train + held}, indent=1))
     return out[0], out[1], work / "references.json"
+
+
+def first_pages(out: Path, n: int) -> Path:
+    """A corpus folder holding the first `n` pages of the bundled val split (for `--corpus`)."""
+    out.mkdir(parents=True, exist_ok=True)
+    pages = itertools.islice(iter_corpus(SAMPLE_DIR, "val"), n)
+    text = "".join(json.dumps(page, ensure_ascii=False) + "\n" for page in pages)
+    with gzip.GzipFile(out / "val.jsonl.gz", "wb", mtime=0) as f:  # same bytes every time: evals stay cached
+        f.write(text.encode())
+    return out
 
 
 def start_judge(refs: Path, log: Path, tie_margin: float) -> tuple[subprocess.Popen, str]:
@@ -112,13 +146,14 @@ def wilson(wins: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return centre - half, centre + half
 
 
-def win_rate(start: Path, tuned: Path, prompts_file: Path, refs: dict[str, str], url: str, samples: int,
-             sampling: SamplingParams, seed: int) -> dict:
-    """The tuned model's answers against the start's, same prompts and seeds, each pair judged in both orders."""
-    prompts = [[{"role": "user", "content": json.loads(line)["prompt"]}]
-               for line in prompts_file.read_text().splitlines()]
-    ours = sample_answers(tuned, prompts, samples, sampling, seed, progress=False)
-    base = sample_answers(start, prompts, samples, sampling, seed, progress=False)
+def read_prompts(prompts_file: Path) -> list[list[dict]]:
+    return [[{"role": "user", "content": json.loads(line)["prompt"]}] for line in prompts_file.read_text().splitlines()]
+
+
+def win_rate(prompts: list[list[dict]], ours: list[list[tuple[int, str]]], base: list[list[tuple[int, str]]],
+             refs: dict[str, str], url: str, seed: int) -> dict:
+    """The tuned model's answers (`ours`) against the start's (`base`), sampled for the same prompts with the same
+    seeds, each pair judged in both orders."""
     client = openai.OpenAI(base_url=url, api_key="unused")
     rng = random.Random(seed)
     counts = {"wins": 0, "losses": 0, "identical": 0, "ties": 0, "order_disagreements": 0}
@@ -155,6 +190,12 @@ def win_rate(start: Path, tuned: Path, prompts_file: Path, refs: dict[str, str],
             "examples": examples}
 
 
+def timed(fn: Callable[..., T], *args: object, **kwargs: object) -> tuple[T, float]:
+    """fn's result and its wall time in seconds."""
+    t0 = time.perf_counter()
+    return fn(*args, **kwargs), time.perf_counter() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gguf", type=Path, default=GGUF)
@@ -179,7 +220,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads, here and in every `homegrown` process")
     ap.add_argument("--report", action="store_true", help="also `homegrown report` both models side by side")
-    ap.add_argument("--report-items", type=int, default=20)
+    ap.add_argument("--report-items", type=int, default=20, help="--max-items for the report's tasks")
+    ap.add_argument("--report-val-pages", type=int, default=0,
+                    help="held-out bits/byte on only the first N pages of the bundled val split (0: all 20 pages, "
+                         "~0.5 MB: over an hour per model at SmolLM2's 8K context on a shared core)")
     args = ap.parse_args()
     # On a CPU shared with other jobs, two OpenMP threads spin at every barrier while one is descheduled: a
     # 4-row decode step took 5.8× the wall time and 6.9× the CPU time of one thread (2 cores, load ~7).
@@ -187,6 +231,7 @@ def main() -> None:
     if args.quick:
         args.train_prompts, args.held_prompts, args.samples, args.max_tokens = 6, 4, 2, 16
         args.epochs, args.batch, args.eval_samples, args.report_items, args.eval_every = 1.0, 2, 1, 2, 1
+        args.report_val_pages = 1
         args.work = args.work.with_name(args.work.name + "_quick")
 
     args.work.mkdir(parents=True, exist_ok=True)
@@ -197,6 +242,12 @@ def main() -> None:
                                                            args.seed)
     refs = json.loads(refs_path.read_text())
     times["import_and_prompts_s"] = time.perf_counter() - t0
+    report_args = ["--max-items", str(args.report_items)]
+    if args.report_val_pages:
+        report_args += ["--corpus", str(first_pages(args.work / "report_corpus", args.report_val_pages))]
+    evals = {"start": cli_start("eval", str(imported), *report_args)} if args.report else {}
+    eval_t0 = time.perf_counter()
+    atexit.register(lambda: [p.kill() for p in evals.values() if p.poll() is None])  # none outlives a failed run
 
     judge, url = start_judge(refs_path, args.work / "judge_log.jsonl", args.tie_margin)
     try:
@@ -217,29 +268,40 @@ def main() -> None:
         steps = max(1, math.ceil(args.epochs * n_pairs["train"] / args.batch))
 
         run = args.work / f"dpo_r{args.lora_rank}_lr{args.lr:g}_b{args.beta:g}"
+        held = read_prompts(held_prompts)
+        sampling = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature)
+        eval_seed = args.seed + 1000
         t0 = time.perf_counter()
-        cli("dpo", str(start), "--data", str(pairs["train"]), "--val", str(pairs["held"]), "--out", str(run),
+        dpo = cli_start(
+            "dpo", str(start), "--data", str(pairs["train"]), "--val", str(pairs["held"]), "--out", str(run),
             "--beta", str(args.beta), "--lora-rank", str(args.lora_rank), "--lora-alpha", str(args.lora_alpha),
             "--set", "train.dtype=fp32", "--set", f"dpo.max_steps={steps}", "--set", f"dpo.batch_size={args.batch}",
             "--set", f"dpo.lr={args.lr}", "--set", f"dpo.eval_every={args.eval_every or steps}",
             "--set", f"dpo.ckpt_every={steps}", "--set", f"dpo.warmup_steps={max(1, steps // 10)}",
             "--set", f"dpo.eval_batches={math.ceil(n_pairs['held'] / args.batch)}")
-        times["dpo_s"] = time.perf_counter() - t0
+        # The start model's win-rate answers do not depend on the DPO model: sampled while it trains.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            base_job = pool.submit(timed, sample_answers, start, held, args.eval_samples, sampling, eval_seed,
+                                   progress=False)
+            finish(dpo)
+            times["dpo_s"] = time.perf_counter() - t0
+            base, times["win_rate_start_samples_s"] = base_job.result()
         metrics = [json.loads(line) for line in (run / "metrics_dpo.jsonl").read_text().splitlines()]
         curve = [{"step": m["step"], "val_reward_accuracy": m["val_rewards/accuracies"],
                   "val_reward_margin": m["val_rewards/margins"], "val_loss": m["val_loss"]}
                  for m in metrics if "val_rewards/accuracies" in m]
         tuned = resolve_checkpoint(run / "dpo" / "ckpt")
+        if args.report:
+            evals["dpo"] = cli_start("eval", str(run), *report_args)
         # The start model's own log-probs (the stored reference): how often it already rates the judge's chosen
         # answer likelier than the rejected one — a baseline that, unlike the implicit reward, is not 0 by design.
         held_ref = load_file(str(run / "dpo" / "reference.safetensors"))["val"]
         start_agreement = float((held_ref[:, 0] > held_ref[:, 1]).float().mean())
 
         t0 = time.perf_counter()
-        wins = win_rate(start, tuned, held_prompts, refs, url,
-                        args.eval_samples, SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature),
-                        seed=args.seed + 1000)
-        times["win_rate_s"] = time.perf_counter() - t0
+        ours = sample_answers(tuned, held, args.eval_samples, sampling, eval_seed, progress=False)
+        wins = win_rate(held, ours, base, refs, url, eval_seed)
+        times["win_rate_dpo_samples_and_judging_s"] = time.perf_counter() - t0
     finally:
         judge.terminate()
         judge.wait()
@@ -265,8 +327,10 @@ def main() -> None:
     }
     if args.report:
         t0 = time.perf_counter()
-        cli("report", str(imported), str(run), "--out", str(args.work / "report"),
-            "--max-items", str(args.report_items))
+        for proc in evals.values():  # the report reuses these evals (same weights, tasks and text)
+            finish(proc)
+        summary["seconds"]["report_evals_s"] = round(time.perf_counter() - eval_t0, 1)
+        cli("report", str(imported), str(run), "--out", str(args.work / "report"), *report_args)
         summary["seconds"]["report_s"] = round(time.perf_counter() - t0, 1)
         summary["report"] = str(args.work / "report" / "report.md")
     (args.work / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))

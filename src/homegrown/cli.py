@@ -94,6 +94,10 @@ TasksOpt = Annotated[list[str] | None, typer.Option(
     "--tasks", help="Task name (data/tasks/NAME.jsonl) or JSONL path; repeatable. Default: the shipped suite.")]
 MaxItemsOpt = Annotated[int | None, typer.Option(help="Score only the first N test items of each task (0 = all; "
                                                   "default: the first run's eval.max_items, else 0).")]
+CorpusOpt = Annotated[Path | None, typer.Option(help=(
+    "Held-out text for bits/byte: a corpus directory, scored on its val split (`homegrown data` output, or a "
+    "folder holding a val.jsonl.gz of {\"text\": ...} pages). Default: each run's own corpus, else the bundled "
+    "sample's."))]
 OptOutOpt = Annotated[Path | None, typer.Option(help="Opt-out list: domains, URL prefixes, sha256s.")]
 HoldoutOpt = Annotated[float, _opt(IngestConfig, "holdout_fraction", "Fraction of pages held out.")]
 NearOpt = Annotated[float, _opt(IngestConfig, "near_dedup_threshold")]
@@ -633,6 +637,16 @@ def _eval_settings(run_dir: Path | None, tasks: list[str] | None, max_items: int
     return names, cfg.max_items if max_items is None else max_items, cfg.batch_size
 
 
+def _held_out_corpus(corpus: Path | None) -> Path | None:
+    """--corpus checked before any model loads: every shard's val split must be there."""
+    from homegrown.data.corpus import list_shards
+
+    if corpus is not None and not all(shard["val"].is_file() for shard in list_shards(corpus)):
+        raise HomegrownError(f"--corpus {corpus}: no held-out split there (expected val.jsonl.gz or a corpus "
+                             "made by `homegrown data`)")
+    return corpus
+
+
 @app.command("eval")
 def eval_(
     models: ModelsArg,
@@ -644,12 +658,16 @@ def eval_(
     include_path: Annotated[Path | None, typer.Option(help="Directory of your own lm-eval task YAML files.")] = None,
     limit: Annotated[int | None, typer.Option(help="lm-eval: score only the first N items per task.")] = None,
     max_items: MaxItemsOpt = None,
+    corpus: CorpusOpt = None,
 ) -> None:
     """Score checkpoints: held-out bits/byte and the task suite (or lm-eval-harness tasks with --harness)."""
     from homegrown.eval.suite import eval_file, evaluate_model, find_models
     from homegrown.eval.tasks import load_tasks
 
     specs = [spec for m in models for spec in find_models(m)]
+    if harness and corpus is not None:
+        raise HomegrownError("--corpus sets the text for held-out bits/byte, which --harness does not score")
+    held_out = _held_out_corpus(corpus)
     if harness:
         try:
             from homegrown.eval.harness import harness_for_models
@@ -660,7 +678,7 @@ def eval_(
     names, max_items, batch_size = _eval_settings(specs[0].run_dir, tasks, max_items)
     suite = load_tasks(names, max_items)
     for spec in specs:
-        record = evaluate_model(spec, suite, eval_dir=out, batch_size=batch_size)
+        record = evaluate_model(spec, suite, eval_dir=out, corpus=held_out, batch_size=batch_size)
         console.print(f"{spec.name}: held-out bits/byte {record['val']['bpb']:.3f}; wrote {eval_file(spec, out)}")
 
 
@@ -676,6 +694,7 @@ def report(
     api_key: Annotated[str, typer.Option(envvar="OPENAI_API_KEY", show_envvar=True,
                                          help="Key for the --external endpoints.")] = "",
     max_items: MaxItemsOpt = None,
+    corpus: CorpusOpt = None,
 ) -> None:
     """Report card: models side by side on held-out bits/byte and tasks, with chance levels and charts."""
     from homegrown.eval.report import ExternalSpec, build_report
@@ -688,7 +707,7 @@ def report(
     task_names, max_items, batch_size = _eval_settings(first.run_dir, tasks, max_items)
     md = build_report(models, out or first.run_dir or Path("report"), task_names,
                       [ExternalSpec(u, n, api_key, external_mode) for u, n in zip(urls, names, strict=True)],
-                      batch_size=batch_size, max_items=max_items)
+                      corpus=_held_out_corpus(corpus), batch_size=batch_size, max_items=max_items)
     console.print(f"report          {md}")
 
 

@@ -1,9 +1,13 @@
+import gzip
 import json
 from pathlib import Path
 
 import matplotlib.image as mpimg
 import pytest
 
+from homegrown.bundle import load_bundle
+from homegrown.data.sources import iter_corpus
+from homegrown.eval.perplexity import evaluate_split
 from homegrown.eval.report import build_report
 from homegrown.eval.suite import eval_file, evaluate_model, find_models
 from homegrown.eval.tasks import load_tasks
@@ -88,3 +92,30 @@ def test_cli_errors_are_one_line(cli, eval_run, tmp_path):
     assert out.returncode == 2 and "does not exist" in out.stderr
     out = cli("report", str(eval_run), "--external", "http://127.0.0.1:9/v1")
     assert out.returncode == 2 and "--external-model" in out.stderr
+
+
+def test_cli_eval_and_report_score_bits_per_byte_on_the_given_corpus(cli, eval_run, small_suite, tmp_path):
+    """--corpus: held-out bits/byte on that text (here one page of the run's own val split), the same figure the
+    library gives for it, and not the run's default; a folder without a val split is refused (eval and report
+    share the check) before any model loads."""
+    page = next(iter_corpus(eval_run / "corpus", "val"))
+    one_page = tmp_path / "one_page"
+    one_page.mkdir()
+    with gzip.open(one_page / "val.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.write(json.dumps({"text": page["text"]}) + "\n")
+    task = ["--tasks", str(small_suite[0]), "--max-items", "1"]
+    out = cli("eval", str(eval_run / "ckpt"), *task, "--corpus", str(one_page), "--out", str(tmp_path / "ev"),
+              env=ONE_THREAD)
+    assert out.returncode == 0, out.stderr
+    val = json.loads((tmp_path / "ev" / "base-step_8.json").read_text())["val"]
+    bundle = load_bundle(find_models(eval_run)[0].checkpoint)
+    expected = evaluate_split(bundle.model, bundle.tokenizer, one_page)
+    whole = evaluate_split(bundle.model, bundle.tokenizer, eval_run / "corpus")
+    assert val["corpus"] == str(one_page) and val["bytes"] == expected.bytes < whole.bytes
+    assert val["bpb"] == pytest.approx(expected.bpb, rel=1e-5)
+    out = cli("report", str(eval_run / "ckpt"), *task, "--corpus", str(one_page), "--out", str(tmp_path / "card"),
+              env=ONE_THREAD)
+    assert out.returncode == 0, out.stderr
+    assert json.loads((tmp_path / "card" / "report.json").read_text())["models"][0]["val"] == val
+    out = cli("report", str(eval_run), "--corpus", str(tmp_path / "nowhere"))
+    assert out.returncode == 2 and "no held-out split" in out.stderr and "Traceback" not in out.stderr
