@@ -38,14 +38,15 @@ def seconds_per_step(overrides: list[str], probe_steps: int = 5) -> float:
     preset = apply_overrides(get_preset("small"), overrides)
     cfg, tc = preset.model, preset.train
     model = Transformer(cfg)
-    (opt,) = build_optimizer(model, tc, fused=False)
+    opts = build_optimizer(model, tc, fused=False)
     x = torch.randint(0, cfg.vocab_size, (tc.batch_size, tc.seq_len))
     times = []
     for _ in range(probe_steps + 2):
         t0 = time.perf_counter()
         model(x, x).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        for opt in opts:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
     return min(times[2:]) * 1.1  # fastest after warm-up (contention only slows); evals and checkpoints ~10%
 

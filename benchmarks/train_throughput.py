@@ -71,7 +71,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    preset = apply_overrides(get_preset(args.preset), args.set)
+    # The peer runs AdamW: ours does too unless --set says otherwise (small pretrains with Muon; this measures the
+    # model's step, and optimizer.py / ablate.py measure the optimizers).
+    preset = apply_overrides(get_preset(args.preset), ["train.optimizer=adamw", *args.set])
     cfg, tc = preset.model, preset.train
     amp = torch.bfloat16 if args.dtype == "bf16" else None
     torch.manual_seed(0)
