@@ -530,13 +530,17 @@ def _presets() -> dict[str, Preset]:
             "small",
             # Shape, vocab and lr won benchmarks/sweep_small.py (see benchmarks/RESULTS.md): at a ~10-minute
             # CPU budget a narrow 4-layer model that sees more tokens beats wider/deeper ones.
-            ModelConfig(vocab_size=4096, d_model=192, n_layers=4, n_heads=3, n_kv_heads=3, max_seq_len=256),
+            # QK-norm (Qwen3's; exports as Qwen3ForCausalLM / GGUF qwen3): −0.077 bits/byte on top of Muon.
+            ModelConfig(vocab_size=4096, d_model=192, n_layers=4, n_heads=3, n_kv_heads=3, max_seq_len=256,
+                        qk_norm=True),
             # A 10-minute wall-clock budget: the step count is fixed at the start from this machine's step time
             # (720 steps took ~10 min on the slowest 2-core machine here); max_steps applies with budget_minutes=0.
             # Muon (fp32 Newton–Schulz) on the hidden matrices: 1.429 vs AdamW's 1.718 whole-val bits/byte at the
-            # budget's 1,154 steps (benchmarks/ablate.py, RESULTS "Recipe ablations"); embeddings stay on AdamW.
+            # budget's 1,154 steps; embeddings stay on AdamW. Warmup-stable-decay: −0.040 on top of Muon
+            # (benchmarks/ablate.py, RESULTS "Recipe ablations").
             TrainConfig(batch_size=16, seq_len=256, max_steps=720, budget_minutes=10.0, lr=5e-3, warmup_steps=30,
-                        optimizer="muon", eval_every=120, eval_batches=8, ckpt_every=120, log_every=10),
+                        optimizer="muon", schedule="wsd", eval_every=120, eval_batches=8, ckpt_every=120,
+                        log_every=10),
             # ~1.7 min on 2 cores; on a GPU, 60 steps already made 40/40 held-out answers end their turn
             sft=SFTConfig(max_steps=120, lr=1e-3, eval_every=40, ckpt_every=40),
             description="Default demo: about 10 minutes of training on 2 CPU cores, then 2 of chat tuning.",
