@@ -197,6 +197,9 @@ def test_a_worker_killed_mid_task_is_retried_and_nothing_is_lost_or_doubled(tmp_
     try:
         (worker,) = _wait_for(lambda: _openers(pipe))
         os.kill(worker, signal.SIGKILL)
+        # Write only once the killed worker has let go of the pipe: a fatal signal and new data can wake its
+        # blocked read() together, and the kernel may hand it the page before it dies (seen under load).
+        _wait_for(lambda: worker not in _openers(pipe))
         os.write(held, page)  # what the retried task will read
         _wait_for(lambda: _openers(pipe) - {worker})
     finally:
