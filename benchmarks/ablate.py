@@ -30,10 +30,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
+from speedrun import whole_val_bpb  # benchmarks/speedrun.py: run as a script, this directory is on sys.path
 
-from homegrown.data.pack import TokenShards, token_byte_lengths
-from homegrown.eval.perplexity import evaluate
-from homegrown.tokenizer import load_tokenizer
 from homegrown.train.checkpoint import load_model, resolve_checkpoint
 from homegrown.train.precision import cpu_flags, reported_flags
 
@@ -55,23 +53,9 @@ def prepare(base: Path, run: Path) -> None:
         shutil.copytree(base / "shards", run / "shards")
 
 
-def whole_val_bpb(run: Path) -> float:
-    ckpt = resolve_checkpoint(run / "ckpt")
-    model = load_model(ckpt)
-    tok = load_tokenizer(ckpt)
-    _, bpb = evaluate(model, TokenShards(run / "shards", "val"), torch.from_numpy(token_byte_lengths(tok)), 16,
-                      model.cfg.max_seq_len, None, torch.device("cpu"), None)
-    return bpb
-
-
-def train_seconds(run: Path) -> float:
-    """Training wall-clock of the run from its metrics (the loop logs elapsed seconds per step record)."""
-    last = 0.0
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if "elapsed_s" in rec:
-            last = float(rec["elapsed_s"])
-    return last
+def final_bpb(run: Path) -> float:
+    model = load_model(resolve_checkpoint(run / "ckpt"))
+    return whole_val_bpb(model, run, model.cfg.max_seq_len)
 
 
 def run_variant(base: Path, out: Path, name: str, sets: list[str], seed: int, steps: int, threads: int,
@@ -89,7 +73,7 @@ def run_variant(base: Path, out: Path, name: str, sets: list[str], seed: int, st
     wall = time.perf_counter() - t0
     if threads:
         torch.set_num_threads(threads)
-    return {"variant": name, "ref": ref, "sets": sets, "seed": seed, "steps": steps, "bpb": whole_val_bpb(run),
+    return {"variant": name, "ref": ref, "sets": sets, "seed": seed, "steps": steps, "bpb": final_bpb(run),
             "wall_s": round(wall, 1), "threads": threads, "date": time.strftime("%Y-%m-%d %H:%M"),
             "load": os.getloadavg()[0]}
 
