@@ -86,27 +86,48 @@ def cli(*args: str) -> None:
     finish(cli_start(*args))
 
 
-def docqa_prompts(work: Path, n_train: int, n_held: int, seed: int) -> tuple[Path, Path, Path]:
-    """Train and held-out prompt files (single-turn docqa questions, no system prompt) and {question: passage}."""
+def docqa_prompts(work: Path, n_train: int, n_held: int, seed: int, open_book: int = 0) -> tuple[Path, Path, Path]:
+    """Train and held-out prompt files (single-turn docqa questions, no system prompt) and {prompt: passage}.
+
+    `open_book` > 0 puts the documentation in the prompt: the question's own passage and `open_book` other
+    passages of the same page (topped up from other pages when the page has too few), in a seeded order, so the
+    judge's preference — agreement with the right passage — is a skill that carries to pages DPO never saw
+    (read the right passage, answer from it) rather than facts about the training pages.
+    """
     chats = build_docqa(SAMPLE_DIR, work / "docqa", resolve_preset("small", None, [], "small").sft)
     refs: dict[str, str] = {}
+    page: dict[str, str] = {}
     for split in ("val", "train"):
         for line in (chats / f"{split}.jsonl").read_text().splitlines():
-            turns = [m for m in json.loads(line)["messages"] if m["role"] != "system"]
+            record = json.loads(line)
+            turns = [m for m in record["messages"] if m["role"] != "system"]
             if len(turns) == 2 and turns[0]["content"] not in refs:
                 refs[turns[0]["content"]] = turns[1]["content"]
+                page[turns[0]["content"]] = record.get("source") or ""
             if len(refs) >= 4 * (n_train + n_held):
                 break
     questions = sorted(refs)
-    random.Random(seed).shuffle(questions)
+    rng = random.Random(seed)
+    rng.shuffle(questions)
     if len(questions) < n_train + n_held:
         raise SystemExit(f"only {len(questions)} docqa questions, {n_train + n_held} asked for")
     train, held = questions[:n_train], questions[n_train:n_train + n_held]
+    prompts = {q: q for q in questions}
+    if open_book:
+        passages = sorted(set(refs.values()))
+        for q in train + held:
+            same_page = sorted({refs[o] for o in refs if page[o] == page[q]} - {refs[q]})
+            others = rng.sample(same_page, min(open_book, len(same_page)))
+            others += rng.sample([p for p in passages if p != refs[q] and p not in others], open_book - len(others))
+            shown = [refs[q], *others]
+            rng.shuffle(shown)
+            prompts[q] = ("Answer the question from the documentation below.\n\n" + "\n\n".join(shown)
+                          + f"\n\nQuestion: {q}")
     out = []
     for name, qs in (("prompts_train.jsonl", train), ("prompts_held.jsonl", held)):
-        (work / name).write_text("".join(json.dumps({"prompt": q}) + "\n" for q in qs))
+        (work / name).write_text("".join(json.dumps({"prompt": prompts[q]}) + "\n" for q in qs))
         out.append(work / name)
-    (work / "references.json").write_text(json.dumps({q: refs[q] for q in train + held}, indent=1))
+    (work / "references.json").write_text(json.dumps({prompts[q]: refs[q] for q in train + held}, indent=1))
     return out[0], out[1], work / "references.json"
 
 
@@ -203,6 +224,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smoke test: tiny sizes everywhere")
     ap.add_argument("--train-prompts", type=int, default=120)
     ap.add_argument("--held-prompts", type=int, default=50)
+    ap.add_argument("--open-book", type=int, default=0, metavar="K",
+                    help="put the question's doc passage and K other passages of its page in the prompt (0: closed "
+                         "book, the question alone)")
     ap.add_argument("--samples", type=int, default=2,
                     help="answers per prompt for the pairs (more: the unique best vs the unique worst)")
     ap.add_argument("--max-tokens", type=int, default=24, help="longest sampled answer")
@@ -239,7 +263,7 @@ def main() -> None:
     t0 = time.perf_counter()
     imported, start = import_once(args.gguf, args.work)
     train_prompts, held_prompts, refs_path = docqa_prompts(args.work, args.train_prompts, args.held_prompts,
-                                                           args.seed)
+                                                           args.seed, args.open_book)
     refs = json.loads(refs_path.read_text())
     times["import_and_prompts_s"] = time.perf_counter() - t0
     report_args = ["--max-items", str(args.report_items)]
