@@ -8,6 +8,12 @@ thread each. Changes that alter the cost of a step are compared at the budget se
 steps of each variant alone (2 threads, run it on a quiet machine) and the table converts the budget into
 steps for it (`budget_steps`); rerun such a variant at that count with `--steps`.
 
+Shapes (or anything else that changes a step's cost) are compared at a budget with `--minutes M`: first, on a
+quiet machine, `--probe --minutes M` starts each variant as `make run` would (`train.budget_minutes=M`), lets the
+product's own budget rule (homegrown.train.budget) time the first steps and choose the step count, and stops it
+there (OUT/plan_M.json); then `--minutes M` trains every variant for its planned count — fixed steps again, so
+that pass can run under load or side by side.
+
 Results go to OUT/results.jsonl (one line per finished variant; a finished variant is skipped on rerun), and
 the table prints Δ bits/byte against each row's reference variant (`--ref`, default `base`: changes can be
 stacked, e.g. QK-norm measured on top of Muon) at the same seed and step count.
@@ -95,6 +101,26 @@ def probe(base: Path, out: Path, name: str, sets: list[str], preset: str, steps:
     return (t1 - t0) / (s1 - s0)
 
 
+def plan_budget(base: Path, out: Path, name: str, sets: list[str], preset: str, minutes: float) -> int:
+    """The step count `homegrown pretrain` picks for this variant and budget on this machine (alone, all cores):
+    started with `train.budget_minutes`, stopped as soon as its plan is saved (RUN/budget.json)."""
+    run = out / "probe" / f"{name}-{minutes:g}min"
+    shutil.rmtree(run, ignore_errors=True)
+    prepare(base, run)
+    cmd = [sys.executable, "-m", "homegrown", "pretrain", str(run), "--preset", preset,
+           "--set", f"train.budget_minutes={minutes}", *[a for s in sets for a in ("--set", s)]]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        while not (run / "budget.json").exists():
+            if proc.poll() is not None:
+                raise SystemExit(f"{name}: pretrain ended before planning its budget:\n{proc.stderr.read()}")
+            time.sleep(0.2)
+    finally:
+        proc.kill()
+        proc.wait()
+    return json.loads((run / "budget.json").read_text())["max_steps"]
+
+
 def table(out: Path) -> None:
     rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()] \
         if (out / "results.jsonl").exists() else []
@@ -124,6 +150,8 @@ def main() -> None:
     ap.add_argument("--preset", default="small")
     ap.add_argument("--ref", default="base", help="variant each of these is compared against in the table")
     ap.add_argument("--probe", action="store_true", help="time each variant alone instead (quiet machine)")
+    ap.add_argument("--minutes", type=float, default=0.0,
+                    help="train each variant for the steps the budget rule planned for it (with --probe: plan them)")
     ap.add_argument("--table", action="store_true", help="print the table of OUT/results.jsonl and exit")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -131,6 +159,17 @@ def main() -> None:
     if args.table:
         table(args.out)
         return
+    plan_path = args.out / f"plan_{args.minutes:g}min.json"
+    plans = json.loads(plan_path.read_text()) if plan_path.exists() else {}
+    if args.probe and args.minutes:
+        for name, sets in variants:
+            plans[name] = plan_budget(args.base, args.out, name, sets, args.preset, args.minutes)
+            print(f"{name}: {plans[name]} steps for {args.minutes:g} minutes (load {os.getloadavg()[0]:.1f}; "
+                  f"flags {reported_flags(cpu_flags())})", flush=True)
+            plan_path.write_text(json.dumps(plans, indent=1))
+        return
+    if args.minutes and (missing := [n for n, _ in variants if n not in plans]):
+        raise SystemExit(f"no {args.minutes:g}-minute plan for {', '.join(missing)}: run --probe --minutes first")
     if args.probe:
         path = args.out / "probe.json"
         probes = json.loads(path.read_text()) if path.exists() else {}
@@ -144,12 +183,13 @@ def main() -> None:
     results = args.out / "results.jsonl"
     if results.exists():
         done = {(r["variant"], r["seed"], r["steps"]) for r in map(json.loads, results.read_text().splitlines())}
-    todo = [(n, s, seed) for n, s in variants for seed in args.seeds if (n, seed, args.steps) not in done]
+    steps = {n: plans[n] if args.minutes else args.steps for n, _ in variants}
+    todo = [(n, s, seed) for n, s in variants for seed in args.seeds if (n, seed, steps[n]) not in done]
     threads = 1 if args.jobs > 1 else 0
 
     def one(job: tuple[str, list[str], int]) -> None:
         name, sets, seed = job
-        rec = run_variant(args.base, args.out, name, sets, seed, args.steps, threads, args.preset,
+        rec = run_variant(args.base, args.out, name, sets, seed, steps[name], threads, args.preset,
                           args.ref)
         with open(results, "a") as f:
             f.write(json.dumps(rec) + "\n")
