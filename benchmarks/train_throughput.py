@@ -1,4 +1,4 @@
-"""Training throughput: our step vs `transformers` LlamaForCausalLM with the identical config, in one run.
+"""Training throughput: our step vs the `transformers` model with the identical config (Llama, or Qwen3 with QK-norm).
 
 Prints tokens/s for both, the ratio, and MFU against the matmul peak measured here in the same run
 (these machines are shared and noisy, so only same-run ratios mean anything). Both sides run the same dtype
@@ -52,10 +52,13 @@ def time_steps(step, steps: int, warmup: int) -> float:
 
 
 def hf_model(cfg):
-    """The peer: transformers' Llama built from the very config our HF export writes for `cfg`."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """The peer: the transformers model our HF export writes for `cfg`, built from that very config — a Llama, or a
+    Qwen3 when `qk_norm` is on (a Llama would skip the q/k norms and run a cheaper step than ours)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    return LlamaForCausalLM(LlamaConfig(**hf_config(cfg, torch.float32, 0, 0), attn_implementation="sdpa"))
+    fields = hf_config(cfg, torch.float32, 0, 0)
+    config = AutoConfig.for_model(fields.pop("model_type"), **fields)
+    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
 
 
 def main() -> None:
