@@ -8,7 +8,7 @@ compiled from source) and compares, in one process, against our own model and to
   - logits of whole sequences (llama.cpp's batch prefill) — max |diff| and top-1 agreement;
   - greedy continuations decoded token by token through llama.cpp's KV cache — tokens identical until the
     first divergence;
-  - a chat completion through llama.cpp's chat path (the GGUF's template, BOS, stop at <|end|>) vs ours.
+  - a chat completion through llama.cpp's chat path (the GGUF's template, stop at <|end|>) vs our server's.
 
 llama-cpp-python is not a homegrown dependency; build it in a separate venv and point at its site-packages:
 
@@ -108,9 +108,11 @@ def check(run: Path, outtype: str, out_dir: Path, llama_cpp) -> None:
               f"{tok.decode(theirs)[:60]!r}")
     print(f"greedy continuations: {matched}/{produced} tokens before first divergence")
 
-    # Chat through llama.cpp's own path: the GGUF's Jinja template, BOS added, stop at <|end|>.
+    # Chat through llama.cpp's own path (the GGUF's Jinja template, stop at <|end|>) against our server's
+    # (`chat_prompt_ids`): both start where the template starts — a BOS only if the template writes one, as in
+    # transformers' apply_chat_template and in how SFT encodes conversations.
     reply = llm.create_chat_completion(messages=CHAT, max_tokens=NEW_TOKENS, temperature=0)["choices"][0]
-    ids = [eot, *bundle.chat_prompt_ids(CHAT)]
+    ids = bundle.chat_prompt_ids(CHAT)
     ours = tok.decode(list(stream_tokens(model, ids, SamplingParams(max_tokens=NEW_TOKENS, temperature=0,
                                                                     stop_token_ids=bundle.stop_ids))))
     print(f"chat completion: finish_reason={reply['finish_reason']}, identical to ours: "
