@@ -131,8 +131,11 @@ def table(out: Path) -> None:
           f"{'budget_steps':>12}  sets")
     for r in sorted(rows, key=lambda r: (r["variant"] != "base", r["variant"], r["seed"], r["steps"])):
         ref = r.get("ref", "base")
-        other = bpb.get((ref, r["seed"], r["steps"]))
-        delta = f"{r['bpb'] - other:+.4f}" if other is not None and ref != r["variant"] else "-"
+        other, mark = bpb.get((ref, r["seed"], r["steps"])), ""
+        if other is None:  # `--minutes` rows: each variant at the steps its budget bought (Δ marked *)
+            alike = [v for (n, seed, _), v in bpb.items() if n == ref and seed == r["seed"]]
+            other, mark = (alike[0], "*") if len(alike) == 1 else (None, "")
+        delta = f"{r['bpb'] - other:+.4f}{mark}" if other is not None and ref != r["variant"] else "-"
         s = probes.get(r["variant"])
         budget = f"{round(BUDGET_STEPS * base_step / s)}" if s and base_step else "-"
         print(f"{r['variant']:<22} {ref:<12} {r['seed']:>5} {r['steps']:>6} {r['bpb']:>9.4f} {delta:>8} "
