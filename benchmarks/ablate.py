@@ -64,15 +64,18 @@ def final_bpb(run: Path) -> float:
     return whole_val_bpb(model, run, model.cfg.max_seq_len)
 
 
+def pretrain_cmd(run: Path, preset: str, settings: list[str]) -> list[str]:
+    """`homegrown pretrain RUN --preset PRESET --set …` with the same interpreter and sources as this script."""
+    return [sys.executable, "-m", "homegrown", "pretrain", str(run), "--preset", preset,
+            *[arg for setting in settings for arg in ("--set", setting)]]
+
+
 def run_variant(base: Path, out: Path, name: str, sets: list[str], seed: int, steps: int, threads: int,
                 preset: str, ref: str) -> dict:
     run = out / f"{name}-s{seed}"
     prepare(base, run)
-    cmd = [sys.executable, "-m", "homegrown", "pretrain", str(run), "--preset", preset,
-           "--set", f"train.max_steps={steps}", "--set", f"train.seed={seed}", "--set", f"train.threads={threads}",
-           "--set", f"train.ckpt_every={steps}", "--set", f"train.eval_every={steps}"]
-    for s in sets:
-        cmd += ["--set", s]
+    cmd = pretrain_cmd(run, preset, [f"train.max_steps={steps}", f"train.seed={seed}", f"train.threads={threads}",
+                                     f"train.ckpt_every={steps}", f"train.eval_every={steps}", *sets])
     t0 = time.perf_counter()
     with open(run / "train.log", "a") as log:
         subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TERM": "dumb"})
@@ -89,11 +92,8 @@ def probe(base: Path, out: Path, name: str, sets: list[str], preset: str, steps:
     run = out / "probe" / name
     shutil.rmtree(run, ignore_errors=True)
     prepare(base, run)
-    cmd = [sys.executable, "-m", "homegrown", "pretrain", str(run), "--preset", preset,
-           "--set", f"train.max_steps={steps}", "--set", "train.log_every=1", "--set", f"train.ckpt_every={steps}",
-           "--set", f"train.eval_every={steps}"]
-    for s in sets:
-        cmd += ["--set", s]
+    cmd = pretrain_cmd(run, preset, [f"train.max_steps={steps}", "train.log_every=1", f"train.ckpt_every={steps}",
+                                     f"train.eval_every={steps}", *sets])
     subprocess.run(cmd, check=True, capture_output=True)
     times = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     stamps = [(r["step"], r["elapsed_s"]) for r in times if "elapsed_s" in r and "loss" in r]
@@ -107,17 +107,18 @@ def plan_budget(base: Path, out: Path, name: str, sets: list[str], preset: str, 
     run = out / "probe" / f"{name}-{minutes:g}min"
     shutil.rmtree(run, ignore_errors=True)
     prepare(base, run)
-    cmd = [sys.executable, "-m", "homegrown", "pretrain", str(run), "--preset", preset,
-           "--set", f"train.budget_minutes={minutes}", *[a for s in sets for a in ("--set", s)]]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        while not (run / "budget.json").exists():
-            if proc.poll() is not None:
-                raise SystemExit(f"{name}: pretrain ended before planning its budget:\n{proc.stderr.read()}")
-            time.sleep(0.2)
-    finally:
-        proc.kill()
-        proc.wait()
+    # Output goes to a file, not a pipe: nobody reads a pipe while we wait, and a full one would stall the run.
+    with open(run / "train.log", "w") as log:
+        proc = subprocess.Popen(pretrain_cmd(run, preset, [f"train.budget_minutes={minutes}", *sets]), stdout=log,
+                                stderr=subprocess.STDOUT, env={**os.environ, "TERM": "dumb"})
+        try:
+            while not (run / "budget.json").exists():
+                if proc.poll() is not None:
+                    raise SystemExit(f"{name}: pretrain ended before planning its budget; see {run / 'train.log'}")
+                time.sleep(0.2)
+        finally:
+            proc.kill()
+            proc.wait()
     return json.loads((run / "budget.json").read_text())["max_steps"]
 
 

@@ -115,8 +115,11 @@ def docqa_prompts(work: Path, n_train: int, n_held: int, seed: int, open_book: i
     prompts = {q: q for q in questions}
     if open_book:
         passages = sorted(set(refs.values()))
+        by_page: dict[str, set[str]] = {}
+        for q, passage in refs.items():
+            by_page.setdefault(page[q], set()).add(passage)
         for q in train + held:
-            same_page = sorted({refs[o] for o in refs if page[o] == page[q]} - {refs[q]})
+            same_page = sorted(by_page[page[q]] - {refs[q]})
             others = rng.sample(same_page, min(open_book, len(same_page)))
             others += rng.sample([p for p in passages if p != refs[q] and p not in others], open_book - len(others))
             shown = [refs[q], *others]

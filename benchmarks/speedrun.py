@@ -182,7 +182,7 @@ def main() -> None:
     peer = "transformers (flush denormal)" if args.flush_denormal else "transformers"
     for minutes in args.baseline_minutes:
         curves[f"{peer} {minutes:g} min"] = run_baseline(args.run_dir, preset.model, preset.train, minutes,
-                                                               args.points)
+                                                         args.points)
     unigram = unigram_bpb(args.run_dir, preset.train.seq_len)
     for name, curve in curves.items():
         print(f"{name:24s} " + "  ".join(f"{s / 60:.1f}m:{b:.3f}" for s, b in curve), flush=True)
