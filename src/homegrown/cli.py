@@ -32,7 +32,6 @@ from homegrown.config import (
     Preset,
     ServeConfig,
     SynthConfig,
-    TrainConfig,
     apply_overrides,
     field_help,
     get_preset,
@@ -155,14 +154,17 @@ def run(
     serve_: Annotated[bool | None, typer.Option(
         "--serve/--no-serve", help="Serve the chat model at the end (default: only on an interactive terminal).",
         show_default=False)] = None,
-    budget: Annotated[float | None, _opt(TrainConfig, "budget_minutes", "Minutes; default: the preset's "
-                                         "(small: 10, tiny: none).")] = None,
+    budget: Annotated[float | None, typer.Option(
+        help="Pretraining budget in wall-clock minutes, with the model's width and depth chosen for it on this "
+             "machine (train.auto_shape: a longer budget buys a bigger model). Without it: the preset's budget "
+             "and shape (small: 10 minutes, d192 · 4 layers; tiny: none).")] = None,
 ) -> None:
     """The whole pipeline on a preset: corpus → tokenizer → shards → pretrain → chat SFT → samples."""
     from homegrown.pipeline import print_summary
     from homegrown.pipeline import run as run_pipeline
 
-    cfg = _preset(preset, [*(set_ or []), *([f"train.budget_minutes={budget}"] if budget is not None else [])])
+    by_budget = [f"train.budget_minutes={budget}", "train.auto_shape=true"] if budget is not None else []
+    cfg = _preset(preset, [*(set_ or []), *by_budget])
     if source:
         cfg.data.source = source
     summary = run_pipeline(cfg, out or Path("runs") / preset, samples=samples)

@@ -110,6 +110,11 @@ class TrainConfig:
     the schedule ends when the budget does (saved in RUN/budget.json and every checkpoint, so a resumed run keeps
     it). 0 = use `max_steps`; `--set train.max_steps=N` alone turns a preset's budget off. SFT and DPO keep their
     own step counts; distillation (a student pretrained on the shards) takes the budget too."""
+    auto_shape: bool = False
+    """With `budget_minutes`: choose the model's width and depth for the budget on this machine (train/shape.py:
+    time a few steps of candidate shapes, keep the one whose tokens per parameter the budget fits best), saved in
+    RUN/shape.json and kept on resume. `homegrown run --budget M` turns it on; the model's shape fields may not be
+    set alongside it."""
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 50
@@ -179,7 +184,16 @@ class TrainConfig:
                 raise HomegrownError(f"train.{name} must be positive, not {getattr(self, name):g}")
         if self.z_loss < 0:
             raise HomegrownError(f"train.z_loss must be 0 (off) or positive, not {self.z_loss:g}")
+        if self.auto_shape and self.budget_minutes <= 0:
+            raise HomegrownError("train.auto_shape chooses the model's shape for a wall-clock budget; set "
+                                 "train.budget_minutes too (or pass --budget MINUTES), or turn it off")
+        if self.auto_shape and self.init_from:
+            raise HomegrownError("train.auto_shape chooses the shape of a model trained from scratch; continued "
+                                 "pretraining keeps the shape of train.init_from: set train.auto_shape=false")
 
+
+SHAPE_FIELDS = tuple(f"model.{name}" for name in ("d_model", "n_layers", "n_heads", "n_kv_heads", "ffn_hidden"))
+"""The overrides `train.auto_shape` would contradict (it chooses these)."""
 
 SCHEDULES = ("cosine", "wsd")
 """Learning-rate schedules `train.schedule` names; homegrown.train.loop.lr_at implements them."""
@@ -761,6 +775,11 @@ def apply_overrides(preset: Preset, overrides: list[str]) -> Preset:
     if preset.train.budget_minutes < 0:
         raise HomegrownError(f"train.budget_minutes must be 0 (off: use train.max_steps) or a number of minutes, "
                              f"not {preset.train.budget_minutes:g}")
+    shape_fields = [o.split("=")[0].strip() for o in overrides if o.split("=")[0].strip() in SHAPE_FIELDS]
+    if preset.train.auto_shape and shape_fields:
+        raise HomegrownError(f"train.auto_shape (--budget) chooses the model's shape, and {', '.join(shape_fields)} "
+                             f"would set it too; drop those, or keep your shape with train.auto_shape=false "
+                             f"(a budget alone is --set train.budget_minutes=M)")
     preset.train.check()
     if preset.model.max_seq_len < preset.train.seq_len:
         preset.model.max_seq_len = preset.train.seq_len

@@ -139,6 +139,11 @@ class RunLayout:
         """The step count a wall-clock budget chose (train/budget.py), written before the first checkpoint."""
         return self.root / ("budget.json" if stage == BASE else f"budget_{stage}.json")
 
+    @property
+    def shape(self) -> Path:
+        """The model shape a budget chose (train/shape.py, `train.auto_shape`), written before training starts."""
+        return self.root / "shape.json"
+
     def grads(self, step: int) -> Path:
         return self.root / "grads" / f"step_{step}.safetensors"
 

@@ -172,6 +172,40 @@ def continue_pretraining(preset: Preset, run_dir: Path, progress: bool = True) -
     return train(preset.model, preset.train, shards, run_dir, tok_path, init_from=start, progress=progress)
 
 
+def fit_shape(preset: Preset, run_dir: Path, distributed: bool = False) -> float:
+    """With `train.auto_shape`, set `preset.model`'s width and depth for the budget: the shape this run chose
+    before (RUN/shape.json, so a resumed run keeps it) or one chosen now on this machine (train/shape.py) and
+    saved. Returns the seconds the choice took, which the budget counts as spent; 0 when the shape is fixed."""
+    from homegrown.train import shape
+    from homegrown.train.precision import run_dtype
+
+    train_cfg = preset.train
+    if not train_cfg.auto_shape:
+        return 0.0
+    path = RunLayout(run_dir).shape
+    choice = shape.load(path, train_cfg.budget_minutes)
+    if choice is None:
+        if distributed:
+            raise HomegrownError("train.auto_shape times candidate shapes in one process; choose the shape first "
+                                 "(a single-process run writes RUN/shape.json) or set the model's shape and "
+                                 "train.auto_shape=false under torchrun")
+        if train_cfg.threads:
+            torch.set_num_threads(train_cfg.threads)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        amp = run_dtype(train_cfg.dtype, device).autocast
+        choice = shape.choose(preset.model, train_cfg.budget_minutes,
+                              train_cfg.batch_size * train_cfg.seq_len * train_cfg.grad_accum,
+                              lambda cfg: shape.measure_step_seconds(cfg, train_cfg, device, amp))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        shape.save(choice, path)
+        timed = ", ".join(f"d{c.d_model}·{c.n_layers}L {c.tokens_per_param:.2g}" for c in choice.candidates)
+        console.print(f"shape for the {choice.budget_minutes:g}-minute budget: d_model {choice.d_model}, "
+                      f"{choice.n_layers} layers (target {choice.tokens_per_param:g} tokens/parameter; timed: "
+                      f"{timed}; {choice.seconds:.1f} s; saved in {path})")
+    preset.model = choice.apply(preset.model)
+    return choice.seconds
+
+
 def pretrain(preset: Preset, run_dir: Path) -> TrainResult:
     """`homegrown pretrain`: record the preset and train on the run's shards (or continue pretraining the model at
     `train.init_from`), resuming from the newest checkpoint; every rank of a torchrun job calls it."""
@@ -181,10 +215,11 @@ def pretrain(preset: Preset, run_dir: Path) -> TrainResult:
     if preset.train.init_from:
         result = continue_pretraining(preset, run_dir)
     else:
+        spent = fit_shape(preset, run_dir, env.distributed)
         if env.is_main:
             record_preset(preset, run_dir)
         paths = RunLayout(run_dir)
-        result = train(preset.model, preset.train, paths.shards, run_dir, paths.tokenizer)
+        result = train(preset.model, preset.train, paths.shards, run_dir, paths.tokenizer, budget_spent_s=spent)
     if env.is_main:
         console.print(f"checkpoint {result.final_checkpoint}  val bits/byte {result.final_val_bpb:.3f}")
     distributed.shutdown(env)
@@ -212,6 +247,7 @@ def run(preset: Preset, run_dir: Path, samples: int = 3, progress: bool = True) 
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
     paths = RunLayout(run_dir)
+    spent = fit_shape(preset, run_dir)
     record_preset(preset, run_dir)
     with contextlib.ExitStack() as ray_scope:
         if preset.data.source:  # one Ray for ingest and packing: its start-up (~6 s) is paid once, not twice
@@ -222,7 +258,8 @@ def run(preset: Preset, run_dir: Path, samples: int = 3, progress: bool = True) 
         tok_path = prepare_tokenizer(corpus, preset.model.vocab_size, paths.tokenizer)
         shards = prepare_shards(corpus, tok_path, paths.shards, preset.data.mixture, preset.data.mixture_max_repeat,
                                 preset.ingest.workers)
-    result: TrainResult = train(preset.model, preset.train, shards, run_dir, tok_path, progress=progress)
+    result: TrainResult = train(preset.model, preset.train, shards, run_dir, tok_path, progress=progress,
+                                budget_spent_s=spent)
     chat = prepare_sft(preset, run_dir, result.final_checkpoint, progress=progress)
     tasks = [t.strip() for t in preset.eval.tasks.split(",") if t.strip()]
     report = build_report([run_dir], run_dir, tasks, batch_size=preset.eval.batch_size,

@@ -274,7 +274,7 @@ def _truncate_metrics(path: Path, after_step: int) -> None:
 def train(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path | None, run_dir: Path, tokenizer_path: Path,
           init_from: Path | None = None, batch_source: BatchSource | None = None, stage: str = layout.BASE,
           progress: bool = True, loss_fn: LossFn = lm_loss, eval_fn: EvalFn | None = None,
-          lora: LoRAConfig | None = None) -> TrainResult:
+          lora: LoRAConfig | None = None, budget_spent_s: float = 0.0) -> TrainResult:
     """Train (or resume) `stage` of `run_dir` (its checkpoints, metrics and loss curve as homegrown.layout
     places them), starting from `init_from` weights when given.
 
@@ -283,6 +283,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path | None, run_
     Under torchrun every rank calls this; rank 0 alone logs, plots and prints.
     With `lora` (rank > 0) the `init_from` weights are frozen and only adapters train (posttrain.lora); the
     checkpoints hold the adapters, the last one the merged weights too.
+    `budget_spent_s`: wall-clock the run already spent on this budget before the loop (choosing a shape).
     """
     t_start = time.perf_counter()
     cfg.check()
@@ -447,7 +448,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path | None, run_
                 step_times.append(time.perf_counter() - t_step)
             if done == probe_end:
                 t_plan = time.perf_counter()
-                plan = _plan_budget(cfg, step_times, t_start, lambda: eval_fn(model), amp, device, env, budget_key)
+                plan = _plan_budget(cfg, step_times, t_start - budget_spent_s, lambda: eval_fn(model), amp, device,
+                                    env, budget_key)
                 t_window += time.perf_counter() - t_plan  # the timed evaluation is not training throughput
                 cfg = replace(cfg, max_steps=plan.max_steps)
                 info.update(train=asdict(cfg), budget=asdict(plan))
