@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from homegrown.errors import HomegrownError
+from homegrown.serve.auth import LEGACY, OPEN, Authenticator
 from homegrown.serve.keys import KeyNotFound, KeyStore, Principal, prefix_of
 
 
@@ -77,3 +78,42 @@ def test_bad_user_names_and_roles_are_refused(keys: KeyStore) -> None:
     with pytest.raises(HomegrownError, match="unknown role 'root'"):
         keys.add("alice", "root")
     assert keys.list_keys() == []
+
+
+def test_change_marker_moves_with_every_write_from_any_connection(keys: KeyStore, db_path: Path) -> None:
+    """What lets the server remember key answers: the marker stays while nothing is written and moves when this
+    store, or another connection (another process: `homegrown serve keys add|revoke`), writes."""
+    first = keys.change_marker()
+    assert first is not None and keys.change_marker() == first
+    alice, _ = keys.add("alice")
+    after_add = keys.change_marker()
+    assert after_add != first and keys.change_marker() == after_add
+    other = KeyStore.open(f"sqlite:///{db_path}")
+    try:
+        other.revoke(alice.prefix)
+    finally:
+        other.close()
+    assert keys.change_marker() != after_add
+    with sqlite3.connect(db_path) as raw:  # any commit to the file, by anyone
+        raw.execute("UPDATE api_keys SET role = 'admin'")
+    marker = keys.change_marker()
+    assert marker != after_add and keys.change_marker() == marker
+
+
+def test_remembered_answers_are_forgotten_when_a_key_is_revoked_elsewhere(keys: KeyStore, db_path: Path) -> None:
+    auth = Authenticator(None, keys)
+    assert auth.known("") is None, "nothing is known before the database was asked"
+    assert auth.principal("") == OPEN and auth.known("") == OPEN, "an open server: no query on the next request"
+    alice, alice_key = keys.add("alice")
+    header = f"Bearer {alice_key}"
+    assert auth.known("") is None and auth.principal("") is None, "the first key closed the server"
+    assert auth.known(header) is None and auth.principal(header) == Principal("alice", "user")
+    assert auth.known(header) == Principal("alice", "user")
+    other = KeyStore.open(f"sqlite:///{db_path}")
+    try:
+        other.revoke(alice.prefix)
+    finally:
+        other.close()
+    assert auth.known(header) is None and auth.principal(header) is None
+    legacy = Authenticator("secret", keys)
+    assert legacy.known("Bearer secret") == LEGACY, "the --api-key needs no database"

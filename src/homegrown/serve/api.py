@@ -235,7 +235,8 @@ def _state(request: Request) -> ServerState:
 async def require_key(request: Request) -> Principal:
     """Every /v1 and /api route: who the caller is, from 'Authorization: Bearer KEY' (auth.py says which keys
     count, and when none is needed); a missing, unknown or revoked key is a 401."""
-    found = await run_in_threadpool(_state(request).auth.principal, request.headers.get("authorization", ""))
+    auth, header = _state(request).auth, request.headers.get("authorization", "")
+    found = auth.known(header) or await run_in_threadpool(auth.principal, header)
     if found is None:
         raise APIError(401, "Incorrect or missing API key. Send it as 'Authorization: Bearer <key>'.",
                        param=None, code="invalid_api_key")

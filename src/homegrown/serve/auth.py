@@ -8,17 +8,24 @@ Three kinds of key are accepted:
   the server is open, as it always was without `--api-key`, and every caller is LEGACY_OWNER with the *user* role:
   an anonymous caller must not be able to mint the first key over /api/keys and lock everyone else out. The first
   `keys add` (on the server's machine) closes it, even for a running server; revoking keys never reopens it.
+
+Answers are remembered per Authorization header while the key store's `change_marker` stays the same, so a
+client's next request (and every request to an open server) is answered on the event loop without a database
+query or a worker thread; any write to the database — a key added or revoked by any process — forgets them all.
 """
 
 from __future__ import annotations
 
 import hmac
+import threading
 
 from homegrown.serve.keys import KeyStore, Principal
 from homegrown.serve.store import LEGACY_OWNER
 
 LEGACY = Principal(user=LEGACY_OWNER, role="admin")
 OPEN = Principal(user=LEGACY_OWNER, role="user")
+KNOWN_MAX = 4096
+"""Authorization headers remembered at once; past that the memory starts over (a flood of made-up keys)."""
 
 
 def bearer_token(authorization: str) -> str | None:
@@ -34,11 +41,45 @@ class Authenticator:
         self.api_key = api_key or None
         self.keys = keys
         self._closed = False  # keys are revoked, never deleted: once there is one, there always is
+        self._known: dict[str, Principal] = {}
+        self._known_at: object = None  # the change marker `_known` holds for
+        self._lock = threading.Lock()
+
+    def known(self, authorization: str) -> Principal | None:
+        """The caller, when it can be told without waiting: the `--api-key`, no database at all, or an answer
+        `principal` gave while nothing in the database has changed since. None means: ask `principal`."""
+        if self.keys is None:
+            return self.principal(authorization)
+        token = bearer_token(authorization)
+        if token is not None and self.api_key is not None and hmac.compare_digest(token.encode(),
+                                                                                    self.api_key.encode()):
+            return LEGACY
+        marker = self.keys.change_marker()
+        if marker is None:
+            return None
+        with self._lock:
+            if marker != self._known_at:
+                self._known.clear()
+                self._known_at = marker
+            return self._known.get(authorization)
 
     def principal(self, authorization: str) -> Principal | None:
         """The caller for this Authorization header, or None for a missing, unknown or revoked key.
 
         Blocking (a database lookup): call it from a worker thread."""
+        marker = self.keys.change_marker() if self.keys is not None else None
+        found = self._lookup(authorization)
+        if found is not None and marker is not None:
+            with self._lock:
+                if marker != self._known_at:
+                    self._known.clear()
+                    self._known_at = marker
+                if len(self._known) >= KNOWN_MAX:
+                    self._known.clear()
+                self._known[authorization] = found
+        return found
+
+    def _lookup(self, authorization: str) -> Principal | None:
         token = bearer_token(authorization)
         if token is not None:
             if self.api_key is not None and hmac.compare_digest(token.encode(), self.api_key.encode()):

@@ -5,9 +5,10 @@ to find the row (and to name the key in `list` and `revoke`); the whole key is c
 scrypt hash with a constant-time compare, so the database (a file anyone with the backups can read) never
 holds a usable key. The key itself is printed once, when it is made.
 
-A key is looked up in the database on every request, so a revoked key stops working at once, also for a server
-that was already running. scrypt is slow on purpose (about 50 ms); a key that passed it once is remembered
-in memory by its SHA-256, so a client's later requests cost only the row lookup.
+A revoked key stops working at once, also for a server that was already running: the server looks a key up in
+the database, and remembers the answer only while `change_marker` says the database is unchanged (on SQLite,
+a pragma that any other connection's or process's commit moves). scrypt is slow on purpose (about 50 ms); a key
+that passed it once is remembered in memory by its SHA-256, so a client's later requests cost only the row lookup.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import hashlib
 import hmac
 import re
 import secrets
+import sqlite3
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -125,6 +128,13 @@ class KeyStore:
                                  "--db-url and that the database is reachable and writable") from e
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._verified: dict[bytes, tuple[int, bytes]] = {}
+        self._changes = 0  # this store's own writes (a connection does not see its own in data_version)
+        self._watch: sqlite3.Connection | None = None
+        self._watch_lock = threading.Lock()
+        url = engine.url
+        self._watch_path = (url.database if url.get_backend_name() == "sqlite" and url.database
+                            and url.database != ":memory:" else None)
+        self._in_memory = url.get_backend_name() == "sqlite" and not self._watch_path
 
     @classmethod
     def open(cls, db_url: str) -> KeyStore:
@@ -132,7 +142,29 @@ class KeyStore:
         return cls(make_engine(db_url))
 
     def close(self) -> None:
+        with self._watch_lock:
+            if self._watch is not None:
+                self._watch.close()
+                self._watch = None
         self.engine.dispose()
+
+    def change_marker(self) -> tuple[int, int] | None:
+        """A value that differs after any write to the database since the last call returned it — by this store,
+        or (SQLite file) by any other connection or process, `homegrown serve keys add|revoke` included — so
+        answers about keys may be remembered while it stays the same. Costs microseconds and never waits for a
+        lock; None when that cannot be known cheaply (a database server, or a busy SQLite file): ask the
+        database then."""
+        if self._in_memory:  # only this process can reach it, through this store
+            return (0, self._changes)
+        if self._watch_path is None:
+            return None
+        with self._watch_lock:
+            try:
+                if self._watch is None:
+                    self._watch = sqlite3.connect(self._watch_path, timeout=0, check_same_thread=False)
+                return (self._watch.execute("PRAGMA data_version").fetchone()[0], self._changes)
+            except sqlite3.Error:
+                return None
 
     def __enter__(self) -> KeyStore:
         return self
@@ -156,6 +188,8 @@ class KeyStore:
                     s.add(row)
             except IntegrityError:  # the prefix is taken: draw another
                 continue
+            finally:
+                self._changes += 1
             return _key(row), key
         raise HomegrownError("could not draw an unused key prefix; try again")
 
@@ -186,9 +220,12 @@ class KeyStore:
     def revoke(self, ident: str) -> ApiKey:
         """Revoke a key (see find); it stops working on the next request. Revoking twice keeps the first time."""
         found = self.find(ident)
-        with self._sessions() as s, s.begin():
-            s.execute(update(_KeyRow).where((_KeyRow.id == found.id) & _KeyRow.revoked_at.is_(None))
-                      .values(revoked_at=datetime.now(UTC)))
+        try:
+            with self._sessions() as s, s.begin():
+                s.execute(update(_KeyRow).where((_KeyRow.id == found.id) & _KeyRow.revoked_at.is_(None))
+                          .values(revoked_at=datetime.now(UTC)))
+        finally:
+            self._changes += 1
         return self.find(str(found.id))
 
     def authenticate(self, key: str) -> Principal | None:
