@@ -7,6 +7,10 @@ chunk), time per output token (after the first), output tokens/s and requests/s 
 requests, which must be 0.
 Output tokens are the server's own `usage` counts (stream_options.include_usage).
 
+The load generator shares the machine's cores with the server, so its own CPU per request is taken from the
+server: the default client is aiohttp (vLLM's benchmark_serving uses it), which costs less per streamed request
+than httpx; `--client httpx` is the client of the figures before 2026-12-04, for comparison.
+
     python benchmarks/serve_load.py runs/small
     python benchmarks/serve_load.py runs/tiny --clients 1,4 --requests 2 --max-tokens 16   # smoke run
 """
@@ -24,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import httpx
 
 from homegrown.serve.launch import launch
@@ -97,6 +102,39 @@ async def one_request(client: httpx.AsyncClient, prompt: str, max_tokens: int, r
             result.tpot.append((last - first) / (tokens - 1))
 
 
+async def one_request_aiohttp(session: aiohttp.ClientSession, prompt: str, max_tokens: int, result: Result) -> None:
+    """`one_request` through aiohttp: the same request, the same measurements."""
+    body = {"model": "bench", "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+            "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True}}
+    sent = time.perf_counter()
+    first = last = None
+    tokens = 0
+    try:
+        async with session.post("/v1/chat/completions", json=body) as r:
+            if r.status != 200:
+                result.failed += 1
+                return
+            async for raw in r.content:
+                if not raw.startswith(b"data: ") or raw.startswith(b"data: [DONE]"):
+                    continue
+                chunk = json.loads(raw[6:])
+                if chunk.get("usage"):
+                    tokens = chunk["usage"]["completion_tokens"]
+                if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                    now = time.perf_counter()
+                    first = first or now
+                    last = now
+    except aiohttp.ClientError:
+        result.failed += 1
+        return
+    result.done += 1
+    result.tokens += tokens
+    if first is not None:
+        result.ttft.append(first - sent)
+        if tokens > 1 and last is not None:
+            result.tpot.append((last - first) / (tokens - 1))
+
+
 def prompt_for(user: int, i: int, unique: bool) -> str:
     """The fixed set in turn; with `unique`, each request's text starts differently, so that the server finds no
     earlier prompt to reuse beyond the chat template's first tokens (its prefix cache: engine._kept)."""
@@ -105,23 +143,31 @@ def prompt_for(user: int, i: int, unique: bool) -> str:
 
 
 async def load(base: str, clients: int, requests: int, max_tokens: int,
-               shared_client: bool = False, unique: bool = False) -> tuple[Result, float]:
+               shared_client: bool = False, unique: bool = False, client: str = "aiohttp") -> tuple[Result, float]:
     """Each simulated user has its own httpx client (one keep-alive connection), as separate users would: one
     client shared by all of them costs the load generator more CPU per request the more connections its pool
     holds (3× at 64 clients than at 16, measured), CPU taken from the server on the same cores. `shared_client`
     keeps the old single pool, for comparison."""
     result = Result()
-    limits = httpx.Limits(max_connections=clients + 4 if shared_client else 1)
+    connections = clients + 4 if shared_client else 1
     async with contextlib.AsyncExitStack() as stack:
-        # Plain http on loopback: no TLS context (httpx's default one costs 25 ms of CPU per client).
-        pool = [await stack.enter_async_context(httpx.AsyncClient(base_url=base, timeout=600, limits=limits,
-                                                                  verify=False))
-                for _ in range(1 if shared_client else clients)]
+        if client == "aiohttp":
+            def make() -> aiohttp.ClientSession:
+                return aiohttp.ClientSession(base_url=base, connector=aiohttp.TCPConnector(limit=connections),
+                                             timeout=aiohttp.ClientTimeout(total=600))
+            send = one_request_aiohttp
+        else:
+            def make() -> httpx.AsyncClient:
+                # Plain http on loopback: no TLS context (httpx's default one costs 25 ms of CPU per client).
+                return httpx.AsyncClient(base_url=base, timeout=600, verify=False,
+                                         limits=httpx.Limits(max_connections=connections))
+            send = one_request
+        pool = [await stack.enter_async_context(make()) for _ in range(1 if shared_client else clients)]
 
         async def user(u: int) -> None:
-            client = pool[u % len(pool)]
+            session = pool[u % len(pool)]
             for i in range(requests):
-                await one_request(client, prompt_for(u, i, unique), max_tokens, result)
+                await send(session, prompt_for(u, i, unique), max_tokens, result)
 
         start = time.perf_counter()
         await asyncio.gather(*(user(u) for u in range(clients)))
@@ -136,13 +182,14 @@ def pct(values: list[float], q: float) -> float:
 
 
 def measure(source: Path, max_batch: int, clients_list: list[int], requests: int, max_tokens: int,
-            shared_client: bool = False, unique: bool = False, threads: int = 0) -> dict:
+            shared_client: bool = False, unique: bool = False, threads: int = 0, client: str = "aiohttp") -> dict:
     server = Server(source, max_batch, threads)
     rows = {}
     try:
-        asyncio.run(load(server.base, 1, 1, max_tokens))  # warm-up
+        asyncio.run(load(server.base, 1, 1, max_tokens, client=client))  # warm-up
         for clients in clients_list:
-            result, wall = asyncio.run(load(server.base, clients, requests, max_tokens, shared_client, unique))
+            result, wall = asyncio.run(load(server.base, clients, requests, max_tokens, shared_client, unique,
+                                            client))
             rows[clients] = {
                 "ttft_p50_ms": 1000 * pct(result.ttft, 0.5), "ttft_p95_ms": 1000 * pct(result.ttft, 0.95),
                 "tpot_ms": 1000 * statistics.mean(result.tpot) if result.tpot else float("nan"),
@@ -169,12 +216,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="`serve --threads` for both servers (0: serve's default)")
     ap.add_argument("--compare-at", type=int, default=16, help="clients at which batching is compared to batch 1")
     ap.add_argument("--shared-client", action="store_true",
-                    help="all simulated users share one httpx client (the method before 2026-12-03; see load())")
+                    help="all simulated users share one client (the method before 2026-12-03; see load())")
+    ap.add_argument("--client", choices=("aiohttp", "httpx"), default="aiohttp",
+                    help="the load generator's HTTP client (httpx: the figures before 2026-12-04)")
     ap.add_argument("--unique-prompts", action="store_true",
                     help="every request's prompt differs from its first words (no prefix reuse between requests)")
     args = ap.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
-    options = (args.shared_client, args.unique_prompts, args.threads)
+    options = (args.shared_client, args.unique_prompts, args.threads, args.client)
 
     batched = measure(args.source, args.max_batch, clients, args.requests, args.max_tokens, *options)
     at = args.compare_at if args.compare_at in clients else max(clients)
