@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-from speedrun import whole_val_bpb  # benchmarks/speedrun.py: run as a script, this directory is on sys.path
+from quality import whole_val_bpb  # benchmarks/quality.py: run as a script, this directory is on sys.path
 
 from homegrown.train.checkpoint import load_model, resolve_checkpoint
 from homegrown.train.precision import cpu_flags, reported_flags

@@ -23,6 +23,15 @@ from homegrown.tokenizer import load_tokenizer
 from homegrown.train.checkpoint import load_model, resolve_checkpoint
 
 
+def whole_val_bpb(model: torch.nn.Module, run_dir: Path, seq_len: int) -> float:
+    """The model's bits/byte on the run's whole val split (fp32, 16 windows of `seq_len` a batch): the figure
+    every issue-16 benchmark (speedrun, ablate) compares."""
+    byte_lengths = torch.from_numpy(token_byte_lengths(load_tokenizer(run_dir / "tokenizer.json")))
+    _, bpb = evaluate(model, TokenShards(run_dir / "shards", "val"), byte_lengths, 16, seq_len, None,
+                      torch.device("cpu"), None)
+    return bpb
+
+
 def unigram_bpb(run_dir: Path, seq_len: int) -> float:
     tok = load_tokenizer(run_dir / "tokenizer.json")
     vocab = tok.get_vocab_size()
@@ -48,10 +57,8 @@ def main() -> None:
     ckpt = resolve_checkpoint(args.run_dir / ("ckpt" if args.stage == "base" else "sft/ckpt"))
     model = load_model(ckpt)
     seq_len = model.cfg.max_seq_len
-    tok = load_tokenizer(ckpt)
     val = TokenShards(args.run_dir / "shards", "val")
-    _, model_bpb = evaluate(model, val, torch.from_numpy(token_byte_lengths(tok)), 16, seq_len, None,
-                            torch.device("cpu"), None)
+    model_bpb = whole_val_bpb(model, args.run_dir, seq_len)
     base = unigram_bpb(args.run_dir, seq_len)
     print(f"checkpoint {ckpt} ({model.num_params():,} params), whole val split: {val.tokens:,} tokens, "
           f"{val.text_bytes:,} bytes")

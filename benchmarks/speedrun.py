@@ -25,14 +25,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from quality import unigram_bpb  # benchmarks/quality.py: run as a script, this directory is on sys.path
+from quality import unigram_bpb, whole_val_bpb  # benchmarks/quality.py: run as a script, this directory is on sys.path
 
 from homegrown.config import ModelConfig, TrainConfig, apply_overrides, get_preset
-from homegrown.data.pack import TokenShards, token_byte_lengths
-from homegrown.eval.perplexity import evaluate
+from homegrown.data.pack import TokenShards
 from homegrown.export.hf import hf_config
 from homegrown.layout import RunLayout, list_checkpoints
-from homegrown.tokenizer import load_tokenizer
 from homegrown.train import budget
 from homegrown.train.checkpoint import load_model
 from homegrown.train.loop import lr_at, step_generator, train
@@ -51,13 +49,6 @@ class _Logits(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.hf(input_ids=x).logits
-
-
-def whole_val_bpb(model: torch.nn.Module, run_dir: Path, seq_len: int) -> float:
-    byte_lengths = torch.from_numpy(token_byte_lengths(load_tokenizer(run_dir / "tokenizer.json")))
-    _, bpb = evaluate(model, TokenShards(run_dir / "shards", "val"), byte_lengths, 16, seq_len, None,
-                      torch.device("cpu"), None)
-    return bpb
 
 
 def run_ours(run_dir: Path, preset_name: str, overrides: list[str], minutes: float, points: int,
