@@ -15,6 +15,9 @@ from homegrown.errors import HomegrownError
 from homegrown.layout import RunLayout
 from homegrown.model import count_params
 from homegrown.pipeline import pretrain
+from homegrown.posttrain.distill import distill
+from homegrown.posttrain.dpo import dpo_train_config
+from homegrown.posttrain.sft import sft_train_config
 from homegrown.train import shape
 from homegrown.train.checkpoint import resolve_checkpoint
 from tests.conftest import _run_cli
@@ -70,6 +73,18 @@ def test_auto_shape_is_refused_without_a_budget_or_beside_a_shape_of_ones_own(tm
     result = _run_cli("run", "--budget", "30", "--set", "model.n_heads=4", "--out", str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
     assert result.returncode == 2 and "model.n_heads" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_only_pretraining_chooses_a_shape(tmp_path):
+    """Chat tuning and DPO train the model they are given (`--budget` turns auto_shape on for the whole run);
+    distillation would have to choose its student's shape, and refuses rather than ignore the switch."""
+    auto = apply_overrides(get_preset("small"), ["train.auto_shape=true"])
+    for derived in (sft_train_config(auto.train, auto.sft, auto.model), dpo_train_config(auto.train, auto.dpo,
+                                                                                         auto.model)):
+        assert not derived.auto_shape
+        derived.check()
+    with pytest.raises(HomegrownError, match="auto_shape=false"):
+        distill(tmp_path / "student", tmp_path / "teacher", auto, auto.distill)
 
 
 def _auto(tiny_run, run_dir):

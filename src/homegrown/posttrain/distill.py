@@ -107,6 +107,9 @@ def distill(run_dir: Path, teacher_path: Path, preset: Preset, cfg: DistillConfi
     Resumes like any training run; metrics go to metrics_distill.jsonl, validation is plain held-out loss, so
     it compares directly with a student trained without the teacher.
     """
+    if preset.train.auto_shape:
+        raise HomegrownError("train.auto_shape chooses a pretraining run's shape; a distilled student keeps the "
+                             "preset's (or --set model.*): set train.auto_shape=false")
     run = layout.RunLayout(run_dir)
     tokenizer_path = run.tokenizer
     teacher_ckpt = base_checkpoint(teacher_path)

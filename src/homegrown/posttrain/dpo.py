@@ -273,7 +273,7 @@ def dpo_train_config(train_cfg: TrainConfig, cfg: DPOConfig, model_cfg: ModelCon
                    warmup_steps=cfg.warmup_steps,
                    batch_size=cfg.batch_size, eval_every=cfg.eval_every, eval_batches=cfg.eval_batches,
                    ckpt_every=cfg.ckpt_every, seq_len=min(train_cfg.seq_len, model_cfg.max_seq_len), grad_accum=1,
-                   budget_minutes=0.0, z_loss=0.0)  # train.z_loss adds to the LM loss; DPO has its own
+                   budget_minutes=0.0, auto_shape=False, z_loss=0.0)  # z_loss: DPO has a loss of its own
 
 
 def start_checkpoint(run_dir: Path, base: Path) -> Path:

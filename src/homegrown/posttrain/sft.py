@@ -192,7 +192,7 @@ def sft_train_config(train_cfg: TrainConfig, sft_cfg: SFTConfig, model_cfg: Mode
                    warmup_steps=sft_cfg.warmup_steps,
                    batch_size=sft_cfg.batch_size, eval_every=sft_cfg.eval_every, eval_batches=sft_cfg.eval_batches,
                    ckpt_every=sft_cfg.ckpt_every, seq_len=min(train_cfg.seq_len, model_cfg.max_seq_len),
-                   grad_accum=1, budget_minutes=0.0)
+                   grad_accum=1, budget_minutes=0.0, auto_shape=False)
 
 
 def base_checkpoint(path: Path) -> Path:
