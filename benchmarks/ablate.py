@@ -21,6 +21,7 @@ stacked, e.g. QK-norm measured on top of Muon) at the same seed and step count.
     python benchmarks/ablate.py runs/small --out runs/ablate --variant base: \\
         --variant muon:train.optimizer=muon --seeds 1337 --jobs 2
     python benchmarks/ablate.py runs/small --out runs/ablate --table
+    python benchmarks/ablate.py runs/small --fit runs/shapes runs/shapes30   # the shape rule's constant
 """
 
 from __future__ import annotations
@@ -143,6 +144,37 @@ def table(out: Path) -> None:
               f"{s or float('nan'):>7.3f} {budget:>12}  {' '.join(r['sets'])}")
 
 
+def fit(sweeps: list[Path]) -> None:
+    """The constant of `homegrown.train.shape`'s rule from shape sweeps at a budget (each an OUT of `--minutes`):
+    per sweep, bits/byte of the ladder's shapes against ln(training tokens per parameter), a parabola through
+    them, and its vertex — the tokens per parameter the best shape of that budget sees; then their geometric mean."""
+    import math
+
+    import numpy as np
+
+    from homegrown.config import ModelConfig, TrainConfig
+    from homegrown.model import count_params
+    from homegrown.train.shape import LADDER
+
+    vertices = []
+    for out in sweeps:
+        points = []
+        for r in map(json.loads, (out / "results.jsonl").read_text().splitlines()):
+            preset = json.loads((out / f"{r['variant']}-s{r['seed']}" / "preset.json").read_text())
+            model, train = ModelConfig(**preset["model"]), TrainConfig(**preset["train"])
+            if (model.d_model, model.n_layers) not in LADDER:
+                continue
+            ratio = r["steps"] * train.batch_size * train.seq_len * train.grad_accum / count_params(model)
+            points.append((math.log(ratio), r["bpb"]))
+            print(f"{out}: {r['variant']:<10} {count_params(model):>10,} parameters  {r['steps']:>5} steps  "
+                  f"{ratio:6.2f} tokens/parameter  {r['bpb']:.4f} bits/byte")
+        a, b, _ = np.polyfit(*zip(*points, strict=True), 2)
+        vertices.append(-b / (2 * a))
+        print(f"{out}: best tokens/parameter {math.exp(vertices[-1]):.2f} (vertex of the parabola)")
+    print(f"geometric mean over {len(vertices)} sweep(s): {math.exp(sum(vertices) / len(vertices)):.2f} "
+          f"tokens/parameter (homegrown.train.shape.TOKENS_PER_PARAM)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("base", type=Path, help="a run with tokenizer.json and shards/ (e.g. runs/small)")
@@ -157,7 +189,12 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=0.0,
                     help="train each variant for the steps the budget rule planned for it (with --probe: plan them)")
     ap.add_argument("--table", action="store_true", help="print the table of OUT/results.jsonl and exit")
+    ap.add_argument("--fit", type=Path, nargs="+", default=[],
+                    help="shape sweeps (OUT dirs of --minutes runs): fit the shape rule's tokens per parameter")
     args = ap.parse_args()
+    if args.fit:
+        fit(args.fit)
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     variants = [parse_variant(v) for v in args.variant]
     if args.table:
