@@ -35,8 +35,9 @@ from homegrown.model import Transformer, count_params
 HEAD_DIM = 64
 LADDER: tuple[tuple[int, int], ...] = ((128, 4), (192, 4), (256, 4), (320, 4), (384, 6), (512, 8), (768, 12))
 """(d_model, n_layers) rungs in increasing size; the sweeps covered 128 to 320 at 4 layers."""
-TOKENS_PER_PARAM = 3.0
-"""Training tokens per parameter of the best shape at a budget, fitted to the sweeps (module docstring)."""
+TOKENS_PER_PARAM = 3.3
+"""Training tokens per parameter of the best shape at a budget: 2.88 at 10 and 3.75 at 30 minutes (parabola vertices
+of the sweeps, `benchmarks/ablate.py --fit runs/shapes runs/shapes30`), geometric mean 3.28."""
 TIMED_STEPS = 4
 """Steps timed per candidate after one untimed warm-up step (allocator, first-touch)."""
 MARGIN = 0.03
