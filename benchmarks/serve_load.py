@@ -69,70 +69,66 @@ class Server:
         self.proc.stop(120)
 
 
+class Timing:
+    """One streamed chat request: its body, and its measurements as its SSE lines arrive (either client)."""
+
+    def __init__(self, prompt: str, max_tokens: int) -> None:
+        self.body = {"model": "bench", "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+                     "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True}}
+        self.sent = time.perf_counter()
+        self.first: float | None = None
+        self.last: float | None = None
+        self.tokens = 0
+
+    def line(self, line: str) -> None:
+        if not line.startswith("data: ") or line == "data: [DONE]":
+            return
+        chunk = json.loads(line[6:])
+        if chunk.get("usage"):
+            self.tokens = chunk["usage"]["completion_tokens"]
+        if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+            now = time.perf_counter()
+            self.first = self.first or now
+            self.last = now
+
+    def record(self, result: Result) -> None:
+        result.done += 1
+        result.tokens += self.tokens
+        if self.first is not None:
+            result.ttft.append(self.first - self.sent)
+            if self.tokens > 1 and self.last is not None:
+                result.tpot.append((self.last - self.first) / (self.tokens - 1))
+
+
 async def one_request(client: httpx.AsyncClient, prompt: str, max_tokens: int, result: Result) -> None:
-    body = {"model": "bench", "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
-            "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True}}
-    sent = time.perf_counter()
-    first = last = None
-    chunks = tokens = 0
+    timing = Timing(prompt, max_tokens)
     try:
-        async with client.stream("POST", "/v1/chat/completions", json=body) as r:
+        async with client.stream("POST", "/v1/chat/completions", json=timing.body) as r:
             if r.status_code != 200:
                 result.failed += 1
                 return
             async for line in r.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                chunk = json.loads(line[6:])
-                if chunk.get("usage"):
-                    tokens = chunk["usage"]["completion_tokens"]
-                if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
-                    now = time.perf_counter()
-                    first = first or now
-                    last = now
-                    chunks += 1
+                timing.line(line)
     except httpx.HTTPError:
         result.failed += 1
         return
-    result.done += 1
-    result.tokens += tokens
-    if first is not None:
-        result.ttft.append(first - sent)
-        if tokens > 1 and last is not None:
-            result.tpot.append((last - first) / (tokens - 1))
+    timing.record(result)
 
 
 async def one_request_aiohttp(session: aiohttp.ClientSession, prompt: str, max_tokens: int, result: Result) -> None:
     """`one_request` through aiohttp: the same request, the same measurements."""
-    body = {"model": "bench", "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
-            "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True}}
-    sent = time.perf_counter()
-    first = last = None
-    tokens = 0
+    timing = Timing(prompt, max_tokens)
     try:
-        async with session.post("/v1/chat/completions", json=body) as r:
+        async with session.post("/v1/chat/completions", json=timing.body) as r:
             if r.status != 200:
                 result.failed += 1
                 return
             async for raw in r.content:
-                if not raw.startswith(b"data: ") or raw.startswith(b"data: [DONE]"):
-                    continue
-                chunk = json.loads(raw[6:])
-                if chunk.get("usage"):
-                    tokens = chunk["usage"]["completion_tokens"]
-                if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
-                    now = time.perf_counter()
-                    first = first or now
-                    last = now
+                timing.line(raw.decode().rstrip("\r\n"))
     except aiohttp.ClientError:
         result.failed += 1
         return
-    result.done += 1
-    result.tokens += tokens
-    if first is not None:
-        result.ttft.append(first - sent)
-        if tokens > 1 and last is not None:
-            result.tpot.append((last - first) / (tokens - 1))
+    timing.record(result)
 
 
 def prompt_for(user: int, i: int, unique: bool) -> str:
