@@ -200,7 +200,7 @@ def fit_shape(preset: Preset, run_dir: Path, distributed: bool = False) -> float
         shape.save(choice, path)
         timed = ", ".join(f"d{c.d_model}·{c.n_layers}L {c.tokens_per_param:.2g}" for c in choice.candidates)
         console.print(f"shape for the {choice.budget_minutes:g}-minute budget: d_model {choice.d_model}, "
-                      f"{choice.n_layers} layers (target {choice.tokens_per_param:g} tokens/parameter; timed: "
+                      f"{choice.n_layers} layers (target {choice.target_tokens_per_param:g} tokens/parameter; timed: "
                       f"{timed}; {choice.seconds:.1f} s; saved in {path})")
     preset.model = choice.apply(preset.model)
     return choice.seconds

@@ -58,10 +58,7 @@ class Authenticator:
         if marker is None:
             return None
         with self._lock:
-            if marker != self._known_at:
-                self._known.clear()
-                self._known_at = marker
-            return self._known.get(authorization)
+            return self._known_for(marker).get(authorization)
 
     def principal(self, authorization: str) -> Principal | None:
         """The caller for this Authorization header, or None for a missing, unknown or revoked key.
@@ -71,13 +68,18 @@ class Authenticator:
         found = self._lookup(authorization)
         if found is not None and marker is not None:
             with self._lock:
-                if marker != self._known_at:
-                    self._known.clear()
-                    self._known_at = marker
-                if len(self._known) >= KNOWN_MAX:
-                    self._known.clear()
-                self._known[authorization] = found
+                known = self._known_for(marker)
+                if len(known) >= KNOWN_MAX:
+                    known.clear()
+                known[authorization] = found
         return found
+
+    def _known_for(self, marker: object) -> dict[str, Principal]:
+        """The remembered answers, emptied first when the database changed since they were given (hold _lock)."""
+        if marker != self._known_at:
+            self._known.clear()
+            self._known_at = marker
+        return self._known
 
     def _lookup(self, authorization: str) -> Principal | None:
         token = bearer_token(authorization)

@@ -31,6 +31,7 @@ from homegrown.config import ModelConfig, TrainConfig
 from homegrown.errors import HomegrownError
 from homegrown.io import write_json_atomic
 from homegrown.model import Transformer, count_params
+from homegrown.train.budget import MARGIN
 
 HEAD_DIM = 64
 LADDER: tuple[tuple[int, int], ...] = ((128, 4), (192, 4), (256, 4), (320, 4), (384, 6), (512, 8), (768, 12))
@@ -40,8 +41,6 @@ TOKENS_PER_PARAM = 3.3
 of the sweeps, `benchmarks/ablate.py --fit runs/shapes runs/shapes30`), geometric mean 3.28."""
 TIMED_STEPS = 4
 """Steps timed per candidate after one untimed warm-up step (allocator, first-touch)."""
-MARGIN = 0.03
-"""Share of the budget the step estimate leaves for evaluations and checkpoints (as train/budget.py)."""
 
 
 @dataclass(frozen=True)
@@ -67,8 +66,8 @@ class ShapeChoice:
     budget_minutes: float
     d_model: int
     n_layers: int
-    tokens_per_param: float
-    """The rule's target (`TOKENS_PER_PARAM` when chosen)."""
+    target_tokens_per_param: float
+    """The rule's target (`TOKENS_PER_PARAM` when chosen); each candidate's own figure is in `candidates`."""
     seconds: float
     """Wall-clock spent timing candidates; the budget's step plan counts it as already spent."""
     candidates: list[Candidate] = field(default_factory=list)
