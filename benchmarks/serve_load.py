@@ -206,7 +206,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("source", type=Path, help="run directory, ckpt/step_N or HF directory to serve")
     ap.add_argument("--clients", default="1,4,16,64")
-    ap.add_argument("--requests", type=int, default=4, help="requests per client")
+    ap.add_argument("--requests", type=int, default=32,
+                    help="requests per client (32: each level runs for seconds, not the ~0.2 s that 4 gave on a quiet "
+                         "machine, where one scheduler hiccup moved the ratio; the figures before 2026-12-04 used 4)")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--max-batch", type=int, default=64)
     ap.add_argument("--threads", type=int, default=0, help="`serve --threads` for both servers (0: serve's default)")
