@@ -75,6 +75,25 @@ def test_wsd_run_killed_mid_schedule_resumes_with_identical_losses(tiny_run, tmp
     assert _losses(tmp_path) == reference  # exact float equality, step for step
 
 
+def test_compiled_run_killed_resumes_with_identical_losses(tiny_run, tmp_path, capsys):
+    """`small` trains compiled by default: a killed compiled run resumes to the very losses of an unbroken one,
+    its checkpoints keep plain parameter names (no `_orig_mod.`), and the weights load back uncompiled."""
+    preset = apply_overrides(get_preset("tiny"), [*TINY, "train.compile=true", "train.optimizer=muon",
+                                                  "train.max_steps=12", "train.ckpt_every=5", "train.eval_every=6",
+                                                  "train.keep_checkpoints=0"])
+    args = (preset.model, preset.train, tiny_run / "shards", tmp_path, tiny_run / "tokenizer.json")
+    train(*args, progress=False)
+    reference = _losses(tmp_path)
+    for ckpt in list_checkpoints(tmp_path / "ckpt")[1:]:
+        shutil.rmtree(ckpt)
+    capsys.readouterr()
+    assert train(*args, progress=False).steps == 12
+    assert "(step 5," in capsys.readouterr().err
+    assert _losses(tmp_path) == reference
+    model = load_model(list_checkpoints(tmp_path / "ckpt")[-1])
+    assert not any("_orig_mod" in name for name in model.state_dict())
+
+
 def _group_of(optimizer, param):
     return next(g for g in optimizer.param_groups if any(p is param for p in g["params"]))
 
