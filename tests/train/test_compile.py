@@ -11,10 +11,13 @@ import pytest
 import torch
 import torch._dynamo
 from torch._dynamo.utils import counters
+from torch._inductor import config as inductor_config
 
-from homegrown.config import ModelConfig
+from homegrown.config import ModelConfig, apply_overrides, get_preset
+from homegrown.errors import HomegrownError
 from homegrown.model import Transformer
 from homegrown.train.distributed import compile_blocks
+from homegrown.train.loop import train
 
 
 def _model(activation_checkpointing: bool) -> Transformer:
@@ -45,3 +48,13 @@ def test_compiled_blocks_match_eager_with_one_graph(activation_checkpointing: bo
     torch.testing.assert_close(compiled(idx, targets), eager(idx, targets), rtol=1e-5, atol=1e-6)
     for (name, p), (_, q) in zip(eager.named_parameters(), compiled.named_parameters(), strict=True):
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_compile_without_a_cpp_compiler_is_refused_before_training(tiny_run, tmp_path):
+    """`small` compiles by default; a CPU machine without g++ gets the way out, not Inductor's traceback mid-step."""
+    preset = apply_overrides(get_preset("tiny"), ["train.threads=1", "train.dtype=fp32", "train.compile=true"])
+    run = tmp_path / "run"
+    with (inductor_config.patch({"cpp.cxx": (None, str(tmp_path / "no-such-g++"))}),
+          pytest.raises(HomegrownError, match=r"C\+\+ compiler.*--set train.compile=false")):
+        train(preset.model, preset.train, tiny_run / "shards", run, tiny_run / "tokenizer.json", progress=False)
+    assert not (run / "ckpt").exists()

@@ -85,6 +85,23 @@ def shard_model(model: torch.nn.Module, device: torch.device, mixed_precision: b
     return model
 
 
+def require_compiler(device: torch.device) -> None:
+    """Fail at once, with the way out, when `train.compile` cannot work here: on a CPU, Inductor builds C++ for
+    every graph, and without a compiler the run would die inside its first step with Inductor's own traceback
+    (`small` compiles by default, so a machine without g++ meets this on `make run`)."""
+    if device.type != "cpu":
+        return
+    from torch._inductor import cpp_builder
+    from torch._inductor.exc import InvalidCxxCompiler
+
+    try:
+        cpp_builder.get_cpp_compiler()
+    except InvalidCxxCompiler as exc:
+        raise HomegrownError("train.compile=true needs a C++ compiler for Inductor's CPU code and none was found "
+                             f"({exc}); install one (Debian: apt install g++) or set CXX, or run with --set "
+                             "train.compile=false") from None
+
+
 def compile_blocks(model: torch.nn.Module) -> None:
     """`train.compile` under FSDP2: compile each block's `forward` in place, not the whole sharded model.
 

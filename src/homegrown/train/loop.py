@@ -323,6 +323,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path | None, run_
                           f"{len(adapted)} linear layers: {trainable:,} of {total:,} parameters train")
     model.activation_checkpointing = cfg.activation_checkpointing
     model.to(device)
+    if cfg.compile:
+        distributed.require_compiler(device)
     if env.distributed:
         # On CUDA, FSDP2's policy casts to bf16 itself (fp32 gradient reduction), so autocast is not needed.
         fsdp_bf16 = device.type == "cuda" and amp is not None
