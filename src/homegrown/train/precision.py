@@ -5,9 +5,10 @@ that probe flipped between runs (one `make run` pretrained in fp32 and fine-tune
 pure function of the device and the CPU's flags, so the same machine always makes the same choice, and the
 run records which one and why.
 
-On CPUs the rule is fp32 even where bf16 is native (AVX-512 BF16 / AMX): bf16 autocast's quality cost at the
-`small` size has not been measured yet (issue 16), and a speed gain that costs bits/byte is no gain. Without
-native bf16 the CPU emulates it hundreds of times slower, so fp32 is right there regardless.
+On CPUs the rule is fp32 even where bf16 is native (AVX-512 BF16 / AMX). bf16 autocast's quality cost at the
+`small` size is measured and small (+0.0007 bits/byte at equal steps, benchmarks/RESULTS.md "Recipe ablations"),
+but what it buys in a wall-clock budget with two threads is not yet, and a default should change on a measured
+win only. Without native bf16 the CPU emulates it hundreds of times slower, so fp32 is right there regardless.
 """
 
 from __future__ import annotations
@@ -70,8 +71,9 @@ def choose_dtype(requested: str, device_type: str, flags: frozenset[str]) -> Dty
         return DtypeChoice(torch.bfloat16, "auto: bf16 on CUDA")
     native = [f for f in NATIVE_BF16_FLAGS if f in flags]
     if native:
-        return DtypeChoice(None, f"auto: fp32 — this CPU has native bf16 ({' '.join(native)}) but bf16 autocast's "
-                                 "quality cost is not measured yet (issue 16)")
+        return DtypeChoice(None, f"auto: fp32 — this CPU has native bf16 ({' '.join(native)}); bf16 autocast's "
+                                 "quality cost is small (+0.0007 bits/byte at equal steps) but its gain in a budget "
+                                 "is not yet measured")
     return DtypeChoice(None, f"auto: fp32 — this CPU has no native bf16 ({reported_flags(flags)}), bf16 would be "
                              "emulated")
 
