@@ -150,9 +150,9 @@ class TrainConfig:
     """Precision of Muon's Newton–Schulz iteration: `fp32` (runs at the CPU's full matmul rate everywhere) or
     `bf16` (torch.optim.Muon's choice: emulated ~4× slower per step on CPUs without native bf16)."""
     dtype: str = "auto"
-    """Autocast dtype: `bf16`, `fp32`, or `auto` — bf16 on GPUs; fp32 on CPUs, decided from the CPU's flags and not
-    by a timing (train/precision.py), until bf16's quality cost on CPU-sized models is measured. Weights and
-    optimizer state stay fp32 either way."""
+    """Autocast dtype: `bf16`, `fp32`, or `auto` — bf16 on GPUs and on CPUs with AMX (measured to win there at the
+    10-minute budget), fp32 on other CPUs; decided from the CPU's flags, not by a timing (train/precision.py).
+    Weights and optimizer state stay fp32 either way."""
     compile: bool = False
     """torch.compile the training step (whole model in one process, per block under FSDP2). Off by default: the cold
     start (~25–30 s on 2 CPU cores, Inductor's C++ build) is only repaid by a run of several minutes; `small` turns it

@@ -10,11 +10,13 @@ AVX2_ONLY = frozenset({"sse4_2", "avx", "avx2", "fma"})
 SAPPHIRE_RAPIDS = AVX2_ONLY | {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
 
 
-def test_auto_is_fp32_on_every_cpu_until_bf16_quality_is_measured():
-    for flags in (frozenset(), AVX2_ONLY, SAPPHIRE_RAPIDS, AVX2_ONLY | {"avx512_bf16"}):
+def test_auto_is_bf16_only_on_cpus_with_amx_where_its_budget_gain_was_measured():
+    amx = choose_dtype("auto", "cpu", SAPPHIRE_RAPIDS)
+    assert amx.autocast == torch.bfloat16 and "AMX" in amx.reason and "1.32x the steps" in amx.reason
+    for flags in (frozenset(), AVX2_ONLY, AVX2_ONLY | {"avx512_bf16"}):
         assert choose_dtype("auto", "cpu", flags).autocast is None
-    native = choose_dtype("auto", "cpu", SAPPHIRE_RAPIDS)
-    assert "avx512_bf16 amx_bf16" in native.reason and "quality" in native.reason and native.name == "fp32"
+    no_amx = choose_dtype("auto", "cpu", AVX2_ONLY | {"avx512_bf16"})
+    assert "no AMX" in no_amx.reason and "not measured" in no_amx.reason and no_amx.name == "fp32"
     emulated = choose_dtype("auto", "cpu", AVX2_ONLY)
     assert "no native bf16" in emulated.reason and "avx2" in emulated.reason
 
