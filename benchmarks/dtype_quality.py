@@ -1,6 +1,7 @@
 """What bf16 autocast costs in quality (and buys in speed) on this CPU: fp32 vs bf16 pretraining, same batches.
 
-`train.dtype=auto` stays fp32 on CPUs until this is measured (homegrown.train.precision). Both runs see the same
+`train.dtype=auto` picks bf16 only on CPUs where this measured a win (AMX; homegrown.train.precision): run it on
+another CPU kind before the rule covers that kind. Both runs see the same
 batches (the loop seeds each step's sampler from (seed, step)); `--steps` compares them at equal steps (the
 quality question), `--minutes` at equal wall-clock budgets (what a user gets). Scored on the whole validation
 split (eval.perplexity.evaluate, as benchmarks/quality.py). Needs a run directory with tokenizer + shards.

@@ -2,7 +2,8 @@
 
 Single process, no process group: what is checked here is the compile itself; tests/train/test_distributed.py
 runs the sharded loop. A per-block recompile would hit dynamo's limit (8) on deeper models and silently run
-eager, so recompiling is made an error and the number of graphs is counted.
+eager, so recompiling is made an error and the number of graphs is counted. Also: a machine without a C++
+compiler is refused before training starts.
 """
 
 from __future__ import annotations
