@@ -53,7 +53,9 @@ def test_ladder_climbs_to_the_top_then_rolls_back_when_the_candidate_loses_and_f
     provider = llm_stubs("--prefix", "plain answer to")
     inhouse = llm_stubs("--prefix", "GOOD answer to")  # the stub judge prefers the answer holding GOOD
     judge = llm_stubs("--role", "judge", "--marker", "GOOD")
-    gw = gateway(_config(provider.base_url, inhouse.base_url, judge.base_url))
+    # a short shadow queue: after each step change the verdicts still queued are stale (not evidence), so a long
+    # queue would only make every step wait for it to drain
+    gw = gateway(_config(provider.base_url, inhouse.base_url, judge.base_url, max_queue=8))
     client = openai.OpenAI(base_url=gw.v1, api_key="none", max_retries=0)
     store = _store(gw.db)
     assert _percent(gw) == 0

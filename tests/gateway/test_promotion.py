@@ -111,3 +111,25 @@ def test_promoter_climbs_to_the_top_and_rolls_back_by_counts() -> None:
     assert decisions[-1][1].action == "rollback"
     assert "error rate" in decisions[-1][1].reasons[0]
     assert weights[-1] == {"provider": 50.0, "inhouse": 50.0}
+
+
+def test_observations_from_before_a_step_change_are_not_evidence_after_it() -> None:
+    """Verdicts queued behind a rollback (their requests were served at the old step) must not take the next
+    step: only observations tagged with the current epoch count."""
+    decisions: list = []
+    p = Promoter("chat", CFG, "inhouse", "provider", lambda w: None, lambda r, d: decisions.append(d), step=3)
+    served_at = p.epoch
+    for _ in range(20):
+        p.record_call("inhouse", True, 0.1, served_at)
+        p.record_verdict("loss", epoch=served_at)
+    assert (p.step, p.epoch, decisions[-1].action) == (2, 1, "rollback")
+    taken = len(decisions)
+    for _ in range(40):  # the rest of the queue: losses too, but served at the old step
+        assert p.record_call("inhouse", True, 0.1, served_at) is None
+        assert p.record_verdict("loss", epoch=served_at) is None
+    assert (p.step, p.stale, len(decisions)) == (2, 80, taken), "no decision, not even a hold, on stale ones"
+    assert p.evidence() == Evidence()
+    for _ in range(20):  # fresh traffic at the new step is evidence again
+        p.record_call("inhouse", True, 0.1, p.epoch)
+        p.record_verdict("loss", epoch=p.epoch)
+    assert (p.step, decisions[-1].action) == (1, "rollback")

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from homegrown.errors import HomegrownError
+from homegrown.serve import keys as keys_module
 from homegrown.serve.auth import LEGACY, OPEN, Authenticator
-from homegrown.serve.keys import KeyNotFound, KeyStore, Principal, prefix_of
+from homegrown.serve.keys import KeyAmbiguous, KeyNotFound, KeyStore, Principal, prefix_of
 
 
 @pytest.fixture
@@ -54,6 +55,23 @@ def test_find_by_id_prefix_or_whole_key(keys: KeyStore) -> None:
     for ident in ("99", "hg-zzzzzzzz", "nonsense", ""):
         with pytest.raises(KeyNotFound):
             keys.find(ident)
+
+
+def test_an_all_digit_prefix_is_found_and_a_clash_with_an_id_is_refused(
+        keys: KeyStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """About 1 prefix in 40 is all decimal digits (CI once drew `hg-63106646`): it must still be found by its
+    digits, and when those digits are also another key's number, revoking must refuse rather than guess."""
+    draws = iter(["00000002", "63106646"])
+    monkeypatch.setattr(keys_module.secrets, "token_hex", lambda _n: next(draws))
+    first, _ = keys.add("dave")
+    second, second_key = keys.add("erin")
+    assert (first.id, first.prefix, second.id, second.prefix) == (1, "hg-00000002", 2, "hg-63106646")
+    for ident, wanted in (("63106646", second), ("hg-00000002", first), ("1", first), ("2", second),
+                          (second_key, second)):
+        assert keys.find(ident).id == wanted.id, ident
+    with pytest.raises(KeyAmbiguous, match="hg-00000002"):
+        keys.revoke("00000002")
+    assert all(k.active for k in keys.list_keys()), "a refused revoke revokes nothing"
 
 
 def test_the_database_holds_no_key(keys: KeyStore, db_path: Path) -> None:

@@ -121,7 +121,7 @@ class Judging:
             if promoter is not None:
                 ev = promoter.evidence()
                 entry["promotion"] = {"step": promoter.step, "percent": promoter.cfg.ladder[promoter.step],
-                                      "evidence": ev.as_dict(promoter.cfg.confidence)}
+                                      "evidence": ev.as_dict(promoter.cfg.confidence), "stale": promoter.stale}
             out[name] = entry
         return out
 

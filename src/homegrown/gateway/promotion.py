@@ -16,7 +16,11 @@ The rule, with `threshold` the least acceptable win rate of the candidate agains
 - **hold** otherwise — not enough evidence yet, or an interval that straddles the threshold. Evidence keeps
   accumulating (over the last `window` observations) until the interval settles on one side, so a candidate whose
   quality sits near the threshold does not flap up and down the ladder.
-After any step change the evidence starts afresh: each step is earned on traffic at that step.
+After any step change the evidence starts afresh: each step is earned on traffic at that step. Shadow
+observations arrive late (the mirror call and the judge run after the client's answer, behind a queue), so each
+carries the promoter's `epoch` (its count of step changes) from when its request was answered; one from an
+earlier epoch is counted apart as stale and is not evidence — otherwise the verdicts queued behind a rollback
+would take a second step on traffic that was never served at the new one.
 """
 
 from __future__ import annotations
@@ -134,6 +138,10 @@ class Promoter:
         self.route, self.cfg, self._set_weights, self._record = route, cfg, set_weights, record
         self.candidate, self.incumbent = candidate, incumbent
         self.step = step
+        self.epoch = 0
+        """Step changes so far: shadow observations are tagged with it and count only within their epoch."""
+        self.stale = 0
+        """Observations that arrived after a step change from traffic served before it (not evidence)."""
         self._lock = threading.Lock()
         self._reset()
         self._set_weights(self.weights())
@@ -158,19 +166,31 @@ class Promoter:
                         requests=len(self._calls), errors=sum(1 for ok, _ in self._calls if not ok),
                         p95_latency_s=percentile(ok_latencies, 95))
 
-    def record_call(self, backend: str, ok: bool, latency_s: float) -> Decision | None:
-        """A finished call to the candidate (live or shadow); other backends are ignored."""
+    def record_call(self, backend: str, ok: bool, latency_s: float, epoch: int | None = None) -> Decision | None:
+        """A finished call to the candidate (live, or shadow with the `epoch` of its request); other backends are
+        ignored."""
         if backend != self.candidate:
             return None
         with self._lock:
+            if self._is_stale(epoch):
+                return None
             self._calls.append((ok, latency_s))
             return self._tick()
 
-    def record_verdict(self, outcome: str, flipped: bool = False) -> Decision | None:
-        """A judged pair: win / tie / loss (flipped ties kept apart for the evidence), unparseable or error."""
+    def record_verdict(self, outcome: str, flipped: bool = False, epoch: int | None = None) -> Decision | None:
+        """A judged pair: win / tie / loss (flipped ties kept apart for the evidence), unparseable or error;
+        `epoch` is the promoter's epoch when the pair's request was answered."""
         with self._lock:
+            if self._is_stale(epoch):
+                return None
             self._verdicts.append("flip" if flipped and outcome == "tie" else outcome)
             return self._tick()
+
+    def _is_stale(self, epoch: int | None) -> bool:
+        if epoch is None or epoch == self.epoch:
+            return False
+        self.stale += 1
+        return True
 
     def _tick(self) -> Decision | None:
         self._since_eval += 1
@@ -181,6 +201,7 @@ class Promoter:
         self._record(self.route, decision)
         if decision.to_step != self.step:
             self.step = decision.to_step
+            self.epoch += 1
             self._set_weights(self.weights())
             self._reset()
         return decision

@@ -72,21 +72,22 @@ class Shadow:
             self._slots = asyncio.Semaphore(self.cfg.max_concurrency)
         self.pending += 1
         self.mirrored += 1
+        epoch = None if self._promoter is None else self._promoter.epoch  # the step this request was served at
         task = asyncio.get_running_loop().create_task(
-            self._mirror(request_id, body, live_backend, live, other, datetime.now(UTC)))
+            self._mirror(request_id, body, live_backend, live, other, datetime.now(UTC), epoch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
     async def _mirror(self, request_id: str, body: dict, live_backend: str, live: Answer, other: str,
-                      client_done_at: datetime) -> None:
+                      client_done_at: datetime, epoch: int | None) -> None:
         assert self._slots is not None
         try:
             async with self._slots:
                 shadow = await self._call(other, {k: v for k, v in body.items()
                                                   if k not in ("stream", "stream_options")})
                 if other == self.candidate and self._promoter is not None:
-                    self._promoter.record_call(other, shadow.error is None, shadow.latency_s)
+                    self._promoter.record_call(other, shadow.error is None, shadow.latency_s, epoch)
                 cand, inc = (shadow, live) if other == self.candidate else (live, shadow)
                 pair_id = await asyncio.to_thread(  # scrubbing and the write stay off the clients' event loop
                     self._store_pair, request_id, client_done_at, body["messages"], live_backend, cand, inc)
@@ -97,7 +98,7 @@ class Shadow:
                 await asyncio.to_thread(self._store.set_verdict, pair_id, verdict)
                 self.judged += 1
                 if self._promoter is not None:
-                    self._promoter.record_verdict(verdict.outcome, verdict.flipped)
+                    self._promoter.record_verdict(verdict.outcome, verdict.flipped, epoch)
         except Exception:  # a broken mirror must never reach the client's path or stop later mirrors
             log.exception("shadow mirror for request %s on route %s failed", request_id, self.route)
         finally:

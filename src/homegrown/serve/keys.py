@@ -44,6 +44,10 @@ class KeyNotFound(HomegrownError):
     """No key with that id or prefix; the API answers 404."""
 
 
+class KeyAmbiguous(HomegrownError):
+    """An all-digit name that is one key's id and another key's prefix; the API answers 400."""
+
+
 class _Base(DeclarativeBase):
     pass
 
@@ -204,15 +208,22 @@ class KeyStore:
             return bool(s.scalar(select(func.count()).select_from(_KeyRow)))
 
     def find(self, ident: str) -> ApiKey:
-        """A key by its number (`3`), its prefix (`hg-1a2b3c4d` or `1a2b3c4d`) or the whole key."""
+        """A key by its number (`3`), its prefix (`hg-1a2b3c4d` or `1a2b3c4d`) or the whole key.
+
+        A prefix's 8 hex digits can all be decimal digits (about 1 key in 40), so an all-digit name is looked up
+        both as a number and as a prefix; when it is one key's number and another key's prefix it is refused
+        rather than guessed, since `revoke` acts on the answer.
+        """
         ident = ident.strip()
+        head = ident.partition("_")[0]
+        prefix = head if head.startswith(KEY_PREFIX) else KEY_PREFIX + head
         with self._sessions() as s:
-            if ident.isdigit():
-                row = s.get(_KeyRow, int(ident))
-            else:
-                head = ident.partition("_")[0]
-                row = s.scalar(select(_KeyRow).where(
-                    _KeyRow.prefix == (head if head.startswith(KEY_PREFIX) else KEY_PREFIX + head)))
+            by_id = s.get(_KeyRow, int(ident)) if ident.isdigit() else None
+            by_prefix = s.scalar(select(_KeyRow).where(_KeyRow.prefix == prefix)) if head else None
+        if by_id is not None and by_prefix is not None and by_id.id != by_prefix.id:
+            raise KeyAmbiguous(f"{ident!r} is key {by_id.id}'s number and key {by_prefix.id}'s prefix; "
+                               f"name it as {by_prefix.prefix!r} for the prefix")
+        row = by_id or by_prefix
         if row is None:
             raise KeyNotFound(f"no API key {ident!r}; see `homegrown serve keys list` for ids and prefixes")
         return _key(row)

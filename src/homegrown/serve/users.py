@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from homegrown.serve.conversations import BadRequest, Body, body_schema, parse_body
-from homegrown.serve.keys import USER_PATTERN, ApiKey, KeyNotFound, KeyStore, Principal
+from homegrown.serve.keys import USER_PATTERN, ApiKey, KeyAmbiguous, KeyNotFound, KeyStore, Principal
 from homegrown.serve.protocol import error_json
 from homegrown.serve.store import MAX_OWNER
 
@@ -57,6 +57,8 @@ def build_router(keys: KeyStore, authenticate: Callable[[Request], Awaitable[Pri
             return await run_in_threadpool(fn, *args)
         except KeyNotFound as e:
             return error_json(404, str(e), param="key_id", code="key_not_found")
+        except KeyAmbiguous as e:
+            return error_json(400, str(e), param="key_id", code="ambiguous_key_id")
         except SQLAlchemyError as e:
             return error_json(503, f"the key database failed ({e.__class__.__name__}); check that it is "
                                    "reachable and retry", kind="server_error")
@@ -90,7 +92,8 @@ def build_router(keys: KeyStore, authenticate: Callable[[Request], Awaitable[Pri
         return {**key_json(record), "key": secret}
 
     @router.delete("/keys/{key_id}", summary="Revoke a key by id or prefix (admins only)",
-                   responses={403: {"description": "not an admin"}, 404: {"description": "no such key"}})
+                   responses={400: {"description": "an all-digit name that is one key's id and another's prefix"},
+                              403: {"description": "not an admin"}, 404: {"description": "no such key"}})
     async def revoke_key(key_id: str, caller: Caller) -> Any:
         done = await admin_call(caller, keys.revoke, key_id)
         return done if isinstance(done, JSONResponse) else key_json(done)
