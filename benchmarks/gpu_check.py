@@ -1,8 +1,12 @@
 """CUDA check for a machine with a GPU: the real `homegrown pretrain` in bf16, eager vs compiled, alone and as
 a 1-rank FSDP2 job on NCCL, then a ~1B model — tokens/s and MFU against the card's measured bf16 matmul peak.
+The `recipe` lines train with `small`'s recipe (QK-norm, Muon on the hidden matrices, warmup-stable-decay) at
+the GPU shapes, with Muon's Newton–Schulz in fp32 (the CPU default) or bf16 (tensor cores), beside an AdamW line
+of the same shape in the same run.
 
     python benchmarks/gpu_check.py --data DIR --out DIR        # DIR holds tokenizer.json + shards/
     python benchmarks/gpu_check.py --data DIR --out DIR --smoke   # the same plumbing on a CPU in a minute
+    python benchmarks/gpu_check.py --data DIR --out DIR --exact "124M compile" --deadline 480
 
 Every configuration is a separate process running the CLI (torchrun for FSDP2), so what is measured is what
 a user runs. MFU = model FLOPs/s (6·N + attention per token, model.flops_per_token) / peak, where peak is an
@@ -26,6 +30,9 @@ import torch
 
 from homegrown.plan import GPUS, measure_matmul_tflops
 
+RECIPE = ["model.qk_norm=true", "train.optimizer=muon", "train.schedule=wsd"]
+"""`small`'s recipe beyond its shape (config.py's preset): QK-norm, Muon, warmup-stable-decay."""
+
 CONFIGS = [
     # name, preset, launcher ranks (0 = plain process), extra overrides
     ("124M eager", "gpt2-124m", 0, []),
@@ -36,6 +43,13 @@ CONFIGS = [
     ("1B FSDP2 1-rank compile + act. ckpt", "llama-1b", 1, ["train.compile=true",
                                                             "train.activation_checkpointing=true"]),
     ("1B FSDP2 1-rank eager + act. ckpt", "llama-1b", 1, ["train.activation_checkpointing=true"]),
+    ("124M recipe compile", "gpt2-124m", 0, [*RECIPE, "train.compile=true"]),
+    ("124M recipe compile NS-bf16", "gpt2-124m", 0, [*RECIPE, "train.compile=true", "train.muon_ns_dtype=bf16"]),
+    ("124M FSDP2 1-rank recipe compile NS-bf16", "gpt2-124m", 1,
+     [*RECIPE, "train.compile=true", "train.muon_ns_dtype=bf16"]),
+    ("1B FSDP2 1-rank recipe compile NS-bf16", "llama-1b", 1, [*RECIPE, "train.compile=true",
+                                                               "train.muon_ns_dtype=bf16"]),
+    ("1B FSDP2 1-rank recipe compile", "llama-1b", 1, [*RECIPE, "train.compile=true"]),
 ]
 
 
@@ -48,8 +62,8 @@ def run_one(name: str, preset: str, ranks: int, extra: list[str], data: Path, ou
     steps = 6 if smoke else (30 if preset == "llama-1b" else 60)
     sets = [f"train.max_steps={steps}", "train.log_every=5", "train.eval_every=100000", "train.eval_batches=2",
             f"train.ckpt_every={steps}", "train.keep_checkpoints=1", "train.warmup_steps=5", *extra]
-    if preset == "llama-1b":
-        sets += ["train.batch_size=8", "train.seq_len=2048", "train.grad_accum=1"]
+    if preset == "llama-1b":  # the gathered 5 GB model.safetensors is skipped for time; DCP shards are written
+        sets += ["train.batch_size=8", "train.seq_len=2048", "train.grad_accum=1", "train.save_full_weights=false"]
     else:
         sets += ["train.batch_size=16", "train.seq_len=1024", "train.grad_accum=1"]
     if smoke:
@@ -87,6 +101,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--smoke", action="store_true", help="tiny model, a few steps: checks the plumbing on a CPU")
     ap.add_argument("--only", nargs="*", help="run only configurations whose name contains one of these")
+    ap.add_argument("--exact", nargs="*", help="run only these configurations, by whole name, in this order")
+    ap.add_argument("--deadline", type=float, default=0,
+                    help="seconds after start past which no further configuration starts (0 = none)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -99,10 +116,21 @@ def main() -> None:
               "runs": []}
     print(f"{card}, torch {torch.__version__}: measured {n}³ matmul peak {peak / 1e12:.1f} TFLOP/s"
           + (f" (datasheet dense bf16 {sheet / 1e12:.0f})" if sheet else ""), flush=True)
-    configs = [c for c in CONFIGS if not args.only or any(o in c[0] for o in args.only)]
+    by_name = {c[0]: c for c in CONFIGS}
+    unknown = [n for n in args.exact or [] if n not in by_name]
+    if unknown:
+        ap.error(f"unknown configuration(s) {unknown}; known: {list(by_name)}")
+    configs = ([by_name[n] for n in args.exact] if args.exact else
+               [c for c in CONFIGS if not args.only or any(o in c[0] for o in args.only)])
+    start = time.perf_counter()
     for name, preset, ranks, extra in configs:
+        if args.deadline and time.perf_counter() - start > args.deadline:
+            report["runs"].append({"name": name, "skipped": f"past the {args.deadline:.0f} s deadline"})
+            print(f"{name:40s} skipped: past the deadline", flush=True)
+            continue
         r = run_one(name, preset, ranks, extra, args.data, args.out, args.smoke)
         report["runs"].append(r)
+        (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2))  # kept if a later line is cut off
         if r["rc"] != 0:
             print(f"{name:40s} FAILED rc={r['rc']}\n{r['error']}", flush=True)
             continue
