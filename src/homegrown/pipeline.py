@@ -19,7 +19,6 @@ import torch
 from homegrown.bundle import load_bundle
 from homegrown.chat_template import CHAT_FILES
 from homegrown.config import DataConfig, IngestConfig, ModelConfig, Preset, save_preset
-from homegrown.data.ingest import SourceSpec, ingest
 from homegrown.data.mixture import pack_corpus
 from homegrown.data.sources import iter_corpus
 from homegrown.errors import HomegrownError
@@ -89,6 +88,10 @@ def prepare_corpus(data: DataConfig, corpus_dir: Path, ingest_cfg: IngestConfig 
     path = Path(data.source)
     if not path.exists():
         raise HomegrownError(f"--source {data.source} does not exist")
+    # imported here: the HTML/dedup stack (resiliparse, trafilatura, datasketch) is for building a corpus, and
+    # `homegrown pretrain` on a GPU node with only torch's stack installed must not need it
+    from homegrown.data.ingest import SourceSpec, ingest
+
     stats = ingest([SourceSpec(path=path, licence=data.source_licence, url_prefix=path.resolve().as_uri() + "/",
                                glob=data.source_glob)], corpus_dir, cfg=ingest_cfg, opt_out=data.opt_out or None,
                    extractor=data.extractor)
