@@ -1,8 +1,8 @@
 """CUDA check for a machine with a GPU: the real `homegrown pretrain` in bf16, eager vs compiled, alone and as
 a 1-rank FSDP2 job on NCCL, then a ~1B model — tokens/s and MFU against the card's measured bf16 matmul peak.
 The `recipe` lines train with `small`'s recipe (QK-norm, Muon on the hidden matrices, warmup-stable-decay) at
-the GPU shapes, with Muon's Newton–Schulz in fp32 (the CPU default) or bf16 (tensor cores), beside an AdamW line
-of the same shape in the same run.
+the GPU shapes, with Muon's Newton–Schulz as `train.muon_ns_dtype=auto` picks it on a GPU (bf16, tensor cores)
+or forced to fp32 (the CPU choice), beside an AdamW line of the same shape in the same run.
 
     python benchmarks/gpu_check.py --data DIR --out DIR        # DIR holds tokenizer.json + shards/
     python benchmarks/gpu_check.py --data DIR --out DIR --smoke   # the same plumbing on a CPU in a minute
@@ -44,12 +44,11 @@ CONFIGS = [
                                                             "train.activation_checkpointing=true"]),
     ("1B FSDP2 1-rank eager + act. ckpt", "llama-1b", 1, ["train.activation_checkpointing=true"]),
     ("124M recipe compile", "gpt2-124m", 0, [*RECIPE, "train.compile=true"]),
-    ("124M recipe compile NS-bf16", "gpt2-124m", 0, [*RECIPE, "train.compile=true", "train.muon_ns_dtype=bf16"]),
-    ("124M FSDP2 1-rank recipe compile NS-bf16", "gpt2-124m", 1,
-     [*RECIPE, "train.compile=true", "train.muon_ns_dtype=bf16"]),
-    ("1B FSDP2 1-rank recipe compile NS-bf16", "llama-1b", 1, [*RECIPE, "train.compile=true",
-                                                               "train.muon_ns_dtype=bf16"]),
+    ("124M recipe compile NS-fp32", "gpt2-124m", 0, [*RECIPE, "train.compile=true", "train.muon_ns_dtype=fp32"]),
+    ("124M FSDP2 1-rank recipe compile", "gpt2-124m", 1, [*RECIPE, "train.compile=true"]),
     ("1B FSDP2 1-rank recipe compile", "llama-1b", 1, [*RECIPE, "train.compile=true"]),
+    ("1B FSDP2 1-rank recipe compile NS-fp32", "llama-1b", 1, [*RECIPE, "train.compile=true",
+                                                               "train.muon_ns_dtype=fp32"]),
 ]
 
 

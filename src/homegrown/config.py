@@ -146,9 +146,10 @@ class TrainConfig:
     optimizer: str = "adamw"
     """`adamw`, or `muon` (torch.optim.Muon on 2-D hidden weights, AdamW on embeddings, norms and head)."""
     muon_lr: float = 0.02
-    muon_ns_dtype: str = "fp32"
-    """Precision of Muon's Newton–Schulz iteration: `fp32` (runs at the CPU's full matmul rate everywhere) or
-    `bf16` (torch.optim.Muon's choice: emulated ~4× slower per step on CPUs without native bf16)."""
+    muon_ns_dtype: str = "auto"
+    """Precision of Muon's Newton–Schulz iteration: `auto` = bf16 on a GPU, fp32 on a CPU; or `fp32` / `bf16`.
+    On an H200 fp32 Newton–Schulz made the 1B shape's step 3.1× slower than bf16 (13.1K vs 40.9K tokens/s,
+    benchmarks/gpu_check.py); on CPUs without native bf16 (AVX2 only) bf16 is emulated and ~4× slower per step."""
     dtype: str = "auto"
     """Autocast dtype: `bf16`, `fp32`, or `auto` — bf16 on GPUs and on CPUs with AMX (measured to win there at the
     10-minute budget), fp32 on other CPUs; decided from the CPU's flags, not by a timing (train/precision.py).

@@ -192,13 +192,15 @@ def build_optimizer(model: Transformer, cfg: TrainConfig, fused: bool) -> list[t
         return [adamw]
     if cfg.optimizer != "muon":
         raise HomegrownError(f"train.optimizer must be adamw or muon, not {cfg.optimizer!r}")
-    if cfg.muon_ns_dtype not in ("fp32", "bf16"):
-        raise HomegrownError(f"train.muon_ns_dtype must be fp32 or bf16, not {cfg.muon_ns_dtype!r}")
+    if cfg.muon_ns_dtype not in ("auto", "fp32", "bf16"):
+        raise HomegrownError(f"train.muon_ns_dtype must be auto, fp32 or bf16, not {cfg.muon_ns_dtype!r}")
+    on_gpu = any(p.device.type == "cuda" for ps in hidden.values() for p in ps)
+    ns_bf16 = cfg.muon_ns_dtype == "bf16" or (cfg.muon_ns_dtype == "auto" and on_gpu)
     # Keller Jordan's scaling (lr ~0.02, sqrt(fan_out/fan_in) per logical matrix); weight decay rescaled so the
     # per-step shrink lr·wd equals AdamW's, otherwise Muon's ~10× larger lr would decay them ~10× harder.
     muon = Muon([{"params": ps, "row_splits": list(splits), "peak_lr": cfg.muon_lr} for splits, ps in hidden.items()],
                 lr=cfg.muon_lr, weight_decay=cfg.weight_decay * cfg.lr / cfg.muon_lr,
-                ns_dtype=torch.float32 if cfg.muon_ns_dtype == "fp32" else torch.bfloat16)
+                ns_dtype=torch.bfloat16 if ns_bf16 else torch.float32)
     return [adamw, muon]
 
 

@@ -13,7 +13,12 @@ Q, K, V. `row_splits` cuts such a matrix into its parts along the output dimensi
 orthogonalised and scaled as the matrix it stands for.
 
 Under torchrun (FSDP2) each rank holds row shards of every matrix and Newton–Schulz needs whole ones: each rank
-gathers the matrix, orthogonalises it and keeps its own rows (`Muon._orthogonalised`).
+gathers the matrix, orthogonalises it and keeps its own rows (`_full`, `_like`). Redundant compute, one
+all-gather per matrix: right for the small models trained on CPUs; at scale, assigning whole matrices to ranks
+(as Dion / nanochat do) would spread the work instead.
+
+Newton–Schulz runs batched: every logical matrix of one shape (once turned wide) is stacked into one iteration
+(`Muon._orthogonalise_batched`), which keeps a step's kernel launches to a few dozen — as modded-nanogpt batches it.
 """
 
 from __future__ import annotations
@@ -34,18 +39,20 @@ def newton_schulz(g: torch.Tensor, steps: int = NS_STEPS, dtype: torch.dtype = t
                   coefficients: tuple[float, float, float] = NS_COEFFICIENTS, eps: float = EPS) -> torch.Tensor:
     """≈ U Vᵀ of `g` = U S Vᵀ (every singular value pushed towards 1), computed in `dtype`, returned in `dtype`.
 
-    Works on the wide orientation (rows ≤ cols) so the Gram matrix X Xᵀ is the small one.
+    `g` is one matrix or a stack of equal-shaped ones (B, rows, cols), each orthogonalised on its own. Works on
+    the wide orientation (rows ≤ cols) so the Gram matrix X Xᵀ is the small one.
     """
     a, b, c = coefficients
     x = g.to(dtype)
-    tall = x.size(0) > x.size(1)
+    tall = x.size(-2) > x.size(-1)
     if tall:
-        x = x.T
-    x = x / x.norm().clamp(min=eps)
+        x = x.mT
+    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
+    mm = torch.addmm if x.ndim == 2 else torch.baddbmm
     for _ in range(steps):
-        gram = x @ x.T
-        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-    return x.T if tall else x
+        gram = x @ x.mT
+        x = mm(x, mm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.mT if tall else x
 
 
 def _parts(rows: int, splits: Sequence[int]) -> list[int]:
@@ -59,7 +66,7 @@ def _parts(rows: int, splits: Sequence[int]) -> list[int]:
 class Muon(torch.optim.Optimizer):
     """Muon for 2-D weights; a param group may carry `row_splits` (rows of each logical matrix in a fused one).
 
-    `ns_dtype` is the Newton–Schulz precision: fp32 (the default, cheap on any CPU) or bf16 (torch's choice).
+    `ns_dtype` is the Newton–Schulz precision: fp32 (cheap on any CPU) or bf16 (torch's choice, and a GPU's).
     """
 
     def __init__(self, params: Iterable[torch.Tensor] | Iterable[dict], lr: float = 0.02, weight_decay: float = 0.0,
@@ -77,12 +84,17 @@ class Muon(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """One update of every parameter. The Newton–Schulz work is batched: all logical matrices of one shape
+        (a model's q/k/v/o, or its gate/up/down once turned wide) go through one stacked iteration, so a step
+        costs a few dozen kernel launches instead of hundreds — per matrix, launches and Python dominated a GPU
+        step at the 124M shape (benchmarks/gpu_check.py)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        todo: list[tuple[torch.Tensor, dict, torch.Tensor, torch.Tensor, list[torch.Tensor | None]]] = []
         for group in self.param_groups:
-            lr, momentum = group["lr"], group["momentum"]
+            momentum = group["momentum"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -92,28 +104,47 @@ class Muon(torch.optim.Optimizer):
                 buf = state["momentum_buffer"]
                 buf.lerp_(p.grad, 1 - momentum)
                 update = p.grad.lerp(buf, momentum) if group["nesterov"] else buf
-                p.mul_(1 - lr * group["weight_decay"])
-                p.add_(self._orthogonalised(update, group), alpha=-lr)
+                full = _full(update)
+                slots: list[torch.Tensor | None] = [None] * len(_parts(full.size(0), group["row_splits"]))
+                todo.append((p, group, update, full, slots))
+        self._orthogonalise_batched(todo)
+        for p, group, update, full, slots in todo:
+            ortho = torch.cat(slots) if len(slots) > 1 else slots[0]  # type: ignore[arg-type]
+            p.mul_(1 - group["lr"] * group["weight_decay"])
+            p.add_(_like(ortho.to(full.dtype), update), alpha=-group["lr"])
         return loss
 
-    def _orthogonalised(self, update: torch.Tensor, group: dict) -> torch.Tensor:
-        """Each logical matrix of `update` orthogonalised and scaled by sqrt(max(1, rows/cols)).
+    def _orthogonalise_batched(self, todo: list) -> None:
+        """Fill each entry's slots with its logical matrices orthogonalised and scaled by sqrt(max(1, rows/cols)),
+        one stacked Newton–Schulz per (shape once wide, steps)."""
+        stacks: dict[tuple[int, int, int], list[tuple[list, int, torch.Tensor, float]]] = {}
+        for _, group, _, full, slots in todo:
+            start = 0
+            for i, rows in enumerate(_parts(full.size(0), group["row_splits"])):
+                part = full[start:start + rows]
+                start += rows
+                tall = rows > part.size(1)
+                wide = part.mT if tall else part
+                scale = math.sqrt(max(1.0, rows / part.size(1)))
+                stacks.setdefault((*wide.shape, group["ns_steps"]), []).append((slots, i, wide, scale, tall))
+        for (_, _, steps), members in stacks.items():
+            ortho = newton_schulz(torch.stack([m[2] for m in members]), steps, self.ns_dtype)
+            for (slots, i, _, scale, tall), out in zip(members, ortho, strict=True):
+                slots[i] = (out.mT if tall else out) * scale
 
-        Under FSDP2 `update` is a DTensor holding this rank's rows: every rank gathers the whole matrix,
-        orthogonalises it (the same inputs give the same result on every rank) and keeps its own rows — no
-        second collective. Redundant compute, one all-gather per matrix: right for the small models trained on
-        CPUs; at scale, assigning whole matrices to ranks (as Dion / nanochat do) would spread the work instead.
-        """
-        from torch.distributed.tensor import DTensor, distribute_tensor
 
-        full = update.full_tensor() if isinstance(update, DTensor) else update
-        parts, start = [], 0
-        for rows in _parts(full.size(0), group["row_splits"]):
-            scale = math.sqrt(max(1.0, rows / full.size(1)))
-            parts.append(newton_schulz(full[start:start + rows], group["ns_steps"], self.ns_dtype).to(full.dtype)
-                         * scale)
-            start += rows
-        ortho = torch.cat(parts) if len(parts) > 1 else parts[0]
-        if isinstance(update, DTensor):
-            return distribute_tensor(ortho, update.device_mesh, update.placements, src_data_rank=None)
-        return ortho
+def _full(update: torch.Tensor) -> torch.Tensor:
+    """The whole matrix: under FSDP2 `update` is a DTensor of this rank's rows, gathered here (one all-gather)."""
+    from torch.distributed.tensor import DTensor
+
+    return update.full_tensor() if isinstance(update, DTensor) else update
+
+
+def _like(ortho: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
+    """`ortho` laid out as `update`: this rank's rows of it under FSDP2 (every rank computed the same whole
+    matrix from the same inputs, so no second collective), else itself."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if isinstance(update, DTensor):
+        return distribute_tensor(ortho, update.device_mesh, update.placements, src_data_rank=None)
+    return ortho
