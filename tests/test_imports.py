@@ -90,3 +90,17 @@ def test_leaves_import_only_leaves() -> None:
     assert set(graph) >= LEAVES
     above = {leaf: sorted(graph[leaf] - LEAVES) for leaf in sorted(LEAVES) if graph[leaf] - LEAVES}
     assert above == {}
+
+
+def test_pretraining_needs_no_corpus_building_stack() -> None:
+    """`homegrown pretrain` on a GPU node whose image holds torch's stack only must not import the HTML/dedup
+    stack (a GPU check once died at `import datasketch` before a single step): loaded in a fresh interpreter,
+    exactly as the CLI's pretrain command loads it."""
+    import subprocess
+    import sys
+
+    corpus_stack = ("datasketch", "resiliparse", "trafilatura", "py3langid")
+    code = ("import sys\nimport homegrown.cli\nfrom homegrown.pipeline import pretrain\nimport homegrown.train.loop\n"
+            f"print(','.join(m for m in {corpus_stack!r} if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == ""
