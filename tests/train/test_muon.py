@@ -132,3 +132,29 @@ def test_muon_run_resumes_with_identical_losses(tiny_run, tmp_path):
               progress=False)
         losses[name] = [json.loads(x)["loss"] for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
     assert len(losses["resumed"]) == 12 and losses["resumed"] == losses["straight"]
+
+
+def test_chunked_steps_equal_one_stack(monkeypatch):
+    """Taking matrices in chunks (what bounds the step's memory on big models) changes no number: with a chunk
+    limit of one element every matrix is its own chunk, and the update equals the one-stack step's."""
+    from homegrown.train import muon as muon_module
+
+    torch.manual_seed(3)
+    shapes = [(48, 16), (16, 48), (48, 16), (80, 16)]
+    weights = [torch.randn(s) for s in shapes]
+    grads = [[torch.randn(s) for s in shapes] for _ in range(2)]
+
+    def run():
+        params = [torch.nn.Parameter(w.clone()) for w in weights]
+        opt = Muon([{"params": params[:3]}, {"params": params[3:], "row_splits": [32, 8, 40]}], lr=0.02,
+                   weight_decay=0.1)
+        for step_grads in grads:
+            for p, g in zip(params, step_grads, strict=True):
+                p.grad = g.clone()
+            opt.step()
+        return params
+
+    together = run()
+    monkeypatch.setattr(muon_module, "STACK_ELEMENTS", 1)
+    for a, b in zip(together, run(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)

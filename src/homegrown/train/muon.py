@@ -33,6 +33,10 @@ NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 rather than exactly 1 — which does not hurt training (and is what torch.optim.Muon uses)."""
 NS_STEPS = 5
 EPS = 1e-7
+STACK_ELEMENTS = 2**27
+"""Most matrix elements Muon gathers and stacks at once (512 MiB in fp32): whole-model stacks would hold a second
+copy of every update, gathered whole on each FSDP2 rank — at 8B or 70B more than a GPU holds; at 124M one chunk
+still takes every matrix, and at 1B about two layers' worth go per chunk."""
 
 
 def newton_schulz(g: torch.Tensor, steps: int = NS_STEPS, dtype: torch.dtype = torch.float32,
@@ -87,12 +91,13 @@ class Muon(torch.optim.Optimizer):
         """One update of every parameter. The Newton–Schulz work is batched: all logical matrices of one shape
         (a model's q/k/v/o, or its gate/up/down once turned wide) go through one stacked iteration, so a step
         costs a few dozen kernel launches instead of hundreds — per matrix, launches and Python dominated a GPU
-        step at the 124M shape (benchmarks/gpu_check.py)."""
+        step at the 124M shape (benchmarks/gpu_check.py). Matrices are taken in chunks of at most
+        STACK_ELEMENTS, so the gathered and stacked copies stay bounded whatever the model's size."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        todo: list[tuple[torch.Tensor, dict, torch.Tensor, torch.Tensor, list[torch.Tensor | None]]] = []
+        chunk: list[tuple[torch.Tensor, dict, torch.Tensor, torch.Tensor]] = []
         for group in self.param_groups:
             momentum = group["momentum"]
             for p in group["params"]:
@@ -104,33 +109,38 @@ class Muon(torch.optim.Optimizer):
                 buf = state["momentum_buffer"]
                 buf.lerp_(p.grad, 1 - momentum)
                 update = p.grad.lerp(buf, momentum) if group["nesterov"] else buf
-                full = _full(update)
-                slots: list[torch.Tensor | None] = [None] * len(_parts(full.size(0), group["row_splits"]))
-                todo.append((p, group, update, full, slots))
-        self._orthogonalise_batched(todo)
-        for p, group, update, full, slots in todo:
-            ortho = torch.cat(slots) if len(slots) > 1 else slots[0]  # type: ignore[arg-type]
-            p.mul_(1 - group["lr"] * group["weight_decay"])
-            p.add_(_like(ortho.to(full.dtype), update), alpha=-group["lr"])
+                chunk.append((p, group, update, _full(update)))
+                if sum(full.numel() for *_, full in chunk) >= STACK_ELEMENTS:
+                    self._apply(chunk)
+                    chunk = []
+        self._apply(chunk)
         return loss
 
-    def _orthogonalise_batched(self, todo: list) -> None:
-        """Fill each entry's slots with its logical matrices orthogonalised and scaled by sqrt(max(1, rows/cols)),
-        one stacked Newton–Schulz per (shape once wide, steps)."""
-        stacks: dict[tuple[int, int, int], list[tuple[list, int, torch.Tensor, float]]] = {}
-        for _, group, _, full, slots in todo:
+    def _apply(self, chunk: list[tuple[torch.Tensor, dict, torch.Tensor, torch.Tensor]]) -> None:
+        """Orthogonalise the chunk's updates, one stacked Newton–Schulz per (shape once wide, steps), scale each
+        logical matrix by sqrt(max(1, rows/cols)) and apply them with decoupled weight decay."""
+        done: list[list[torch.Tensor | None]] = []
+        stacks: dict[tuple[int, int, int], list[tuple[list, int, torch.Tensor, float, bool]]] = {}
+        for _, group, _, full in chunk:
+            splits = _parts(full.size(0), group["row_splits"])
+            parts: list[torch.Tensor | None] = [None] * len(splits)
+            done.append(parts)
             start = 0
-            for i, rows in enumerate(_parts(full.size(0), group["row_splits"])):
+            for i, rows in enumerate(splits):
                 part = full[start:start + rows]
                 start += rows
                 tall = rows > part.size(1)
                 wide = part.mT if tall else part
-                scale = math.sqrt(max(1.0, rows / part.size(1)))
-                stacks.setdefault((*wide.shape, group["ns_steps"]), []).append((slots, i, wide, scale, tall))
+                stacks.setdefault((*wide.shape, group["ns_steps"]), []).append(
+                    (parts, i, wide, math.sqrt(max(1.0, rows / part.size(1))), tall))
         for (_, _, steps), members in stacks.items():
             ortho = newton_schulz(torch.stack([m[2] for m in members]), steps, self.ns_dtype)
-            for (slots, i, _, scale, tall), out in zip(members, ortho, strict=True):
-                slots[i] = (out.mT if tall else out) * scale
+            for (parts, i, _, scale, tall), out in zip(members, ortho, strict=True):
+                parts[i] = (out.mT if tall else out) * scale
+        for (p, group, update, full), parts in zip(chunk, done, strict=True):
+            ortho = torch.cat(parts) if len(parts) > 1 else parts[0]  # type: ignore[arg-type]
+            p.mul_(1 - group["lr"] * group["weight_decay"])
+            p.add_(_like(ortho.to(full.dtype), update), alpha=-group["lr"])
 
 
 def _full(update: torch.Tensor) -> torch.Tensor:
