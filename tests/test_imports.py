@@ -7,6 +7,8 @@ Python, not from the design. Read with `ast`, so nothing is imported to check it
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import homegrown
@@ -96,9 +98,6 @@ def test_pretraining_needs_no_corpus_building_stack() -> None:
     """`homegrown pretrain` on a GPU node whose image holds torch's stack only must not import the HTML/dedup
     stack (a GPU check once died at `import datasketch` before a single step): loaded in a fresh interpreter,
     exactly as the CLI's pretrain command loads it."""
-    import subprocess
-    import sys
-
     corpus_stack = ("datasketch", "resiliparse", "trafilatura", "py3langid")
     code = ("import sys\nimport homegrown.cli\nfrom homegrown.pipeline import pretrain\nimport homegrown.train.loop\n"
             f"print(','.join(m for m in {corpus_stack!r} if m in sys.modules))")

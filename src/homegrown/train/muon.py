@@ -18,7 +18,8 @@ all-gather per matrix: right for the small models trained on CPUs; at scale, ass
 (as Dion / nanochat do) would spread the work instead.
 
 Newton–Schulz runs batched: every logical matrix of one shape (once turned wide) is stacked into one iteration
-(`Muon._orthogonalise_batched`), which keeps a step's kernel launches to a few dozen — as modded-nanogpt batches it.
+(`Muon._apply`, in chunks of at most STACK_ELEMENTS), which keeps a step's kernel launches to a few dozen — as
+modded-nanogpt batches it.
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ class Muon(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         chunk: list[tuple[torch.Tensor, dict, torch.Tensor, torch.Tensor]] = []
+        elements = 0
         for group in self.param_groups:
             momentum = group["momentum"]
             for p in group["params"]:
@@ -109,10 +111,12 @@ class Muon(torch.optim.Optimizer):
                 buf = state["momentum_buffer"]
                 buf.lerp_(p.grad, 1 - momentum)
                 update = p.grad.lerp(buf, momentum) if group["nesterov"] else buf
-                chunk.append((p, group, update, _full(update)))
-                if sum(full.numel() for *_, full in chunk) >= STACK_ELEMENTS:
+                full = _full(update)
+                chunk.append((p, group, update, full))
+                elements += full.numel()
+                if elements >= STACK_ELEMENTS:
                     self._apply(chunk)
-                    chunk = []
+                    chunk, elements = [], 0
         self._apply(chunk)
         return loss
 
